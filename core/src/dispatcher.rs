@@ -1,0 +1,165 @@
+//! Kind → queue routing (DESIGN §4): a publisher need not know which service handles a kind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, Priority};
+use crate::names::validate_name;
+use crate::queue::{Queue, QueueExt};
+
+#[derive(Clone, Debug)]
+struct Route {
+    queue: String,
+    priority: Option<Priority>,
+}
+
+/// Routes messages to the queue that owns their kind.
+#[derive(Clone)]
+pub struct Dispatcher {
+    queue: Arc<dyn Queue>,
+    routes: Arc<RwLock<HashMap<String, Route>>>,
+    default_queue: Arc<RwLock<Option<String>>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("routes", &self.routes.read().len())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher publishing through `queue`.
+    pub fn new(queue: Arc<dyn Queue>) -> Self {
+        Dispatcher {
+            queue,
+            routes: Arc::default(),
+            default_queue: Arc::default(),
+        }
+    }
+
+    /// Route `kind` to `queue_name`.
+    ///
+    /// # Errors
+    /// Invalid queue name.
+    pub fn route(&self, kind: &str, queue_name: &str) -> Result<()> {
+        self.route_with_priority(kind, queue_name, None)
+    }
+
+    /// Route `kind` to `queue_name`, giving messages that kept the default priority `priority`.
+    ///
+    /// # Errors
+    /// Invalid queue name.
+    pub fn route_with_priority(
+        &self,
+        kind: &str,
+        queue_name: &str,
+        priority: Option<Priority>,
+    ) -> Result<()> {
+        validate_name("queue", queue_name)?;
+        self.routes.write().insert(
+            kind.to_string(),
+            Route {
+                queue: queue_name.to_string(),
+                priority,
+            },
+        );
+        Ok(())
+    }
+
+    /// Where kinds without a route go (none by default: they are rejected).
+    ///
+    /// # Errors
+    /// Invalid queue name.
+    pub fn set_default_queue(&self, queue_name: &str) -> Result<()> {
+        validate_name("queue", queue_name)?;
+        *self.default_queue.write() = Some(queue_name.to_string());
+        Ok(())
+    }
+
+    /// The queue that owns `kind`, if any.
+    pub fn queue_for(&self, kind: &str) -> Option<String> {
+        self.routes
+            .read()
+            .get(kind)
+            .map(|r| r.queue.clone())
+            .or_else(|| self.default_queue.read().clone())
+    }
+
+    /// All routes as (kind, queue).
+    pub fn routes(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .routes
+            .read()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.queue.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn resolve(&self, msg: &mut Message) -> Result<String> {
+        let routes = self.routes.read();
+        match routes.get(msg.kind.as_str()) {
+            Some(r) => {
+                if let Some(p) = r.priority
+                    && msg.priority == Priority::Normal
+                {
+                    msg.priority = p;
+                }
+                Ok(r.queue.clone())
+            }
+            None => self.default_queue.read().clone().ok_or_else(|| {
+                Error::invalid(format!(
+                    "no route for kind {:?}: register it with Dispatcher::route",
+                    msg.kind
+                ))
+            }),
+        }
+    }
+
+    /// Publish to the queue that owns the message's kind.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when no route exists, or the queue's publish error.
+    pub async fn dispatch(&self, mut msg: Message) -> Result<MessageId> {
+        let q = self.resolve(&mut msg)?;
+        self.queue.publish(&q, msg).await
+    }
+
+    /// Publish `value` as JSON under `kind` to the queue that owns it.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::dispatch`].
+    pub async fn dispatch_json<T: serde::Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        value: &T,
+    ) -> Result<MessageId> {
+        self.dispatch(Message::json(kind, value)?).await
+    }
+
+    /// Publish many, grouped by queue (one batch per queue, order kept within a queue).
+    ///
+    /// # Errors
+    /// The first failing route or publish; earlier queues' batches stay published.
+    pub async fn dispatch_batch(&self, msgs: Vec<Message>) -> Result<Vec<MessageId>> {
+        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+        for mut m in msgs {
+            let q = self.resolve(&mut m)?;
+            match groups.iter_mut().find(|(name, _)| *name == q) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((q, vec![m])),
+            }
+        }
+        let mut ids = Vec::new();
+        for (q, batch) in groups {
+            ids.extend(self.queue.publish_batch(&q, batch).await?);
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,295 @@
+//! One error type for every backend and runtime (DESIGN §9).
+
+use std::fmt;
+
+/// Boxed source error carried by [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used across Courier.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The small, stable set of error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A name, message or configuration was rejected before anything was sent.
+    InvalidInput,
+    /// A payload exceeded the queue's `max_payload`.
+    PayloadTooLarge,
+    /// The addressed message, dead letter or resource does not exist.
+    NotFound,
+    /// The caller no longer holds the lease (settled, expired or handed to another consumer).
+    LeaseLost,
+    /// The backend could not be reached; retrying later may succeed.
+    Unavailable,
+    /// The backend answered with an error that retrying will not fix.
+    Backend,
+    /// A stored message could not be decoded.
+    Decode,
+    /// The component is shutting down.
+    Shutdown,
+    /// The requested feature is not compiled in or not supported by this backend.
+    Unsupported,
+}
+
+impl ErrorKind {
+    /// A short lowercase name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::LeaseLost => "lease_lost",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Backend => "backend",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Shutdown => "shutdown",
+            ErrorKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// Courier's error: a kind, where it happened (backend, operation), a message and an optional
+/// source.
+///
+/// For a partially stored batch ([`crate::Queue::publish_batch`]), [`Error::stored`] tells how many
+/// leading messages were stored before the failure.
+pub struct Error {
+    kind: ErrorKind,
+    backend: &'static str,
+    operation: &'static str,
+    message: String,
+    stored: Option<usize>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of `kind` with a human message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            backend: "",
+            operation: "",
+            message: message.into(),
+            stored: None,
+            source: None,
+        }
+    }
+
+    /// Shorthand for [`ErrorKind::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// Shorthand for [`ErrorKind::LeaseLost`].
+    pub fn lease_lost(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::LeaseLost, message)
+    }
+
+    /// Shorthand for [`ErrorKind::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Decode`].
+    pub fn decode(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Decode, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Shutdown`].
+    pub fn shutdown(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Shutdown, message)
+    }
+
+    /// Attach the backend name (`"memory"`, `"redis"`, …).
+    pub fn with_backend(mut self, backend: &'static str) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Attach the operation name (`"publish"`, `"receive"`, …).
+    pub fn with_operation(mut self, operation: &'static str) -> Self {
+        self.operation = operation;
+        self
+    }
+
+    /// Attach the underlying error.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Record how many leading messages of a batch were stored.
+    pub fn with_stored(mut self, stored: usize) -> Self {
+        self.stored = Some(stored);
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The backend that failed, or `""`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The operation that failed, or `""`.
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The human message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// For a failed batch publish: how many leading messages were stored. `None` means nothing
+    /// is known to be stored (for errors raised before sending, nothing was).
+    pub fn stored(&self) -> Option<usize> {
+        self.stored
+    }
+
+    /// Whether retrying the same call later may succeed (connection trouble, shutdown of a
+    /// remote node). Invalid input, lease loss and decode errors are never retryable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Unavailable)
+    }
+
+    /// `true` for [`ErrorKind::LeaseLost`].
+    pub fn is_lease_lost(&self) -> bool {
+        self.kind == ErrorKind::LeaseLost
+    }
+
+    /// `true` for [`ErrorKind::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.backend, self.operation) {
+            ("", "") => {}
+            (b, "") => write!(f, "[{b}] ")?,
+            ("", o) => write!(f, "[{o}] ")?,
+            (b, o) => write!(f, "[{b} {o}] ")?,
+        }
+        write!(f, "{}: {}", self.kind.as_str(), self.message)?;
+        if let Some(n) = self.stored {
+            write!(f, " ({n} leading messages stored)")?;
+        }
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if !self.backend.is_empty() {
+            d.field("backend", &self.backend);
+        }
+        if !self.operation.is_empty() {
+            d.field("operation", &self.operation);
+        }
+        d.field("message", &self.message);
+        if let Some(n) = self.stored {
+            d.field("stored", &n);
+        }
+        if let Some(src) = &self.source {
+            d.field("source", src);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Remove the password from a connection URL so it can be logged or shown.
+///
+/// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let redacted_userinfo = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_string(),
+    };
+    format!("{}{}{}", &url[..rest_start], redacted_userinfo, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_has_context_and_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = Error::new(ErrorKind::Unavailable, "cannot connect")
+            .with_backend("redis")
+            .with_operation("publish")
+            .with_source(io);
+        assert_eq!(
+            e.to_string(),
+            "[redis publish] unavailable: cannot connect: refused"
+        );
+        assert!(e.is_retryable());
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn only_unavailable_is_retryable() {
+        for k in [
+            ErrorKind::InvalidInput,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::NotFound,
+            ErrorKind::LeaseLost,
+            ErrorKind::Backend,
+            ErrorKind::Decode,
+            ErrorKind::Shutdown,
+            ErrorKind::Unsupported,
+        ] {
+            assert!(!Error::new(k, "x").is_retryable(), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn stored_count_is_reported() {
+        let e = Error::new(ErrorKind::Unavailable, "lost connection").with_stored(3);
+        assert_eq!(e.stored(), Some(3));
+        assert!(e.to_string().contains("3 leading messages stored"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact_url("amqp://token@h/vh"), "amqp://***@h/vh");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("sqlite://a@b.db"), "sqlite://***@b.db");
+        assert_eq!(redact_url("memory://"), "memory://");
+    }
+}

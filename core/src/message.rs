@@ -1,0 +1,352 @@
+//! The message envelope (DESIGN §2): one shape for every abstraction and backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::{Error, Result};
+
+/// A unique, time-ordered message id (UUIDv7: 48 bits of milliseconds, then randomness).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(uuid::Uuid);
+
+impl MessageId {
+    /// A fresh id; ids made later in the same process sort after earlier ones.
+    pub fn new() -> Self {
+        MessageId(uuid::Uuid::now_v7())
+    }
+
+    /// The nil id, used to mean "assign one at publish".
+    pub const fn nil() -> Self {
+        MessageId(uuid::Uuid::nil())
+    }
+
+    /// Whether this is the nil id.
+    pub fn is_nil(&self) -> bool {
+        self.0.is_nil()
+    }
+
+    /// The 16 raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Build from 16 raw bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        MessageId(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The id as a `u128` (big-endian value of the bytes).
+    pub fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.as_hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0.as_hyphenated())
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        uuid::Uuid::parse_str(s)
+            .map(MessageId)
+            .map_err(|e| Error::invalid(format!("invalid message id {s:?}")).with_source(e))
+    }
+}
+
+/// Delivery priority. Strict: a lower level is never delivered while a higher one is ready.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Priority {
+    /// Delivered before everything else (signaling, control traffic).
+    Critical = 0,
+    /// User-facing actions.
+    High = 1,
+    /// The default.
+    #[default]
+    Normal = 2,
+    /// Batch work that may wait.
+    Low = 3,
+}
+
+impl Priority {
+    /// All levels, highest first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    /// 0 for Critical … 3 for Low.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The level with this index (0 = Critical).
+    pub fn from_index(i: usize) -> Option<Priority> {
+        Self::ALL.get(i).copied()
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "critical" => Ok(Priority::Critical),
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            _ => Err(Error::invalid(format!(
+                "unknown priority {s:?} (expected critical, high, normal or low)"
+            ))),
+        }
+    }
+}
+
+/// Header map: ordered so the wire encoding is deterministic.
+pub type Headers = BTreeMap<String, String>;
+
+/// Standard header names.
+pub mod headers {
+    /// The service that published the message.
+    pub const SOURCE: &str = "source";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Correlation id tying a request to its effects.
+    pub const CORRELATION_ID: &str = "correlation_id";
+}
+
+/// The envelope every backend stores and delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Unique, time-ordered id; assigned at construction (nil means "assign at publish").
+    pub id: MessageId,
+    /// Routing key of the handler, e.g. `"speech_recognition"`.
+    pub kind: String,
+    /// Opaque bytes.
+    pub payload: Bytes,
+    /// Delivery priority; default [`Priority::Normal`].
+    pub priority: Priority,
+    /// String headers: `source`, `traceparent`, correlation id, user fields.
+    pub headers: Headers,
+    /// Publish time, milliseconds since the Unix epoch (set at publish when 0).
+    pub created_at: u64,
+    /// 1 on the first delivery, +1 on each redelivery. Set by the backend; 0 before delivery.
+    pub attempt: u32,
+    /// Per-message override of the queue's `max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Relative delay, resolved into [`Message::not_before`] at publish.
+    pub delay: Option<Duration>,
+    /// Not deliverable before this instant (ms since the epoch).
+    pub not_before: Option<u64>,
+}
+
+impl Message {
+    /// A message of `kind` carrying `payload`, with a fresh id and default priority.
+    pub fn new(kind: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::new(),
+            kind: kind.into(),
+            payload: payload.into(),
+            priority: Priority::Normal,
+            headers: Headers::new(),
+            created_at: 0,
+            attempt: 0,
+            max_attempts: None,
+            delay: None,
+            not_before: None,
+        }
+    }
+
+    /// A message whose payload is `value` encoded as JSON.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] if `value` cannot be serialised.
+    pub fn json<T: Serialize + ?Sized>(kind: impl Into<String>, value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value)
+            .map_err(|e| Error::invalid("payload cannot be encoded as JSON").with_source(e))?;
+        Ok(Message::new(kind, payload))
+    }
+
+    /// Decode the payload from JSON.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::Decode`] naming the kind and the serde error.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|e| {
+            Error::decode(format!(
+                "payload of {:?} ({}) is not the expected JSON",
+                self.kind, self.id
+            ))
+            .with_source(e)
+        })
+    }
+
+    /// Set the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+
+    /// Deliver no sooner than `delay` after publish.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Deliver no sooner than `at_ms` (ms since the epoch).
+    pub fn with_not_before(mut self, at_ms: u64) -> Self {
+        self.not_before = Some(at_ms);
+        self
+    }
+
+    /// Override the queue's `max_attempts` for this message.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = Some(max_attempts);
+        self
+    }
+
+    /// Use a specific id (idempotent publishing, tests).
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// A header's value.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.get(key).map(String::as_str)
+    }
+
+    /// Fill in what publish assigns: the id when nil, `created_at` when 0, and resolve the
+    /// relative delay into `not_before` against `now_ms`. Backends call this once per message.
+    pub fn prepare_for_publish(&mut self, now_ms: u64) {
+        if self.id.is_nil() {
+            self.id = MessageId::new();
+        }
+        if self.created_at == 0 {
+            self.created_at = now_ms;
+        }
+        if let Some(d) = self.delay.take() {
+            let due = now_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64);
+            self.not_before = Some(self.not_before.map_or(due, |nb| nb.max(due)));
+        }
+        self.attempt = 0;
+    }
+
+    /// When the message becomes deliverable (ms), or `None` when ready at once.
+    pub fn due_at(&self) -> Option<u64> {
+        self.not_before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_time_ordered_and_unique() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::new()).collect();
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn id_parses_back() {
+        let id = MessageId::new();
+        let parsed: MessageId = id.to_string().parse().expect("parse");
+        assert_eq!(id, parsed);
+        assert!("nope".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Task {
+            user: String,
+            n: u32,
+        }
+        let m = Message::json(
+            "t",
+            &Task {
+                user: "ann".into(),
+                n: 3,
+            },
+        )
+        .expect("json");
+        let back: Task = m.decode().expect("decode");
+        assert_eq!(
+            back,
+            Task {
+                user: "ann".into(),
+                n: 3
+            }
+        );
+        let err = Message::new("t", "not json").decode::<Task>().unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Decode);
+    }
+
+    #[test]
+    fn priority_order_and_parse() {
+        assert!(Priority::Critical < Priority::High);
+        assert!(Priority::Normal < Priority::Low);
+        assert_eq!("HIGH".parse::<Priority>().expect("p"), Priority::High);
+        assert!("urgent".parse::<Priority>().is_err());
+        assert_eq!(Priority::from_index(3), Some(Priority::Low));
+    }
+
+    #[test]
+    fn publish_resolves_delay() {
+        let mut m = Message::new("k", "").with_delay(Duration::from_millis(250));
+        m.prepare_for_publish(1_000);
+        assert_eq!(m.not_before, Some(1_250));
+        assert_eq!(m.created_at, 1_000);
+        assert!(m.delay.is_none());
+    }
+}

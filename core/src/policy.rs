@@ -1,0 +1,380 @@
+//! Retry, backoff and per-queue configuration: decided once, here, for every backend
+//! (DESIGN §3 Q5/Q6, §7).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Exponential backoff with bounded jitter and an attempt limit.
+///
+/// The delay after failed attempt `n` (1-based) is `d = min(max_delay, base * factor^(n-1))`,
+/// then drawn uniformly from `[d * (1 - jitter), d * (1 + jitter)]`. With `jitter = 0` the
+/// delay is exactly `d`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// Deliveries in total, the first included. `3` means: delivered at most 3 times.
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt.
+    #[serde(with = "duration_ms")]
+    pub base: Duration,
+    /// Growth per attempt (≥ 1).
+    pub factor: f64,
+    /// Upper bound of the computed delay (before jitter).
+    #[serde(with = "duration_ms")]
+    pub max_delay: Duration,
+    /// Fraction in `[0, 1]`: the delay varies uniformly within ± this fraction.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_secs(1),
+            factor: 2.0,
+            max_delay: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// What to do with a failed delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Make it ready again after this delay.
+    Retry(Duration),
+    /// Move it to the dead-letter store (or discard it when dead letters are off).
+    Dead,
+}
+
+/// How a failure asks to be treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Retry with the policy's backoff.
+    #[default]
+    Backoff,
+    /// Retry after exactly this delay (still bounded by `max_attempts`).
+    RetryAfter(Duration),
+    /// Do not retry.
+    Permanent,
+}
+
+impl RetryPolicy {
+    /// A policy with no jitter (exact, for tests and deterministic systems).
+    pub fn exact(max_attempts: u32, base: Duration, factor: f64, max_delay: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            base,
+            factor,
+            max_delay,
+            jitter: 0.0,
+        }
+    }
+
+    /// Check the policy.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when `max_attempts` is 0, `factor < 1` or not finite,
+    /// or `jitter` is outside `[0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::invalid(
+                "retry.max_attempts must be at least 1 (it counts the first delivery)",
+            ));
+        }
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            return Err(Error::invalid(format!(
+                "retry.factor must be a finite number >= 1, got {}",
+                self.factor
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::invalid(format!(
+                "retry.jitter must be within [0, 1], got {}",
+                self.jitter
+            )));
+        }
+        if self.base > self.max_delay {
+            return Err(Error::invalid(format!(
+                "retry.base ({:?}) exceeds retry.max_delay ({:?})",
+                self.base, self.max_delay
+            )));
+        }
+        Ok(())
+    }
+
+    /// The delay before jitter after failed attempt `attempt` (1-based).
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(1_000) as i32;
+        let secs = self.base.as_secs_f64() * self.factor.powi(exp);
+        let max = self.max_delay.as_secs_f64();
+        if !secs.is_finite() || secs >= max {
+            self.max_delay
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// The delay after failed attempt `attempt`, with jitter drawn from `rng`.
+    pub fn delay<R: Rng + ?Sized>(&self, attempt: u32, rng: &mut R) -> Duration {
+        let d = self.base_delay(attempt);
+        if self.jitter <= 0.0 || d.is_zero() {
+            return d;
+        }
+        let spread = rng.random_range(-self.jitter..=self.jitter);
+        Duration::from_secs_f64((d.as_secs_f64() * (1.0 + spread)).max(0.0))
+    }
+
+    /// The jitter range of the delay after attempt `attempt`: `(low, high)`.
+    pub fn delay_bounds(&self, attempt: u32) -> (Duration, Duration) {
+        let d = self.base_delay(attempt).as_secs_f64();
+        (
+            Duration::from_secs_f64(d * (1.0 - self.jitter)),
+            Duration::from_secs_f64(d * (1.0 + self.jitter)),
+        )
+    }
+
+    /// The effective attempt limit for a message with an optional override.
+    pub fn limit(&self, message_override: Option<u32>) -> u32 {
+        message_override.unwrap_or(self.max_attempts).max(1)
+    }
+
+    /// Decide what happens after delivery number `attempt` failed.
+    pub fn decide<R: Rng + ?Sized>(
+        &self,
+        attempt: u32,
+        message_override: Option<u32>,
+        mode: FailureMode,
+        rng: &mut R,
+    ) -> FailureAction {
+        if mode == FailureMode::Permanent || attempt >= self.limit(message_override) {
+            return FailureAction::Dead;
+        }
+        match mode {
+            FailureMode::RetryAfter(d) => FailureAction::Retry(d),
+            _ => FailureAction::Retry(self.delay(attempt, rng)),
+        }
+    }
+}
+
+/// Per-queue configuration (DESIGN §3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// How long a received message stays invisible to others. Default 30 s.
+    #[serde(with = "duration_ms")]
+    pub visibility_timeout: Duration,
+    /// Retry and backoff.
+    pub retry: RetryPolicy,
+    /// Keep messages that ran out of attempts in the dead-letter store (default `true`).
+    /// When `false` they are discarded and counted as such.
+    pub dead_letter: bool,
+    /// Largest accepted payload in bytes. Default 1 MiB.
+    pub max_payload: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            visibility_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            dead_letter: true,
+            max_payload: 1024 * 1024,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Check the configuration.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for a zero visibility timeout, a zero `max_payload`
+    /// or a bad retry policy.
+    pub fn validate(&self) -> Result<()> {
+        if self.visibility_timeout < Duration::from_millis(1) {
+            return Err(Error::invalid("visibility_timeout must be at least 1 ms"));
+        }
+        if self.max_payload == 0 {
+            return Err(Error::invalid("max_payload must be at least 1 byte"));
+        }
+        self.retry.validate()
+    }
+
+    /// Check a message against this configuration before it is sent.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::PayloadTooLarge`] or [`crate::ErrorKind::InvalidInput`] (a
+    /// `max_attempts` override of 0).
+    pub fn check_message(&self, msg: &crate::Message) -> Result<()> {
+        if msg.payload.len() > self.max_payload {
+            return Err(Error::new(
+                crate::ErrorKind::PayloadTooLarge,
+                format!(
+                    "payload of {} bytes exceeds max_payload {} (kind {:?})",
+                    msg.payload.len(),
+                    self.max_payload,
+                    msg.kind
+                ),
+            ));
+        }
+        if msg.max_attempts == Some(0) {
+            return Err(Error::invalid("max_attempts override must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Serde helper: a `Duration` as whole milliseconds.
+pub mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialise as milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    /// Deserialise from milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn exact() -> RetryPolicy {
+        RetryPolicy::exact(
+            5,
+            Duration::from_millis(100),
+            2.0,
+            Duration::from_millis(1000),
+        )
+    }
+
+    #[test]
+    fn exact_delays_grow_and_cap() {
+        let p = exact();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let got: Vec<u64> = (1..=6)
+            .map(|a| p.delay(a, &mut rng).as_millis() as u64)
+            .collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn huge_attempts_do_not_overflow() {
+        let p = exact();
+        assert_eq!(p.base_delay(u32::MAX), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn seeded_jitter_stays_in_bounds_and_varies() {
+        let p = RetryPolicy {
+            jitter: 0.25,
+            ..exact()
+        };
+        let mut rng = SmallRng::seed_from_u64(42);
+        for attempt in 1..=5 {
+            let (lo, hi) = p.delay_bounds(attempt);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..500 {
+                let d = p.delay(attempt, &mut rng);
+                assert!(
+                    d >= lo && d <= hi,
+                    "attempt {attempt}: {d:?} not in {lo:?}..{hi:?}"
+                );
+                seen.insert(d.as_micros());
+            }
+            assert!(seen.len() > 50, "jitter should vary");
+        }
+        // the same seed gives the same sequence
+        let a: Vec<_> = {
+            let mut r = SmallRng::seed_from_u64(7);
+            (1..5).map(|n| p.delay(n, &mut r)).collect()
+        };
+        let b: Vec<_> = {
+            let mut r = SmallRng::seed_from_u64(7);
+            (1..5).map(|n| p.delay(n, &mut r)).collect()
+        };
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn decide_counts_every_delivery() {
+        let p = RetryPolicy::exact(3, Duration::from_millis(10), 2.0, Duration::from_secs(1));
+        let mut rng = SmallRng::seed_from_u64(0);
+        let m = FailureMode::Backoff;
+        assert_eq!(
+            p.decide(1, None, m, &mut rng),
+            FailureAction::Retry(Duration::from_millis(10))
+        );
+        assert_eq!(
+            p.decide(2, None, m, &mut rng),
+            FailureAction::Retry(Duration::from_millis(20))
+        );
+        assert_eq!(p.decide(3, None, m, &mut rng), FailureAction::Dead);
+        assert_eq!(p.decide(1, Some(1), m, &mut rng), FailureAction::Dead);
+        assert_eq!(
+            p.decide(1, None, FailureMode::Permanent, &mut rng),
+            FailureAction::Dead
+        );
+        assert_eq!(
+            p.decide(
+                1,
+                None,
+                FailureMode::RetryAfter(Duration::from_secs(9)),
+                &mut rng
+            ),
+            FailureAction::Retry(Duration::from_secs(9))
+        );
+        assert_eq!(
+            p.decide(
+                3,
+                None,
+                FailureMode::RetryAfter(Duration::from_secs(9)),
+                &mut rng
+            ),
+            FailureAction::Dead
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_config() {
+        let mut c = QueueConfig::default();
+        c.validate().expect("default is valid");
+        c.retry.max_attempts = 0;
+        assert!(c.validate().is_err());
+        let mut c = QueueConfig::default();
+        c.retry.jitter = 1.5;
+        assert!(c.validate().is_err());
+        let mut c = QueueConfig::default();
+        c.retry.factor = 0.5;
+        assert!(c.validate().is_err());
+        let mut c = QueueConfig::default();
+        c.visibility_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let mut c = QueueConfig::default();
+        c.retry.base = Duration::from_secs(10);
+        c.retry.max_delay = Duration::from_secs(1);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn config_from_json_uses_defaults() {
+        let c: QueueConfig =
+            serde_json::from_str(r#"{"visibility_timeout": 200, "retry": {"max_attempts": 2}}"#)
+                .expect("json");
+        assert_eq!(c.visibility_timeout, Duration::from_millis(200));
+        assert_eq!(c.retry.max_attempts, 2);
+        assert_eq!(c.retry.base, Duration::from_secs(1));
+        assert!(c.dead_letter);
+    }
+}

@@ -1,0 +1,228 @@
+//! Ephemeral broadcast (DESIGN §5): the backend trait, and the bounded subscription buffer
+//! every backend delivers into (P7 is implemented once, here).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::Result;
+use crate::message::Message;
+use crate::names::Pattern;
+
+/// Options for [`PubSub::subscribe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Messages buffered before the oldest is dropped (P7). Default 1024.
+    pub buffer: usize,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions { buffer: 1024 }
+    }
+}
+
+/// A broadcast backend.
+#[async_trait]
+pub trait PubSub: Send + Sync + 'static {
+    /// The backend's short name.
+    fn backend_name(&self) -> &'static str;
+
+    /// Send `message` to every active subscription matching `channel` (P1). With no
+    /// subscriber the message is dropped (P2). Returns how many local subscriptions received it
+    /// where the backend can tell, else 0.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid channel name (patterns are not
+    /// channels).
+    async fn publish(&self, channel: &str, message: Message) -> Result<usize>;
+
+    /// Subscribe to a channel or pattern (`*` one token, `>` the rest). Returns once the
+    /// subscription is active: messages published after this returns are delivered.
+    async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription>;
+}
+
+const _: Option<&dyn PubSub> = None;
+
+/// The receiving end a backend pushes into: bounded, drop-oldest, counted.
+#[derive(Debug)]
+pub struct SubscriptionBuffer {
+    pattern: Pattern,
+    capacity: usize,
+    items: Mutex<VecDeque<Message>>,
+    notify: Notify,
+    dropped: AtomicU64,
+    delivered: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl SubscriptionBuffer {
+    /// A buffer for `pattern` holding at most `capacity` messages (at least 1).
+    pub fn new(pattern: Pattern, capacity: usize) -> Arc<Self> {
+        Arc::new(SubscriptionBuffer {
+            pattern,
+            capacity: capacity.max(1),
+            items: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            dropped: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The pattern this buffer was subscribed with.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// Push a message when the pattern matches `channel`. Drops the oldest when full.
+    /// Returns whether the message was accepted (matched and the buffer is open).
+    pub fn offer(&self, channel: &str, message: &Message) -> bool {
+        if self.is_closed() || !self.pattern.matches(channel) {
+            return false;
+        }
+        self.push(message.clone());
+        true
+    }
+
+    /// Push a message (the caller has matched it). Drops the oldest when full.
+    pub fn push(&self, message: Message) {
+        {
+            let mut items = self.items.lock();
+            if items.len() >= self.capacity {
+                items.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            items.push_back(message);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Close: the subscription's `next` returns `None` once drained.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Messages dropped because the subscriber was too slow.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn try_pop(&self) -> Option<Message> {
+        let m = self.items.lock().pop_front();
+        if m.is_some() {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        m
+    }
+}
+
+/// An active subscription. Dropping it (or [`Subscription::unsubscribe`]) stops delivery.
+pub struct Subscription {
+    buffer: Arc<SubscriptionBuffer>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.buffer.pattern.as_str())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Wrap a buffer; `guard` is dropped with the subscription (the backend's unsubscribe).
+    pub fn new(buffer: Arc<SubscriptionBuffer>, guard: impl Send + Sync + 'static) -> Self {
+        Subscription {
+            buffer,
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// The next message; `None` once the subscription is closed and drained.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is only taken from the buffer when it is returned.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let notified = self.buffer.notify.notified();
+            if let Some(m) = self.buffer.try_pop() {
+                return Some(m);
+            }
+            if self.buffer.is_closed() {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next message, waiting at most `wait`.
+    pub async fn next_timeout(&mut self, wait: Duration) -> Option<Message> {
+        tokio::time::timeout(wait, self.next()).await.ok().flatten()
+    }
+
+    /// A buffered message, without waiting.
+    pub fn try_next(&mut self) -> Option<Message> {
+        self.buffer.try_pop()
+    }
+
+    /// Messages dropped because this subscriber was too slow (P7).
+    pub fn dropped(&self) -> u64 {
+        self.buffer.dropped()
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> &str {
+        self.buffer.pattern.as_str()
+    }
+
+    /// Stop delivery now.
+    pub fn unsubscribe(self) {
+        self.buffer.close();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.buffer.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drops_oldest_when_full() {
+        let buf = SubscriptionBuffer::new(Pattern::parse("a.*").expect("p"), 2);
+        let mut sub = Subscription::new(buf.clone(), ());
+        for i in 0..5 {
+            assert!(buf.offer("a.b", &Message::new(format!("m{i}"), "")));
+        }
+        assert!(!buf.offer("x.b", &Message::new("no", "")));
+        assert_eq!(sub.dropped(), 3);
+        assert_eq!(sub.try_next().map(|m| m.kind), Some("m3".into()));
+        assert_eq!(sub.try_next().map(|m| m.kind), Some("m4".into()));
+        assert!(sub.try_next().is_none());
+        buf.close();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), sub.next())
+                .await
+                .expect("bounded")
+                .is_none()
+        );
+    }
+}

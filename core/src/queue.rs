@@ -1,0 +1,344 @@
+//! The work queue (DESIGN §3): the small primitive trait a backend implements, and the
+//! [`QueueExt`] helpers every backend gets for free.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, Priority};
+use crate::policy::{FailureAction, FailureMode, QueueConfig};
+
+/// Proof of holding a delivery. Ack, nack and extend act only with a current lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The message.
+    pub id: MessageId,
+    /// Unique per delivery; a stale token gets [`crate::ErrorKind::LeaseLost`].
+    pub token: u64,
+    /// The delivery number this lease belongs to (1-based).
+    pub attempt: u32,
+    /// When the lease ends (ms since the epoch), as known when it was granted or extended.
+    pub deadline_ms: u64,
+}
+
+/// A received message and its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message, with `attempt` set to this delivery's number.
+    pub message: Message,
+    /// The lease to settle it with.
+    pub lease: Lease,
+}
+
+/// How to settle a delivery. The policy (retry or bury, which delay) is decided by the caller
+/// from [`QueueConfig`]; the backend only executes it atomically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Remove for good.
+    Ack(Lease),
+    /// A failed attempt: ready again after `delay`, remembering `error`.
+    Retry {
+        /// The delivery.
+        lease: Lease,
+        /// Backoff before it is ready again.
+        delay: Duration,
+        /// The failure, kept as the message's last error.
+        error: String,
+    },
+    /// A final failure: move to dead letters (or discard when dead letters are off).
+    Bury {
+        /// The delivery.
+        lease: Lease,
+        /// The failure, stored with the dead letter.
+        error: String,
+    },
+    /// Give the message back unhandled (graceful stop): ready at once, the attempt not counted.
+    Release(Lease),
+}
+
+impl Settle {
+    /// The lease this operation acts on.
+    pub fn lease(&self) -> &Lease {
+        match self {
+            Settle::Ack(l) | Settle::Release(l) => l,
+            Settle::Retry { lease, .. } | Settle::Bury { lease, .. } => lease,
+        }
+    }
+}
+
+/// A snapshot of a queue (Q8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Ready now, per priority (index 0 = Critical).
+    pub ready: [u64; 4],
+    /// Waiting for a delay or a retry backoff.
+    pub delayed: u64,
+    /// Leased to a consumer.
+    pub in_flight: u64,
+    /// In the dead-letter store.
+    pub dead: u64,
+    /// Messages accepted by publish (counter).
+    pub published: u64,
+    /// Messages acknowledged (counter).
+    pub acked: u64,
+    /// Failed attempts that were scheduled for another try (counter).
+    pub retried: u64,
+    /// Messages moved to dead letters or discarded after their last attempt (counter).
+    pub dead_lettered: u64,
+}
+
+impl QueueStats {
+    /// Ready messages over all priorities.
+    pub fn ready_total(&self) -> u64 {
+        self.ready.iter().sum()
+    }
+
+    /// Ready messages at one priority.
+    pub fn ready_at(&self, p: Priority) -> u64 {
+        self.ready[p.index()]
+    }
+
+    /// Messages stored in any state (ready, delayed, in flight, dead).
+    pub fn stored(&self) -> u64 {
+        self.ready_total() + self.delayed + self.in_flight + self.dead
+    }
+}
+
+/// A message that ran out of attempts or failed permanently (Q6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message as last delivered (`attempt` = the last delivery's number).
+    pub message: Message,
+    /// The last error.
+    pub error: String,
+    /// How many deliveries were made.
+    pub attempts: u32,
+    /// When it was buried (ms since the epoch).
+    pub failed_at: u64,
+}
+
+/// A page of a listing, oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Entries to skip.
+    pub offset: usize,
+    /// Entries to return at most.
+    pub limit: usize,
+}
+
+impl Page {
+    /// The first `limit` entries.
+    pub fn first(limit: usize) -> Self {
+        Page { offset: 0, limit }
+    }
+}
+
+/// Which dead letters an operation acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// All of them.
+    All,
+    /// These ids (unknown ids are ignored and not counted).
+    Ids(Vec<MessageId>),
+}
+
+/// A work queue backend: atomic primitives only. Policy lives in core ([`QueueExt`],
+/// [`crate::Worker`]).
+///
+/// Queues come into existence on first use. Every method validates the queue name first.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// The backend's short name (`"memory"`, `"redis"`, …).
+    fn backend_name(&self) -> &'static str;
+
+    /// The clock the backend uses for delays and leases.
+    fn clock(&self) -> SharedClock;
+
+    /// Set a queue's configuration in this handle. Processes sharing a queue should use the
+    /// same configuration.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for a bad name or configuration.
+    fn configure(&self, queue: &str, config: QueueConfig) -> Result<()>;
+
+    /// The configuration in force for `queue` (the backend default if never configured).
+    fn queue_config(&self, queue: &str) -> QueueConfig;
+
+    /// Store messages (Q1, Q7). Ids are assigned where nil; delays resolve against the
+    /// backend clock. All messages are validated before anything is stored.
+    ///
+    /// # Errors
+    /// Invalid input or an oversize payload reject the whole batch before anything is sent.
+    /// A backend failure part-way reports how many leading messages were stored through
+    /// [`Error::stored`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published.
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>>;
+
+    /// Lease up to `max` ready messages, highest priority first, FIFO within a priority (Q2),
+    /// waiting up to `wait` for one to become ready. Returns an empty vector on timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping the future never loses a message: at worst a message is leased and comes back
+    /// when its lease expires.
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Settle deliveries. The outer error is a backend failure; each inner result is one
+    /// operation's outcome ([`crate::ErrorKind::LeaseLost`] when the lease is no longer held,
+    /// and then nothing changed).
+    async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
+
+    /// Push a lease's deadline to `now + visibility`.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held.
+    async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease>;
+
+    /// A consistent snapshot of the queue's state and counters.
+    async fn stats(&self, queue: &str) -> Result<QueueStats>;
+
+    /// Dead letters, oldest first.
+    async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter by id.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::NotFound`] when there is no such dead letter.
+    async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter>;
+
+    /// Move dead letters back to ready with attempts reset and ids kept. Returns how many.
+    async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64>;
+
+    /// Delete dead letters. Returns how many.
+    async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64>;
+}
+
+/// Conveniences for every [`Queue`], including `dyn Queue`.
+#[async_trait]
+pub trait QueueExt: Queue {
+    /// Publish one message.
+    async fn publish(&self, queue: &str, message: Message) -> Result<MessageId> {
+        let mut ids = self.publish_batch(queue, vec![message]).await?;
+        ids.pop().ok_or_else(|| {
+            Error::new(crate::ErrorKind::Backend, "publish returned no id")
+                .with_backend(self.backend_name())
+        })
+    }
+
+    /// Publish `value` as JSON under `kind`.
+    async fn publish_json<T: Serialize + Sync + ?Sized>(
+        &self,
+        queue: &str,
+        kind: &str,
+        value: &T,
+    ) -> Result<MessageId> {
+        self.publish(queue, Message::json(kind, value)?).await
+    }
+
+    /// Publish a message that becomes deliverable after `delay`.
+    async fn publish_in(
+        &self,
+        queue: &str,
+        message: Message,
+        delay: Duration,
+    ) -> Result<MessageId> {
+        self.publish(queue, message.with_delay(delay)).await
+    }
+
+    /// Receive at most one message, waiting up to `wait`.
+    async fn receive_one(&self, queue: &str, wait: Duration) -> Result<Option<Delivery>> {
+        Ok(self.receive(queue, 1, wait).await?.pop())
+    }
+
+    /// Settle one operation.
+    async fn settle_one(&self, queue: &str, op: Settle) -> Result<()> {
+        self.settle(queue, vec![op])
+            .await?
+            .pop()
+            .unwrap_or_else(|| {
+                Err(
+                    Error::new(crate::ErrorKind::Backend, "settle returned no result")
+                        .with_backend(self.backend_name()),
+                )
+            })
+    }
+
+    /// Acknowledge: remove the message for good.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (a double ack included).
+    async fn ack(&self, queue: &str, lease: &Lease) -> Result<()> {
+        self.settle_one(queue, Settle::Ack(*lease)).await
+    }
+
+    /// Report a failed attempt; the queue's retry policy decides between a retry after
+    /// backoff and dead letters. Returns what was decided.
+    async fn nack(&self, queue: &str, delivery: &Delivery, error: &str) -> Result<FailureAction> {
+        self.fail(queue, delivery, error, FailureMode::Backoff)
+            .await
+    }
+
+    /// Report a failed attempt with an explicit mode (retry after a given delay, or permanent).
+    async fn fail(
+        &self,
+        queue: &str,
+        delivery: &Delivery,
+        error: &str,
+        mode: FailureMode,
+    ) -> Result<FailureAction> {
+        let config = self.queue_config(queue);
+        let action = config.retry.decide(
+            delivery.lease.attempt,
+            delivery.message.max_attempts,
+            mode,
+            &mut rand::rng(),
+        );
+        let op = match action {
+            FailureAction::Retry(delay) => Settle::Retry {
+                lease: delivery.lease,
+                delay,
+                error: error.to_string(),
+            },
+            FailureAction::Dead => Settle::Bury {
+                lease: delivery.lease,
+                error: error.to_string(),
+            },
+        };
+        self.settle_one(queue, op).await?;
+        Ok(action)
+    }
+
+    /// Give a delivery back without counting the attempt.
+    async fn release(&self, queue: &str, lease: &Lease) -> Result<()> {
+        self.settle_one(queue, Settle::Release(*lease)).await
+    }
+
+    /// All dead letters (oldest first), up to `limit`.
+    async fn dead_letters_all(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.dead_letters(queue, Page::first(limit)).await
+    }
+}
+
+impl<Q: Queue + ?Sized> QueueExt for Q {}
+
+/// Checks shared by backends before a publish: name, per-message limits.
+///
+/// # Errors
+/// The first invalid input, naming the message's index in the batch.
+pub fn validate_publish(queue: &str, config: &QueueConfig, messages: &[Message]) -> Result<()> {
+    crate::names::validate_name("queue", queue)?;
+    for (i, m) in messages.iter().enumerate() {
+        config.check_message(m).map_err(|e| {
+            let msg = format!("message {i} of the batch: {}", e.message());
+            Error::new(e.kind(), msg)
+        })?;
+    }
+    Ok(())
+}
+
+// Compile-time proof that the trait stays dyn-compatible.
+const _: Option<&dyn Queue> = None;

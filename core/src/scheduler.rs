@@ -1,0 +1,183 @@
+//! Publishing later and on a schedule (DESIGN §4).
+//!
+//! One-off schedules (`publish_at`, `publish_after`) are stored by the backend as delayed
+//! messages, so they survive the process. Recurring schedules (intervals, cron expressions)
+//! run in this process: each firing publishes a fresh message. Run a recurring schedule in one
+//! process only (or accept one message per process per firing).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use croner::Cron;
+use tokio::task::JoinHandle;
+
+use crate::clock::SharedClock;
+use crate::dispatcher::Dispatcher;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId};
+
+/// Header set on messages published by a recurring schedule: the schedule's name.
+pub const SCHEDULE_HEADER: &str = "courier-schedule";
+
+/// Publishes messages at a time, after a delay, or on a recurring schedule, through a
+/// [`Dispatcher`].
+#[derive(Clone)]
+pub struct Scheduler {
+    dispatcher: Dispatcher,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+/// When a recurring schedule fires.
+#[derive(Clone, Debug)]
+pub enum Every {
+    /// At a fixed interval, first firing one interval from start.
+    Interval(Duration),
+    /// A cron expression (5 or 6 fields, seconds optional), in UTC.
+    Cron(String),
+}
+
+/// A running recurring schedule; dropping it (or [`ScheduleHandle::cancel`]) stops it.
+#[derive(Debug)]
+pub struct ScheduleHandle {
+    name: String,
+    task: JoinHandle<()>,
+}
+
+impl ScheduleHandle {
+    /// The schedule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stop firing.
+    pub fn cancel(self) {}
+}
+
+impl Drop for ScheduleHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Parse a cron expression (5 or 6 fields; seconds optional).
+///
+/// # Errors
+/// [`crate::ErrorKind::InvalidInput`] naming the expression and the parser's complaint.
+pub fn parse_cron(expr: &str) -> Result<Cron> {
+    Cron::new(expr)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| Error::invalid(format!("invalid cron expression {expr:?}: {e}")))
+}
+
+/// The next firing strictly after `after_ms` (ms since the epoch), in UTC.
+///
+/// # Errors
+/// When the expression never fires again.
+pub fn next_cron_ms(cron: &Cron, after_ms: u64) -> Result<u64> {
+    let after = Utc
+        .timestamp_millis_opt(after_ms as i64)
+        .single()
+        .ok_or_else(|| Error::invalid("time out of range"))?;
+    let next = cron
+        .find_next_occurrence(&after, false)
+        .map_err(|e| Error::invalid(format!("cron expression has no next firing: {e}")))?;
+    Ok(next.timestamp_millis().max(0) as u64)
+}
+
+impl Scheduler {
+    /// A scheduler publishing through `dispatcher`, reading time from `clock`.
+    pub fn new(dispatcher: Dispatcher, clock: SharedClock) -> Self {
+        Scheduler { dispatcher, clock }
+    }
+
+    /// Publish `msg` so it becomes deliverable at `at_ms` (ms since the epoch).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::dispatch`].
+    pub async fn publish_at(&self, msg: Message, at_ms: u64) -> Result<MessageId> {
+        self.dispatcher.dispatch(msg.with_not_before(at_ms)).await
+    }
+
+    /// Publish `msg` so it becomes deliverable after `delay`.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::dispatch`].
+    pub async fn publish_after(&self, msg: Message, delay: Duration) -> Result<MessageId> {
+        self.dispatcher.dispatch(msg.with_delay(delay)).await
+    }
+
+    /// Publish a message made by `make` every time `every` fires, until the handle is dropped.
+    ///
+    /// # Errors
+    /// An invalid cron expression or a zero interval.
+    pub fn recurring<F>(&self, name: &str, every: Every, make: F) -> Result<ScheduleHandle>
+    where
+        F: Fn() -> Message + Send + Sync + 'static,
+    {
+        enum When {
+            Interval(Duration),
+            Cron(Box<Cron>),
+        }
+        let when = match every {
+            Every::Interval(d) if d.is_zero() => {
+                return Err(Error::invalid("a recurring interval must be > 0"));
+            }
+            Every::Interval(d) => When::Interval(d),
+            Every::Cron(expr) => When::Cron(Box::new(parse_cron(&expr)?)),
+        };
+        let dispatcher = self.dispatcher.clone();
+        let clock = self.clock.clone();
+        let make = Arc::new(make);
+        let sched_name = name.to_string();
+        let task = tokio::spawn(async move {
+            let mut next_ms = clock.now_ms();
+            loop {
+                next_ms = match &when {
+                    When::Interval(d) => next_ms + d.as_millis() as u64,
+                    When::Cron(c) => match next_cron_ms(c, next_ms.max(clock.now_ms())) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(schedule = %sched_name, error = %e, "courier schedule ends");
+                            return;
+                        }
+                    },
+                };
+                let wait = crate::clock::until(clock.now_ms(), next_ms);
+                tokio::time::sleep(wait).await;
+                let msg = make().with_header(SCHEDULE_HEADER, sched_name.clone());
+                if let Err(e) = dispatcher.dispatch(msg).await {
+                    tracing::warn!(schedule = %sched_name, error = %e, "courier schedule: publish failed");
+                }
+            }
+        });
+        Ok(ScheduleHandle {
+            name: name.to_string(),
+            task,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_parses_and_steps() {
+        let c = parse_cron("*/5 * * * * *").expect("6 fields");
+        let t0 = 1_700_000_000_000u64; // a multiple of 5 s? 1_700_000_000 % 5 == 0
+        assert_eq!(next_cron_ms(&c, t0).expect("next"), t0 + 5_000);
+        let c = parse_cron("0 * * * *").expect("5 fields");
+        let n = next_cron_ms(&c, t0).expect("next");
+        assert_eq!(n % 3_600_000, 0);
+        assert!(n > t0 && n - t0 <= 3_600_000);
+        assert!(parse_cron("not cron").is_err());
+    }
+}

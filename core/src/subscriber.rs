@@ -1,0 +1,218 @@
+//! The pub/sub subscriber runtime (P8): a handler over a subscription, with the queue's retry
+//! policy applied in-process and a dead-letter record per subscription.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::SystemClock;
+use crate::error::Result;
+use crate::handler::{BoxHandler, HandlerResult};
+use crate::policy::{FailureAction, RetryPolicy};
+use crate::pubsub::{PubSub, SubscribeOptions};
+use crate::queue::DeadLetter;
+
+/// Builds a subscriber: `Subscriber::builder(pubsub, "meeting.*").handler(f).start().await`.
+pub struct Subscriber {
+    pubsub: Arc<dyn PubSub>,
+    pattern: String,
+    retry: RetryPolicy,
+    options: SubscribeOptions,
+    handler: Option<BoxHandler>,
+    max_dead_letters: usize,
+}
+
+/// Counters of a subscriber.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Messages taken from the subscription.
+    pub received: u64,
+    /// Messages handled successfully.
+    pub handled: u64,
+    /// Failed attempts that were retried in-process.
+    pub retried: u64,
+    /// Messages recorded as dead letters.
+    pub dead: u64,
+    /// Messages dropped by the subscription buffer because the handler was too slow (P7).
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    handled: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    dropped: AtomicU64,
+    dead_letters: Mutex<VecDeque<DeadLetter>>,
+}
+
+impl Subscriber {
+    /// A subscriber to `pattern` (a channel or a pattern with `*` / `>`).
+    pub fn builder(pubsub: Arc<dyn PubSub>, pattern: &str) -> Self {
+        Subscriber {
+            pubsub,
+            pattern: pattern.to_string(),
+            retry: RetryPolicy::default(),
+            options: SubscribeOptions::default(),
+            handler: None,
+            max_dead_letters: 10_000,
+        }
+    }
+
+    /// The retry policy applied in-process (default: [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Subscription options (buffer size).
+    pub fn options(mut self, options: SubscribeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Dead letters kept in memory at most (oldest dropped first; default 10,000).
+    pub fn max_dead_letters(mut self, n: usize) -> Self {
+        self.max_dead_letters = n.max(1);
+        self
+    }
+
+    /// The handler.
+    pub fn handler<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(crate::Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.handler = Some(crate::handler::boxed(f));
+        self
+    }
+
+    /// Subscribe (returns once the subscription is active) and start handling.
+    ///
+    /// # Errors
+    /// Invalid pattern or policy, no handler, or the backend's subscribe error.
+    pub async fn start(self) -> Result<SubscriberHandle> {
+        self.retry.validate()?;
+        let handler = self
+            .handler
+            .ok_or_else(|| crate::Error::invalid("a subscriber needs a handler"))?;
+        let mut sub = self.pubsub.subscribe(&self.pattern, self.options).await?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let retry = self.retry;
+        let max_dead = self.max_dead_letters;
+        let task_shared = shared.clone();
+        let pattern = self.pattern.clone();
+        let task = tokio::spawn(async move {
+            let shared = task_shared;
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    _ = stop_rx.changed() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                shared.dropped.store(sub.dropped(), Ordering::Relaxed);
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                let mut attempt = 1u32;
+                loop {
+                    let mut m = msg.clone();
+                    m.attempt = attempt;
+                    let outcome = AssertUnwindSafe(handler(m)).catch_unwind().await;
+                    let (error, mode) = match outcome {
+                        Ok(Ok(())) => {
+                            shared.handled.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(Err(e)) => (e.message().to_string(), e.mode()),
+                        Err(_) => ("handler panicked".to_string(), crate::FailureMode::Backoff),
+                    };
+                    match retry.decide(attempt, msg.max_attempts, mode, &mut rng) {
+                        FailureAction::Retry(d) => {
+                            shared.retried.fetch_add(1, Ordering::Relaxed);
+                            tokio::select! {
+                                biased;
+                                _ = stop_rx.changed() => return,
+                                _ = tokio::time::sleep(d) => {}
+                            }
+                            attempt += 1;
+                        }
+                        FailureAction::Dead => {
+                            shared.dead.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(pattern = %pattern, kind = %msg.kind, id = %msg.id, attempts = attempt, error = %error, "courier subscriber: message dead-lettered");
+                            let mut dl = shared.dead_letters.lock();
+                            if dl.len() >= max_dead {
+                                dl.pop_front();
+                            }
+                            let mut message = msg.clone();
+                            message.attempt = attempt;
+                            dl.push_back(DeadLetter {
+                                message,
+                                error,
+                                attempts: attempt,
+                                failed_at: crate::clock::Clock::now_ms(&SystemClock),
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(SubscriberHandle {
+            shared,
+            stop_tx,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running subscriber. Dropping it stops it.
+pub struct SubscriberHandle {
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SubscriberHandle {
+    /// This subscription's dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared.dead_letters.lock().iter().cloned().collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SubscriberStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SubscriberStats {
+            received: l(&self.shared.received),
+            handled: l(&self.shared.handled),
+            retried: l(&self.shared.retried),
+            dead: l(&self.shared.dead),
+            dropped: l(&self.shared.dropped),
+        }
+    }
+
+    /// Stop: the message being handled is abandoned (pub/sub is at most once).
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+impl Drop for SubscriberHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+    }
+}

@@ -1,0 +1,279 @@
+//! The one versioned binary encoding of [`Message`] (see `docs/wire-format.md`).
+//!
+//! Every backend that stores bytes stores exactly this, so a message written by one service
+//! (or one backend's tool) is readable by every other. All integers are big-endian.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+use crate::message::{Headers, Message, MessageId, Priority};
+
+/// First byte of every encoded message.
+pub const MAGIC: u8 = 0xC7;
+/// The format version written by this crate.
+pub const VERSION: u8 = 1;
+
+const FIXED_LEN: usize = 2 + 16 + 1 + 4 + 4 + 8 + 8;
+
+/// Encode a message. The relative `delay` must already be resolved into `not_before`
+/// ([`Message::prepare_for_publish`]); an unresolved delay is not encoded.
+///
+/// # Errors
+/// [`crate::ErrorKind::InvalidInput`] when the kind, a header or the payload exceed the
+/// format's length fields (64 KiB kind and header keys, 4 GiB values and payload).
+pub fn encode(msg: &Message) -> Result<Bytes> {
+    let headers_len: usize = msg
+        .headers
+        .iter()
+        .map(|(k, v)| 2 + k.len() + 4 + v.len())
+        .sum();
+    let mut buf = BytesMut::with_capacity(
+        FIXED_LEN + 2 + msg.kind.len() + 2 + headers_len + 4 + msg.payload.len(),
+    );
+    buf.put_u8(MAGIC);
+    buf.put_u8(VERSION);
+    buf.put_slice(msg.id.as_bytes());
+    buf.put_u8(msg.priority as u8);
+    buf.put_u32(msg.attempt);
+    buf.put_u32(msg.max_attempts.unwrap_or(0));
+    buf.put_u64(msg.created_at);
+    buf.put_u64(msg.not_before.unwrap_or(0));
+    put_short(&mut buf, msg.kind.as_bytes(), "kind")?;
+    let count = u16::try_from(msg.headers.len())
+        .map_err(|_| Error::invalid("more than 65535 headers cannot be encoded"))?;
+    buf.put_u16(count);
+    for (k, v) in &msg.headers {
+        put_short(&mut buf, k.as_bytes(), "header name")?;
+        put_long(&mut buf, v.as_bytes(), "header value")?;
+    }
+    put_long(&mut buf, &msg.payload, "payload")?;
+    Ok(buf.freeze())
+}
+
+fn put_short(buf: &mut BytesMut, b: &[u8], what: &str) -> Result<()> {
+    let n = u16::try_from(b.len())
+        .map_err(|_| Error::invalid(format!("{what} longer than 65535 bytes")))?;
+    buf.put_u16(n);
+    buf.put_slice(b);
+    Ok(())
+}
+
+fn put_long(buf: &mut BytesMut, b: &[u8], what: &str) -> Result<()> {
+    let n =
+        u32::try_from(b.len()).map_err(|_| Error::invalid(format!("{what} longer than 4 GiB")))?;
+    buf.put_u32(n);
+    buf.put_slice(b);
+    Ok(())
+}
+
+/// Decode a message. The payload shares `data`'s buffer (no copy).
+///
+/// # Errors
+/// [`crate::ErrorKind::Decode`] saying what is wrong and at which byte offset.
+pub fn decode(data: &Bytes) -> Result<Message> {
+    let mut r = Reader { data, pos: 0 };
+    let magic = r.u8("magic")?;
+    if magic != MAGIC {
+        return Err(Error::decode(format!(
+            "not a Courier message (first byte 0x{magic:02x}, expected 0x{MAGIC:02x})"
+        )));
+    }
+    let version = r.u8("version")?;
+    if version != VERSION {
+        return Err(Error::decode(format!(
+            "unsupported wire format version {version} (this build reads version {VERSION})"
+        )));
+    }
+    let id_bytes: [u8; 16] = r
+        .take(16, "id")?
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::decode("id is not 16 bytes"))?;
+    let prio = r.u8("priority")?;
+    let priority = Priority::from_index(prio as usize)
+        .ok_or_else(|| Error::decode(format!("invalid priority byte {prio}")))?;
+    let attempt = r.u32("attempt")?;
+    let max_attempts = r.u32("max_attempts")?;
+    let created_at = r.u64("created_at")?;
+    let not_before = r.u64("not_before")?;
+    let kind_len = r.u16("kind length")? as usize;
+    let kind = r.string(kind_len, "kind")?;
+    let header_count = r.u16("header count")?;
+    let mut headers = Headers::new();
+    for _ in 0..header_count {
+        let kl = r.u16("header name length")? as usize;
+        let k = r.string(kl, "header name")?;
+        let vl = r.u32("header value length")? as usize;
+        let v = r.string(vl, "header value")?;
+        headers.insert(k, v);
+    }
+    let pl = r.u32("payload length")? as usize;
+    let payload = r.take(pl, "payload")?;
+    if r.pos != data.len() {
+        return Err(Error::decode(format!(
+            "{} trailing bytes after the payload",
+            data.len() - r.pos
+        )));
+    }
+    Ok(Message {
+        id: MessageId::from_bytes(id_bytes),
+        kind,
+        payload,
+        priority,
+        headers,
+        created_at,
+        attempt,
+        max_attempts: (max_attempts != 0).then_some(max_attempts),
+        delay: None,
+        not_before: (not_before != 0).then_some(not_before),
+    })
+}
+
+struct Reader<'a> {
+    data: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, what: &str) -> Result<Bytes> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        match end {
+            Some(end) => {
+                let b = self.data.slice(self.pos..end);
+                self.pos = end;
+                Ok(b)
+            }
+            None => Err(Error::decode(format!(
+                "truncated message: {what} needs {n} bytes at offset {}, {} left",
+                self.pos,
+                self.data.len() - self.pos
+            ))),
+        }
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn string(&mut self, n: usize, what: &str) -> Result<String> {
+        let at = self.pos;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|e| {
+            Error::decode(format!("{what} at offset {at} is not UTF-8")).with_source(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: &Message) -> Message {
+        let bytes = encode(m).expect("encode");
+        decode(&bytes).expect("decode")
+    }
+
+    #[test]
+    fn full_message_round_trips() {
+        let mut m = Message::new("speech_recognition", vec![1u8, 2, 3])
+            .with_priority(Priority::Critical)
+            .with_header("source", "ai")
+            .with_header("traceparent", "00-abc-def-01")
+            .with_max_attempts(7)
+            .with_not_before(1_700_000_000_123);
+        m.created_at = 1_700_000_000_000;
+        m.attempt = 4;
+        assert_eq!(round_trip(&m), m);
+    }
+
+    #[test]
+    fn empty_payload_and_no_headers() {
+        let m = Message::new("", Bytes::new());
+        assert_eq!(round_trip(&m), m);
+    }
+
+    #[test]
+    fn binary_non_utf8_payload() {
+        let payload: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0x00, 0xc3, 0x28]).collect();
+        let m = Message::new("bin", payload);
+        assert_eq!(round_trip(&m), m);
+    }
+
+    #[test]
+    fn odd_header_strings() {
+        let m = Message::new("k", "p")
+            .with_header("", "")
+            .with_header("emoji 🎥", "line\nbreak\ttab\0nul")
+            .with_header("quote\"'", "ünïcödé ✓")
+            .with_header("k".repeat(300), "v".repeat(70_000));
+        assert_eq!(round_trip(&m), m);
+    }
+
+    #[test]
+    fn every_truncation_is_a_decode_error() {
+        let m = Message::new("kind", "payload").with_header("a", "b");
+        let bytes = encode(&m).expect("encode");
+        for n in 0..bytes.len() {
+            let err = decode(&bytes.slice(0..n)).expect_err("truncated must fail");
+            assert_eq!(err.kind(), crate::ErrorKind::Decode, "len {n}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_magic_version_and_trailing_bytes() {
+        let bytes = encode(&Message::new("k", "p")).expect("encode");
+        let mut v = bytes.to_vec();
+        v[0] = 0x00;
+        assert!(
+            decode(&Bytes::from(v))
+                .unwrap_err()
+                .message()
+                .contains("not a Courier")
+        );
+        let mut v = bytes.to_vec();
+        v[1] = 99;
+        assert!(
+            decode(&Bytes::from(v))
+                .unwrap_err()
+                .message()
+                .contains("version 99")
+        );
+        let mut v = bytes.to_vec();
+        v.push(0);
+        assert!(
+            decode(&Bytes::from(v))
+                .unwrap_err()
+                .message()
+                .contains("trailing")
+        );
+        let mut v = bytes.to_vec();
+        v[18] = 9;
+        assert!(
+            decode(&Bytes::from(v))
+                .unwrap_err()
+                .message()
+                .contains("priority")
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_kind() {
+        let mut v = encode(&Message::new("ab", "")).expect("encode").to_vec();
+        // kind bytes start after the fixed header and the 2-byte length
+        v[FIXED_LEN + 2] = 0xff;
+        let err = decode(&Bytes::from(v)).unwrap_err();
+        assert!(err.message().contains("kind"), "{err}");
+    }
+}

@@ -1,0 +1,846 @@
+//! The worker runtime (DESIGN §4), written once for every backend.
+//!
+//! A worker leases messages from a [`Source`] (a queue, or one topic of an event-bus group),
+//! runs the handler bound to each message's kind with bounded concurrency and prefetch,
+//! extends leases while handlers run, turns failures into retries or dead letters through the
+//! queue's [`crate::RetryPolicy`], and stops gracefully.
+//!
+//! Handlers run as futures polled by the worker's own task (no spawn per message), so a fast
+//! handler costs a few hundred nanoseconds of overhead. A handler doing heavy CPU work should
+//! move it to `tokio::task::spawn_blocking`, or the worker can be built with
+//! [`WorkerBuilder::spawn_handlers`].
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::event_bus::EventBus;
+use crate::handler::{BoxHandler, HandlerResult};
+use crate::message::Message;
+use crate::policy::{FailureAction, FailureMode, QueueConfig};
+use crate::queue::{Delivery, Lease, Queue, Settle};
+
+/// Where a worker leases messages from: a queue, or a topic read by a consumer group.
+#[async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// A short description for logs (`"queue tasks"`, `"topic t / group g"`).
+    fn describe(&self) -> String;
+    /// The failure rules in force.
+    fn config(&self) -> QueueConfig;
+    /// "Now" on the backend's clock (ms since the epoch), to judge lease deadlines.
+    fn now_ms(&self) -> u64;
+    /// Lease up to `max`, waiting up to `wait`.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+    /// Settle deliveries.
+    async fn settle(&self, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
+    /// Extend a lease.
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease>;
+}
+
+/// A named queue as a [`Source`].
+pub struct QueueSource {
+    queue: Arc<dyn Queue>,
+    name: String,
+}
+
+impl QueueSource {
+    /// Read `name` from `queue`.
+    pub fn new(queue: Arc<dyn Queue>, name: impl Into<String>) -> Self {
+        QueueSource {
+            queue,
+            name: name.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for QueueSource {
+    fn describe(&self) -> String {
+        format!("queue {}", self.name)
+    }
+    fn config(&self) -> QueueConfig {
+        self.queue.queue_config(&self.name)
+    }
+    fn now_ms(&self) -> u64 {
+        self.queue.clock().now_ms()
+    }
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.queue.receive(&self.name, max, wait).await
+    }
+    async fn settle(&self, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.queue.settle(&self.name, ops).await
+    }
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        self.queue.extend(&self.name, lease, visibility).await
+    }
+}
+
+/// One topic read by one consumer group, as a [`Source`].
+pub struct GroupSource {
+    bus: Arc<dyn EventBus>,
+    topic: String,
+    group: String,
+}
+
+impl GroupSource {
+    /// Read `topic` as `group`.
+    pub fn new(bus: Arc<dyn EventBus>, topic: impl Into<String>, group: impl Into<String>) -> Self {
+        GroupSource {
+            bus,
+            topic: topic.into(),
+            group: group.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for GroupSource {
+    fn describe(&self) -> String {
+        format!("topic {} / group {}", self.topic, self.group)
+    }
+    fn config(&self) -> QueueConfig {
+        self.bus.group_config(&self.topic, &self.group)
+    }
+    fn now_ms(&self) -> u64 {
+        self.bus.clock().now_ms()
+    }
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.bus.receive(&self.topic, &self.group, max, wait).await
+    }
+    async fn settle(&self, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.bus.settle(&self.topic, &self.group, ops).await
+    }
+    async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        self.bus
+            .extend(&self.topic, &self.group, lease, visibility)
+            .await
+    }
+}
+
+/// Counters of a running worker (all handles and drivers of one worker share them).
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    received: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    panicked: AtomicU64,
+    released: AtomicU64,
+    lease_lost: AtomicU64,
+    in_progress: AtomicU64,
+    max_in_progress: AtomicU64,
+}
+
+/// A snapshot of [`WorkerCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Deliveries received.
+    pub received: u64,
+    /// Handlers that succeeded (and were acked).
+    pub succeeded: u64,
+    /// Failures scheduled for another attempt.
+    pub retried: u64,
+    /// Failures sent to dead letters (out of attempts, permanent, unknown kind).
+    pub dead: u64,
+    /// Handlers that panicked (also counted as retried or dead).
+    pub panicked: u64,
+    /// Deliveries given back unhandled at stop.
+    pub released: u64,
+    /// Settle or extend calls refused because the lease was gone.
+    pub lease_lost: u64,
+    /// Handlers running now.
+    pub in_progress: u64,
+    /// The most handlers seen running at once.
+    pub max_in_progress: u64,
+}
+
+impl WorkerCounters {
+    fn snapshot(&self) -> WorkerStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WorkerStats {
+            received: l(&self.received),
+            succeeded: l(&self.succeeded),
+            retried: l(&self.retried),
+            dead: l(&self.dead),
+            panicked: l(&self.panicked),
+            released: l(&self.released),
+            lease_lost: l(&self.lease_lost),
+            in_progress: l(&self.in_progress),
+            max_in_progress: l(&self.max_in_progress),
+        }
+    }
+}
+
+/// What a stopped worker reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Final counters.
+    pub stats: WorkerStats,
+    /// Handlers still running when the grace period ended; their messages were released.
+    pub abandoned: u64,
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    sources: Vec<(Arc<dyn Source>, Option<BoxHandler>)>,
+    handlers: HashMap<String, BoxHandler>,
+    fallback: Option<BoxHandler>,
+    concurrency: usize,
+    prefetch: Option<usize>,
+    idle_wait: Duration,
+    spawn_handlers: bool,
+}
+
+/// Entry point of the worker runtime: `Worker::builder(queue, "tasks")`.
+pub struct Worker;
+
+impl Worker {
+    /// A worker for queue `queue_name`.
+    pub fn builder(queue: Arc<dyn Queue>, queue_name: &str) -> WorkerBuilder {
+        WorkerBuilder::from_source(Arc::new(QueueSource::new(queue, queue_name)))
+    }
+}
+
+impl WorkerBuilder {
+    /// A worker over any [`Source`].
+    pub fn from_source(source: Arc<dyn Source>) -> Self {
+        WorkerBuilder {
+            sources: vec![(source, None)],
+            handlers: HashMap::new(),
+            fallback: None,
+            concurrency: 8,
+            prefetch: None,
+            idle_wait: Duration::from_secs(1),
+            spawn_handlers: false,
+        }
+    }
+
+    /// A worker over several sources, each with its own handler for every kind (used by
+    /// [`GroupConsumer`]: one handler per topic). Drivers share counters and the stop signal.
+    pub(crate) fn from_sources(sources: Vec<(Arc<dyn Source>, Option<BoxHandler>)>) -> Self {
+        let mut b = Self::from_source(Arc::new(NoSource));
+        b.sources = sources;
+        b
+    }
+
+    /// Handlers running at once, at most (default 8, at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Messages leased ahead of free handler slots (default: equal to `concurrency`).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// How long one receive waits on the backend when idle (default 1 s). Waiting happens in
+    /// the backend (blocking pop, notification), never by spinning.
+    pub fn idle_wait(mut self, d: Duration) -> Self {
+        self.idle_wait = d;
+        self
+    }
+
+    /// Run each handler on its own tokio task (spreads CPU-heavy handlers across cores, at the
+    /// cost of a spawn per message). Default `false`: handlers are polled by the worker task.
+    pub fn spawn_handlers(mut self, yes: bool) -> Self {
+        self.spawn_handlers = yes;
+        self
+    }
+
+    /// Bind a handler to a message kind.
+    pub fn handler<F, Fut>(mut self, kind: &str, f: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.handlers
+            .insert(kind.to_string(), crate::handler::boxed(f));
+        self
+    }
+
+    /// Bind an already boxed handler to a kind.
+    pub fn boxed_handler(mut self, kind: &str, h: BoxHandler) -> Self {
+        self.handlers.insert(kind.to_string(), h);
+        self
+    }
+
+    /// Bind a handler that decodes the JSON payload into `T`.
+    pub fn json_handler<T, F, Fut>(self, kind: &str, f: F) -> Self
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(T, Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.boxed_handler(kind, crate::handler::json(f))
+    }
+
+    /// A handler for every kind without its own handler. Without one, an unknown kind fails
+    /// permanently with a reason naming the kind.
+    pub fn fallback(mut self, h: BoxHandler) -> Self {
+        self.fallback = Some(h);
+        self
+    }
+
+    /// Start the worker on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when no handler is bound.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(self) -> Result<WorkerHandle> {
+        let per_source = self.sources.iter().all(|(_, h)| h.is_some());
+        if self.handlers.is_empty() && self.fallback.is_none() && !per_source {
+            return Err(Error::invalid("a worker needs at least one handler"));
+        }
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let counters = Arc::new(WorkerCounters::default());
+        let by_kind = Arc::new(self.handlers);
+        let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        let tasks = self
+            .sources
+            .into_iter()
+            .map(|(source, source_handler)| {
+                let driver = Driver {
+                    source,
+                    table: HandlerTable {
+                        by_kind: by_kind.clone(),
+                        fallback: source_handler.or_else(|| self.fallback.clone()),
+                    },
+                    counters: counters.clone(),
+                    concurrency: self.concurrency,
+                    prefetch,
+                    idle_wait: self.idle_wait,
+                    spawn_handlers: self.spawn_handlers,
+                    stop: stop_rx.clone(),
+                };
+                tokio::spawn(driver.run())
+            })
+            .collect();
+        Ok(WorkerHandle {
+            stop_tx,
+            tasks,
+            counters,
+        })
+    }
+}
+
+struct NoSource;
+
+#[async_trait]
+impl Source for NoSource {
+    fn describe(&self) -> String {
+        "nothing".into()
+    }
+    fn config(&self) -> QueueConfig {
+        QueueConfig::default()
+    }
+    fn now_ms(&self) -> u64 {
+        0
+    }
+    async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>> {
+        Ok(Vec::new())
+    }
+    async fn settle(&self, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        Ok(ops.iter().map(|_| Ok(())).collect())
+    }
+    async fn extend(&self, lease: &Lease, _: Duration) -> Result<Lease> {
+        Ok(*lease)
+    }
+}
+
+/// A running worker. Stop it with [`WorkerHandle::stop`]; dropping the handle stops it too
+/// (with no grace period: running handlers are abandoned and their messages released).
+pub struct WorkerHandle {
+    stop_tx: watch::Sender<Option<Duration>>,
+    tasks: Vec<JoinHandle<u64>>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl WorkerHandle {
+    /// Current counters.
+    pub fn stats(&self) -> WorkerStats {
+        self.counters.snapshot()
+    }
+
+    /// Stop receiving, let running handlers finish within `grace`, release everything else at
+    /// once (nothing waits for a lease to expire), and report.
+    pub async fn stop(mut self, grace: Duration) -> WorkerReport {
+        let _ = self.stop_tx.send(Some(grace));
+        let mut abandoned = 0;
+        for t in std::mem::take(&mut self.tasks) {
+            match t.await {
+                Ok(n) => abandoned += n,
+                Err(e) => tracing::error!(error = %e, "courier worker task failed"),
+            }
+        }
+        WorkerReport {
+            stats: self.counters.snapshot(),
+            abandoned,
+        }
+    }
+
+    /// Whether every driver task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(|t| t.is_finished())
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            let _ = self.stop_tx.send(Some(Duration::ZERO));
+        }
+    }
+}
+
+struct HandlerTable {
+    by_kind: Arc<HashMap<String, BoxHandler>>,
+    fallback: Option<BoxHandler>,
+}
+
+enum Outcome {
+    Done(HandlerResult),
+    Panicked(String),
+}
+
+struct Finished {
+    slot: usize,
+    outcome: Outcome,
+}
+
+struct Driver {
+    source: Arc<dyn Source>,
+    table: HandlerTable,
+    counters: Arc<WorkerCounters>,
+    concurrency: usize,
+    prefetch: usize,
+    idle_wait: Duration,
+    spawn_handlers: bool,
+    stop: watch::Receiver<Option<Duration>>,
+}
+
+/// Leases of running handlers, indexed by slot (O(1) without hashing).
+#[derive(Default)]
+struct Slots {
+    leases: Vec<Option<(Lease, Option<u32>)>>,
+    free: Vec<usize>,
+}
+
+impl Slots {
+    fn insert(&mut self, lease: Lease, max_override: Option<u32>) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.leases[i] = Some((lease, max_override));
+                i
+            }
+            None => {
+                self.leases.push(Some((lease, max_override)));
+                self.leases.len() - 1
+            }
+        }
+    }
+    fn remove(&mut self, i: usize) -> Option<(Lease, Option<u32>)> {
+        let v = self.leases.get_mut(i).and_then(Option::take);
+        if v.is_some() {
+            self.free.push(i);
+        }
+        v
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl Driver {
+    /// The driver loop. Returns how many handlers were abandoned at stop.
+    async fn run(mut self) -> u64 {
+        let mut config = self.source.config();
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let mut buffer: VecDeque<Delivery> = VecDeque::new();
+        let mut slots = Slots::default();
+        let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+        let mut pending: Vec<Settle> = Vec::new();
+        let mut recv: Option<BoxFuture<'static, Result<Vec<Delivery>>>> = None;
+        let mut recv_errors: u32 = 0;
+        let mut retry_receive_at: Option<Instant> = None;
+        let mut stop_deadline: Option<Instant> = None;
+        let mut abandoned = 0u64;
+        let mut tick = tokio::time::interval(extend_interval(&config));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+
+        loop {
+            // Start handlers while there is room.
+            while running.len() < self.concurrency {
+                let Some(d) = buffer.pop_front() else { break };
+                self.start(d, &mut slots, &mut running, &mut pending);
+            }
+            if !pending.is_empty() {
+                self.flush(&mut pending).await;
+            }
+            let stopping = stop_deadline.is_some();
+            if stopping && running.is_empty() {
+                break;
+            }
+            let room =
+                (self.concurrency + self.prefetch).saturating_sub(running.len() + buffer.len());
+            let may_receive = retry_receive_at.is_none_or(|t| Instant::now() >= t);
+            if !stopping && recv.is_none() && room > 0 && may_receive {
+                retry_receive_at = None;
+                let source = self.source.clone();
+                let wait = if running.is_empty() && buffer.is_empty() {
+                    self.idle_wait
+                } else {
+                    // Handlers are busy: take what is ready, but keep the wait short so the
+                    // loop is not stuck behind a long poll while results come in.
+                    self.idle_wait.min(Duration::from_millis(50))
+                };
+                recv = Some(Box::pin(async move { source.receive(room, wait).await }));
+            }
+            let grace_end = stop_deadline.unwrap_or_else(far_future);
+            let retry_at = retry_receive_at.unwrap_or_else(far_future);
+
+            tokio::select! {
+                biased;
+                changed = self.stop.changed(), if !stopping => {
+                    let grace = match changed {
+                        Ok(()) => (*self.stop.borrow()).unwrap_or(Duration::ZERO),
+                        Err(_) => Duration::ZERO,
+                    };
+                    stop_deadline = Some(Instant::now() + grace);
+                    // Dropping the receive future is cancel safe: nothing is lost.
+                    recv = None;
+                    for d in buffer.drain(..) {
+                        pending.push(Settle::Release(d.lease));
+                        self.counters.released.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(done) = running.next(), if !running.is_empty() => {
+                    self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                    while let Some(Some(done)) = running.next().now_or_never() {
+                        self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                    }
+                }
+                res = async { recv.as_mut().expect("guarded by is_some").await }, if recv.is_some() => {
+                    recv = None;
+                    match res {
+                        Ok(ds) => {
+                            if recv_errors > 0 {
+                                tracing::info!(source = %self.source.describe(), "courier worker: receive works again");
+                            }
+                            recv_errors = 0;
+                            self.counters.received.fetch_add(ds.len() as u64, Ordering::Relaxed);
+                            buffer.extend(ds);
+                        }
+                        Err(e) => {
+                            recv_errors += 1;
+                            let backoff = receive_backoff(recv_errors);
+                            if recv_errors == 1 || recv_errors.is_power_of_two() {
+                                tracing::warn!(source = %self.source.describe(), error = %e, failures = recv_errors, retry_in_ms = backoff.as_millis() as u64, "courier worker: receive failed");
+                            }
+                            retry_receive_at = Some(Instant::now() + backoff);
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    config = self.source.config();
+                    self.extend_leases(&mut slots, &mut buffer, &config).await;
+                }
+                _ = tokio::time::sleep_until(retry_at), if retry_receive_at.is_some() && !stopping => {}
+                _ = tokio::time::sleep_until(grace_end), if stopping => {
+                    // Grace period over: abandon running handlers and release their messages.
+                    drop(std::mem::take(&mut running));
+                    for i in 0..slots.leases.len() {
+                        if let Some((lease, _)) = slots.remove(i) {
+                            pending.push(Settle::Release(lease));
+                            self.counters.released.fetch_add(1, Ordering::Relaxed);
+                            self.counters.in_progress.fetch_sub(1, Ordering::Relaxed);
+                            abandoned += 1;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.flush(&mut pending).await;
+        }
+        abandoned
+    }
+
+    fn start(
+        &self,
+        d: Delivery,
+        slots: &mut Slots,
+        running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
+        pending: &mut Vec<Settle>,
+    ) {
+        let handler = self
+            .table
+            .by_kind
+            .get(d.message.kind.as_str())
+            .or(self.table.fallback.as_ref());
+        let Some(handler) = handler else {
+            pending.push(Settle::Bury {
+                lease: d.lease,
+                error: format!(
+                    "no handler for kind {:?} on {}",
+                    d.message.kind,
+                    self.source.describe()
+                ),
+            });
+            self.counters.dead.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let slot = slots.insert(d.lease, d.message.max_attempts);
+        let now = self.counters.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters
+            .max_in_progress
+            .fetch_max(now, Ordering::Relaxed);
+        let fut = AssertUnwindSafe(handler(d.message)).catch_unwind();
+        let finished: BoxFuture<'static, Finished> = if self.spawn_handlers {
+            let task = tokio::spawn(fut);
+            Box::pin(async move {
+                let outcome = match task.await {
+                    Ok(Ok(r)) => Outcome::Done(r),
+                    Ok(Err(p)) => Outcome::Panicked(panic_text(p.as_ref())),
+                    Err(e) => Outcome::Panicked(e.to_string()),
+                };
+                Finished { slot, outcome }
+            })
+        } else {
+            Box::pin(fut.map(move |r| Finished {
+                slot,
+                outcome: match r {
+                    Ok(r) => Outcome::Done(r),
+                    Err(p) => Outcome::Panicked(panic_text(p.as_ref())),
+                },
+            }))
+        };
+        running.push(finished);
+    }
+
+    fn finish(
+        &self,
+        done: Finished,
+        slots: &mut Slots,
+        pending: &mut Vec<Settle>,
+        config: &QueueConfig,
+        rng: &mut SmallRng,
+    ) {
+        self.counters.in_progress.fetch_sub(1, Ordering::Relaxed);
+        let Some((lease, max_override)) = slots.remove(done.slot) else {
+            return;
+        };
+        let (error, mode) = match done.outcome {
+            Outcome::Done(Ok(())) => {
+                self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                pending.push(Settle::Ack(lease));
+                return;
+            }
+            Outcome::Done(Err(e)) => (e.message().to_string(), e.mode()),
+            Outcome::Panicked(text) => {
+                self.counters.panicked.fetch_add(1, Ordering::Relaxed);
+                (format!("handler panicked: {text}"), FailureMode::Backoff)
+            }
+        };
+        match config.retry.decide(lease.attempt, max_override, mode, rng) {
+            FailureAction::Retry(delay) => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                pending.push(Settle::Retry {
+                    lease,
+                    delay,
+                    error,
+                });
+            }
+            FailureAction::Dead => {
+                self.counters.dead.fetch_add(1, Ordering::Relaxed);
+                pending.push(Settle::Bury { lease, error });
+            }
+        }
+    }
+
+    async fn flush(&self, pending: &mut Vec<Settle>) {
+        let ops = std::mem::take(pending);
+        let n = ops.len();
+        // Settling is retried while the backend is unavailable: an unsettled message would
+        // otherwise wait for its lease to expire and count a spurious failed attempt.
+        let mut attempt = 0u32;
+        let mut ops = Some(ops);
+        while let Some(batch) = ops.take() {
+            match self.source.settle(batch.clone()).await {
+                Ok(results) => {
+                    for r in results {
+                        if let Err(e) = r {
+                            self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(source = %self.source.describe(), error = %e, "courier worker: settle refused");
+                        }
+                    }
+                }
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(source = %self.source.describe(), error = %e, ops = n, "courier worker: settle failed, retrying");
+                    tokio::time::sleep(receive_backoff(attempt)).await;
+                    ops = Some(batch);
+                }
+                Err(e) => {
+                    tracing::error!(source = %self.source.describe(), error = %e, ops = n, "courier worker: settle failed; leases will expire and the messages come back");
+                }
+            }
+        }
+    }
+
+    async fn extend_leases(
+        &self,
+        slots: &mut Slots,
+        buffer: &mut VecDeque<Delivery>,
+        config: &QueueConfig,
+    ) {
+        let now = self.source.now_ms();
+        let vis = config.visibility_timeout;
+        let threshold = vis.as_millis() as u64 / 2;
+        let needs = |l: &Lease| l.deadline_ms.saturating_sub(now) <= threshold;
+        for entry in slots.leases.iter_mut() {
+            let Some((lease, _)) = entry else { continue };
+            if needs(lease) {
+                match self.source.extend(lease, vis).await {
+                    Ok(l) => *lease = l,
+                    Err(e) => self.extend_failed(e),
+                }
+            }
+        }
+        for d in buffer.iter_mut() {
+            if needs(&d.lease) {
+                match self.source.extend(&d.lease, vis).await {
+                    Ok(l) => d.lease = l,
+                    Err(e) => self.extend_failed(e),
+                }
+            }
+        }
+    }
+
+    fn extend_failed(&self, e: Error) {
+        if e.is_lease_lost() {
+            self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(source = %self.source.describe(), error = %e, "courier worker: lease extension failed");
+    }
+}
+
+fn extend_interval(config: &QueueConfig) -> Duration {
+    (config.visibility_timeout / 4).max(Duration::from_millis(5))
+}
+
+fn receive_backoff(failures: u32) -> Duration {
+    let ms = 50u64.saturating_mul(1u64 << failures.min(7)).min(5_000);
+    Duration::from_millis(ms)
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// A consumer group reading one or more topics of an [`EventBus`], one handler per topic
+/// (E2, E3): the worker runtime over [`GroupSource`]s.
+pub struct GroupConsumer {
+    bus: Arc<dyn EventBus>,
+    group: String,
+    topics: Vec<(String, BoxHandler)>,
+    concurrency: usize,
+    idle_wait: Duration,
+}
+
+impl GroupConsumer {
+    /// A consumer in `group`.
+    pub fn builder(bus: Arc<dyn EventBus>, group: &str) -> Self {
+        GroupConsumer {
+            bus,
+            group: group.to_string(),
+            topics: Vec::new(),
+            concurrency: 8,
+            idle_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Handle every event of `topic` with `f`.
+    pub fn on<F, Fut>(mut self, topic: &str, f: F) -> Self
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.topics
+            .push((topic.to_string(), crate::handler::boxed(f)));
+        self
+    }
+
+    /// Handle every event of typed event `E`'s topic.
+    pub fn on_event<E, F, Fut>(mut self, f: F) -> Self
+    where
+        E: crate::Event,
+        F: Fn(E, Message) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        self.topics
+            .push((E::TOPIC.to_string(), crate::handler::json(f)));
+        self
+    }
+
+    /// Handlers running at once per topic (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long one receive waits when idle (default 1 s).
+    pub fn idle_wait(mut self, d: Duration) -> Self {
+        self.idle_wait = d;
+        self
+    }
+
+    /// Start one driver per topic.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for invalid names or no topic.
+    pub fn start(self) -> Result<WorkerHandle> {
+        crate::names::validate_name("group", &self.group)?;
+        if self.topics.is_empty() {
+            return Err(Error::invalid("a group consumer needs at least one topic"));
+        }
+        let mut sources = Vec::new();
+        for (topic, handler) in self.topics {
+            crate::names::validate_name("topic", &topic)?;
+            let source: Arc<dyn Source> = Arc::new(GroupSource::new(
+                self.bus.clone(),
+                topic,
+                self.group.clone(),
+            ));
+            sources.push((source, Some(handler)));
+        }
+        WorkerBuilder::from_sources(sources)
+            .concurrency(self.concurrency)
+            .idle_wait(self.idle_wait)
+            .start()
+    }
+}

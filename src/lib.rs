@@ -1,0 +1,2 @@
+//! Courier facade (placeholder while the workspace is assembled).
+pub use courier_core as core;
