@@ -1,2 +1,182 @@
-//! Courier facade (placeholder while the workspace is assembled).
-pub use courier_core as core;
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use courier_core::*;
+
+/// The in-memory backend (feature `memory`, on by default).
+#[cfg(feature = "memory")]
+pub use courier_memory as memory;
+
+/// Connect to a backend by URL and return the [`Courier`] handle.
+///
+/// | scheme | backend | feature |
+/// |---|---|---|
+/// | `memory://` | in-process, the reference model | `memory` (default) |
+/// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (planned) |
+/// | `redis://`, `rediss://` | Redis | `redis` (planned) |
+/// | `amqp://`, `amqps://` | RabbitMQ | `amqp` (planned) |
+/// | `nats://` | NATS JetStream | `nats` (planned) |
+///
+/// Each `memory://` URL makes a new, independent in-process store; share it by cloning the
+/// returned [`Courier`].
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a malformed URL or unknown scheme,
+/// [`ErrorKind::Unsupported`] when the backend is not compiled into this build. Passwords in
+/// the URL never appear in the error.
+pub async fn connect(url: &str) -> Result<Courier> {
+    let scheme = scheme_of(url)?;
+    match scheme {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let b = courier_memory::MemoryBackend::new();
+            Ok(Courier::new(
+                Arc::new(b.clone()),
+                Arc::new(b.clone()),
+                Arc::new(b),
+            ))
+        }
+        #[cfg(not(feature = "memory"))]
+        "memory" => Err(not_compiled(url, "memory")),
+        "sqlite" | "redis" | "rediss" | "amqp" | "amqps" | "nats" => {
+            let feature = match scheme {
+                "rediss" => "redis",
+                "amqps" => "amqp",
+                s => s,
+            };
+            Err(not_compiled(url, feature))
+        }
+        other => Err(Error::invalid(format!(
+            "unknown backend scheme {other:?} in URL {} (expected memory, sqlite, redis, \
+             rediss, amqp, amqps or nats)",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// Connect using a [`CourierConfig`]: its `url` (default `memory://`), then apply its queue
+/// configurations, routes and retention.
+///
+/// # Errors
+/// As [`connect`] and [`Courier::apply`].
+pub async fn connect_with(config: &CourierConfig) -> Result<Courier> {
+    let url = config.url.as_deref().unwrap_or("memory://");
+    let courier = connect(url).await?;
+    courier.apply(config)?;
+    Ok(courier)
+}
+
+fn not_compiled(url: &str, feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "backend {feature:?} is not available in this build of courier (URL {}): \
+             it needs the cargo feature `{feature}`",
+            redact_url(url)
+        ),
+    )
+}
+
+fn scheme_of(url: &str) -> Result<&str> {
+    if url == "sqlite::memory:" {
+        return Ok("sqlite");
+    }
+    match url.split_once("://") {
+        Some((scheme, _)) if !scheme.is_empty() => Ok(scheme),
+        _ => Err(Error::invalid(format!(
+            "not a backend URL: {} (expected scheme://…, e.g. memory:// or redis://127.0.0.1:6379)",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// Load a [`CourierConfig`] from a TOML file, then apply environment overrides:
+/// `COURIER_URL` replaces `url`.
+///
+/// # Errors
+/// [`ErrorKind::NotFound`] when the file is missing, [`ErrorKind::InvalidInput`] for bad TOML,
+/// both naming the path.
+pub fn load_config(path: &Path) -> Result<CourierConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::InvalidInput
+        };
+        Error::new(kind, format!("cannot read config {}", path.display())).with_source(e)
+    })?;
+    let mut config = parse_config(&text)
+        .map_err(|e| Error::invalid(format!("config {}: {}", path.display(), e.message())))?;
+    apply_env(&mut config);
+    Ok(config)
+}
+
+/// Parse a [`CourierConfig`] from TOML text.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] with the TOML parser's message (line and column).
+pub fn parse_config(text: &str) -> Result<CourierConfig> {
+    let config: CourierConfig =
+        toml::from_str(text).map_err(|e| Error::invalid(format!("invalid TOML: {e}")))?;
+    if let Some(d) = &config.queue_defaults {
+        d.validate()?;
+    }
+    for (name, q) in &config.queues {
+        validate_name("queue", name)?;
+        q.validate()
+            .map_err(|e| Error::invalid(format!("queues.{name}: {}", e.message())))?;
+    }
+    Ok(config)
+}
+
+/// Apply environment overrides to a configuration (`COURIER_URL`).
+pub fn apply_env(config: &mut CourierConfig) {
+    if let Ok(url) = std::env::var("COURIER_URL")
+        && !url.is_empty()
+    {
+        config.url = Some(url);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_scheme_is_invalid_and_redacted() {
+        let e = connect("foo://user:secret@h").await.expect_err("unknown");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = connect("redis://user:secret@h:6379")
+            .await
+            .expect_err("off");
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("feature `redis`"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(connect("nonsense").await.is_err());
+    }
+
+    #[test]
+    fn config_parses_and_validates() {
+        let c = parse_config(
+            r#"
+            url = "memory://"
+            [queues.ai]
+            visibility_timeout = 60000
+            retry = { max_attempts = 2 }
+            [routes]
+            speech_recognition = "ai"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.queues["ai"].retry.max_attempts, 2);
+        assert_eq!(c.routes["speech_recognition"], "ai");
+        let e = parse_config("[queues.ai]\nretry = { max_attempts = 0 }").expect_err("bad");
+        assert!(e.message().contains("queues.ai"), "{e}");
+        assert!(parse_config("bogus = 1").is_err());
+        assert!(parse_config("[queues.\"a b\"]").is_err());
+    }
+}

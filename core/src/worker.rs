@@ -463,6 +463,13 @@ impl Slots {
     }
 }
 
+fn outcome_of(r: std::thread::Result<HandlerResult>) -> Outcome {
+    match r {
+        Ok(r) => Outcome::Done(r),
+        Err(p) => Outcome::Panicked(panic_text(p.as_ref())),
+    }
+}
+
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -495,7 +502,9 @@ impl Driver {
             // Start handlers while there is room.
             while running.len() < self.concurrency {
                 let Some(d) = buffer.pop_front() else { break };
-                self.start(d, &mut slots, &mut running, &mut pending);
+                if let Some(done) = self.start(d, &mut slots, &mut running, &mut pending) {
+                    self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                }
             }
             if !pending.is_empty() {
                 self.flush(&mut pending).await;
@@ -596,7 +605,7 @@ impl Driver {
         slots: &mut Slots,
         running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
         pending: &mut Vec<Settle>,
-    ) {
+    ) -> Option<Finished> {
         let handler = self
             .table
             .by_kind
@@ -612,34 +621,52 @@ impl Driver {
                 ),
             });
             self.counters.dead.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         };
         let slot = slots.insert(d.lease, d.message.max_attempts);
         let now = self.counters.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
             .max_in_progress
             .fetch_max(now, Ordering::Relaxed);
-        let fut = AssertUnwindSafe(handler(d.message)).catch_unwind();
-        let finished: BoxFuture<'static, Finished> = if self.spawn_handlers {
+        // A handler that panics before returning its future is a failed attempt too.
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(d.message))) {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+            Err(p) => {
+                return Some(Finished {
+                    slot,
+                    outcome: Outcome::Panicked(panic_text(p.as_ref())),
+                });
+            }
+        };
+        if self.spawn_handlers {
             let task = tokio::spawn(fut);
-            Box::pin(async move {
+            running.push(Box::pin(async move {
                 let outcome = match task.await {
                     Ok(Ok(r)) => Outcome::Done(r),
                     Ok(Err(p)) => Outcome::Panicked(panic_text(p.as_ref())),
                     Err(e) => Outcome::Panicked(e.to_string()),
                 };
                 Finished { slot, outcome }
-            })
-        } else {
-            Box::pin(fut.map(move |r| Finished {
+            }));
+            return None;
+        }
+        // Fast path: most handlers finish on their first poll. Polling once here (with a no-op
+        // waker) saves the FuturesUnordered round trip; a pending future is pushed and
+        // FuturesUnordered polls it again with a real waker.
+        let mut fut = Box::pin(fut);
+        match (&mut fut).now_or_never() {
+            Some(r) => Some(Finished {
                 slot,
-                outcome: match r {
-                    Ok(r) => Outcome::Done(r),
-                    Err(p) => Outcome::Panicked(panic_text(p.as_ref())),
-                },
-            }))
-        };
-        running.push(finished);
+                outcome: outcome_of(r),
+            }),
+            None => {
+                running.push(Box::pin(fut.map(move |r| Finished {
+                    slot,
+                    outcome: outcome_of(r),
+                })));
+                None
+            }
+        }
     }
 
     fn finish(

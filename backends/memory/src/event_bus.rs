@@ -1,0 +1,388 @@
+//! [`EventBus`] for [`MemoryBackend`]: per topic an in-memory log, and per consumer group a
+//! cursor into it plus a [`QueueState`] for the group's leases, retries and dead letters.
+//!
+//! - A group is created on first use with its cursor at the start of the retained log, so
+//!   events emitted before a group first reads are delivered to it while they are retained.
+//! - A receive moves events from the log at the cursor into the group's ready list only as
+//!   many as it can lease, so `lag` (events at or after the cursor) stays meaningful.
+//! - Events are delivered in emit order (E4): a group ignores `priority`. An event emitted with
+//!   a delay waits out its delay in each group before it is delivered.
+//! - Retention (max length / max age) is applied on every emit and read; age is measured from
+//!   the instant the backend appended the event. A group whose cursor falls behind the
+//!   retained log continues at the oldest retained event.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::{
+    DeadLetter, Delivery, Error, EventBus, GroupStats, Lease, Message, MessageId, Page,
+    QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock,
+};
+use parking_lot::Mutex;
+
+use crate::state::{QueueState, millis};
+use crate::{BACKEND_NAME, MemoryBackend, Poll, Wakeup, check_max, check_name, earlier, tag};
+
+/// One topic: its log, groups and waiting receivers (all groups share one wake-up).
+#[derive(Debug)]
+pub(crate) struct TopicShared {
+    topic: Mutex<Topic>,
+    wakeup: Wakeup,
+}
+
+#[derive(Debug)]
+struct LogEntry {
+    /// When the backend appended it (ms, never decreasing along the log).
+    at: u64,
+    message: Message,
+}
+
+#[derive(Debug)]
+struct Topic {
+    log: VecDeque<LogEntry>,
+    /// Sequence number of `log[0]` (equals `next` when the log is empty).
+    base: u64,
+    /// Sequence number of the next event emitted.
+    next: u64,
+    last_at: u64,
+    retention: Retention,
+    groups: HashMap<String, Group>,
+    default_config: QueueConfig,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// Next sequence number to take from the log (`base <= cursor <= next`).
+    cursor: u64,
+    state: QueueState,
+}
+
+impl Topic {
+    fn new(default_config: QueueConfig) -> Self {
+        Topic {
+            log: VecDeque::new(),
+            base: 0,
+            next: 0,
+            last_at: 0,
+            retention: Retention::default(),
+            groups: HashMap::new(),
+            default_config,
+        }
+    }
+
+    /// Apply retention at `now`; groups behind the new start move up to it.
+    fn trim(&mut self, now: u64) {
+        let before = self.base;
+        if let Some(max_len) = self.retention.max_len {
+            let max_len = usize::try_from(max_len).unwrap_or(usize::MAX);
+            while self.log.len() > max_len {
+                self.log.pop_front();
+                self.base += 1;
+            }
+        }
+        if let Some(max_age) = self.retention.max_age {
+            let oldest = now.saturating_sub(millis(max_age));
+            while self.log.front().is_some_and(|e| e.at < oldest) {
+                self.log.pop_front();
+                self.base += 1;
+            }
+        }
+        if self.base != before {
+            for g in self.groups.values_mut() {
+                g.cursor = g.cursor.max(self.base);
+            }
+        }
+    }
+
+    /// Create the group (cursor at the start of the retained log) unless it exists.
+    fn ensure_group(&mut self, name: &str) {
+        if !self.groups.contains_key(name) {
+            let group = Group {
+                cursor: self.base,
+                state: QueueState::new(self.default_config, false),
+            };
+            self.groups.insert(name.to_owned(), group);
+        }
+    }
+}
+
+/// What a group operation sees: the retained log and the group.
+struct View<'a> {
+    log: &'a VecDeque<LogEntry>,
+    base: u64,
+    next: u64,
+    group: &'a mut Group,
+}
+
+impl View<'_> {
+    /// Move events from the log into the group's ready list until `want` are ready.
+    fn pull(&mut self, want: usize, now: u64) {
+        while self.group.state.ready_len() < want && self.group.cursor < self.next {
+            let idx = (self.group.cursor - self.base) as usize;
+            let Some(e) = self.log.get(idx) else { break };
+            self.group.state.publish(e.message.clone(), now);
+            self.group.cursor += 1;
+        }
+    }
+
+    fn lag(&self) -> u64 {
+        self.next - self.group.cursor
+    }
+}
+
+impl TopicShared {
+    fn new(default_config: QueueConfig) -> Self {
+        TopicShared {
+            topic: Mutex::new(Topic::new(default_config)),
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    /// Run `f` on one group brought up to `now` (retention applied, leases and delays
+    /// processed), under the topic lock; wake waiters when something became ready or the next
+    /// due time moved earlier.
+    fn with_group<R>(&self, group: &str, now: u64, f: impl FnOnce(&mut View<'_>) -> R) -> R {
+        let mut guard = self.topic.lock();
+        guard.trim(now);
+        guard.ensure_group(group);
+        let Topic {
+            log,
+            base,
+            next,
+            groups,
+            ..
+        } = &mut *guard;
+        let Some(g) = groups.get_mut(group) else {
+            unreachable!("ensure_group created the group")
+        };
+        let ready_before = g.state.ready_len();
+        let wake_before = g.state.next_wake();
+        g.state.tick(now);
+        let mut view = View {
+            log,
+            base: *base,
+            next: *next,
+            group: g,
+        };
+        let r = f(&mut view);
+        let wake = view.group.state.ready_len() > ready_before
+            || earlier(view.group.state.next_wake(), wake_before);
+        drop(guard);
+        if wake {
+            self.wakeup.wake();
+        }
+        r
+    }
+}
+
+impl MemoryBackend {
+    /// The topic, created on first use. The name has been validated.
+    fn topic(&self, name: &str) -> Arc<TopicShared> {
+        if let Some(t) = self.inner.topics.read().get(name) {
+            return t.clone();
+        }
+        self.inner
+            .topics
+            .write()
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(TopicShared::new(self.inner.default_config)))
+            .clone()
+    }
+
+    /// Validate both names, then run `f` on the group at the current time.
+    fn on_group<R>(
+        &self,
+        topic: &str,
+        group: &str,
+        operation: &'static str,
+        f: impl FnOnce(&mut View<'_>, u64) -> R,
+    ) -> Result<R> {
+        check_name("topic", topic, operation)?;
+        check_name("group", group, operation)?;
+        let t = self.topic(topic);
+        let now = self.now();
+        Ok(t.with_group(group, now, |v| f(v, now)))
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
+        check_name("topic", topic, "configure_group")?;
+        check_name("group", group, "configure_group")?;
+        config.validate().map_err(tag("configure_group"))?;
+        let t = self.topic(topic);
+        let mut t = t.topic.lock();
+        t.trim(self.now());
+        t.ensure_group(group);
+        if let Some(g) = t.groups.get_mut(group) {
+            g.state.config = config;
+        }
+        Ok(())
+    }
+
+    fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
+        let t = self.inner.topics.read().get(topic).cloned();
+        t.and_then(|t| t.topic.lock().groups.get(group).map(|g| g.state.config))
+            .unwrap_or(self.inner.default_config)
+    }
+
+    fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
+        check_name("topic", topic, "set_retention")?;
+        let t = self.topic(topic);
+        let mut t = t.topic.lock();
+        t.retention = retention;
+        t.trim(self.now());
+        Ok(())
+    }
+
+    async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
+        check_name("topic", topic, "emit")?;
+        let t = self.topic(topic);
+        let now = self.now();
+        let ids = {
+            let mut tp = t.topic.lock();
+            // The whole batch is checked before anything is appended.
+            for (i, m) in events.iter().enumerate() {
+                tp.default_config.check_message(m).map_err(|e| {
+                    let msg = format!("event {i} of the batch: {}", e.message());
+                    tag("emit")(Error::new(e.kind(), msg))
+                })?;
+            }
+            let at = now.max(tp.last_at);
+            tp.last_at = at;
+            let mut ids = Vec::with_capacity(events.len());
+            for mut message in events {
+                message.prepare_for_publish(now);
+                ids.push(message.id);
+                tp.log.push_back(LogEntry { at, message });
+                tp.next += 1;
+            }
+            tp.trim(now);
+            ids
+        };
+        if !ids.is_empty() {
+            t.wakeup.wake();
+        }
+        Ok(ids)
+    }
+
+    async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
+        check_name("topic", topic, "receive")?;
+        check_name("group", group, "receive")?;
+        check_max(max)?;
+        let t = self.topic(topic);
+        let got = crate::wait_for(&t.wakeup, wait, || {
+            let now = self.now();
+            t.with_group(group, now, |v| {
+                v.pull(max, now);
+                let mut out = Vec::new();
+                v.group.state.lease(now, max, &mut out);
+                if out.is_empty() {
+                    Poll::Empty {
+                        now,
+                        next_wake: v.group.state.next_wake(),
+                    }
+                } else {
+                    Poll::Got(out)
+                }
+            })
+        })
+        .await;
+        Ok(got)
+    }
+
+    async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.on_group(topic, group, "settle", |v, now| {
+            ops.into_iter()
+                .map(|op| v.group.state.settle(op, now).map_err(tag("settle")))
+                .collect()
+        })
+    }
+
+    async fn extend(
+        &self,
+        topic: &str,
+        group: &str,
+        lease: &Lease,
+        visibility: Duration,
+    ) -> Result<Lease> {
+        self.on_group(topic, group, "extend", |v, now| {
+            v.group.state.extend(lease, visibility, now)
+        })?
+        .map_err(tag("extend"))
+    }
+
+    async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
+        self.on_group(topic, group, "reset_group", |v, _| {
+            let cursor = match from {
+                ReplayFrom::Start => v.base,
+                ReplayFrom::End => v.next,
+                ReplayFrom::Time(ms) => v.base + v.log.partition_point(|e| e.at < ms) as u64,
+                ReplayFrom::Id(id) => match v.log.iter().position(|e| e.message.id == id) {
+                    Some(i) => v.base + i as u64,
+                    None => {
+                        return Err(tag("reset_group")(Error::not_found(format!(
+                            "event {id} is not retained in topic {topic:?}"
+                        ))));
+                    }
+                },
+            };
+            v.group.state.clear_pending();
+            v.group.cursor = cursor;
+            Ok(())
+        })??;
+        // Waiters of this group may now have events to read.
+        self.topic(topic).wakeup.wake();
+        Ok(())
+    }
+
+    async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.on_group(topic, group, "group_stats", |v, _| GroupStats {
+            queue: v.group.state.stats(),
+            lag: v.lag(),
+        })
+    }
+
+    async fn topic_len(&self, topic: &str) -> Result<u64> {
+        check_name("topic", topic, "topic_len")?;
+        let t = self.topic(topic);
+        let mut t = t.topic.lock();
+        t.trim(self.now());
+        Ok(t.log.len() as u64)
+    }
+
+    async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.on_group(topic, group, "dead_letters", |v, _| {
+            v.group.state.dead_letters(page)
+        })
+    }
+
+    async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.on_group(topic, group, "requeue_dead", |v, _| {
+            v.group.state.requeue_dead(&which)
+        })
+    }
+
+    async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.on_group(topic, group, "purge_dead", |v, _| {
+            v.group.state.purge_dead(&which)
+        })
+    }
+}

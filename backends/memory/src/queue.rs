@@ -1,0 +1,179 @@
+//! [`Queue`] for [`MemoryBackend`]: one [`QueueState`] per queue under a mutex.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::queue::validate_publish;
+use courier_core::{
+    DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats,
+    Result, Selection, Settle, SharedClock,
+};
+use parking_lot::Mutex;
+
+use crate::state::QueueState;
+use crate::{BACKEND_NAME, MemoryBackend, Poll, Wakeup, check_max, check_name, earlier, tag};
+
+/// One queue: its state and its waiting receivers.
+#[derive(Debug)]
+pub(crate) struct QueueShared {
+    state: Mutex<QueueState>,
+    wakeup: Wakeup,
+}
+
+impl QueueShared {
+    fn new(config: QueueConfig) -> Self {
+        QueueShared {
+            state: Mutex::new(QueueState::new(config, true)),
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    /// Run `f` on the state brought up to `now`, under one lock; wake waiters afterwards when
+    /// something became ready or the next due time moved earlier.
+    fn with_state<R>(&self, now: u64, f: impl FnOnce(&mut QueueState) -> R) -> R {
+        let mut st = self.state.lock();
+        let ready_before = st.ready_len();
+        let wake_before = st.next_wake();
+        st.tick(now);
+        let r = f(&mut st);
+        let wake = st.ready_len() > ready_before || earlier(st.next_wake(), wake_before);
+        drop(st);
+        if wake {
+            self.wakeup.wake();
+        }
+        r
+    }
+}
+
+impl MemoryBackend {
+    /// The queue, created on first use. The name has been validated.
+    fn queue(&self, name: &str) -> Arc<QueueShared> {
+        if let Some(q) = self.inner.queues.read().get(name) {
+            return q.clone();
+        }
+        self.inner
+            .queues
+            .write()
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(QueueShared::new(self.inner.default_config)))
+            .clone()
+    }
+
+    /// Validate the name, then run `f` on the queue's state at the current time.
+    fn on_queue<R>(
+        &self,
+        queue: &str,
+        operation: &'static str,
+        f: impl FnOnce(&mut QueueState, u64) -> R,
+    ) -> Result<R> {
+        check_name("queue", queue, operation)?;
+        let q = self.queue(queue);
+        let now = self.now();
+        Ok(q.with_state(now, |st| f(st, now)))
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
+        check_name("queue", queue, "configure")?;
+        config.validate().map_err(tag("configure"))?;
+        self.queue(queue).state.lock().config = config;
+        Ok(())
+    }
+
+    fn queue_config(&self, queue: &str) -> QueueConfig {
+        let q = self.inner.queues.read().get(queue).cloned();
+        match q {
+            Some(q) => q.state.lock().config,
+            None => self.inner.default_config,
+        }
+    }
+
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        check_name("queue", queue, "publish")?;
+        let q = self.queue(queue);
+        let now = self.now();
+        q.with_state(now, |st| {
+            // The whole batch is checked before anything is stored (Q7, Q10).
+            validate_publish(queue, &st.config, &messages).map_err(tag("publish"))?;
+            let mut ids = Vec::with_capacity(messages.len());
+            for mut m in messages {
+                m.prepare_for_publish(now);
+                ids.push(m.id);
+                st.publish(m, now);
+            }
+            Ok(ids)
+        })
+    }
+
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        check_name("queue", queue, "receive")?;
+        check_max(max)?;
+        let q = self.queue(queue);
+        let got = crate::wait_for(&q.wakeup, wait, || {
+            let now = self.now();
+            q.with_state(now, |st| {
+                let mut out = Vec::new();
+                st.lease(now, max, &mut out);
+                if out.is_empty() {
+                    Poll::Empty {
+                        now,
+                        next_wake: st.next_wake(),
+                    }
+                } else {
+                    Poll::Got(out)
+                }
+            })
+        })
+        .await;
+        Ok(got)
+    }
+
+    async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.on_queue(queue, "settle", |st, now| {
+            ops.into_iter()
+                .map(|op| st.settle(op, now).map_err(tag("settle")))
+                .collect()
+        })
+    }
+
+    async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        self.on_queue(queue, "extend", |st, now| st.extend(lease, visibility, now))?
+            .map_err(tag("extend"))
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.on_queue(queue, "stats", |st, _| st.stats())
+    }
+
+    async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.on_queue(queue, "dead_letters", |st, _| st.dead_letters(page))
+    }
+
+    async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter> {
+        self.on_queue(queue, "dead_letter", |st, _| st.dead_letter(id))?
+            .ok_or_else(|| {
+                tag("dead_letter")(Error::not_found(format!(
+                    "no dead letter {id} in queue {queue:?}"
+                )))
+            })
+    }
+
+    async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.on_queue(queue, "requeue_dead", |st, _| st.requeue_dead(&which))
+    }
+
+    async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.on_queue(queue, "purge_dead", |st, _| st.purge_dead(&which))
+    }
+}

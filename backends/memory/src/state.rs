@@ -1,0 +1,582 @@
+//! The queue state machine shared by queues and event-bus consumer groups.
+//!
+//! Every message is, at every moment, in exactly one of: `ready` (per priority, FIFO),
+//! `delayed` (a min-heap by due time), `in_flight` (leased, keyed by lease token) or `dead`
+//! (ordered oldest first) — or it has been acked / discarded (Q9). All transitions happen in
+//! methods of [`QueueState`], which the caller runs under one lock.
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use courier_core::clock::ms_ceil;
+use courier_core::{
+    DeadLetter, Delivery, Error, FailureAction, FailureMode, Lease, Message, MessageId, Page,
+    Priority, QueueConfig, QueueStats, Result, Selection, Settle,
+};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+/// The error recorded when a lease runs out without a settle.
+pub(crate) const LEASE_EXPIRED: &str = "lease expired";
+
+/// Lease tokens, unique within the process (never 0).
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Reserve `n` consecutive lease tokens; returns the first.
+fn reserve_tokens(n: u64) -> u64 {
+    NEXT_TOKEN.fetch_add(n, Ordering::Relaxed)
+}
+
+/// Multiplicative hashing for `u64` keys (lease tokens are sequential, so the low bits of
+/// `token * K` are evenly spread and the high bits well mixed).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TokenHasher(u64);
+
+const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(HASH_K);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(HASH_K);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
+
+/// Whole milliseconds of `d`, rounded up (a delay never ends early), saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    ms_ceil(d)
+}
+
+/// A stored message and its delivery history.
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    /// Deliveries counted so far (releases are not counted).
+    deliveries: u32,
+    /// The last failure, if any (kept for inspection; dead letters carry their own error).
+    last_error: Option<String>,
+}
+
+impl Entry {
+    fn new(message: Message) -> Self {
+        Entry {
+            message,
+            deliveries: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// A message waiting for its due time.
+#[derive(Debug)]
+struct Delayed {
+    due: u64,
+    seq: u64,
+    entry: Entry,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    /// Reversed, so `BinaryHeap` pops the earliest `(due, seq)` first.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+/// A leased message.
+#[derive(Debug)]
+struct InFlight {
+    entry: Entry,
+    deadline: u64,
+}
+
+/// The complete state of one queue (or one consumer group of a topic).
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    /// The configuration in force (lease length, retry policy, dead letters).
+    pub(crate) config: QueueConfig,
+    /// `false` for consumer groups: every entry uses the Normal level, so order is emit order.
+    by_priority: bool,
+    ready: [VecDeque<Entry>; 4],
+    delayed: BinaryHeap<Delayed>,
+    /// Keyed by lease token (unique per delivery), so even duplicate message ids are safe.
+    in_flight: TokenMap<InFlight>,
+    /// `(deadline, token)`, lazily deleted: an entry is stale unless `in_flight[token]` has
+    /// that deadline. Rebuilt when it grows past `2 * in_flight + 1024`.
+    leases: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Oldest first by `(failed_at, seq)`.
+    dead: BTreeMap<(u64, u64), DeadLetter>,
+    /// `(id, failed_at, seq)`: finds dead letters by id (duplicates included).
+    dead_ids: BTreeSet<(MessageId, u64, u64)>,
+    /// Tie-breaker for the delayed heap and dead letters (insertion order).
+    seq: u64,
+    published: u64,
+    acked: u64,
+    retried: u64,
+    dead_lettered: u64,
+    rng: SmallRng,
+}
+
+impl QueueState {
+    /// An empty state. `by_priority = false` puts everything in one FIFO (consumer groups).
+    pub(crate) fn new(config: QueueConfig, by_priority: bool) -> Self {
+        QueueState {
+            config,
+            by_priority,
+            ready: Default::default(),
+            delayed: BinaryHeap::new(),
+            in_flight: TokenMap::default(),
+            leases: BinaryHeap::new(),
+            dead: BTreeMap::new(),
+            dead_ids: BTreeSet::new(),
+            seq: 0,
+            published: 0,
+            acked: 0,
+            retried: 0,
+            dead_lettered: 0,
+            rng: SmallRng::from_rng(&mut rand::rng()),
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn level(&self, message: &Message) -> usize {
+        if self.by_priority {
+            message.priority.index()
+        } else {
+            Priority::Normal.index()
+        }
+    }
+
+    /// Messages ready now, over all levels.
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.iter().map(VecDeque::len).sum()
+    }
+
+    /// Store a message that was just published (already prepared): ready, or delayed until
+    /// its `not_before`. Counts it as published (for a consumer group: taken from the log).
+    pub(crate) fn publish(&mut self, message: Message, now: u64) {
+        self.published += 1;
+        self.enqueue(Entry::new(message), now);
+    }
+
+    fn enqueue(&mut self, entry: Entry, now: u64) {
+        match entry.message.not_before {
+            Some(due) if due > now => self.delay_until(entry, due),
+            _ => self.push_back(entry),
+        }
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        let l = self.level(&entry.message);
+        self.ready[l].push_back(entry);
+    }
+
+    fn delay_until(&mut self, entry: Entry, due: u64) {
+        let seq = self.next_seq();
+        self.delayed.push(Delayed { due, seq, entry });
+    }
+
+    /// Bring the state up to `now`: expired leases count as failed attempts (retry or dead
+    /// letter per the retry policy), then due delayed messages move, in due order, to the back
+    /// of their ready level.
+    pub(crate) fn tick(&mut self, now: u64) {
+        while let Some(&Reverse((deadline, token))) = self.leases.peek() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop();
+            let current = matches!(self.in_flight.get(&token), Some(f) if f.deadline == deadline);
+            if !current {
+                continue; // stale: settled, or extended (a newer heap entry exists)
+            }
+            if let Some(f) = self.in_flight.remove(&token) {
+                tracing::trace!(id = %f.entry.message.id, attempt = f.entry.deliveries, "courier memory: lease expired");
+                self.fail(f.entry, now);
+            }
+        }
+        while let Some(top) = self.delayed.peek() {
+            if top.due > now {
+                break;
+            }
+            if let Some(d) = self.delayed.pop() {
+                self.push_back(d.entry);
+            }
+        }
+    }
+
+    /// An expired lease: one failed attempt, decided by the retry policy.
+    fn fail(&mut self, mut entry: Entry, now: u64) {
+        let action = self.config.retry.decide(
+            entry.deliveries,
+            entry.message.max_attempts,
+            FailureMode::Backoff,
+            &mut self.rng,
+        );
+        match action {
+            FailureAction::Retry(delay) => {
+                self.retried += 1;
+                entry.last_error = Some(LEASE_EXPIRED.to_string());
+                self.delay_until(entry, now.saturating_add(millis(delay)));
+            }
+            FailureAction::Dead => self.bury(entry, LEASE_EXPIRED.to_string(), now),
+        }
+    }
+
+    /// The earliest instant (ms) at which `tick` may change something: a delayed message comes
+    /// due or a lease ends. Possibly early (a stale lease entry), never late.
+    pub(crate) fn next_wake(&self) -> Option<u64> {
+        let d = self.delayed.peek().map(|d| d.due);
+        let l = self.leases.peek().map(|Reverse((deadline, _))| *deadline);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Lease up to `max` ready messages, highest priority first, FIFO within a level, into
+    /// `out`. The caller has run [`QueueState::tick`] for `now`.
+    pub(crate) fn lease(&mut self, now: u64, max: usize, out: &mut Vec<Delivery>) {
+        let n = max.min(self.ready_len());
+        if n == 0 {
+            return;
+        }
+        out.reserve(n);
+        let deadline = now.saturating_add(millis(self.config.visibility_timeout));
+        let mut token = reserve_tokens(n as u64);
+        let mut left = n;
+        for level in 0..self.ready.len() {
+            while left > 0 {
+                let Some(mut entry) = self.ready[level].pop_front() else {
+                    break;
+                };
+                left -= 1;
+                entry.deliveries = entry.deliveries.saturating_add(1);
+                entry.message.attempt = entry.deliveries;
+                let lease = Lease {
+                    id: entry.message.id,
+                    token,
+                    attempt: entry.deliveries,
+                    deadline_ms: deadline,
+                };
+                out.push(Delivery {
+                    message: entry.message.clone(),
+                    lease,
+                });
+                self.leases.push(Reverse((deadline, token)));
+                self.in_flight.insert(token, InFlight { entry, deadline });
+                token += 1;
+            }
+        }
+        self.maybe_rebuild_leases();
+    }
+
+    fn maybe_rebuild_leases(&mut self) {
+        if self.leases.len() > 2 * self.in_flight.len() + 1024 {
+            let mut v = std::mem::take(&mut self.leases).into_vec();
+            v.clear();
+            v.extend(
+                self.in_flight
+                    .iter()
+                    .map(|(t, f)| Reverse((f.deadline, *t))),
+            );
+            self.leases = BinaryHeap::from(v);
+        }
+    }
+
+    /// Take the in-flight entry for `lease` if the lease is still held at `now`.
+    fn take_leased(&mut self, lease: &Lease, now: u64) -> Result<InFlight> {
+        match self.in_flight.entry(lease.token) {
+            MapEntry::Occupied(o)
+                if o.get().entry.message.id == lease.id && o.get().deadline > now =>
+            {
+                Ok(o.remove())
+            }
+            _ => Err(lease_lost(lease)),
+        }
+    }
+
+    /// Execute one settle operation. The caller has run [`QueueState::tick`] for `now`.
+    ///
+    /// # Errors
+    /// `LeaseLost` when the lease is not held (then nothing changed).
+    pub(crate) fn settle(&mut self, op: Settle, now: u64) -> Result<()> {
+        match op {
+            Settle::Ack(lease) => {
+                self.take_leased(&lease, now)?;
+                self.acked += 1;
+            }
+            Settle::Retry {
+                lease,
+                delay,
+                error,
+            } => {
+                let mut entry = self.take_leased(&lease, now)?.entry;
+                self.retried += 1;
+                entry.last_error = Some(error);
+                let d = millis(delay);
+                if d == 0 {
+                    self.push_back(entry);
+                } else {
+                    self.delay_until(entry, now.saturating_add(d));
+                }
+            }
+            Settle::Bury { lease, error } => {
+                let entry = self.take_leased(&lease, now)?.entry;
+                self.bury(entry, error, now);
+            }
+            Settle::Release(lease) => {
+                let mut entry = self.take_leased(&lease, now)?.entry;
+                entry.deliveries = entry.deliveries.saturating_sub(1);
+                let l = self.level(&entry.message);
+                self.ready[l].push_front(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Push a held lease's deadline to `now + visibility`.
+    ///
+    /// # Errors
+    /// `LeaseLost` when the lease is not held.
+    pub(crate) fn extend(
+        &mut self,
+        lease: &Lease,
+        visibility: Duration,
+        now: u64,
+    ) -> Result<Lease> {
+        let deadline = now.saturating_add(millis(visibility));
+        match self.in_flight.get_mut(&lease.token) {
+            Some(f) if f.entry.message.id == lease.id && f.deadline > now => {
+                f.deadline = deadline;
+                let updated = Lease {
+                    id: lease.id,
+                    token: lease.token,
+                    attempt: f.entry.deliveries,
+                    deadline_ms: deadline,
+                };
+                self.leases.push(Reverse((deadline, lease.token)));
+                self.maybe_rebuild_leases();
+                Ok(updated)
+            }
+            _ => Err(lease_lost(lease)),
+        }
+    }
+
+    /// Move to dead letters (or discard when dead letters are off); counted either way.
+    fn bury(&mut self, mut entry: Entry, error: String, now: u64) {
+        self.dead_lettered += 1;
+        if !self.config.dead_letter {
+            return;
+        }
+        entry.message.attempt = entry.deliveries;
+        let seq = self.next_seq();
+        self.dead_ids.insert((entry.message.id, now, seq));
+        self.dead.insert(
+            (now, seq),
+            DeadLetter {
+                message: entry.message,
+                error,
+                attempts: entry.deliveries,
+                failed_at: now,
+            },
+        );
+    }
+
+    /// A consistent snapshot (the caller has run [`QueueState::tick`]).
+    pub(crate) fn stats(&self) -> QueueStats {
+        QueueStats {
+            ready: [0, 1, 2, 3].map(|l| self.ready[l].len() as u64),
+            delayed: self.delayed.len() as u64,
+            in_flight: self.in_flight.len() as u64,
+            dead: self.dead.len() as u64,
+            published: self.published,
+            acked: self.acked,
+            retried: self.retried,
+            dead_lettered: self.dead_lettered,
+        }
+    }
+
+    /// Dead letters, oldest first.
+    pub(crate) fn dead_letters(&self, page: Page) -> Vec<DeadLetter> {
+        self.dead
+            .values()
+            .skip(page.offset)
+            .take(page.limit)
+            .cloned()
+            .collect()
+    }
+
+    /// The oldest dead letter with this id.
+    pub(crate) fn dead_letter(&self, id: MessageId) -> Option<DeadLetter> {
+        self.dead_keys(id)
+            .first()
+            .and_then(|k| self.dead.get(k))
+            .cloned()
+    }
+
+    fn dead_keys(&self, id: MessageId) -> Vec<(u64, u64)> {
+        self.dead_ids
+            .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))
+            .map(|&(_, at, seq)| (at, seq))
+            .collect()
+    }
+
+    fn selected(&self, which: &Selection) -> Vec<(u64, u64)> {
+        match which {
+            Selection::All => self.dead.keys().copied().collect(),
+            Selection::Ids(ids) => {
+                let mut keys: Vec<(u64, u64)> =
+                    ids.iter().flat_map(|id| self.dead_keys(*id)).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            }
+        }
+    }
+
+    fn take_dead(&mut self, key: (u64, u64)) -> Option<DeadLetter> {
+        let d = self.dead.remove(&key)?;
+        self.dead_ids.remove(&(d.message.id, key.0, key.1));
+        Some(d)
+    }
+
+    /// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
+    /// kept. Returns how many.
+    pub(crate) fn requeue_dead(&mut self, which: &Selection) -> u64 {
+        let mut n = 0;
+        for key in self.selected(which) {
+            if let Some(d) = self.take_dead(key) {
+                let mut message = d.message;
+                message.attempt = 0;
+                self.push_back(Entry::new(message));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Delete dead letters. Returns how many.
+    pub(crate) fn purge_dead(&mut self, which: &Selection) -> u64 {
+        if matches!(which, Selection::All) {
+            let n = self.dead.len() as u64;
+            self.dead.clear();
+            self.dead_ids.clear();
+            return n;
+        }
+        let mut n = 0;
+        for key in self.selected(which) {
+            if self.take_dead(key).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drop everything ready, delayed and in flight (a consumer group reset). Dead letters and
+    /// counters are kept; outstanding leases become lost.
+    pub(crate) fn clear_pending(&mut self) {
+        for level in &mut self.ready {
+            level.clear();
+        }
+        self.delayed.clear();
+        self.in_flight.clear();
+        self.leases.clear();
+    }
+}
+
+fn lease_lost(lease: &Lease) -> Error {
+    Error::lease_lost(format!(
+        "lease {} on message {} (attempt {}) is no longer held: settled, expired or redelivered",
+        lease.token, lease.id, lease.attempt
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_core::RetryPolicy;
+
+    fn config() -> QueueConfig {
+        QueueConfig {
+            visibility_timeout: Duration::from_millis(100),
+            retry: RetryPolicy::exact(2, Duration::from_millis(10), 2.0, Duration::from_secs(1)),
+            ..QueueConfig::default()
+        }
+    }
+
+    fn msg(kind: &str) -> Message {
+        let mut m = Message::new(kind, "");
+        m.prepare_for_publish(1);
+        m
+    }
+
+    #[test]
+    fn lease_heap_stays_bounded() {
+        let mut s = QueueState::new(config(), true);
+        let mut out = Vec::new();
+        // The clock stands still: acked leases are never popped by `tick`, only rebuilt away.
+        for _ in 0..10_000 {
+            s.publish(msg("k"), 5);
+            s.tick(5);
+            out.clear();
+            s.lease(5, 1, &mut out);
+            for d in out.drain(..) {
+                s.settle(Settle::Ack(d.lease), 5).expect("ack");
+            }
+        }
+        assert!(s.leases.len() <= 1024 + 1, "{}", s.leases.len());
+        assert_eq!(s.stats().acked, 10_000);
+    }
+
+    #[test]
+    fn expiry_retries_then_buries() {
+        let mut s = QueueState::new(config(), true);
+        s.publish(msg("k"), 0);
+        let mut out = Vec::new();
+        s.lease(0, 1, &mut out);
+        assert_eq!(out[0].lease.attempt, 1);
+        s.tick(100); // lease ends at 100: retry after 10 ms
+        assert_eq!(s.stats().delayed, 1);
+        assert_eq!(s.next_wake(), Some(110));
+        s.tick(110);
+        out.clear();
+        s.lease(110, 1, &mut out);
+        assert_eq!(out[0].message.attempt, 2);
+        s.tick(210);
+        let st = s.stats();
+        assert_eq!((st.dead, st.retried, st.dead_lettered), (1, 1, 1));
+        let d = s.dead_letters(Page::first(10));
+        assert_eq!((d[0].error.as_str(), d[0].attempts), (LEASE_EXPIRED, 2));
+    }
+}
