@@ -26,6 +26,8 @@ pub struct Params {
     pub concurrency: usize,
     /// Payload size in bytes.
     pub payload: usize,
+    /// Messages the worker leases ahead of free handler slots.
+    pub prefetch: usize,
     /// Idle-latency samples.
     pub latency_samples: usize,
 }
@@ -43,6 +45,8 @@ pub struct Report {
     pub concurrency: usize,
     /// Payload bytes.
     pub payload_bytes: usize,
+    /// Worker prefetch.
+    pub prefetch: usize,
     /// Messages published per second (publish phase alone).
     pub publish_per_s: f64,
     /// Messages published, handled and acked per second through the worker.
@@ -153,6 +157,7 @@ pub async fn run(p: &Params) -> courier::Result<Report> {
         batch: p.batch,
         concurrency: p.concurrency,
         payload_bytes: p.payload,
+        prefetch: p.prefetch,
         publish_per_s: rate(publish_elapsed),
         e2e_per_s,
         raw_primitive,
@@ -174,12 +179,7 @@ async fn e2e(courier: &Courier, p: &Params, body: &Bytes) -> courier::Result<Dur
     let worker = courier
         .worker(&q)
         .concurrency(p.concurrency)
-        .prefetch(
-            std::env::var("PREFETCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(p.batch.max(p.concurrency)),
-        )
+        .prefetch(p.prefetch)
         .handler("b", move |_m: Message| {
             let (h, d) = (h.clone(), d.clone());
             async move {
@@ -309,7 +309,7 @@ async fn idle_latency(courier: &Courier, p: &Params) -> courier::Result<Vec<f64>
 pub fn table(r: &Report) -> String {
     format!(
         "backend            {}\n\
-         messages           {}  (batch {}, concurrency {}, payload {} B)\n\
+         messages           {}  (batch {}, concurrency {}, prefetch {}, payload {} B)\n\
          publish            {:>12.0} msg/s\n\
          end to end         {:>12.0} msg/s  (publish -> handler -> ack, worker)\n\
          raw baseline       {:>12.0} msg/s  ({})\n\
@@ -320,6 +320,7 @@ pub fn table(r: &Report) -> String {
         r.messages,
         r.batch,
         r.concurrency,
+        r.prefetch,
         r.payload_bytes,
         r.publish_per_s,
         r.e2e_per_s,

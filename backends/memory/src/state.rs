@@ -62,8 +62,12 @@ pub(crate) fn millis(d: Duration) -> u64 {
 }
 
 /// A stored message and its delivery history.
+///
+/// Boxed ([`Entry`]) so moving it between ready lists, the delay heap and the in-flight map
+/// moves a pointer, not the whole message: at a million messages a second those copies (and a
+/// ready list re-growing under a backlog) cost more than the allocation.
 #[derive(Debug)]
-struct Entry {
+struct Stored {
     message: Message,
     /// Deliveries counted so far (releases are not counted).
     deliveries: u32,
@@ -71,13 +75,15 @@ struct Entry {
     last_error: Option<String>,
 }
 
-impl Entry {
-    fn new(message: Message) -> Self {
-        Entry {
+type Entry = Box<Stored>;
+
+impl Stored {
+    fn new(message: Message) -> Entry {
+        Box::new(Stored {
             message,
             deliveries: 0,
             last_error: None,
-        }
+        })
     }
 }
 
@@ -187,7 +193,7 @@ impl QueueState {
     /// its `not_before`. Counts it as published (for a consumer group: taken from the log).
     pub(crate) fn publish(&mut self, message: Message, now: u64) {
         self.published += 1;
-        self.enqueue(Entry::new(message), now);
+        self.enqueue(Stored::new(message), now);
     }
 
     fn enqueue(&mut self, entry: Entry, now: u64) {
@@ -479,7 +485,7 @@ impl QueueState {
             if let Some(d) = self.take_dead(key) {
                 let mut message = d.message;
                 message.attempt = 0;
-                self.push_back(Entry::new(message));
+                self.push_back(Stored::new(message));
                 n += 1;
             }
         }

@@ -27,6 +27,10 @@ struct Args {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Messages the worker leases ahead of free handler slots (default: 4 x batch, at least
+    /// the concurrency).
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Idle-latency samples.
     #[arg(long, default_value_t = 1_000)]
     latency_samples: usize,
@@ -47,6 +51,9 @@ fn main() {
         batch: args.batch,
         concurrency: args.concurrency,
         payload: args.payload,
+        prefetch: args
+            .prefetch
+            .unwrap_or((args.batch * 4).max(args.concurrency)),
         latency_samples: args.latency_samples,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
