@@ -300,5 +300,8 @@ async fn wait_for(
 }
 
 // Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
-const _: fn(MemoryBackend) -> (Arc<dyn Queue>, Arc<dyn PubSub>, Arc<dyn EventBus>) =
-    |b| (Arc::new(b.clone()), Arc::new(b.clone()), Arc::new(b));
+fn _object_safe(b: MemoryBackend) {
+    let _: Arc<dyn Queue> = Arc::new(b.clone());
+    let _: Arc<dyn PubSub> = Arc::new(b.clone());
+    let _: Arc<dyn EventBus> = Arc::new(b);
+}

@@ -255,7 +255,7 @@ impl QueueState {
                 entry.last_error = Some(LEASE_EXPIRED.to_string());
                 self.delay_until(entry, now.saturating_add(millis(delay)));
             }
-            FailureAction::Dead => self.bury(entry, LEASE_EXPIRED.to_string(), now),
+            FailureAction::Dead => self.bury(*entry, LEASE_EXPIRED.to_string(), now),
         }
     }
 
@@ -359,7 +359,7 @@ impl QueueState {
             }
             Settle::Bury { lease, error } => {
                 let entry = self.take_leased(&lease, now)?.entry;
-                self.bury(entry, error, now);
+                self.bury(*entry, error, now);
             }
             Settle::Release(lease) => {
                 let mut entry = self.take_leased(&lease, now)?.entry;
@@ -400,7 +400,7 @@ impl QueueState {
     }
 
     /// Move to dead letters (or discard when dead letters are off); counted either way.
-    fn bury(&mut self, mut entry: Entry, error: String, now: u64) {
+    fn bury(&mut self, mut entry: Stored, error: String, now: u64) {
         self.dead_lettered += 1;
         if !self.config.dead_letter {
             return;
