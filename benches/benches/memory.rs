@@ -2,6 +2,9 @@
 //! end through the worker. Ratios to a raw tokio mpsc channel are printed by the `throughput`
 //! binary; here each operation's cost is tracked over time.
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -358,8 +358,10 @@ mod tests {
         let mut c = QueueConfig::default();
         c.retry.factor = 0.5;
         assert!(c.validate().is_err());
-        let mut c = QueueConfig::default();
-        c.visibility_timeout = Duration::ZERO;
+        let c = QueueConfig {
+            visibility_timeout: Duration::ZERO,
+            ..QueueConfig::default()
+        };
         assert!(c.validate().is_err());
         let mut c = QueueConfig::default();
         c.retry.base = Duration::from_secs(10);
