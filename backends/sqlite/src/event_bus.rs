@@ -1,0 +1,548 @@
+//! [`EventBus`] for [`SqliteBackend`]: per topic an append-only log table, and per consumer
+//! group a cursor into it plus delivery rows that follow the queue state machine
+//! ([`crate::store`]) for leases, retries and dead letters.
+//!
+//! - A group is created on first use with its cursor at the start of the retained log, so
+//!   events emitted before a group first reads are delivered to it while they are retained.
+//! - A receive materialises events from the log at the cursor into the group's ready rows
+//!   only as many as it can lease, so `lag` (events at or after the cursor) stays meaningful.
+//! - Events are delivered in emit order (E4): a group ignores `priority`. An event emitted with
+//!   a delay waits out its delay in each group before it is delivered.
+//! - Retention (max length / max age) is stored with the topic and applied on every emit and
+//!   every group operation; age is measured from the instant the event was appended. A group
+//!   whose cursor falls behind the retained log continues at the oldest retained event.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::clock::ms_ceil;
+use courier_core::{
+    DeadLetter, Delivery, Error, EventBus, GroupStats, Lease, Message, MessageId, Page,
+    QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock, wire,
+};
+use rusqlite::{OptionalExtension, params};
+
+use crate::error::{lease_lost, tag};
+use crate::queue::earlier;
+use crate::store::{self, GROUP_LEVEL, NewRow, Q, i, u};
+use crate::writer::Ctx;
+use crate::{BACKEND_NAME, Poll, SqliteBackend, check_max, check_name};
+
+/// An event to append: id, `not_before`, `max_attempts` override, encoded body.
+pub(crate) struct EventRow {
+    pub(crate) id: MessageId,
+    pub(crate) due: Option<u64>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// A topic's row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Topic {
+    base: i64,
+    next: i64,
+    last_at: i64,
+    max_len: Option<i64>,
+    max_age_ms: Option<i64>,
+}
+
+/// The topic's row, created on first use.
+fn load_topic(ctx: &Ctx<'_>, topic: &str) -> Result<Topic> {
+    let read = |ctx: &Ctx<'_>| {
+        ctx.conn
+            .prepare_cached(
+                "SELECT base, next, last_at, max_len, max_age_ms FROM courier_topics \
+                 WHERE topic = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([topic], |r| {
+                    Ok(Topic {
+                        base: r.get(0)?,
+                        next: r.get(1)?,
+                        last_at: r.get(2)?,
+                        max_len: r.get(3)?,
+                        max_age_ms: r.get(4)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(ctx.err("topic"))
+    };
+    if let Some(t) = read(ctx)? {
+        return Ok(t);
+    }
+    ctx.conn
+        .prepare_cached("INSERT INTO courier_topics (topic) VALUES (?1)")
+        .and_then(|mut s| s.execute([topic]))
+        .map_err(ctx.err("topic"))?;
+    Ok(Topic {
+        base: 0,
+        next: 0,
+        last_at: 0,
+        max_len: None,
+        max_age_ms: None,
+    })
+}
+
+/// Apply retention at `now`; groups behind the new start move up to it.
+fn trim(ctx: &Ctx<'_>, topic: &str, now: u64) -> Result<Topic> {
+    let mut t = load_topic(ctx, topic)?;
+    let mut base = t.base;
+    if let Some(max_len) = t.max_len {
+        base = base.max(t.next - max_len.max(0));
+    }
+    if let Some(age) = t.max_age_ms {
+        let oldest = i(now).saturating_sub(age.max(0));
+        let first: Option<i64> = ctx
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM courier_events WHERE topic = ?1 AND created_at >= ?2 \
+                 ORDER BY created_at, seq LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![topic, oldest], |r| r.get(0)).optional())
+            .map_err(ctx.err("retention"))?;
+        base = base.max(first.unwrap_or(t.next));
+    }
+    let base = base.min(t.next);
+    if base > t.base {
+        ctx.conn
+            .prepare_cached("DELETE FROM courier_events WHERE topic = ?1 AND seq < ?2")
+            .and_then(|mut s| s.execute(params![topic, base]))
+            .map_err(ctx.err("retention"))?;
+        ctx.conn
+            .prepare_cached(
+                "UPDATE courier_queues SET cursor = max(cursor, ?2) \
+                 WHERE kind = 'group' AND topic = ?1 AND cursor < ?2",
+            )
+            .and_then(|mut s| s.execute(params![topic, base]))
+            .map_err(ctx.err("retention"))?;
+        ctx.conn
+            .prepare_cached("UPDATE courier_topics SET base = ?2 WHERE topic = ?1")
+            .and_then(|mut s| s.execute(params![topic, base]))
+            .map_err(ctx.err("retention"))?;
+        t.base = base;
+    }
+    Ok(t)
+}
+
+/// Append events to a topic's log, in order, then apply retention. Wakes the topic's groups.
+pub(crate) fn append(ctx: &mut Ctx<'_>, topic: &str, events: &[EventRow]) -> Result<()> {
+    let now = ctx.now();
+    let t = load_topic(ctx, topic)?;
+    let at = i(now).max(t.last_at);
+    let mut seq = t.next;
+    {
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(
+                "INSERT INTO courier_events (topic, seq, created_at, id, due, max_attempts, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(ctx.err("emit"))?;
+        for e in events {
+            stmt.execute(params![
+                topic,
+                seq,
+                at,
+                &e.id.as_bytes()[..],
+                e.due.map(i),
+                e.max_attempts,
+                &e.body
+            ])
+            .map_err(ctx.err("emit"))?;
+            seq += 1;
+        }
+    }
+    ctx.conn
+        .prepare_cached("UPDATE courier_topics SET next = ?2, last_at = ?3 WHERE topic = ?1")
+        .and_then(|mut s| s.execute(params![topic, seq, at]))
+        .map_err(ctx.err("emit"))?;
+    trim(ctx, topic, now)?;
+    if !events.is_empty() {
+        ctx.wake(store::topic_key(topic));
+    }
+    Ok(())
+}
+
+/// The group's row (created at the start of the retained log on first use), loaded.
+fn open_group(ctx: &mut Ctx<'_>, topic: &str, group: &str, t: &Topic) -> Result<Q> {
+    let key = format!("g:{topic}\u{0}{group}");
+    let base = t.base;
+    let qid = store::qid(ctx, &key, "group", topic, group, |_| Ok(base))?;
+    store::load(ctx, qid)
+}
+
+/// Run `f` on a group brought up to now (retention applied, leases and delays processed),
+/// save it, and wake the topic's waiters when something became ready or the next due time
+/// moved earlier.
+fn with_group<T>(
+    ctx: &mut Ctx<'_>,
+    topic: &str,
+    group: &str,
+    config: &QueueConfig,
+    f: impl FnOnce(&mut Ctx<'_>, &mut Q, &Topic, u64) -> Result<T>,
+) -> Result<T> {
+    let now = ctx.now();
+    let t = trim(ctx, topic, now)?;
+    let mut q = open_group(ctx, topic, group, &t)?;
+    let wake_before = store::next_wake(ctx, q.qid)?;
+    store::tick(ctx, &mut q, now, config)?;
+    let r = f(ctx, &mut q, &t, now)?;
+    store::save(ctx, &mut q)?;
+    if q.readied || earlier(store::next_wake(ctx, q.qid)?, wake_before) {
+        ctx.wake(store::topic_key(topic));
+    }
+    Ok(r)
+}
+
+/// Most log rows read per query while materialising a group's rows.
+const PULL_CHUNK: usize = 1_000;
+
+/// A log row: sequence number, id, `not_before`, `max_attempts` override, body.
+type LogRow = (i64, Vec<u8>, Option<i64>, Option<u32>, Vec<u8>);
+
+/// Move events from the log at the cursor into the group's rows until `want` are ready.
+fn pull(ctx: &Ctx<'_>, q: &mut Q, topic: &str, t: &Topic, want: usize, now: u64) -> Result<()> {
+    let mut ready = store::ready_count(ctx, q.qid, GROUP_LEVEL, want)?;
+    while ready < want && q.cursor < t.next {
+        let chunk: Vec<LogRow> = ctx
+            .conn
+            .prepare_cached(
+                "SELECT seq, id, due, max_attempts, body FROM courier_events \
+                 WHERE topic = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![topic, q.cursor, (want - ready).min(PULL_CHUNK) as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?
+                .collect()
+            })
+            .map_err(ctx.err("receive"))?;
+        if chunk.is_empty() {
+            q.set_cursor(t.next);
+            break;
+        }
+        for (seq, id, due, max_attempts, body) in chunk {
+            let row = NewRow {
+                id: store::id_of(&id),
+                level: GROUP_LEVEL,
+                not_before: due.map(u),
+                max_attempts,
+                body,
+            };
+            let readied_before = q.readied;
+            q.readied = false;
+            store::publish(ctx, q, now, &row)?;
+            if q.readied {
+                ready += 1;
+            }
+            q.readied |= readied_before;
+            q.set_cursor(seq + 1);
+        }
+    }
+    Ok(())
+}
+
+impl SqliteBackend {
+    /// The configuration of a group in this handle.
+    fn group_config_of(&self, topic: &str, group: &str) -> QueueConfig {
+        self.inner
+            .group_configs
+            .read()
+            .get(&(topic.to_owned(), group.to_owned()))
+            .copied()
+            .unwrap_or(self.inner.default_config)
+    }
+
+    /// Run `f` on a group in the writer thread.
+    async fn on_group<T: Send + 'static>(
+        &self,
+        topic: &str,
+        group: &str,
+        operation: &'static str,
+        f: impl FnOnce(&mut Ctx<'_>, &mut Q, &Topic, u64, &QueueConfig) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        check_name("topic", topic, operation)?;
+        check_name("group", group, operation)?;
+        let config = self.group_config_of(topic, group);
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        self.inner
+            .writer
+            .call(operation, move |ctx| {
+                with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {
+                    f(ctx, q, tp, now, &config)
+                })
+            })
+            .await
+    }
+
+    /// Lease up to `max` events for a group (one attempt, no waiting); orphaned leases of a
+    /// caller that went away are released at once.
+    async fn claim_group(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        config: QueueConfig,
+    ) -> Result<Poll> {
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        let (ot, og) = (t.clone(), g.clone());
+        let writer = self.inner.writer.clone();
+        let release = move |leases: Vec<Lease>| {
+            writer.fire("release", move |ctx| {
+                with_group(ctx, &ot, &og, &config, |ctx, q, _, now| {
+                    for l in &leases {
+                        let _ = store::settle(ctx, q, now, &Settle::Release(*l), &config)?;
+                    }
+                    Ok(())
+                })
+            });
+        };
+        crate::claim(
+            &self.inner.writer,
+            move |ctx| {
+                with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {
+                    pull(ctx, q, &t, tp, max, now)?;
+                    let got = store::claim(ctx, q, now, max, &config)?;
+                    if got.is_empty() {
+                        Ok(Poll::Empty {
+                            now,
+                            next_wake: store::next_wake(ctx, q.qid)?,
+                        })
+                    } else {
+                        Ok(Poll::Got(got))
+                    }
+                })
+            },
+            release,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl EventBus for SqliteBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
+        check_name("topic", topic, "configure_group")?;
+        check_name("group", group, "configure_group")?;
+        config.validate().map_err(tag("configure_group"))?;
+        self.inner
+            .group_configs
+            .write()
+            .insert((topic.to_owned(), group.to_owned()), config);
+        // The group exists from now on (its cursor at the start of the retained log).
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        self.inner.writer.fire("configure_group", move |ctx| {
+            with_group(ctx, &t, &g, &config, |_, _, _, _| Ok(()))
+        });
+        Ok(())
+    }
+
+    fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
+        self.group_config_of(topic, group)
+    }
+
+    fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
+        check_name("topic", topic, "set_retention")?;
+        let t = topic.to_owned();
+        let max_len = retention.max_len.map(i);
+        let max_age = retention.max_age.map(|d| i(ms_ceil(d)));
+        // Queued before any later call of this handle, so it is in force for them.
+        self.inner.writer.fire("set_retention", move |ctx| {
+            load_topic(ctx, &t)?;
+            ctx.conn
+                .prepare_cached(
+                    "UPDATE courier_topics SET max_len = ?2, max_age_ms = ?3 WHERE topic = ?1",
+                )
+                .and_then(|mut s| s.execute(params![t, max_len, max_age]))
+                .map_err(ctx.err("set_retention"))?;
+            let now = ctx.now();
+            trim(ctx, &t, now)?;
+            Ok(())
+        });
+        Ok(())
+    }
+
+    async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
+        check_name("topic", topic, "emit")?;
+        // The whole batch is checked (and encoded) before anything is appended.
+        for (n, m) in events.iter().enumerate() {
+            self.inner.default_config.check_message(m).map_err(|e| {
+                tag("emit")(Error::new(
+                    e.kind(),
+                    format!("event {n} of the batch: {}", e.message()),
+                ))
+            })?;
+        }
+        let now = self.now();
+        let mut ids = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
+        for (n, mut m) in events.into_iter().enumerate() {
+            m.prepare_for_publish(now);
+            ids.push(m.id);
+            let body = wire::encode(&m).map_err(|e| {
+                tag("emit")(Error::new(
+                    e.kind(),
+                    format!("event {n} of the batch: {}", e.message()),
+                ))
+            })?;
+            rows.push(EventRow {
+                id: m.id,
+                due: m.not_before,
+                max_attempts: m.max_attempts,
+                body: body.to_vec(),
+            });
+        }
+        if rows.is_empty() {
+            return Ok(ids);
+        }
+        let t = topic.to_owned();
+        self.inner
+            .writer
+            .call("emit", move |ctx| append(ctx, &t, &rows))
+            .await
+            .map_err(|e| e.with_stored(0))?;
+        Ok(ids)
+    }
+
+    async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
+        check_name("topic", topic, "receive")?;
+        check_name("group", group, "receive")?;
+        check_max(max)?;
+        let config = self.group_config_of(topic, group);
+        let key = store::topic_key(topic);
+        self.wait_for(&key, wait, || self.claim_group(topic, group, max, config))
+            .await
+    }
+
+    async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        if ops.is_empty() {
+            check_name("topic", topic, "settle")?;
+            check_name("group", group, "settle")?;
+            return Ok(Vec::new());
+        }
+        self.on_group(topic, group, "settle", move |ctx, q, _, now, config| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in &ops {
+                out.push(store::settle(ctx, q, now, op, config)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn extend(
+        &self,
+        topic: &str,
+        group: &str,
+        lease: &Lease,
+        visibility: Duration,
+    ) -> Result<Lease> {
+        let l = *lease;
+        self.on_group(topic, group, "extend", move |ctx, q, _, now, _| {
+            store::extend(ctx, q, now, &l, visibility)
+        })
+        .await?
+        .map_err(|_| lease_lost("extend", lease))
+    }
+
+    async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
+        let name = topic.to_owned();
+        self.on_group(topic, group, "reset_group", move |ctx, q, t, _, _| {
+            let cursor = match from {
+                ReplayFrom::Start => t.base,
+                ReplayFrom::End => t.next,
+                ReplayFrom::Time(ms) => ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT seq FROM courier_events WHERE topic = ?1 AND created_at >= ?2 \
+                         ORDER BY created_at, seq LIMIT 1",
+                    )
+                    .and_then(|mut s| s.query_row(params![name, i(ms)], |r| r.get(0)).optional())
+                    .map_err(ctx.err("reset_group"))?
+                    .unwrap_or(t.next),
+                ReplayFrom::Id(id) => ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT seq FROM courier_events WHERE topic = ?1 AND id = ?2 \
+                         ORDER BY seq LIMIT 1",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![name, &id.as_bytes()[..]], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(ctx.err("reset_group"))?
+                    .ok_or_else(|| {
+                        tag("reset_group")(Error::not_found(format!(
+                            "event {id} is not retained in topic {name:?}"
+                        )))
+                    })?,
+            };
+            store::clear_pending(ctx, q)?;
+            q.set_cursor(cursor);
+            // Waiters of this group may now have events to read.
+            ctx.wake(store::topic_key(&name));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.on_group(topic, group, "group_stats", |ctx, q, t, _, _| {
+            Ok(GroupStats {
+                queue: store::stats(ctx, q)?,
+                lag: u(t.next - q.cursor),
+            })
+        })
+        .await
+    }
+
+    async fn topic_len(&self, topic: &str) -> Result<u64> {
+        check_name("topic", topic, "topic_len")?;
+        let t = topic.to_owned();
+        self.inner
+            .writer
+            .call("topic_len", move |ctx| {
+                let now = ctx.now();
+                let tp = trim(ctx, &t, now)?;
+                Ok(u(tp.next - tp.base))
+            })
+            .await
+    }
+
+    async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.on_group(topic, group, "dead_letters", move |ctx, q, _, _, _| {
+            store::dead_letters(ctx, q, page)
+        })
+        .await
+    }
+
+    async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.on_group(topic, group, "requeue_dead", move |ctx, q, _, _, _| {
+            store::requeue_dead(ctx, q, &which)
+        })
+        .await
+    }
+
+    async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.on_group(topic, group, "purge_dead", move |ctx, q, _, _, _| {
+            store::purge_dead(ctx, q, &which)
+        })
+        .await
+    }
+}

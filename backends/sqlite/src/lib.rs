@@ -1,0 +1,665 @@
+//! # courier-sqlite
+//!
+//! Courier's embedded, durable, file-based backend: [`SqliteBackend`] implements
+//! [`Queue`], [`PubSub`] and [`EventBus`] on one SQLite database (rusqlite, SQLite bundled),
+//! with exactly the semantics of the reference model (`courier-memory`).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use courier_core::{Message, QueueExt};
+//! use courier_sqlite::SqliteBackend;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> courier_core::Result<()> {
+//! let backend = SqliteBackend::from_url("sqlite://data/courier.db").await?;
+//! backend.publish("tasks", Message::new("hello", "world")).await?;
+//! let d = backend.receive_one("tasks", Duration::from_secs(1)).await?.expect("a message");
+//! backend.ack("tasks", &d.lease).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Storage and durability
+//!
+//! - URLs: `sqlite://path/to/file.db` (relative), `sqlite:///abs/path.db` (absolute) and
+//!   `sqlite::memory:` (a private in-memory database that lives as long as the backend).
+//!   The file is created when missing, but its directory must exist: a missing directory,
+//!   a read-only, locked, corrupt or foreign file gives a clear error naming the path.
+//! - WAL journal, `synchronous=NORMAL` (a committed publish survives a crash of the process;
+//!   the last commits may be lost on power loss), a busy timeout (default 5 s).
+//! - The schema is versioned (`PRAGMA user_version`) and migrated on open; a database from a
+//!   newer Courier is refused.
+//! - Message bodies are Courier's wire encoding (`courier_core::wire`), as on every backend.
+//!
+//! ## Concurrency
+//!
+//! One dedicated writer thread per backend handle owns the connection. It receives operations
+//! over a channel and **group-commits** everything queued at that moment into one short
+//! `BEGIN IMMEDIATE` transaction; blocking SQLite calls never run on the async runtime.
+//! Several handles and several processes may open the same file: every claim runs inside an
+//! `IMMEDIATE` transaction, so a message is never leased to two consumers at once.
+//!
+//! ## Waiting and time
+//!
+//! - Time comes from the backend's [`Clock`](courier_core::Clock), passed into every query as
+//!   a parameter (never SQLite's clock).
+//! - A waiting `receive` wakes on an in-process notification (any handle of this process on
+//!   the same file), on a timer set to the next delayed message or lease deadline, and on
+//!   other processes' commits, detected every poll interval (default 50 ms) with
+//!   `PRAGMA data_version`. **Delay tick:** about 1 ms within a process (timer driven); up to
+//!   one poll interval for a change made by another process.
+//! - Expired leases are processed whenever the queue is touched (bounded per call): they count
+//!   as failed attempts, retried with the core's backoff or buried as "lease expired".
+//!
+//! ## PubSub
+//!
+//! In-process subscriptions (every handle on the same file in this process) receive a message
+//! at once. For other processes, each publish also writes a short-lived row (deleted after
+//! about 10 s) that their pollers read from their last seen row; a subscription only sees
+//! rows written after it was created, so a message published with no subscriber anywhere is
+//! dropped (P2). `sqlite::memory:` databases are private to their backend: no relay.
+//!
+//! ## EventBus
+//!
+//! Each topic is an append-only log table; each consumer group has a cursor and delivery rows
+//! that follow the queue state machine (leases, retries, dead letters), materialised lazily
+//! from the log at receive. Retention (`max_len`, `max_age`) is stored with the topic and
+//! applied on emit and on every group operation.
+#![forbid(unsafe_code)]
+
+mod error;
+mod event_bus;
+mod pubsub;
+mod queue;
+mod schema;
+mod store;
+mod writer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::Duration;
+
+use courier_core::clock::until;
+use courier_core::{
+    Delivery, Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
+    validate_name,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use schema::LATEST as SCHEMA_VERSION;
+
+use crate::error::tag;
+use crate::writer::{Target, Writer};
+
+/// The backend's short name, as reported by `backend_name()` and in errors.
+pub const BACKEND_NAME: &str = "sqlite";
+
+/// The default interval at which other processes' commits are detected.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The default SQLite busy timeout.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This process, as written into pub/sub relay rows (its own rows are skipped here).
+static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);
+
+/// Hubs of this process by database file, so that every handle on one file shares wake-ups
+/// and pub/sub subscriptions.
+static HUBS: LazyLock<Mutex<HashMap<PathBuf, Weak<Hub>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// What the handles of one process on one database share.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    /// Waiting receivers per queue (`q:…`) or topic (`t:…`).
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Signalled when another connection committed (all receivers re-check).
+    external: Notify,
+    /// Local pub/sub subscriptions.
+    pub(crate) pubsub: RwLock<pubsub::Registry>,
+    /// The last relay row read from other processes (`None` while nobody subscribes).
+    pub(crate) relay_cursor: Mutex<Option<i64>>,
+}
+
+impl Hub {
+    fn for_target(target: &Target) -> Arc<Hub> {
+        let Target::File(path) = target else {
+            return Arc::new(Hub::default());
+        };
+        let key = canonical(path);
+        let mut hubs = HUBS.lock();
+        if let Some(h) = hubs.get(&key).and_then(Weak::upgrade) {
+            return h;
+        }
+        hubs.retain(|_, w| w.strong_count() > 0);
+        let h = Arc::new(Hub::default());
+        hubs.insert(key, Arc::downgrade(&h));
+        h
+    }
+
+    fn waker(&self, key: &str) -> Arc<Notify> {
+        let mut w = self.wakers.lock();
+        if let Some(n) = w.get(key) {
+            return n.clone();
+        }
+        let n = Arc::new(Notify::new());
+        w.insert(key.to_owned(), n.clone());
+        n
+    }
+
+    /// Wake the receivers waiting on `key`.
+    pub(crate) fn wake(&self, key: &str) {
+        let n = self.wakers.lock().get(key).cloned();
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    /// Another connection committed: every waiting receiver re-checks.
+    pub(crate) fn external_change(&self) {
+        self.external.notify_waiters();
+    }
+}
+
+/// The same file reached by different spellings maps to one key.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = match parent {
+        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    match path.file_name() {
+        Some(f) => dir.join(f),
+        None => path.to_path_buf(),
+    }
+}
+
+/// The SQLite backend: [`Queue`], [`PubSub`] and [`EventBus`] over one database.
+///
+/// Cheap to clone; clones share one connection and writer thread. Dropping the last clone
+/// stops the writer thread and closes the database.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    /// The path shown in errors (`:memory:` for an in-memory database).
+    path: PathBuf,
+    clock: SharedClock,
+    default_config: QueueConfig,
+    configs: RwLock<HashMap<String, QueueConfig>>,
+    group_configs: RwLock<HashMap<(String, String), QueueConfig>>,
+    poll_interval: Duration,
+    writer: Writer,
+    hub: Arc<Hub>,
+}
+
+impl SqliteBackend {
+    /// Open the database named by a URL: `sqlite://path/to/file.db`, `sqlite:///abs/file.db`
+    /// or `sqlite::memory:`, with default settings.
+    ///
+    /// # Errors
+    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL or an empty path; the
+    /// errors of [`SqliteBackendBuilder::build`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::builder().url(url)?.build().await
+    }
+
+    /// A builder to choose the file, clock, default queue configuration and intervals.
+    pub fn builder() -> SqliteBackendBuilder {
+        SqliteBackendBuilder::default()
+    }
+
+    /// The backend's short name, `"sqlite"`.
+    pub fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    /// The clock used for delays, leases and timestamps.
+    pub fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    /// The configuration of queues and consumer groups that were never configured.
+    pub fn default_config(&self) -> QueueConfig {
+        self.inner.default_config
+    }
+
+    /// The database file (`:memory:` for an in-memory database).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether the database is a private in-memory one.
+    pub fn is_in_memory(&self) -> bool {
+        self.inner.target == Target::Memory
+    }
+
+    /// The interval at which other processes' commits are detected.
+    pub fn poll_interval(&self) -> Duration {
+        self.inner.poll_interval
+    }
+
+    /// Milliseconds since the epoch from the backend clock.
+    fn now(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Names of the queues stored in the database, sorted.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        self.inner
+            .writer
+            .call("queue_names", |ctx| {
+                ctx.conn
+                    .prepare_cached(
+                        "SELECT name FROM courier_queues WHERE kind = 'queue' ORDER BY name",
+                    )
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(ctx.err("queue_names"))
+            })
+            .await
+    }
+
+    /// Names of the topics stored in the database, sorted.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn topic_names(&self) -> Result<Vec<String>> {
+        self.inner
+            .writer
+            .call("topic_names", |ctx| {
+                ctx.conn
+                    .prepare_cached("SELECT topic FROM courier_topics ORDER BY topic")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(ctx.err("topic_names"))
+            })
+            .await
+    }
+
+    /// Store `bytes` as the body of a new ready message (Normal priority) without encoding or
+    /// checking them, as a corrupt or foreign writer would. For tests of Q10 (an undecodable
+    /// entry goes to dead letters and the consumer keeps running); not for applications.
+    ///
+    /// # Errors
+    /// An invalid queue name or a database failure.
+    #[doc(hidden)]
+    pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<courier_core::MessageId> {
+        check_name("queue", queue, "inject_raw")?;
+        let body = bytes.to_vec();
+        let name = queue.to_owned();
+        let config = self.queue_config_of(queue);
+        self.inner
+            .writer
+            .call("inject_raw", move |ctx| {
+                let now = ctx.now();
+                let mut q = queue::open(ctx, &name)?;
+                store::tick(ctx, &mut q, now, &config)?;
+                let id = store::inject_raw(
+                    ctx,
+                    &mut q,
+                    courier_core::Priority::Normal.index() as i64,
+                    &body,
+                )?;
+                store::save(ctx, &mut q)?;
+                ctx.wake(store::queue_key(&name));
+                Ok(id)
+            })
+            .await
+    }
+
+    /// Append `bytes` to a topic's log as an event body without encoding them (tests of Q10
+    /// on consumer groups); not for applications.
+    ///
+    /// # Errors
+    /// An invalid topic name or a database failure.
+    #[doc(hidden)]
+    pub async fn inject_raw_event(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<courier_core::MessageId> {
+        check_name("topic", topic, "inject_raw")?;
+        let body = bytes.to_vec();
+        let name = topic.to_owned();
+        self.inner
+            .writer
+            .call("inject_raw", move |ctx| {
+                let id = courier_core::MessageId::new();
+                let row = event_bus::EventRow {
+                    id,
+                    due: None,
+                    max_attempts: None,
+                    body,
+                };
+                event_bus::append(ctx, &name, &[row])?;
+                Ok(id)
+            })
+            .await
+    }
+
+    /// The configuration of a queue in this handle.
+    fn queue_config_of(&self, queue: &str) -> QueueConfig {
+        self.inner
+            .configs
+            .read()
+            .get(queue)
+            .copied()
+            .unwrap_or(self.inner.default_config)
+    }
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.inner.path)
+            .field("clock", &self.inner.clock)
+            .field("poll_interval", &self.inner.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SqliteBackend`].
+#[derive(Debug, Clone)]
+pub struct SqliteBackendBuilder {
+    target: Option<Target>,
+    clock: Option<SharedClock>,
+    default_config: Option<QueueConfig>,
+    poll_interval: Duration,
+    busy_timeout: Duration,
+}
+
+impl Default for SqliteBackendBuilder {
+    fn default() -> Self {
+        SqliteBackendBuilder {
+            target: None,
+            clock: None,
+            default_config: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+        }
+    }
+}
+
+/// Parse a SQLite URL into where the database lives.
+///
+/// Accepted: `sqlite::memory:`, `sqlite://:memory:`, `sqlite://relative/path.db`,
+/// `sqlite:///absolute/path.db`.
+///
+/// # Errors
+/// [`courier_core::ErrorKind::InvalidInput`] for another scheme or an empty path.
+pub fn parse_url(url: &str) -> Result<SqliteLocation> {
+    if url == "sqlite::memory:" {
+        return Ok(SqliteLocation::Memory);
+    }
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Err(tag("open")(Error::invalid(format!(
+            "not a SQLite URL: {} (expected sqlite://path/to/file.db or sqlite::memory:)",
+            courier_core::redact_url(url)
+        ))));
+    };
+    if rest == ":memory:" {
+        return Ok(SqliteLocation::Memory);
+    }
+    if rest.is_empty() {
+        return Err(tag("open")(Error::invalid(
+            "SQLite URL sqlite:// has an empty path (expected sqlite://path/to/file.db or \
+             sqlite::memory:)",
+        )));
+    }
+    Ok(SqliteLocation::File(PathBuf::from(rest)))
+}
+
+/// Where a SQLite database lives, as parsed from a URL by [`parse_url`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqliteLocation {
+    /// A database file.
+    File(PathBuf),
+    /// A private in-memory database.
+    Memory,
+}
+
+impl SqliteBackendBuilder {
+    /// Use the database file at `path` (created when missing; its directory must exist).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.target = Some(Target::File(path.into()));
+        self
+    }
+
+    /// Use a private in-memory database (lives as long as the backend).
+    pub fn in_memory(mut self) -> Self {
+        self.target = Some(Target::Memory);
+        self
+    }
+
+    /// Use the database named by a URL (see [`parse_url`]).
+    ///
+    /// # Errors
+    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL or an empty path.
+    pub fn url(mut self, url: &str) -> Result<Self> {
+        self.target = Some(match parse_url(url)? {
+            SqliteLocation::File(p) => Target::File(p),
+            SqliteLocation::Memory => Target::Memory,
+        });
+        Ok(self)
+    }
+
+    /// Use this clock (default: [`SystemClock`]). Every process sharing a file should use the
+    /// same time base.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The configuration of queues and groups never configured (default:
+    /// [`QueueConfig::default`]).
+    pub fn default_config(mut self, config: QueueConfig) -> Self {
+        self.default_config = Some(config);
+        self
+    }
+
+    /// How often other processes' commits are looked for (default 50 ms, at least 1 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a write waits for another process's lock before failing with
+    /// [`courier_core::ErrorKind::Unavailable`] (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Open the database (creating and migrating it as needed) and start the writer thread.
+    ///
+    /// # Errors
+    /// [`courier_core::ErrorKind::InvalidInput`] when no path was given, the path is empty or
+    /// the default configuration is invalid; [`courier_core::ErrorKind::Backend`] naming the
+    /// file when it cannot be opened (missing directory, read-only, corrupt, not a database,
+    /// from a newer Courier); [`courier_core::ErrorKind::Unavailable`] when it stays locked
+    /// beyond the busy timeout.
+    pub async fn build(self) -> Result<SqliteBackend> {
+        let target = self.target.ok_or_else(|| {
+            tag("open")(Error::invalid(
+                "no SQLite database given: call path(..), url(..) or in_memory()",
+            ))
+        })?;
+        let path = match &target {
+            Target::File(p) if p.as_os_str().is_empty() => {
+                return Err(tag("open")(Error::invalid("SQLite database path is empty")));
+            }
+            Target::File(p) => p.clone(),
+            Target::Memory => PathBuf::from(":memory:"),
+        };
+        let default_config = self.default_config.unwrap_or_default();
+        default_config.validate().map_err(tag("open"))?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let hub = Hub::for_target(&target);
+        let writer = writer::start(writer::Settings {
+            target: target.clone(),
+            path: path.clone(),
+            clock: clock.clone(),
+            busy_timeout: self.busy_timeout,
+            poll_interval: self.poll_interval,
+            hub: hub.clone(),
+            // TokioClock follows tokio's clock, which may be paused (virtual) in tests.
+            virtual_time: format!("{clock:?}").starts_with("TokioClock"),
+        })
+        .await?;
+        Ok(SqliteBackend {
+            inner: Arc::new(Inner {
+                target,
+                path,
+                clock,
+                default_config,
+                configs: RwLock::new(HashMap::new()),
+                group_configs: RwLock::new(HashMap::new()),
+                poll_interval: self.poll_interval,
+                writer,
+                hub,
+            }),
+        })
+    }
+}
+
+/// Validate a name, tagging the error.
+fn check_name(what: &str, name: &str, operation: &'static str) -> Result<()> {
+    validate_name(what, name).map_err(tag(operation))
+}
+
+/// `max` of a receive must be at least 1.
+fn check_max(max: usize) -> Result<()> {
+    if max == 0 {
+        return Err(tag("receive")(Error::invalid(
+            "receive max must be at least 1",
+        )));
+    }
+    Ok(())
+}
+
+/// One look at a queue or group by a receive.
+pub(crate) enum Poll {
+    /// Leased these (at least one).
+    Got(Vec<Delivery>),
+    /// Nothing ready at `now` (ms); the state may change by itself at `next_wake`.
+    Empty { now: u64, next_wake: Option<u64> },
+}
+
+impl SqliteBackend {
+    /// The waiting part of `receive`, shared by queues and consumer groups: try, and while
+    /// nothing is ready wait for a wake-up (this process), another process's commit, the next
+    /// due time or the end of `wait`.
+    async fn wait_for<F, Fut>(
+        &self,
+        key: &str,
+        wait: Duration,
+        mut attempt: F,
+    ) -> Result<Vec<Delivery>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Poll>>,
+    {
+        let start = Instant::now();
+        let end = start
+            .checked_add(wait)
+            .unwrap_or_else(|| start + Duration::from_secs(60 * 60 * 24 * 365 * 30));
+        let waker = self.inner.hub.waker(key);
+        loop {
+            let mut local = pin!(waker.notified());
+            local.as_mut().enable();
+            let mut external = pin!(self.inner.hub.external.notified());
+            external.as_mut().enable();
+            let (now_ms, next_wake) = match attempt().await? {
+                Poll::Got(v) => return Ok(v),
+                Poll::Empty { now, next_wake } => (now, next_wake),
+            };
+            let instant = Instant::now();
+            if wait.is_zero() || instant >= end {
+                return Ok(Vec::new());
+            }
+            let sleep_until = match next_wake {
+                Some(at) => end.min(instant + until(now_ms, at)),
+                None => end,
+            };
+            tokio::select! {
+                _ = local => {}
+                _ = external => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+            }
+        }
+    }
+}
+
+/// A submitted claim whose answer is awaited. If the caller goes away first (the receive
+/// future is dropped), the leases of an answer nobody took are released at once, so a
+/// cancelled receive neither loses a message nor makes it wait for its lease to expire.
+struct PendingClaim<R: FnOnce(Vec<courier_core::Lease>)> {
+    rx: tokio::sync::oneshot::Receiver<Result<Poll>>,
+    release: Option<R>,
+}
+
+impl<R: FnOnce(Vec<courier_core::Lease>)> Drop for PendingClaim<R> {
+    fn drop(&mut self) {
+        let Some(release) = self.release.take() else {
+            return;
+        };
+        // After close, the writer either finds the channel closed (and releases by itself)
+        // or has already sent, and the answer is taken here.
+        self.rx.close();
+        if let Ok(Ok(Poll::Got(deliveries))) = self.rx.try_recv()
+            && !deliveries.is_empty()
+        {
+            release(deliveries.iter().map(|d| d.lease).collect());
+        }
+    }
+}
+
+/// Run a claim job on the writer and await its answer, releasing orphaned leases (see
+/// [`PendingClaim`]).
+async fn claim<F, R>(writer: &Writer, job: F, release: R) -> Result<Poll>
+where
+    F: FnOnce(&mut writer::Ctx<'_>) -> Result<Poll> + Send + 'static,
+    R: FnOnce(Vec<courier_core::Lease>) + Clone + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let orphan = release.clone();
+    let (signal, gate) = writer.gate();
+    writer.submit("receive", job, move |r: Result<Poll>| {
+        if let Err(Ok(Poll::Got(deliveries))) = tx.send(r)
+            && !deliveries.is_empty()
+        {
+            orphan(deliveries.iter().map(|d| d.lease).collect());
+        }
+        drop(signal);
+    });
+    let mut pending = PendingClaim {
+        rx,
+        release: Some(release),
+    };
+    gate.wait().await;
+    let r = (&mut pending.rx).await;
+    pending.release = None;
+    r.map_err(|_| error::writer_gone("receive"))?
+}
+
+// Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
+fn _object_safe(b: SqliteBackend) {
+    let _: Arc<dyn Queue> = Arc::new(b.clone());
+    let _: Arc<dyn PubSub> = Arc::new(b.clone());
+    let _: Arc<dyn EventBus> = Arc::new(b);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+//! [`Queue`] for [`SqliteBackend`]: each operation is one job of the writer thread, run on the
+//! queue's rows brought up to the current time (see [`crate::store`]).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::queue::validate_publish;
+use courier_core::{
+    DeadLetter, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats, Result,
+    Selection, Settle, SharedClock,
+};
+
+use crate::error::{lease_lost, tag};
+use crate::store::{self, NewRow, Q};
+use crate::writer::Ctx;
+use crate::{BACKEND_NAME, Poll, SqliteBackend, check_max, check_name};
+
+/// The queue's row (created on first use), loaded.
+pub(crate) fn open(ctx: &mut Ctx<'_>, queue: &str) -> Result<Q> {
+    let key = store::queue_key(queue);
+    let qid = store::qid(ctx, &key, "queue", "", queue, |_| Ok(0))?;
+    store::load(ctx, qid)
+}
+
+/// Run `f` on a queue brought up to now, save it, and wake its waiters when something became
+/// ready or the next due time moved earlier.
+fn with_queue<T>(
+    ctx: &mut Ctx<'_>,
+    queue: &str,
+    config: &QueueConfig,
+    f: impl FnOnce(&mut Ctx<'_>, &mut Q, u64) -> Result<T>,
+) -> Result<T> {
+    let now = ctx.now();
+    let mut q = open(ctx, queue)?;
+    let wake_before = store::next_wake(ctx, q.qid)?;
+    store::tick(ctx, &mut q, now, config)?;
+    let r = f(ctx, &mut q, now)?;
+    store::save(ctx, &mut q)?;
+    if q.readied || earlier(store::next_wake(ctx, q.qid)?, wake_before) {
+        ctx.wake(store::queue_key(queue));
+    }
+    Ok(r)
+}
+
+/// Whether `after` is an earlier wake-up than `before`.
+pub(crate) fn earlier(after: Option<u64>, before: Option<u64>) -> bool {
+    match (after, before) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+impl SqliteBackend {
+    /// Run `f` on the queue in the writer thread.
+    async fn on_queue<T: Send + 'static>(
+        &self,
+        queue: &str,
+        operation: &'static str,
+        f: impl FnOnce(&mut Ctx<'_>, &mut Q, u64, &QueueConfig) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        check_name("queue", queue, operation)?;
+        let config = self.queue_config_of(queue);
+        let name = queue.to_owned();
+        self.inner
+            .writer
+            .call(operation, move |ctx| {
+                with_queue(ctx, &name, &config, |ctx, q, now| f(ctx, q, now, &config))
+            })
+            .await
+    }
+
+    /// Lease up to `max` (one attempt, no waiting). If the caller went away before the answer
+    /// arrived, the leased messages are released at once (cancel safety).
+    async fn claim_once(&self, queue: &str, max: usize, config: QueueConfig) -> Result<Poll> {
+        let name = queue.to_owned();
+        let orphan_name = name.clone();
+        let writer = self.inner.writer.clone();
+        let release = move |leases: Vec<Lease>| {
+            writer.fire("release", move |ctx| {
+                with_queue(ctx, &orphan_name, &config, |ctx, q, now| {
+                    for l in &leases {
+                        let _ = store::settle(ctx, q, now, &Settle::Release(*l), &config)?;
+                    }
+                    Ok(())
+                })
+            });
+        };
+        crate::claim(
+            &self.inner.writer,
+            move |ctx| {
+                with_queue(ctx, &name, &config, |ctx, q, now| {
+                    let got = store::claim(ctx, q, now, max, &config)?;
+                    if got.is_empty() {
+                        Ok(Poll::Empty {
+                            now,
+                            next_wake: store::next_wake(ctx, q.qid)?,
+                        })
+                    } else {
+                        Ok(Poll::Got(got))
+                    }
+                })
+            },
+            release,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
+        check_name("queue", queue, "configure")?;
+        config.validate().map_err(tag("configure"))?;
+        self.inner.configs.write().insert(queue.to_owned(), config);
+        Ok(())
+    }
+
+    fn queue_config(&self, queue: &str) -> QueueConfig {
+        self.queue_config_of(queue)
+    }
+
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        check_name("queue", queue, "publish")?;
+        let config = self.queue_config_of(queue);
+        // The whole batch is checked (and encoded) before anything is stored (Q7, Q10).
+        validate_publish(queue, &config, &messages).map_err(tag("publish"))?;
+        let now = self.now();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut rows = Vec::with_capacity(messages.len());
+        for (i, mut m) in messages.into_iter().enumerate() {
+            m.prepare_for_publish(now);
+            ids.push(m.id);
+            rows.push(NewRow::encode(&m, None).map_err(|e| {
+                tag("publish")(Error::new(
+                    e.kind(),
+                    format!("message {i} of the batch: {}", e.message()),
+                ))
+            })?);
+        }
+        if rows.is_empty() {
+            return Ok(ids);
+        }
+        self.on_queue(queue, "publish", move |ctx, q, now, _| {
+            store::publish_all(ctx, q, now, &rows)
+        })
+        .await
+        // The batch is one transaction: on failure nothing was stored.
+        .map_err(|e| e.with_stored(0))?;
+        Ok(ids)
+    }
+
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<courier_core::Delivery>> {
+        check_name("queue", queue, "receive")?;
+        check_max(max)?;
+        let config = self.queue_config_of(queue);
+        let key = store::queue_key(queue);
+        self.wait_for(&key, wait, || self.claim_once(queue, max, config))
+            .await
+    }
+
+    async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        if ops.is_empty() {
+            check_name("queue", queue, "settle")?;
+            return Ok(Vec::new());
+        }
+        self.on_queue(queue, "settle", move |ctx, q, now, config| {
+            let mut out = Vec::with_capacity(ops.len());
+            for op in &ops {
+                out.push(store::settle(ctx, q, now, op, config)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        let l = *lease;
+        self.on_queue(queue, "extend", move |ctx, q, now, _| {
+            store::extend(ctx, q, now, &l, visibility)
+        })
+        .await?
+        .map_err(|_| lease_lost("extend", lease))
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.on_queue(queue, "stats", |ctx, q, _, _| store::stats(ctx, q))
+            .await
+    }
+
+    async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.on_queue(queue, "dead_letters", move |ctx, q, _, _| {
+            store::dead_letters(ctx, q, page)
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter> {
+        self.on_queue(queue, "dead_letter", move |ctx, q, _, _| {
+            store::dead_letter(ctx, q, id)
+        })
+        .await?
+        .ok_or_else(|| {
+            tag("dead_letter")(Error::not_found(format!(
+                "no dead letter {id} in queue {queue:?}"
+            )))
+        })
+    }
+
+    async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.on_queue(queue, "requeue_dead", move |ctx, q, _, _| {
+            store::requeue_dead(ctx, q, &which)
+        })
+        .await
+    }
+
+    async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.on_queue(queue, "purge_dead", move |ctx, q, _, _| {
+            store::purge_dead(ctx, q, &which)
+        })
+        .await
+    }
+}

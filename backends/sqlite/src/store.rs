@@ -1,0 +1,829 @@
+//! The queue state machine in SQL, shared by queues and consumer groups. It mirrors the
+//! reference model (`courier-memory`'s `QueueState`) transition for transition:
+//!
+//! - every row is in exactly one state: ready (FIFO per priority level by `seq`), delayed
+//!   (ordered by `(due, seq)`), leased (by token, with a deadline) or dead (ordered by
+//!   `(failed_at, seq)`); acked rows are deleted (Q9);
+//! - `tick` brings a queue up to `now` before every operation: expired leases count as failed
+//!   attempts (retry with backoff or bury with "lease expired", decided by the core's
+//!   [`RetryPolicy::decide`](courier_core::RetryPolicy::decide)), then due delayed rows move to
+//!   the back of their level in `(due, seq)` order;
+//! - a release goes to the *front* of its level (a decreasing `front_seq`) and does not count
+//!   the attempt;
+//! - settle and extend act only when the token matches, the id matches and the deadline is
+//!   still in the future.
+//!
+//! All functions run on the writer thread inside its transaction.
+
+use courier_core::clock::ms_ceil;
+use courier_core::{
+    DeadLetter, Delivery, FailureAction, FailureMode, Lease, Message, MessageId, Page, QueueConfig,
+    QueueStats, Result, Selection, Settle, wire,
+};
+use rusqlite::{OptionalExtension, params};
+
+use crate::error::lease_lost;
+use crate::writer::Ctx;
+
+/// Row states (the SQL below writes them as literals: 0 ready, 1 delayed, 2 leased, 3 dead).
+const READY: i64 = 0;
+const DELAYED: i64 = 1;
+
+/// The error recorded when a lease runs out without a settle.
+pub(crate) const LEASE_EXPIRED: &str = "lease expired";
+
+/// Most expired leases and due delayed rows processed by one tick (the rest in the next).
+const TICK_BOUND: i64 = 10_000;
+
+/// The priority level of every consumer-group row (events keep emit order).
+pub(crate) const GROUP_LEVEL: i64 = 2;
+
+/// A `u64` (ms, counts) as an SQLite integer, saturating.
+pub(crate) fn i(x: u64) -> i64 {
+    i64::try_from(x).unwrap_or(i64::MAX)
+}
+
+/// An SQLite integer as a `u64` (negative → 0).
+pub(crate) fn u(x: i64) -> u64 {
+    u64::try_from(x).unwrap_or(0)
+}
+
+fn u32_of(x: i64) -> u32 {
+    u32::try_from(x.max(0)).unwrap_or(u32::MAX)
+}
+
+/// A message id from its stored bytes (a wrong length reads as nil).
+pub(crate) fn id_of(bytes: &[u8]) -> MessageId {
+    <[u8; 16]>::try_from(bytes)
+        .map(MessageId::from_bytes)
+        .unwrap_or_else(|_| MessageId::nil())
+}
+
+/// The key of a queue in caches and wake-ups.
+pub(crate) fn queue_key(queue: &str) -> String {
+    format!("q:{queue}")
+}
+
+/// The wake-up key of a topic (all its groups share it).
+pub(crate) fn topic_key(topic: &str) -> String {
+    format!("t:{topic}")
+}
+
+/// A queue's (or group's) row, loaded for one operation and saved when changed.
+#[derive(Debug)]
+pub(crate) struct Q {
+    pub(crate) qid: i64,
+    next_seq: i64,
+    front_seq: i64,
+    pub(crate) cursor: i64,
+    published: i64,
+    acked: i64,
+    retried: i64,
+    dead_lettered: i64,
+    dirty: bool,
+    /// Something became ready during this operation.
+    pub(crate) readied: bool,
+}
+
+impl Q {
+    fn seq(&mut self) -> i64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        self.dirty = true;
+        s
+    }
+
+    fn front(&mut self) -> i64 {
+        self.front_seq -= 1;
+        self.dirty = true;
+        self.front_seq
+    }
+
+    /// Move the group's cursor.
+    pub(crate) fn set_cursor(&mut self, cursor: i64) {
+        if cursor != self.cursor {
+            self.cursor = cursor;
+            self.dirty = true;
+        }
+    }
+}
+
+/// The row id of a queue or group, created on first use. `cursor` is the initial cursor of a
+/// new group.
+pub(crate) fn qid(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    kind: &str,
+    topic: &str,
+    name: &str,
+    cursor: impl FnOnce(&mut Ctx<'_>) -> Result<i64>,
+) -> Result<i64> {
+    if let Some(q) = ctx.qids.get(key) {
+        return Ok(*q);
+    }
+    let found: Option<i64> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT qid FROM courier_queues WHERE kind = ?1 AND topic = ?2 AND name = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![kind, topic, name], |r| r.get(0))
+                .optional()
+        })
+        .map_err(ctx.err("open queue"))?;
+    let q = match found {
+        Some(q) => q,
+        None => {
+            let c = cursor(ctx)?;
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO courier_queues (kind, topic, name, next_seq, cursor) \
+                     VALUES (?1, ?2, ?3, 1, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![kind, topic, name, c]))
+                .map_err(ctx.err("create queue"))?;
+            ctx.conn.last_insert_rowid()
+        }
+    };
+    ctx.qids.insert(key.to_owned(), q);
+    Ok(q)
+}
+
+/// Load a queue row.
+pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
+    ctx.conn
+        .prepare_cached(
+            "SELECT next_seq, front_seq, cursor, published, acked, retried, dead_lettered \
+             FROM courier_queues WHERE qid = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([qid], |r| {
+                Ok(Q {
+                    qid,
+                    next_seq: r.get(0)?,
+                    front_seq: r.get(1)?,
+                    cursor: r.get(2)?,
+                    published: r.get(3)?,
+                    acked: r.get(4)?,
+                    retried: r.get(5)?,
+                    dead_lettered: r.get(6)?,
+                    dirty: false,
+                    readied: false,
+                })
+            })
+        })
+        .map_err(ctx.err("load queue"))
+}
+
+/// Save a queue row when changed.
+pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
+    if !q.dirty {
+        return Ok(());
+    }
+    ctx.conn
+        .prepare_cached(
+            "UPDATE courier_queues SET next_seq = ?2, front_seq = ?3, cursor = ?4, \
+             published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8 WHERE qid = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                q.qid,
+                q.next_seq,
+                q.front_seq,
+                q.cursor,
+                q.published,
+                q.acked,
+                q.retried,
+                q.dead_lettered
+            ])
+        })
+        .map_err(ctx.err("save queue"))?;
+    q.dirty = false;
+    Ok(())
+}
+
+/// A message to store, already prepared (id, `created_at`, `not_before`) and encoded.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub(crate) id: MessageId,
+    pub(crate) level: i64,
+    pub(crate) not_before: Option<u64>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl NewRow {
+    /// Prepare and encode a message for `level` (`None`: its own priority).
+    ///
+    /// # Errors
+    /// [`courier_core::ErrorKind::InvalidInput`] when the message cannot be encoded.
+    pub(crate) fn encode(message: &Message, level: Option<i64>) -> Result<NewRow> {
+        let body = wire::encode(message)?;
+        Ok(NewRow {
+            id: message.id,
+            level: level.unwrap_or(message.priority.index() as i64),
+            not_before: message.not_before,
+            max_attempts: message.max_attempts,
+            body: body.to_vec(),
+        })
+    }
+}
+
+/// Store a newly published message (counted as published): ready, or delayed until its
+/// `not_before`.
+pub(crate) fn publish(ctx: &Ctx<'_>, q: &mut Q, now: u64, row: &NewRow) -> Result<()> {
+    publish_all(ctx, q, now, std::slice::from_ref(row))
+}
+
+/// Store newly published messages in order (one prepared statement for the batch).
+pub(crate) fn publish_all(ctx: &Ctx<'_>, q: &mut Q, now: u64, rows: &[NewRow]) -> Result<()> {
+    let mut stmt = ctx
+        .conn
+        .prepare_cached(
+            "INSERT INTO courier_messages \
+             (qid, id, priority, state, seq, due, deliveries, max_attempts, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+        )
+        .map_err(ctx.err("publish"))?;
+    for row in rows {
+        q.published += 1;
+        q.dirty = true;
+        let (state, due) = match row.not_before {
+            Some(due) if due > now => (DELAYED, Some(i(due))),
+            _ => {
+                q.readied = true;
+                (READY, None)
+            }
+        };
+        let seq = q.seq();
+        stmt.execute(params![
+            q.qid,
+            &row.id.as_bytes()[..],
+            row.level,
+            state,
+            seq,
+            due,
+            row.max_attempts,
+            &row.body
+        ])
+        .map_err(ctx.err("publish"))?;
+    }
+    Ok(())
+}
+
+/// Bring the queue up to `now`: expired leases are failed attempts, then due delayed rows
+/// move to the back of their level.
+pub(crate) fn tick(ctx: &mut Ctx<'_>, q: &mut Q, now: u64, config: &QueueConfig) -> Result<()> {
+    let expired: Vec<(i64, i64, Option<u32>)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT rid, deliveries, max_attempts FROM courier_messages \
+             WHERE qid = ?1 AND state = 2 AND deadline <= ?2 \
+             ORDER BY deadline, token LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![q.qid, i(now), TICK_BOUND], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .map_err(ctx.err("expire leases"))?;
+    for (rid, deliveries, max_attempts) in expired {
+        let action = config.retry.decide(
+            u32_of(deliveries),
+            max_attempts,
+            FailureMode::Backoff,
+            &mut *ctx.rng,
+        );
+        match action {
+            FailureAction::Retry(delay) => {
+                q.retried += 1;
+                let due = now.saturating_add(ms_ceil(delay));
+                delay_row(ctx, q, rid, due, LEASE_EXPIRED)?;
+            }
+            FailureAction::Dead => bury(ctx, q, rid, LEASE_EXPIRED, now, config)?,
+        }
+    }
+    let due: Vec<i64> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT rid FROM courier_messages WHERE qid = ?1 AND state = 1 AND due <= ?2 \
+             ORDER BY due, seq LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![q.qid, i(now), TICK_BOUND], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(ctx.err("promote delayed"))?;
+    for rid in due {
+        let seq = q.seq();
+        ctx.conn
+            .prepare_cached(
+                "UPDATE courier_messages SET state = 0, seq = ?2, due = NULL WHERE rid = ?1",
+            )
+            .and_then(|mut s| s.execute(params![rid, seq]))
+            .map_err(ctx.err("promote delayed"))?;
+        q.readied = true;
+    }
+    Ok(())
+}
+
+/// A failed attempt waits until `due` (the back of the delay order), remembering `error`.
+fn delay_row(ctx: &Ctx<'_>, q: &mut Q, rid: i64, due: u64, error: &str) -> Result<()> {
+    let seq = q.seq();
+    ctx.conn
+        .prepare_cached(
+            "UPDATE courier_messages SET state = 1, due = ?2, seq = ?3, deadline = NULL, \
+             token = NULL, last_error = ?4 WHERE rid = ?1",
+        )
+        .and_then(|mut s| s.execute(params![rid, i(due), seq, error]))
+        .map_err(ctx.err("retry"))?;
+    Ok(())
+}
+
+/// Move a row to dead letters (or delete it when dead letters are off); counted either way.
+pub(crate) fn bury(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    rid: i64,
+    error: &str,
+    now: u64,
+    config: &QueueConfig,
+) -> Result<()> {
+    q.dead_lettered += 1;
+    q.dirty = true;
+    if !config.dead_letter {
+        return delete_row(ctx, rid);
+    }
+    let seq = q.seq();
+    ctx.conn
+        .prepare_cached(
+            "UPDATE courier_messages SET state = 3, failed_at = ?2, seq = ?3, last_error = ?4, \
+             deadline = NULL, token = NULL, due = NULL WHERE rid = ?1",
+        )
+        .and_then(|mut s| s.execute(params![rid, i(now), seq, error]))
+        .map_err(ctx.err("bury"))?;
+    Ok(())
+}
+
+fn delete_row(ctx: &Ctx<'_>, rid: i64) -> Result<()> {
+    ctx.conn
+        .prepare_cached("DELETE FROM courier_messages WHERE rid = ?1")
+        .and_then(|mut s| s.execute([rid]))
+        .map_err(ctx.err("delete"))?;
+    Ok(())
+}
+
+/// The earliest instant (ms) at which `tick` may change something: a delayed row comes due or
+/// a lease ends.
+pub(crate) fn next_wake(ctx: &Ctx<'_>, qid: i64) -> Result<Option<u64>> {
+    let (d, l): (Option<i64>, Option<i64>) = ctx
+        .conn
+        .prepare_cached(
+            "SELECT (SELECT min(due) FROM courier_messages WHERE qid = ?1 AND state = 1), \
+                    (SELECT min(deadline) FROM courier_messages WHERE qid = ?1 AND state = 2)",
+        )
+        .and_then(|mut s| s.query_row([qid], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(ctx.err("next wake"))?;
+    Ok(match (d, l) {
+        (Some(a), Some(b)) => Some(u(a.min(b))),
+        (a, b) => a.or(b).map(u),
+    })
+}
+
+/// How many rows are ready in `level`, counting at most `limit`.
+pub(crate) fn ready_count(ctx: &Ctx<'_>, qid: i64, level: i64, limit: usize) -> Result<usize> {
+    let n: i64 = ctx
+        .conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM courier_messages \
+             WHERE qid = ?1 AND state = 0 AND priority = ?2 LIMIT ?3)",
+        )
+        .and_then(|mut s| s.query_row(params![qid, level, limit as i64], |r| r.get(0)))
+        .map_err(ctx.err("receive"))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// A row just leased: token, row id, message id, deliveries, body.
+type LeasedRow = (i64, i64, Vec<u8>, i64, Vec<u8>);
+
+/// Lease up to `max` ready rows, highest level first, FIFO within a level. The caller ran
+/// [`tick`] for `now`. A stored body that cannot be decoded is buried with the decode error
+/// (Q10) and not returned.
+pub(crate) fn claim(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    now: u64,
+    max: usize,
+    config: &QueueConfig,
+) -> Result<Vec<Delivery>> {
+    let deadline = now.saturating_add(ms_ceil(config.visibility_timeout));
+    let mut out = Vec::new();
+    let mut leased = 0;
+    for level in 0..4 {
+        let left = max - leased;
+        if left == 0 {
+            break;
+        }
+        // One UPDATE … RETURNING per level: the oldest `left` ready rows become leased, with
+        // consecutive tokens in FIFO order (`next_seq + rank`).
+        let base = q.next_seq - 1;
+        let mut rows: Vec<LeasedRow> = ctx
+            .conn
+            .prepare_cached(
+                "UPDATE courier_messages SET state = 2, token = ?4 + s.rn, deadline = ?5, \
+                 deliveries = deliveries + 1 \
+                 FROM (SELECT r, row_number() OVER (ORDER BY sq) AS rn FROM \
+                       (SELECT rid AS r, seq AS sq FROM courier_messages \
+                        WHERE qid = ?1 AND state = 0 AND priority = ?2 ORDER BY seq LIMIT ?3)) AS s \
+                 WHERE courier_messages.rid = s.r \
+                 RETURNING courier_messages.token, courier_messages.rid, courier_messages.id, \
+                           courier_messages.deliveries, courier_messages.body",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![q.qid, level, left as i64, base, i(deadline)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?
+                .collect()
+            })
+            .map_err(ctx.err("receive"))?;
+        if rows.is_empty() {
+            continue;
+        }
+        q.next_seq += rows.len() as i64;
+        q.dirty = true;
+        leased += rows.len();
+        rows.sort_unstable_by_key(|r| r.0);
+        for (token, rid, id, deliveries, body) in rows {
+            let attempt = u32_of(deliveries);
+            match wire::decode(&bytes::Bytes::from(body)) {
+                Ok(mut message) => {
+                    message.attempt = attempt;
+                    out.push(Delivery {
+                        message,
+                        lease: Lease {
+                            id: id_of(&id),
+                            token: u(token),
+                            attempt,
+                            deadline_ms: deadline,
+                        },
+                    });
+                }
+                Err(e) => {
+                    let error = format!("undecodable message: {}", e.message());
+                    tracing::warn!(id = %id_of(&id), %error, "courier sqlite: stored message cannot be decoded; moving it to dead letters");
+                    bury(ctx, q, rid, &error, now, config)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The leased row for `lease` if the lease is still held at `now`: `(rid, deliveries)`.
+fn held(ctx: &Ctx<'_>, q: &Q, lease: &Lease, now: u64) -> Result<Option<(i64, i64)>> {
+    let Ok(token) = i64::try_from(lease.token) else {
+        return Ok(None);
+    };
+    let row: Option<(i64, i64, Vec<u8>, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT rid, deliveries, id, deadline FROM courier_messages \
+             INDEXED BY courier_messages_tokens WHERE qid = ?1 AND state = 2 AND token = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![q.qid, token], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })
+        .map_err(ctx.err("settle"))?;
+    Ok(row.and_then(|(rid, deliveries, id, deadline)| {
+        (id_of(&id) == lease.id && u(deadline) > now).then_some((rid, deliveries))
+    }))
+}
+
+/// Execute one settle operation. The caller ran [`tick`] for `now`.
+///
+/// # Errors
+/// The outer error is a database failure; the inner one `LeaseLost` (then nothing changed).
+pub(crate) fn settle(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    now: u64,
+    op: &Settle,
+    config: &QueueConfig,
+) -> Result<Result<()>> {
+    let lease = match op {
+        Settle::Ack(lease) => lease,
+        other => return settle_held(ctx, q, now, other, config),
+    };
+    {
+        // The hot path: one statement checks the lease and removes the row.
+        let gone = match i64::try_from(lease.token) {
+            Ok(token) => ctx
+                .conn
+                .prepare_cached(
+                    "DELETE FROM courier_messages INDEXED BY courier_messages_tokens \
+                     WHERE qid = ?1 AND state = 2 AND token = ?2 AND id = ?3 AND deadline > ?4",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![q.qid, token, &lease.id.as_bytes()[..], i(now)])
+                })
+                .map_err(ctx.err("settle"))?,
+            Err(_) => 0,
+        };
+        if gone == 0 {
+            return Ok(Err(lease_lost("settle", lease)));
+        }
+        q.acked += 1;
+        q.dirty = true;
+        Ok(Ok(()))
+    }
+}
+
+/// Retry, bury or release a delivery whose lease is still held.
+fn settle_held(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    now: u64,
+    op: &Settle,
+    config: &QueueConfig,
+) -> Result<Result<()>> {
+    let Some((rid, deliveries)) = held(ctx, q, op.lease(), now)? else {
+        return Ok(Err(lease_lost("settle", op.lease())));
+    };
+    match op {
+        Settle::Ack(_) => {
+            q.acked += 1;
+            q.dirty = true;
+            delete_row(ctx, rid)?;
+        }
+        Settle::Retry { delay, error, .. } => {
+            q.retried += 1;
+            let d = ms_ceil(*delay);
+            if d == 0 {
+                let seq = q.seq();
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE courier_messages SET state = 0, seq = ?2, deadline = NULL, \
+                         token = NULL, last_error = ?3 WHERE rid = ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![rid, seq, error]))
+                    .map_err(ctx.err("settle"))?;
+                q.readied = true;
+            } else {
+                delay_row(ctx, q, rid, now.saturating_add(d), error)?;
+            }
+        }
+        Settle::Bury { error, .. } => bury(ctx, q, rid, error, now, config)?,
+        Settle::Release(_) => {
+            let seq = q.front();
+            ctx.conn
+                .prepare_cached(
+                    "UPDATE courier_messages SET state = 0, seq = ?2, deadline = NULL, \
+                     token = NULL, deliveries = ?3 WHERE rid = ?1",
+                )
+                .and_then(|mut s| s.execute(params![rid, seq, (deliveries - 1).max(0)]))
+                .map_err(ctx.err("settle"))?;
+            q.readied = true;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Push a held lease's deadline to `now + visibility`.
+pub(crate) fn extend(
+    ctx: &Ctx<'_>,
+    q: &Q,
+    now: u64,
+    lease: &Lease,
+    visibility: std::time::Duration,
+) -> Result<Result<Lease>> {
+    let Some((rid, deliveries)) = held(ctx, q, lease, now)? else {
+        return Ok(Err(lease_lost("extend", lease)));
+    };
+    let deadline = now.saturating_add(ms_ceil(visibility));
+    ctx.conn
+        .prepare_cached("UPDATE courier_messages SET deadline = ?2 WHERE rid = ?1")
+        .and_then(|mut s| s.execute(params![rid, i(deadline)]))
+        .map_err(ctx.err("extend"))?;
+    Ok(Ok(Lease {
+        id: lease.id,
+        token: lease.token,
+        attempt: u32_of(deliveries),
+        deadline_ms: deadline,
+    }))
+}
+
+/// A snapshot of the queue (the caller ran [`tick`]).
+pub(crate) fn stats(ctx: &Ctx<'_>, q: &Q) -> Result<QueueStats> {
+    let mut st = QueueStats {
+        published: u(q.published),
+        acked: u(q.acked),
+        retried: u(q.retried),
+        dead_lettered: u(q.dead_lettered),
+        ..QueueStats::default()
+    };
+    for level in 0..4i64 {
+        st.ready[level as usize] = count(
+            ctx,
+            "SELECT count(*) FROM courier_messages WHERE qid = ?1 AND state = 0 AND priority = ?2",
+            params![q.qid, level],
+        )?;
+    }
+    st.delayed = count(
+        ctx,
+        "SELECT count(*) FROM courier_messages WHERE qid = ?1 AND state = 1",
+        params![q.qid],
+    )?;
+    st.in_flight = count(
+        ctx,
+        "SELECT count(*) FROM courier_messages WHERE qid = ?1 AND state = 2",
+        params![q.qid],
+    )?;
+    st.dead = count(
+        ctx,
+        "SELECT count(*) FROM courier_messages WHERE qid = ?1 AND state = 3",
+        params![q.qid],
+    )?;
+    Ok(st)
+}
+
+fn count(ctx: &Ctx<'_>, sql: &str, p: impl rusqlite::Params) -> Result<u64> {
+    let n: i64 = ctx
+        .conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row(p, |r| r.get(0)))
+        .map_err(ctx.err("stats"))?;
+    Ok(u(n))
+}
+
+fn dead_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let id: Vec<u8> = r.get(0)?;
+    let body: Vec<u8> = r.get(1)?;
+    let deliveries: i64 = r.get(2)?;
+    let failed_at: i64 = r.get(3)?;
+    let error: Option<String> = r.get(4)?;
+    let id = id_of(&id);
+    let body = bytes::Bytes::from(body);
+    let mut message = match wire::decode(&body) {
+        Ok(m) => m,
+        Err(_) => {
+            // A stored entry that cannot be decoded is shown with its raw bytes.
+            let mut m = Message::new("", body);
+            m.id = id;
+            m
+        }
+    };
+    let attempts = u32_of(deliveries);
+    message.attempt = attempts;
+    Ok(DeadLetter {
+        message,
+        error: error.unwrap_or_default(),
+        attempts,
+        failed_at: u(failed_at),
+    })
+}
+
+/// Dead letters, oldest first.
+pub(crate) fn dead_letters(ctx: &Ctx<'_>, q: &Q, page: Page) -> Result<Vec<DeadLetter>> {
+    ctx.conn
+        .prepare_cached(
+            "SELECT id, body, deliveries, failed_at, last_error FROM courier_messages \
+             WHERE qid = ?1 AND state = 3 ORDER BY failed_at, seq LIMIT ?2 OFFSET ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                params![
+                    q.qid,
+                    i64::try_from(page.limit).unwrap_or(i64::MAX),
+                    i64::try_from(page.offset).unwrap_or(i64::MAX)
+                ],
+                dead_from_row,
+            )?
+            .collect()
+        })
+        .map_err(ctx.err("dead_letters"))
+}
+
+/// The oldest dead letter with this id.
+pub(crate) fn dead_letter(ctx: &Ctx<'_>, q: &Q, id: MessageId) -> Result<Option<DeadLetter>> {
+    ctx.conn
+        .prepare_cached(
+            "SELECT id, body, deliveries, failed_at, last_error FROM courier_messages \
+             INDEXED BY courier_messages_dead_id WHERE qid = ?1 AND state = 3 AND id = ?2 \
+             ORDER BY failed_at, seq LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![q.qid, &id.as_bytes()[..]], dead_from_row)
+                .optional()
+        })
+        .map_err(ctx.err("dead_letter"))
+}
+
+/// Row ids of the selected dead letters, oldest first.
+fn selected(ctx: &Ctx<'_>, q: &Q, which: &Selection) -> Result<Vec<i64>> {
+    match which {
+        Selection::All => ctx
+            .conn
+            .prepare_cached(
+                "SELECT rid FROM courier_messages WHERE qid = ?1 AND state = 3 \
+                 ORDER BY failed_at, seq",
+            )
+            .and_then(|mut s| s.query_map([q.qid], |r| r.get(0))?.collect())
+            .map_err(ctx.err("dead_letters")),
+        Selection::Ids(ids) => {
+            let mut keys: Vec<(i64, i64, i64)> = Vec::new();
+            let mut stmt = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT failed_at, seq, rid FROM courier_messages \
+                     INDEXED BY courier_messages_dead_id WHERE qid = ?1 AND state = 3 AND id = ?2",
+                )
+                .map_err(ctx.err("dead_letters"))?;
+            for id in ids {
+                let rows: Vec<(i64, i64, i64)> = stmt
+                    .query_map(params![q.qid, &id.as_bytes()[..]], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .and_then(|rows| rows.collect())
+                    .map_err(ctx.err("dead_letters"))?;
+                keys.extend(rows);
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            Ok(keys.into_iter().map(|(_, _, rid)| rid).collect())
+        }
+    }
+}
+
+/// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
+/// kept. Returns how many.
+pub(crate) fn requeue_dead(ctx: &Ctx<'_>, q: &mut Q, which: &Selection) -> Result<u64> {
+    let rids = selected(ctx, q, which)?;
+    for rid in &rids {
+        let seq = q.seq();
+        ctx.conn
+            .prepare_cached(
+                "UPDATE courier_messages SET state = 0, seq = ?2, deliveries = 0, \
+                 last_error = NULL, failed_at = NULL WHERE rid = ?1",
+            )
+            .and_then(|mut s| s.execute(params![rid, seq]))
+            .map_err(ctx.err("requeue_dead"))?;
+        q.readied = true;
+    }
+    Ok(rids.len() as u64)
+}
+
+/// Delete dead letters. Returns how many.
+pub(crate) fn purge_dead(ctx: &Ctx<'_>, q: &Q, which: &Selection) -> Result<u64> {
+    if matches!(which, Selection::All) {
+        let n = ctx
+            .conn
+            .prepare_cached("DELETE FROM courier_messages WHERE qid = ?1 AND state = 3")
+            .and_then(|mut s| s.execute([q.qid]))
+            .map_err(ctx.err("purge_dead"))?;
+        return Ok(n as u64);
+    }
+    let rids = selected(ctx, q, which)?;
+    for rid in &rids {
+        delete_row(ctx, *rid)?;
+    }
+    Ok(rids.len() as u64)
+}
+
+/// Drop everything ready, delayed and leased (a consumer-group reset). Dead letters and
+/// counters are kept; outstanding leases become lost.
+pub(crate) fn clear_pending(ctx: &Ctx<'_>, q: &Q) -> Result<()> {
+    for sql in [
+        "DELETE FROM courier_messages WHERE qid = ?1 AND state = 0",
+        "DELETE FROM courier_messages WHERE qid = ?1 AND state = 1",
+        "DELETE FROM courier_messages WHERE qid = ?1 AND state = 2",
+    ] {
+        ctx.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([q.qid]))
+            .map_err(ctx.err("reset_group"))?;
+    }
+    Ok(())
+}
+
+/// Insert a raw, unchecked body as a new ready row (tests of Q10).
+pub(crate) fn inject_raw(ctx: &Ctx<'_>, q: &mut Q, level: i64, body: &[u8]) -> Result<MessageId> {
+    let id = MessageId::new();
+    publish(
+        ctx,
+        q,
+        0,
+        &NewRow {
+            id,
+            level,
+            not_before: None,
+            max_attempts: None,
+            body: body.to_vec(),
+        },
+    )?;
+    Ok(id)
+}

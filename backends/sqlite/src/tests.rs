@@ -1,0 +1,815 @@
+//! Unit tests: migrations, error mapping of bad files, cross-connection leasing, and the
+//! queue / event bus / pub/sub primitives against the reference model's rules.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{
+    ErrorKind, EventBus, EventBusExt, Message, Page, Priority, PubSub, Queue, QueueConfig,
+    QueueExt, ReplayFrom, Retention, RetryPolicy, Selection, Settle, SubscribeOptions,
+};
+
+use super::*;
+
+/// A fresh temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "courier-sqlite-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        visibility_timeout: Duration::from_millis(200),
+        retry: RetryPolicy::exact(3, Duration::from_millis(50), 2.0, Duration::from_secs(1)),
+        ..QueueConfig::default()
+    }
+}
+
+async fn open(path: &Path) -> SqliteBackend {
+    SqliteBackend::builder()
+        .path(path)
+        .default_config(config())
+        .build()
+        .await
+        .expect("open")
+}
+
+fn user_version(path: &Path) -> i64 {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("user_version")
+}
+
+// ---------------------------------------------------------------------------------------
+// URLs and opening
+
+#[test]
+fn urls_parse() {
+    assert_eq!(
+        parse_url("sqlite::memory:").expect("m"),
+        SqliteLocation::Memory
+    );
+    assert_eq!(
+        parse_url("sqlite://:memory:").expect("m"),
+        SqliteLocation::Memory
+    );
+    assert_eq!(
+        parse_url("sqlite://data/q.db").expect("rel"),
+        SqliteLocation::File(PathBuf::from("data/q.db"))
+    );
+    assert_eq!(
+        parse_url("sqlite:///var/q.db").expect("abs"),
+        SqliteLocation::File(PathBuf::from("/var/q.db"))
+    );
+    let e = parse_url("sqlite://").expect_err("empty");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = parse_url("redis://x").expect_err("scheme");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn empty_path_and_missing_target_are_invalid() {
+    let e = SqliteBackend::from_url("sqlite://")
+        .await
+        .expect_err("empty");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = SqliteBackend::builder().build().await.expect_err("none");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = SqliteBackend::builder()
+        .path("")
+        .build()
+        .await
+        .expect_err("empty path");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn in_memory_database_works() {
+    let b = SqliteBackend::from_url("sqlite::memory:")
+        .await
+        .expect("open");
+    assert!(b.is_in_memory());
+    let b: &dyn Queue = &b;
+    b.publish("q", Message::new("k", "p"))
+        .await
+        .expect("publish");
+    let d = b
+        .receive_one("q", Duration::ZERO)
+        .await
+        .expect("receive")
+        .expect("one");
+    assert_eq!(d.message.attempt, 1);
+    b.ack("q", &d.lease).await.expect("ack");
+}
+
+// ---------------------------------------------------------------------------------------
+// Migrations
+
+#[tokio::test]
+async fn migrations_fresh_and_reopen() {
+    let dir = TempDir::new("migrate");
+    let path = dir.file("q.db");
+    {
+        let b = open(&path).await;
+        let b: &dyn Queue = &b;
+        b.publish("q", Message::new("k", "durable"))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    // Reopen: no migration runs again, the data is there.
+    let b = open(&path).await;
+    let b: &dyn Queue = &b;
+    let d = b
+        .receive_one("q", Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .expect("the message survived");
+    assert_eq!(&d.message.payload[..], b"durable");
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = TempDir::new("newer");
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.pragma_update(None, "user_version", i64::from(SCHEMA_VERSION) + 1)
+            .expect("bump");
+    }
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("newer schema");
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains("newer"), "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn foreign_database_is_refused() {
+    let dir = TempDir::new("foreign");
+    let path = dir.file("other.db");
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.pragma_update(None, "application_id", 1234)
+            .expect("app id");
+        c.execute_batch("CREATE TABLE t (x)").expect("table");
+    }
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("foreign");
+    assert!(e.message().contains("another application"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad files
+
+#[tokio::test]
+async fn missing_directory_is_an_error_naming_the_path() {
+    let dir = TempDir::new("missing");
+    let path = dir.file("no/such/dir/q.db");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("missing dir");
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(e.message().contains("does not exist"), "{e}");
+    assert!(!dir.file("no").exists(), "no directory may be created");
+}
+
+#[tokio::test]
+async fn corrupt_file_is_an_error_naming_the_path() {
+    let dir = TempDir::new("corrupt");
+    let path = dir.file("q.db");
+    std::fs::write(&path, vec![0x5au8; 8192]).expect("write garbage");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("corrupt");
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(e.message().contains("not a SQLite database"), "{e}");
+    // The file was not replaced.
+    assert_eq!(std::fs::read(&path).expect("read"), vec![0x5au8; 8192]);
+}
+
+#[tokio::test]
+async fn read_only_file_is_an_error_naming_the_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("readonly");
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    // Make the file read-only. Root ignores permission bits, so fall back to opening the
+    // database read-only through SQLite's URI parameter, which SQLite treats the same way.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let writable = std::fs::OpenOptions::new().write(true).open(&path).is_ok();
+    let target = if writable {
+        Target::File(PathBuf::from(format!("file:{}?mode=ro", path.display())))
+    } else {
+        Target::File(path.clone())
+    };
+    let e = match writer::open(&target, &path, Duration::from_millis(100)) {
+        Ok(_) => panic!("a read-only database must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains("read-only"), "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+#[tokio::test]
+async fn locked_database_is_unavailable_and_retryable() {
+    let dir = TempDir::new("locked");
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    let b = SqliteBackend::builder()
+        .path(&path)
+        .busy_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("open");
+    let b: &dyn Queue = &b;
+    let other = rusqlite::Connection::open(&path).expect("open");
+    other.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let e = b
+        .publish("q", Message::new("k", ""))
+        .await
+        .expect_err("locked");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert_eq!(e.stored(), Some(0));
+    other.execute_batch("COMMIT").expect("unlock");
+    b.publish("q", Message::new("k", ""))
+        .await
+        .expect("works again");
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-connection leasing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_on_one_file_never_lease_the_same_message() {
+    let dir = TempDir::new("cross");
+    let path = dir.file("q.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    const N: usize = 300;
+    let msgs: Vec<Message> = (0..N).map(|i| Message::new("k", format!("{i}"))).collect();
+    a.publish_batch("q", msgs).await.expect("publish");
+    let mut tasks = Vec::new();
+    for backend in [a.clone(), b.clone(), a.clone(), b.clone()] {
+        tasks.push(tokio::spawn(async move {
+            let backend: &dyn Queue = &backend;
+            let mut got = Vec::new();
+            loop {
+                let ds = backend
+                    .receive("q", 7, Duration::from_millis(100))
+                    .await
+                    .expect("receive");
+                if ds.is_empty() {
+                    break;
+                }
+                for d in ds {
+                    got.push(d.message.id);
+                    backend.ack("q", &d.lease).await.expect("ack: lease held");
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), N, "every message delivered exactly once");
+    assert_eq!(unique.len(), N);
+    let s = Queue::stats(&b, "q").await.expect("stats");
+    assert_eq!((s.acked, s.published, s.stored()), (N as u64, N as u64, 0));
+}
+
+#[tokio::test]
+async fn another_handle_wakes_a_waiting_receiver_promptly() {
+    let dir = TempDir::new("wake");
+    let path = dir.file("q.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    let waiter = tokio::spawn(async move {
+        let b: &dyn Queue = &b;
+        let t = std::time::Instant::now();
+        let d = b
+            .receive_one("q", Duration::from_secs(5))
+            .await
+            .expect("receive");
+        (d.is_some(), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    QueueExt::publish(&a, "q", Message::new("k", ""))
+        .await
+        .expect("publish");
+    let (got, took) = waiter.await.expect("task");
+    assert!(got);
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Queue semantics (mirrors the reference model)
+
+#[tokio::test]
+async fn strict_priority_fifo_and_release_to_front() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(config())
+        .build()
+        .await
+        .expect("open");
+    let b: &dyn Queue = &b;
+    for (k, p) in [
+        ("l1", Priority::Low),
+        ("n1", Priority::Normal),
+        ("c1", Priority::Critical),
+        ("n2", Priority::Normal),
+        ("c2", Priority::Critical),
+    ] {
+        b.publish("q", Message::new(k, "").with_priority(p))
+            .await
+            .expect("publish");
+    }
+    let ds = b.receive("q", 3, Duration::ZERO).await.expect("receive");
+    let kinds: Vec<_> = ds.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(kinds, ["c1", "c2", "n1"]);
+    // Release n1 then c2: both go to the front of their level, not counted.
+    b.release("q", &ds[2].lease).await.expect("release");
+    b.release("q", &ds[1].lease).await.expect("release");
+    let e = b
+        .ack("q", &ds[1].lease)
+        .await
+        .expect_err("released lease is gone");
+    assert_eq!(e.kind(), ErrorKind::LeaseLost);
+    let ds2 = b.receive("q", 5, Duration::ZERO).await.expect("receive");
+    let got: Vec<_> = ds2
+        .iter()
+        .map(|d| (d.message.kind.as_str(), d.message.attempt))
+        .collect();
+    assert_eq!(got, [("c2", 1), ("n1", 1), ("n2", 1), ("l1", 1)]);
+}
+
+#[tokio::test]
+async fn delay_lease_expiry_retry_and_dead_letters() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(config())
+        .build()
+        .await
+        .expect("open");
+    let b: &dyn Queue = &b;
+    let id = b
+        .publish_in("q", Message::new("k", "x"), Duration::from_millis(100))
+        .await
+        .expect("publish");
+    assert!(
+        b.receive("q", 1, Duration::ZERO)
+            .await
+            .expect("r")
+            .is_empty()
+    );
+    assert_eq!(b.stats("q").await.expect("s").delayed, 1);
+    let t = std::time::Instant::now();
+    let d = b
+        .receive_one("q", Duration::from_secs(2))
+        .await
+        .expect("r")
+        .expect("due");
+    assert!(
+        t.elapsed() >= Duration::from_millis(80),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!((d.message.id, d.lease.attempt), (id, 1));
+    // Let the lease expire: a failed attempt, retried after 50 ms.
+    let d2 = b
+        .receive_one("q", Duration::from_secs(2))
+        .await
+        .expect("r")
+        .expect("redelivered");
+    assert_eq!(d2.lease.attempt, 2);
+    let e = b.ack("q", &d.lease).await.expect_err("stale");
+    assert_eq!(e.kind(), ErrorKind::LeaseLost);
+    // Nack: attempt 2 of 3 → retry; then 3 → dead.
+    let action = b.nack("q", &d2, "boom").await.expect("nack");
+    assert!(matches!(action, courier_core::FailureAction::Retry(_)));
+    let d3 = b
+        .receive_one("q", Duration::from_secs(2))
+        .await
+        .expect("r")
+        .expect("third");
+    assert_eq!(d3.lease.attempt, 3);
+    let action = b.nack("q", &d3, "final").await.expect("nack");
+    assert_eq!(action, courier_core::FailureAction::Dead);
+    let s = b.stats("q").await.expect("stats");
+    assert_eq!(
+        (s.dead, s.retried, s.dead_lettered, s.stored()),
+        (1, 2, 1, 1)
+    );
+    let dl = b.dead_letter("q", id).await.expect("dead letter");
+    assert_eq!(
+        (dl.error.as_str(), dl.attempts, dl.message.attempt),
+        ("final", 3, 3)
+    );
+    assert_eq!(
+        b.dead_letters("q", Page::first(10))
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        b.requeue_dead("q", Selection::All).await.expect("requeue"),
+        1
+    );
+    let d4 = b
+        .receive_one("q", Duration::ZERO)
+        .await
+        .expect("r")
+        .expect("requeued");
+    assert_eq!((d4.message.id, d4.lease.attempt), (id, 1));
+    b.settle_one(
+        "q",
+        Settle::Bury {
+            lease: d4.lease,
+            error: "again".into(),
+        },
+    )
+    .await
+    .expect("bury");
+    assert_eq!(
+        b.purge_dead("q", Selection::Ids(vec![id]))
+            .await
+            .expect("purge"),
+        1
+    );
+    let e = b.dead_letter("q", id).await.expect_err("gone");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn extend_and_double_ack() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(config())
+        .build()
+        .await
+        .expect("open");
+    let b: &dyn Queue = &b;
+    b.publish("q", Message::new("k", ""))
+        .await
+        .expect("publish");
+    let d = b
+        .receive_one("q", Duration::ZERO)
+        .await
+        .expect("r")
+        .expect("one");
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let l = b
+        .extend("q", &d.lease, Duration::from_millis(300))
+        .await
+        .expect("extend");
+    assert!(l.deadline_ms > d.lease.deadline_ms);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Past the original deadline, still held thanks to the extension.
+    b.ack("q", &l).await.expect("ack");
+    let e = b.ack("q", &l).await.expect_err("double ack");
+    assert_eq!(e.kind(), ErrorKind::LeaseLost);
+    assert_eq!(b.stats("q").await.expect("s").acked, 1);
+}
+
+#[tokio::test]
+async fn undecodable_entry_goes_to_dead_letters() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(config())
+        .build()
+        .await
+        .expect("open");
+    let bad = b.inject_raw("q", b"not a message").await.expect("inject");
+    let b: &dyn Queue = &b;
+    b.publish("q", Message::new("good", ""))
+        .await
+        .expect("publish");
+    let ds = b.receive("q", 10, Duration::ZERO).await.expect("receive");
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].message.kind, "good");
+    let dl = b.dead_letter("q", bad).await.expect("dead");
+    assert!(dl.error.contains("undecodable"), "{}", dl.error);
+    assert_eq!(&dl.message.payload[..], b"not a message");
+}
+
+#[tokio::test]
+async fn dropped_receive_releases_its_lease() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(QueueConfig {
+            visibility_timeout: Duration::from_secs(30),
+            ..config()
+        })
+        .build()
+        .await
+        .expect("open");
+    let b: &dyn Queue = &b;
+    b.publish("q", Message::new("k", ""))
+        .await
+        .expect("publish");
+    // Drop receive futures at random points; the message must stay available.
+    for _ in 0..20 {
+        let f = b.receive("q", 1, Duration::from_secs(1));
+        if let Ok(done) = tokio::time::timeout(Duration::from_micros(50), f).await {
+            // Completed in time: give it back (only cancelled receives are under test).
+            for d in done.expect("receive") {
+                b.release("q", &d.lease).await.expect("release");
+            }
+        }
+    }
+    let d = b
+        .receive_one("q", Duration::from_secs(1))
+        .await
+        .expect("r")
+        .expect("not lost");
+    assert_eq!(d.lease.attempt, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// EventBus
+
+#[tokio::test]
+async fn event_groups_replay_and_retention() {
+    let dir = TempDir::new("events");
+    let b = open(&dir.file("e.db")).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            b.emit("t", Message::new("e", format!("{i}")))
+                .await
+                .expect("emit"),
+        );
+    }
+    // Two groups each get everything, in order.
+    for g in ["g1", "g2"] {
+        let ds = EventBus::receive(&b, "t", g, 10, Duration::ZERO)
+            .await
+            .expect("r");
+        let got: Vec<_> = ds.iter().map(|d| d.message.id).collect();
+        assert_eq!(got, ids);
+        for d in &ds {
+            EventBusExt::ack(&b, "t", g, &d.lease).await.expect("ack");
+        }
+    }
+    let st = b.group_stats("t", "g1").await.expect("stats");
+    assert_eq!((st.lag, st.queue.acked, st.queue.published), (0, 5, 5));
+    // Replay from the third event.
+    b.reset_group("t", "g1", ReplayFrom::Id(ids[2]))
+        .await
+        .expect("reset");
+    assert_eq!(b.group_stats("t", "g1").await.expect("s").lag, 3);
+    let ds = EventBus::receive(&b, "t", "g1", 10, Duration::ZERO)
+        .await
+        .expect("r");
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds[0].message.id, ids[2]);
+    // Retention by length.
+    b.set_retention(
+        "t",
+        Retention {
+            max_len: Some(2),
+            max_age: None,
+        },
+    )
+    .expect("retention");
+    assert_eq!(b.topic_len("t").await.expect("len"), 2);
+    let e = b
+        .reset_group("t", "g2", ReplayFrom::Id(ids[0]))
+        .await
+        .expect_err("trimmed");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    // A new group starts at the oldest retained event.
+    let ds = EventBus::receive(&b, "t", "g3", 10, Duration::ZERO)
+        .await
+        .expect("r");
+    let got: Vec<_> = ds.iter().map(|d| d.message.id).collect();
+    assert_eq!(got, ids[3..].to_vec());
+}
+
+#[tokio::test]
+async fn group_receive_waits_for_emit() {
+    let b = Arc::new(
+        SqliteBackend::builder()
+            .in_memory()
+            .build()
+            .await
+            .expect("open"),
+    );
+    let b2 = b.clone();
+    let waiter = tokio::spawn(async move {
+        EventBus::receive(&*b2, "t", "g", 1, Duration::from_secs(5))
+            .await
+            .expect("r")
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.emit("t", Message::new("e", "")).await.expect("emit");
+    let got = tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("prompt")
+        .expect("task");
+    assert_eq!(got.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// PubSub
+
+#[tokio::test]
+async fn pubsub_fans_out_across_handles_and_patterns() {
+    let dir = TempDir::new("pubsub");
+    let path = dir.file("p.db");
+    let a = open(&path).await;
+    let b = open(&path).await;
+    let mut s1 = PubSub::subscribe(&b, "m.*", SubscribeOptions::default())
+        .await
+        .expect("sub");
+    let mut s2 = PubSub::subscribe(&a, "m.>", SubscribeOptions::default())
+        .await
+        .expect("sub");
+    assert_eq!(
+        PubSub::publish(&a, "m.x", Message::new("1", ""))
+            .await
+            .expect("pub"),
+        2
+    );
+    PubSub::publish(&a, "m.x.y", Message::new("2", ""))
+        .await
+        .expect("pub");
+    PubSub::publish(&a, "other", Message::new("3", ""))
+        .await
+        .expect("pub");
+    assert_eq!(
+        s1.next_timeout(Duration::from_secs(1))
+            .await
+            .map(|m| m.kind),
+        Some("1".into())
+    );
+    assert_eq!(
+        s2.next_timeout(Duration::from_secs(1))
+            .await
+            .map(|m| m.kind),
+        Some("1".into())
+    );
+    assert_eq!(
+        s2.next_timeout(Duration::from_secs(1))
+            .await
+            .map(|m| m.kind),
+        Some("2".into())
+    );
+    assert!(s1.next_timeout(Duration::from_millis(200)).await.is_none());
+    drop(s1);
+    assert_eq!(
+        PubSub::publish(&a, "m.x", Message::new("4", ""))
+            .await
+            .expect("pub"),
+        1
+    );
+}
+
+#[test]
+fn relay_delivers_other_process_rows_once_and_only_new_ones() {
+    // Simulate another process by writing relay rows with a foreign origin.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let dir = TempDir::new("relay");
+        let path = dir.file("p.db");
+        let b = SqliteBackend::builder()
+            .path(&path)
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .await
+            .expect("open");
+        let foreign = rusqlite::Connection::open(&path).expect("open");
+        let write = |kind: &str| {
+            let mut m = Message::new(kind, "");
+            m.prepare_for_publish(1);
+            let body = courier_core::wire::encode(&m).expect("encode");
+            foreign
+                .execute(
+                    "INSERT INTO courier_pubsub (origin, channel, created_at, body) \
+                     VALUES (?1, 'c.x', ?2, ?3)",
+                    rusqlite::params![*PROCESS_ID ^ 1, b.now() as i64, &body[..]],
+                )
+                .expect("insert");
+        };
+        write("before");
+        let mut s = PubSub::subscribe(&b, "c.*", SubscribeOptions::default())
+            .await
+            .expect("sub");
+        write("after");
+        let m = s
+            .next_timeout(Duration::from_secs(2))
+            .await
+            .expect("relayed");
+        assert_eq!(m.kind, "after");
+        assert!(s.next_timeout(Duration::from_millis(100)).await.is_none());
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Virtual time
+
+#[tokio::test(start_paused = true)]
+async fn runs_on_paused_tokio_time() {
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .clock(Arc::new(courier_core::TokioClock::new()))
+        .default_config(QueueConfig {
+            visibility_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::exact(2, Duration::from_secs(600), 2.0, Duration::from_secs(3600)),
+            ..QueueConfig::default()
+        })
+        .build()
+        .await
+        .expect("open");
+    let q: &dyn Queue = &b;
+    let start = tokio::time::Instant::now();
+    q.publish_in("v", Message::new("k", ""), Duration::from_secs(3600))
+        .await
+        .expect("publish");
+    // Nothing before the hour is up, even though other work keeps the runtime busy.
+    assert!(
+        q.receive("v", 1, Duration::from_secs(1800))
+            .await
+            .expect("r")
+            .is_empty()
+    );
+    let d = q
+        .receive_one("v", Duration::from_secs(7200))
+        .await
+        .expect("r")
+        .expect("due after an hour");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3600) && waited < Duration::from_secs(3601),
+        "{waited:?}"
+    );
+    // The lease expires after a virtual minute: a failed attempt, back after 10 minutes.
+    let d2 = q
+        .receive_one("v", Duration::from_secs(7200))
+        .await
+        .expect("r")
+        .expect("redelivered");
+    assert_eq!(d2.lease.attempt, 2);
+    let gap = d2.lease.deadline_ms - d.lease.deadline_ms;
+    assert!((660_000..661_000).contains(&gap), "{gap}");
+}
+
+#[tokio::test]
+async fn a_directory_is_not_a_database() {
+    let dir = TempDir::new("isdir");
+    let e = SqliteBackend::builder()
+        .path(&dir.0)
+        .build()
+        .await
+        .expect_err("a directory");
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains(&dir.0.display().to_string()), "{e}");
+}

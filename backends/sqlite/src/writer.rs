@@ -1,0 +1,446 @@
+//! The writer thread: one dedicated OS thread owns the read-write connection, receives jobs
+//! over a channel and group-commits every job queued at that moment into one
+//! `BEGIN IMMEDIATE` transaction (each job inside its own savepoint, so a failing job rolls
+//! back alone). Replies are sent only after `COMMIT` succeeded, so an `Ok` publish is durable.
+//!
+//! Between jobs, and at least every poll interval, the thread checks `PRAGMA data_version`
+//! (it changes when *another* connection committed): then it wakes every waiting receiver of
+//! the process and relays other processes' pub/sub messages.
+//!
+//! Blocking SQLite calls therefore never run on the async runtime's worker threads.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use courier_core::{Error, ErrorKind, Result, SharedClock};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{copy, map_err, read_only, writer_gone};
+use crate::{BACKEND_NAME, Hub, schema};
+
+/// Most jobs committed together in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// What a job sees: the connection inside the open transaction, plus writer-local state.
+pub(crate) struct Ctx<'a> {
+    /// The connection (a transaction and the job's savepoint are open).
+    pub(crate) conn: &'a Connection,
+    /// The database path, for error messages.
+    pub(crate) path: &'a Path,
+    /// "Now" of the running job, read from the backend clock by its caller.
+    now: u64,
+    /// Randomness for retry jitter of expired leases.
+    pub(crate) rng: &'a mut SmallRng,
+    /// Queue / group row ids by key; valid across transactions (rows are never deleted),
+    /// cleared whenever a transaction or savepoint rolls back.
+    pub(crate) qids: &'a mut HashMap<String, i64>,
+    /// Wake-up keys to signal once the transaction commits.
+    wakes: &'a mut Vec<String>,
+    /// Last time this writer pruned old pub/sub relay rows.
+    pub(crate) last_prune: &'a mut Option<Instant>,
+}
+
+impl Ctx<'_> {
+    /// Milliseconds since the epoch from the backend clock, read when the job was submitted
+    /// (on the caller's thread, so a clock that follows tokio's virtual time reads correctly).
+    pub(crate) fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Wake the receivers waiting on `key` after commit.
+    pub(crate) fn wake(&mut self, key: String) {
+        if !self.wakes.contains(&key) {
+            self.wakes.push(key);
+        }
+    }
+
+    /// Map a SQLite error of this job.
+    pub(crate) fn err(&self, operation: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| map_err(operation, self.path, e)
+    }
+}
+
+/// A job's result, waiting for the transaction's outcome.
+struct Finish {
+    ok: bool,
+    done: Done,
+}
+
+/// Delivers a job's result once the commit's outcome (`None`: committed) is known.
+type Done = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+/// A unit of work for the writer thread.
+trait JobFn: Send {
+    fn run(self: Box<Self>, ctx: &mut Ctx<'_>) -> Finish;
+    fn abort(self: Box<Self>, err: Error);
+}
+
+struct Typed<T, F, D> {
+    operation: &'static str,
+    now: u64,
+    f: F,
+    done: D,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T, F, D> JobFn for Typed<T, F, D>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
+    D: FnOnce(Result<T>) + Send + 'static,
+{
+    fn run(self: Box<Self>, ctx: &mut Ctx<'_>) -> Finish {
+        let Typed {
+            operation,
+            now,
+            f,
+            done,
+            ..
+        } = *self;
+        ctx.now = now;
+        let r = match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Backend,
+                "internal error: a SQLite job panicked (rolled back)",
+            )
+            .with_backend(BACKEND_NAME)
+            .with_operation(operation)),
+        };
+        Finish {
+            ok: r.is_ok(),
+            done: Box::new(move |commit_err| {
+                let r = match (r, commit_err) {
+                    (Ok(_), Some(e)) => Err(copy(e, operation)),
+                    (r, _) => r,
+                };
+                done(r);
+            }),
+        }
+    }
+
+    fn abort(self: Box<Self>, err: Error) {
+        (self.done)(Err(err));
+    }
+}
+
+type Job = Box<dyn JobFn>;
+
+/// The handle to the writer thread (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Job>,
+    clock: SharedClock,
+    /// Answers are awaited through a blocking thread (see [`Gate`]).
+    virtual_time: bool,
+}
+
+/// Under tokio's paused (virtual) time, the runtime advances the clock whenever it has
+/// nothing to do, which would include the moments spent waiting for the writer thread. Waiting
+/// for the writer's signal on a `spawn_blocking` thread tells tokio that work is in progress,
+/// so virtual time stands still while SQLite works.
+pub(crate) struct Gate(Option<mpsc::Receiver<()>>);
+
+impl Gate {
+    /// Wait for the writer's signal (virtual time only; returns at once otherwise).
+    pub(crate) async fn wait(self) {
+        if let Some(rx) = self.0 {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Queue `f`; `done` gets its result once the transaction committed (or failed), on the
+    /// writer thread. Never blocks.
+    pub(crate) fn submit<T, F, D>(&self, operation: &'static str, f: F, done: D)
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
+        D: FnOnce(Result<T>) + Send + 'static,
+    {
+        let job: Job = Box::new(Typed {
+            operation,
+            now: self.clock.now_ms(),
+            f,
+            done,
+            _t: PhantomData,
+        });
+        if let Err(mpsc::SendError(job)) = self.tx.send(job) {
+            job.abort(writer_gone(operation));
+        }
+    }
+
+    /// A signal for the job's `done` closure to give after answering, and the gate that waits
+    /// for it (both inert unless the backend runs on virtual time).
+    pub(crate) fn gate(&self) -> (Option<mpsc::Sender<()>>, Gate) {
+        if self.virtual_time {
+            let (tx, rx) = mpsc::channel();
+            (Some(tx), Gate(Some(rx)))
+        } else {
+            (None, Gate(None))
+        }
+    }
+
+    /// Run `f` in the next group commit and wait for its committed result.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not cancel the job: it runs and commits all the same.
+    pub(crate) async fn call<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (signal, gate) = self.gate();
+        self.submit(operation, f, move |r| {
+            let _ = tx.send(r);
+            drop(signal);
+        });
+        gate.wait().await;
+        rx.await.map_err(|_| writer_gone(operation))?
+    }
+
+    /// Queue `f` without waiting; a failure is logged.
+    pub(crate) fn fire<F>(&self, operation: &'static str, f: F)
+    where
+        F: FnOnce(&mut Ctx<'_>) -> Result<()> + Send + 'static,
+    {
+        self.submit(operation, f, move |r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "courier sqlite: background {operation} failed");
+            }
+        });
+    }
+}
+
+/// Where the database lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A file (created when missing; its directory must exist).
+    File(PathBuf),
+    /// A private in-memory database.
+    Memory,
+}
+
+/// Settings of the writer thread.
+pub(crate) struct Settings {
+    pub(crate) target: Target,
+    pub(crate) path: PathBuf,
+    pub(crate) clock: SharedClock,
+    pub(crate) busy_timeout: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) virtual_time: bool,
+}
+
+/// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations.
+pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let me = |e| map_err("open", path, e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = match target {
+        Target::File(p) => Connection::open_with_flags(p, flags),
+        Target::Memory => Connection::open_in_memory_with_flags(flags),
+    }
+    .map_err(me)?;
+    conn.busy_timeout(busy_timeout).map_err(me)?;
+    // The first statement that reads the file: a corrupt or foreign file fails here.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(me)?;
+    if matches!(target, Target::File(_)) && !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "courier sqlite: WAL mode unavailable");
+    }
+    if conn.is_readonly("main").map_err(me)? {
+        return Err(read_only(path));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(me)?;
+    // Savepoint (statement) journals stay in memory: each job of a group commit runs in its
+    // own savepoint, and a spilled journal would cost a file write per touched page.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(me)?;
+    // Auto-checkpoint at the default 1000 pages; truncate the WAL back to 16 MiB afterwards
+    // so a burst does not leave a huge file behind.
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)
+        .map_err(me)?;
+    conn.pragma_update(None, "cache_size", -16_000)
+        .map_err(me)?;
+    // Plans never depend on bound values: otherwise a `LIMIT ?` re-prepares its cached
+    // statement on every execution.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(me)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    schema::migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Start the writer thread; resolves once the database is open and migrated.
+pub(crate) async fn start(settings: Settings) -> Result<Writer> {
+    let virtual_time = settings.virtual_time;
+    let clock = settings.clock.clone();
+    let (tx, rx) = mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+    std::thread::Builder::new()
+        .name("courier-sqlite-writer".into())
+        .spawn(move || {
+            let conn = match open(&settings.target, &settings.path, settings.busy_timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            run(conn, rx, settings);
+        })
+        .map_err(|e| {
+            Error::new(ErrorKind::Backend, "cannot start the SQLite writer thread")
+                .with_backend(BACKEND_NAME)
+                .with_operation("open")
+                .with_source(e)
+        })?;
+    ready_rx.await.map_err(|_| writer_gone("open"))??;
+    Ok(Writer {
+        tx,
+        clock,
+        virtual_time,
+    })
+}
+
+fn data_version(conn: &Connection) -> Option<i64> {
+    conn.pragma_query_value(None, "data_version", |r| r.get(0))
+        .ok()
+}
+
+/// The writer loop: group-commit jobs, poll for other connections' commits.
+fn run(conn: Connection, rx: mpsc::Receiver<Job>, s: Settings) {
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut qids = HashMap::new();
+    let mut last_prune = None;
+    let mut version = data_version(&conn);
+    let mut last_poll = Instant::now();
+    loop {
+        let timeout = s.poll_interval.saturating_sub(last_poll.elapsed());
+        match rx.recv_timeout(timeout) {
+            Ok(first) => {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let mut wakes = Vec::new();
+                let mut ctx = Ctx {
+                    conn: &conn,
+                    path: &s.path,
+                    now: 0,
+                    rng: &mut rng,
+                    qids: &mut qids,
+                    wakes: &mut wakes,
+                    last_prune: &mut last_prune,
+                };
+                run_batch(&mut ctx, batch);
+                for key in wakes {
+                    s.hub.wake(&key);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_poll.elapsed() >= s.poll_interval {
+            last_poll = Instant::now();
+            let v = data_version(&conn);
+            if v != version {
+                version = v;
+                s.hub.external_change();
+                crate::pubsub::relay(&conn, &s.hub, &s.path);
+            }
+        }
+    }
+    tracing::debug!(path = %s.path.display(), "courier sqlite: writer thread stopped");
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// One group commit.
+fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
+    if let Err(e) = exec(ctx.conn, "BEGIN IMMEDIATE") {
+        let err = map_err("transaction", ctx.path, e);
+        for job in batch {
+            job.abort(copy(&err, "transaction"));
+        }
+        return;
+    }
+    let mut finished = Vec::with_capacity(batch.len());
+    let alone = batch.len() == 1;
+    for job in batch {
+        if alone {
+            // Alone in its transaction: no savepoint needed, a failure rolls back everything.
+            let fin = job.run(ctx);
+            if !fin.ok {
+                ctx.wakes.clear();
+                ctx.qids.clear();
+                if let Err(e) = exec(ctx.conn, "ROLLBACK") {
+                    tracing::warn!(error = %e, "courier sqlite: rollback failed");
+                }
+                (fin.done)(None);
+                return;
+            }
+            finished.push(fin);
+            continue;
+        }
+        let wakes_before = ctx.wakes.len();
+        if let Err(e) = exec(ctx.conn, "SAVEPOINT courier_job") {
+            job.abort(map_err("transaction", ctx.path, e));
+            continue;
+        }
+        let fin = job.run(ctx);
+        let closed = if fin.ok {
+            exec(ctx.conn, "RELEASE courier_job")
+        } else {
+            ctx.wakes.truncate(wakes_before);
+            ctx.qids.clear();
+            exec(ctx.conn, "ROLLBACK TO courier_job")
+                .and_then(|()| exec(ctx.conn, "RELEASE courier_job"))
+        };
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "courier sqlite: closing a savepoint failed");
+        }
+        finished.push(fin);
+    }
+    let commit = exec(ctx.conn, "COMMIT").map_err(|e| map_err("commit", ctx.path, e));
+    if commit.is_err() {
+        if let Err(e) = exec(ctx.conn, "ROLLBACK") {
+            tracing::warn!(error = %e, "courier sqlite: rollback after a failed commit failed");
+        }
+        ctx.qids.clear();
+        ctx.wakes.clear();
+    }
+    let err = commit.err();
+    for fin in finished {
+        (fin.done)(err.as_ref());
+    }
+}
