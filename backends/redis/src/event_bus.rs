@@ -1,0 +1,397 @@
+//! [`EventBus`] for [`RedisBackend`] on Redis Streams.
+//!
+//! - A topic is a stream (`{<prefix>:t:<topic>}:log`); each entry holds the event's id (`i`),
+//!   its due time when emitted with a delay (`d`, server clock) and its wire bytes (`m`). Retention is applied exactly (`MAXLEN =`, `MINID =`) on every append and
+//!   read; age is measured from the server time of the append (the entry id).
+//! - A consumer group is a Redis consumer group on that stream, created on first use at the
+//!   start of the retained log. `XREADGROUP` moves its cursor; the entries it read stay in its
+//!   pending entries list until the group is done with them (ack, dead letter).
+//! - Leases, retries and dead letters of a group use the queue's scripts on the group's own
+//!   keys: one FIFO ready list (events ignore priority, E4), the delayed set, the lease set
+//!   with tokens. Lease expiry is found through the lease set rather than through the pending
+//!   list's idle times, because a pending entry cannot carry the per-delivery token and the
+//!   extendable deadline that fence a stale holder (E3: the same rules as a queue).
+//! - `lag` is the number of log entries after the group's cursor.
+//! - An idle receive blocks in `XREAD BLOCK` on the log and the group's wake-up stream, so an
+//!   emit, a release or a reset wakes every waiting consumer of the topic at once.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::clock::ms_ceil;
+use courier_core::{
+    DeadLetter, Delivery, Error, EventBus, GroupStats, Lease, Message, MessageId, Page,
+    QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock, validate_name,
+    wire,
+};
+use tokio::time::Instant;
+
+use crate::error::{map_err, tag};
+use crate::queue::{Claimed, Origin, block_for, check_max, wait_end};
+use crate::reply::{array, string};
+use crate::scripts::{Mode, max_len_arg};
+use crate::{BACKEND_NAME, RedisBackend, keys};
+
+/// Events per emit script call.
+const EMIT_CHUNK: usize = 1000;
+
+impl RedisBackend {
+    pub(crate) fn retention(&self, topic: &str) -> Retention {
+        self.inner
+            .retention
+            .read()
+            .get(topic)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn check_group(&self, topic: &str, group: &str, operation: &'static str) -> Result<()> {
+        validate_name("topic", topic).map_err(tag(operation))?;
+        validate_name("group", group).map_err(tag(operation))
+    }
+
+    fn group_keys(&self, topic: &str, group: &str) -> Vec<String> {
+        keys::group(&self.inner.prefix, topic, group)
+    }
+
+    /// Block until the log or the group's wake-up stream gets an entry after the given ids,
+    /// or `block` passes.
+    async fn wait_group(
+        &self,
+        keys: &[String],
+        last_log: &str,
+        last_wake: &str,
+        block: Duration,
+    ) -> Result<()> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(ms_ceil(block + crate::wait::SERVER_SLACK))
+            .arg("STREAMS")
+            .arg(&keys[keys::GROUP_LOG])
+            .arg(&keys[keys::GROUP_WAKE])
+            .arg(last_log)
+            .arg(last_wake);
+        self.inner
+            .waiters
+            .run("receive", &cmd, block, &self.inner.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The stream id of the retained event `id`, if any.
+    async fn find_event(&self, log: &str, id: MessageId) -> Result<Option<String>> {
+        let wanted = id.to_string();
+        // UUIDv7 ids start with their creation time (ms): look around it first.
+        let ms = (id.as_u128() >> 80) as u64;
+        let window = 60_000;
+        let near = (
+            format!("{}-0", ms.saturating_sub(window)),
+            format!("{}-18446744073709551615", ms.saturating_add(window)),
+        );
+        if let Some(sid) = self.scan_log(log, &near.0, &near.1, &wanted).await? {
+            return Ok(Some(sid));
+        }
+        self.scan_log(log, "-", "+", &wanted).await
+    }
+
+    async fn scan_log(
+        &self,
+        log: &str,
+        start: &str,
+        end: &str,
+        wanted: &str,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        let mut from = start.to_string();
+        loop {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(log)
+                .arg(&from)
+                .arg(end)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map_err("reset_group", e))?;
+            let entries = array(reply).unwrap_or_default();
+            let n = entries.len();
+            let mut last = None;
+            for e in entries {
+                let mut parts = array(e).unwrap_or_default().into_iter();
+                let (Some(sid), Some(fields)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let sid = string(&sid).unwrap_or_default();
+                let fields = array(fields).unwrap_or_default();
+                let mut it = fields.iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if string(k).as_deref() == Some("i") && string(v).as_deref() == Some(wanted) {
+                        return Ok(Some(sid));
+                    }
+                }
+                last = Some(sid);
+            }
+            match last {
+                Some(sid) if n == 500 => from = format!("({sid}"),
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
+        self.check_group(topic, group, "configure_group")?;
+        config.validate().map_err(tag("configure_group"))?;
+        self.inner
+            .group_configs
+            .write()
+            .insert((topic.to_string(), group.to_string()), config);
+        Ok(())
+    }
+
+    fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
+        self.inner
+            .group_configs
+            .read()
+            .get(&(topic.to_string(), group.to_string()))
+            .copied()
+            .unwrap_or(self.inner.default_config)
+    }
+
+    fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
+        validate_name("topic", topic).map_err(tag("set_retention"))?;
+        self.inner
+            .retention
+            .write()
+            .insert(topic.to_string(), retention);
+        Ok(())
+    }
+
+    async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
+        validate_name("topic", topic).map_err(tag("emit"))?;
+        let config = self.inner.default_config;
+        // The whole batch is checked and encoded before anything is appended.
+        for (i, m) in events.iter().enumerate() {
+            config.check_message(m).map_err(|e| {
+                let msg = format!("event {i} of the batch: {}", e.message());
+                tag("emit")(Error::new(e.kind(), msg))
+            })?;
+        }
+        let now = self.inner.clock.now_ms();
+        let mut ids = Vec::with_capacity(events.len());
+        let mut encoded = Vec::with_capacity(events.len());
+        for (i, mut m) in events.into_iter().enumerate() {
+            m.prepare_for_publish(now);
+            let bytes = wire::encode(&m).map_err(|e| {
+                tag("emit")(Error::new(
+                    e.kind(),
+                    format!("event {i} of the batch: {}", e.message()),
+                ))
+            })?;
+            let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
+            ids.push(m.id);
+            encoded.push((m.id, delay, bytes));
+        }
+        let retention = self.retention(topic);
+        let log = [keys::log(&self.inner.prefix, topic)];
+        let script = &self.inner.scripts.emit;
+        let mut stored = 0;
+        for chunk in encoded.chunks(EMIT_CHUNK) {
+            let mut cmd = script.call(&log);
+            cmd.arg(max_len_arg(&retention))
+                .arg(retention.max_age.map_or(0, ms_ceil))
+                .arg(chunk.len());
+            for (id, delay, bytes) in chunk {
+                cmd.arg(id.to_string()).arg(*delay).arg(&bytes[..]);
+            }
+            let mut conn = self.conn();
+            if let Err(e) = script.run(&mut conn, &cmd).await {
+                return Err(map_err("emit", e).with_stored(stored));
+            }
+            stored += chunk.len();
+        }
+        Ok(ids)
+    }
+
+    async fn receive(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
+        self.check_group(topic, group, "receive")?;
+        check_max(max)?;
+        let keys = self.group_keys(topic, group);
+        let origin = Origin::Group {
+            topic: topic.to_string(),
+            group: group.to_string(),
+        };
+        let end = wait_end(wait);
+        loop {
+            match self.claim_detached(origin.clone(), max).await? {
+                Claimed::Got { deliveries, .. } => {
+                    if !deliveries.is_empty() || Instant::now() >= end {
+                        return Ok(deliveries);
+                    }
+                }
+                Claimed::Empty { next_due_ms, rest } => {
+                    let Some(block) = block_for(end, next_due_ms) else {
+                        return Ok(Vec::new());
+                    };
+                    let last_log = rest.first().and_then(string).unwrap_or_else(|| "$".into());
+                    let last_wake = rest.get(1).and_then(string).unwrap_or_else(|| "$".into());
+                    self.wait_group(&keys, &last_log, &last_wake, block).await?;
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.check_group(topic, group, "settle")?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.settle_with(&self.group_keys(topic, group), &config, mode, ops)
+            .await
+    }
+
+    async fn extend(
+        &self,
+        topic: &str,
+        group: &str,
+        lease: &Lease,
+        visibility: Duration,
+    ) -> Result<Lease> {
+        self.check_group(topic, group, "extend")?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.extend_with(
+            &self.group_keys(topic, group),
+            &config,
+            mode,
+            lease,
+            visibility,
+        )
+        .await
+    }
+
+    async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
+        self.check_group(topic, group, "reset_group")?;
+        let keys = self.group_keys(topic, group);
+        let (position, id) = match from {
+            ReplayFrom::Start => ("start", String::new()),
+            ReplayFrom::End => ("end", String::new()),
+            ReplayFrom::Time(ms) => ("before", format!("{ms}-0")),
+            ReplayFrom::Id(id) => match self.find_event(&keys[keys::GROUP_LOG], id).await? {
+                Some(sid) => ("before", sid),
+                None => {
+                    return Err(tag("reset_group")(Error::not_found(format!(
+                        "event {id} is not retained in topic {topic:?}"
+                    ))));
+                }
+            },
+        };
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        let script = &self.inner.scripts.group_reset;
+        let mut cmd = script.call(&keys);
+        crate::scripts::common_args(&mut cmd, &config, mode);
+        cmd.arg(position).arg(id);
+        let mut conn = self.conn();
+        script
+            .run(&mut conn, &cmd)
+            .await
+            .map_err(|e| map_err("reset_group", e))?;
+        Ok(())
+    }
+
+    async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.check_group(topic, group, "group_stats")?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        let script = &self.inner.scripts.group_stats;
+        let (mut queue, rest) = self
+            .stats_with(script, &self.group_keys(topic, group), &config, mode)
+            .await?;
+        // Events have no priority order: the reference model counts them at Normal.
+        queue.ready = [0, 0, queue.ready[0], 0];
+        let lag = rest.first().and_then(crate::reply::uint).unwrap_or(0);
+        Ok(GroupStats { queue, lag })
+    }
+
+    async fn topic_len(&self, topic: &str) -> Result<u64> {
+        validate_name("topic", topic).map_err(tag("topic_len"))?;
+        let retention = self.retention(topic);
+        let log = [keys::log(&self.inner.prefix, topic)];
+        let script = &self.inner.scripts.topic_len;
+        let mut cmd = script.call(&log);
+        cmd.arg(retention.max_age.map_or(0, ms_ceil))
+            .arg(max_len_arg(&retention));
+        let mut conn = self.conn();
+        let reply = script
+            .run(&mut conn, &cmd)
+            .await
+            .map_err(|e| map_err("topic_len", e))?;
+        Ok(crate::reply::uint(&reply).unwrap_or(0))
+    }
+
+    async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.check_group(topic, group, "dead_letters")?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.dead_page_with(&self.group_keys(topic, group), &config, mode, page)
+            .await
+    }
+
+    async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.check_group(topic, group, "requeue_dead")?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.dead_move_with(&self.group_keys(topic, group), &config, mode, true, which)
+            .await
+    }
+
+    async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
+        self.check_group(topic, group, "purge_dead")?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.dead_move_with(&self.group_keys(topic, group), &config, mode, false, which)
+            .await
+    }
+}

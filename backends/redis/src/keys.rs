@@ -1,0 +1,114 @@
+//! Key names. Every key of one queue shares the hash tag `{<prefix>:q:<queue>}`, and every key
+//! of one topic (its log and all its consumer groups) shares `{<prefix>:t:<topic>}`, so each
+//! queue or topic lives in one Redis Cluster slot and its scripts may touch all of its keys.
+//! Scripts receive every key they touch in `KEYS` (see `scripts/lib.lua` for the layout).
+
+/// The state keys after the four ready lists, in the order of `scripts/lib.lua`.
+const SUFFIXES: [&str; 9] = [
+    "msgs", "info", "delayed", "leases", "dead", "deadidx", "deadinfo", "counters", "wake",
+];
+
+/// The 13 keys of a queue, in the order of `scripts/lib.lua`.
+pub(crate) fn queue(prefix: &str, queue: &str) -> Vec<String> {
+    let tag = format!("{{{prefix}:q:{queue}}}");
+    let mut v: Vec<String> = (0..4).map(|p| format!("{tag}:ready:{p}")).collect();
+    for suffix in SUFFIXES {
+        v.push(format!("{tag}:{suffix}"));
+    }
+    v
+}
+
+/// Index of the Normal ready list, the message hash and the counters in [`queue`].
+pub(crate) const QUEUE_READY_NORMAL: usize = 2;
+/// See [`QUEUE_READY_NORMAL`].
+pub(crate) const QUEUE_MSGS: usize = 4;
+/// See [`QUEUE_READY_NORMAL`].
+pub(crate) const QUEUE_COUNTERS: usize = 11;
+
+/// The wake-up list of a queue (index 12 of [`queue`]).
+pub(crate) const QUEUE_WAKE: usize = 12;
+
+/// A topic's log (a stream).
+pub(crate) fn log(prefix: &str, topic: &str) -> String {
+    format!("{{{prefix}:t:{topic}}}:log")
+}
+
+/// The 14 keys of a consumer group on a topic, in the order of `scripts/lib.lua`: the group's
+/// one ready list four times, its own state keys, its wake-up stream, then the topic's log.
+pub(crate) fn group(prefix: &str, topic: &str, group: &str) -> Vec<String> {
+    let base = format!("{{{prefix}:t:{topic}}}:g:{group}");
+    let ready = format!("{base}:ready");
+    let mut v = vec![ready.clone(), ready.clone(), ready.clone(), ready];
+    for suffix in SUFFIXES {
+        v.push(format!("{base}:{suffix}"));
+    }
+    v.push(log(prefix, topic));
+    v
+}
+
+/// The wake-up stream of a group (index 12 of [`group`]) and the log (index 13).
+pub(crate) const GROUP_WAKE: usize = 12;
+/// See [`GROUP_WAKE`].
+pub(crate) const GROUP_LOG: usize = 13;
+
+/// The Redis channel of a pub/sub channel (pub/sub channels are not per database, so the prefix
+/// also isolates them).
+pub(crate) fn channel(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:ps:{channel}")
+}
+
+/// Check a key prefix: 1–100 bytes of `A–Z a–z 0–9 _ - . :`. Braces (hash tags) and glob
+/// characters (pub/sub patterns) are refused.
+pub(crate) fn validate_prefix(prefix: &str) -> courier_core::Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 100
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(courier_core::Error::invalid(format!(
+            "key prefix {prefix:?} must be 1-100 bytes of A-Z a-z 0-9 _ - . :"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_tag(key: &str) -> &str {
+        let open = key.find('{').expect("tag");
+        let close = key[open..].find('}').expect("tag end") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn queue_keys_share_one_tag() {
+        let k = queue("app", "tasks.high");
+        assert_eq!(k.len(), 13);
+        assert!(k.iter().all(|key| slot_tag(key) == "app:q:tasks.high"));
+        assert!(k[QUEUE_WAKE].ends_with(":wake"));
+        assert!(k[QUEUE_MSGS].ends_with(":msgs"));
+        assert!(k[QUEUE_COUNTERS].ends_with(":counters"));
+        assert!(k[QUEUE_READY_NORMAL].ends_with(":ready:2"));
+    }
+
+    #[test]
+    fn group_keys_share_the_topic_tag() {
+        let k = group("app", "meeting.created", "billing");
+        assert_eq!(k.len(), 14);
+        assert!(k.iter().all(|key| slot_tag(key) == "app:t:meeting.created"));
+        assert_eq!(k[GROUP_LOG], log("app", "meeting.created"));
+        assert!(k[GROUP_WAKE].ends_with(":wake"));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix("courier:test-1.x").is_ok());
+        for bad in ["", "a{b}", "a*", "a b", &"x".repeat(101)] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! # courier-redis
+//!
+//! Courier's Redis backend, the primary production transport. [`RedisBackend`] implements
+//! [`Queue`], [`PubSub`] and [`EventBus`] over one Redis server (5 or later; 7 recommended).
+//!
+//! - **Queue**: every state change is one atomic Lua script (`src/scripts/*.lua`) working on
+//!   per-queue keys that share one hash tag (`{<prefix>:q:<queue>}`), so a queue lives in one
+//!   Redis Cluster slot and all its keys are passed in `KEYS`. Scripts read the server's clock
+//!   (`TIME`), never a client's. Four ready lists give strict priority; a sorted set holds
+//!   delayed messages and retry backoffs, another the lease deadlines; lease tokens fence stale
+//!   holders. Batches cost one script call and one variadic command per kind of change.
+//! - **Waiting**: an idle `receive` blocks in Redis (`BLPOP` on the queue's wake-up list, or
+//!   `XREAD BLOCK` for consumer groups) on a dedicated connection without a response timeout,
+//!   until a publish wakes it or the next delayed message or lease deadline is due. It never
+//!   spins. Due times are timed on the client and the wait ended with `CLIENT UNBLOCK`, because
+//!   Redis ends blocked commands only at its `hz` resolution (up to 100 ms late).
+//!   **Delay tick**: delayed messages and retries are delivered within about 10 ms of being
+//!   due (measured; the conformance tolerance can be 25 ms).
+//! - **Cancel safety**: the lease script runs on a task of its own; if a `receive` future is
+//!   dropped meanwhile, what it leased is released at once (not counted as an attempt), so a
+//!   stopping worker never leaves messages waiting for their leases to expire.
+//! - **PubSub**: `SUBSCRIBE`/`PSUBSCRIBE` on one dedicated connection per backend; Courier's
+//!   pattern grammar (`*` one token, `>` the rest) is subscribed as a coarser Redis glob and
+//!   filtered exactly on the client. Subscriptions come back by themselves after a reconnect.
+//! - **EventBus**: Redis Streams. Each topic is a stream (`XADD`, retention by exact `MAXLEN`
+//!   or `MINID`); each consumer group is a Redis consumer group (`XREADGROUP`, created on first
+//!   use at the start of the retained log), with the queue's lease, retry and dead-letter
+//!   machinery beside it for the group.
+//! - **Connection loss**: calls fail with [`ErrorKind::Unavailable`] (retryable) while Redis is
+//!   away and work again when it is back.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use courier_core::{Message, QueueExt};
+//! use courier_redis::RedisBackend;
+//!
+//! # async fn run() -> courier_core::Result<()> {
+//! let redis = RedisBackend::builder()
+//!     .url("redis://127.0.0.1:6379")
+//!     .key_prefix("myapp")
+//!     .build()
+//!     .await?;
+//! redis.publish("tasks", Message::new("hello", "world")).await?;
+//! if let Some(d) = redis.receive_one("tasks", Duration::from_secs(1)).await? {
+//!     redis.ack("tasks", &d.lease).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Limits: message ids must be unique per queue (re-publishing an id replaces the stored body of
+//! the first); the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
+//! key in `KEYS`) but the client connects to one node (no cluster client yet).
+//!
+//! Run Redis with `maxmemory-policy noeviction` (evicted keys are lost messages; the backend
+//! warns at start-up otherwise) and with persistence (`appendonly yes`) for durability.
+#![forbid(unsafe_code)]
+
+mod error;
+mod event_bus;
+mod keys;
+mod pubsub;
+mod queue;
+mod reply;
+mod scripts;
+mod wait;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use courier_core::{
+    Error, ErrorKind, EventBus, PubSub, Queue, QueueConfig, Result, Retention, SharedClock,
+    SystemClock, redact_url,
+};
+use parking_lot::RwLock;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::map_err;
+
+/// The backend's short name, used in errors.
+pub const BACKEND_NAME: &str = "redis";
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "courier";
+
+/// Courier over Redis: a [`Queue`], [`PubSub`] and [`EventBus`]. Cheap to clone; clones share
+/// connections.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The URL with its password replaced (for Debug and logs).
+    url: String,
+    prefix: String,
+    conn: ConnectionManager,
+    waiters: wait::Waiters,
+    scripts: scripts::Scripts,
+    clock: SharedClock,
+    default_config: QueueConfig,
+    queue_configs: RwLock<HashMap<String, QueueConfig>>,
+    group_configs: RwLock<HashMap<(String, String), QueueConfig>>,
+    retention: RwLock<HashMap<String, Retention>>,
+    hub: Arc<pubsub::Hub>,
+}
+
+impl RedisBackend {
+    /// Connect with a `redis://` or `rediss://` URL and default settings.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a malformed URL, [`ErrorKind::Unsupported`] for
+    /// `rediss://` without the `tls` feature, [`ErrorKind::Unavailable`] when Redis cannot be
+    /// reached.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::builder().url(url).build().await
+    }
+
+    /// A builder with typed settings.
+    pub fn builder() -> RedisBackendBuilder {
+        RedisBackendBuilder::default()
+    }
+
+    /// `"redis"`.
+    pub fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    /// The clock used for `created_at` and relative delays (wall time; leases and due times
+    /// are decided on the Redis server's clock).
+    pub fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    /// The key prefix this backend works under.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The configuration used for queues and groups that were not configured.
+    pub fn default_config(&self) -> QueueConfig {
+        self.inner.default_config
+    }
+
+    /// The connection URL with its password redacted.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Check that Redis answers (`PING`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("ping", e))
+    }
+
+    /// Store `bytes` as the body of a new ready message (Normal priority) without encoding or
+    /// checking them, as a corrupt or foreign writer would. For tests of Q10 (an undecodable
+    /// entry goes to dead letters and the consumer keeps running); not for applications.
+    ///
+    /// # Errors
+    /// As any call: invalid name, Redis unavailable.
+    #[doc(hidden)]
+    pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<courier_core::MessageId> {
+        courier_core::validate_name("queue", queue).map_err(error::tag("inject_raw"))?;
+        let id = courier_core::MessageId::new();
+        let k = keys::queue(&self.inner.prefix, queue);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&k[keys::QUEUE_MSGS], id.to_string(), bytes)
+            .rpush(&k[keys::QUEUE_READY_NORMAL], id.to_string())
+            .hincr(&k[keys::QUEUE_COUNTERS], "published", 1)
+            .lpush(&k[keys::QUEUE_WAKE], "1");
+        let mut conn = self.conn();
+        pipe.query_async::<redis::Value>(&mut conn)
+            .await
+            .map_err(|e| map_err("inject_raw", e))?;
+        Ok(id)
+    }
+
+    /// Append `bytes` to a topic's log as an event body without encoding them (tests of Q10 on
+    /// consumer groups); not for applications.
+    ///
+    /// # Errors
+    /// As any call: invalid name, Redis unavailable.
+    #[doc(hidden)]
+    pub async fn inject_raw_event(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<courier_core::MessageId> {
+        courier_core::validate_name("topic", topic).map_err(error::tag("inject_raw"))?;
+        let id = courier_core::MessageId::new();
+        let mut conn = self.conn();
+        redis::cmd("XADD")
+            .arg(keys::log(&self.inner.prefix, topic))
+            .arg("*")
+            .arg("i")
+            .arg(id.to_string())
+            .arg("m")
+            .arg(bytes)
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map_err(|e| map_err("inject_raw", e))?;
+        Ok(id)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.url)
+            .field("key_prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisBackend`]: `RedisBackend::builder().url(..).key_prefix(..).build().await`.
+#[derive(Clone)]
+pub struct RedisBackendBuilder {
+    url: String,
+    prefix: Option<String>,
+    default_config: QueueConfig,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+    tls_root: Option<Vec<u8>>,
+}
+
+impl Default for RedisBackendBuilder {
+    fn default() -> Self {
+        RedisBackendBuilder {
+            url: "redis://127.0.0.1:6379".to_string(),
+            prefix: None,
+            default_config: QueueConfig::default(),
+            response_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(2),
+            tls_root: None,
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.prefix)
+            .field("default_config", &self.default_config)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("tls_root_certificate", &self.tls_root.is_some())
+            .finish()
+    }
+}
+
+impl RedisBackendBuilder {
+    /// The server: `redis://[user:password@]host[:port][/db][?key_prefix=name]` or
+    /// `rediss://…` (TLS, with the `tls` feature, on by default). Default
+    /// `redis://127.0.0.1:6379`. A `key_prefix` query parameter sets the key prefix (unless
+    /// [`RedisBackendBuilder::key_prefix`] is called); other parameters go to redis-rs.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Prefix of every key and channel (default `courier`): 1–100 bytes of
+    /// `A–Z a–z 0–9 _ - . :`. Applications sharing one Redis isolate themselves with it.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The configuration of queues and groups that are not configured explicitly.
+    pub fn default_config(mut self, config: QueueConfig) -> Self {
+        self.default_config = config;
+        self
+    }
+
+    /// How long a normal (non-blocking) command may take before it fails as
+    /// [`ErrorKind::Unavailable`] (default 5 s). Blocking waits use their own connections
+    /// and are not limited by this.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 2 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// For `rediss://`: trust this root certificate (PEM) instead of the system's trust store
+    /// (a private CA). Needs the `tls` feature; ignored for `redis://`.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
+    /// Connect.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a bad URL, prefix or configuration,
+    /// [`ErrorKind::Unsupported`] for `rediss://` without the `tls` feature,
+    /// [`ErrorKind::Unavailable`] when Redis cannot be reached.
+    pub async fn build(self) -> Result<RedisBackend> {
+        let (url, url_prefix) = split_prefix(&self.url);
+        let prefix = self
+            .prefix
+            .or(url_prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        let shown = redact_url(&url);
+        keys::validate_prefix(&prefix).map_err(error::tag("connect"))?;
+        self.default_config
+            .validate()
+            .map_err(error::tag("connect"))?;
+        let client = open_client(&url, &shown, self.tls_root.clone())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| {
+                let e = map_err("connect", e);
+                Error::new(e.kind(), format!("cannot connect to {shown}"))
+                    .with_backend(BACKEND_NAME)
+                    .with_operation("connect")
+                    .with_source(e)
+            })?;
+        check_eviction_policy(&conn, &shown).await;
+        let hub = pubsub::Hub::new(client.clone(), prefix.clone());
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                url: shown,
+                prefix,
+                conn,
+                waiters: wait::Waiters::new(client, self.connection_timeout),
+                scripts: scripts::Scripts::new(),
+                clock: Arc::new(SystemClock),
+                default_config: self.default_config,
+                queue_configs: RwLock::new(HashMap::new()),
+                group_configs: RwLock::new(HashMap::new()),
+                retention: RwLock::new(HashMap::new()),
+                hub,
+            }),
+        })
+    }
+}
+
+/// Take the `key_prefix` (or `prefix`) query parameter out of a URL.
+fn split_prefix(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let mut prefix = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("key_prefix" | "prefix", v)) => prefix = Some(v.to_string()),
+            _ => kept.push(pair),
+        }
+    }
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    (out, prefix)
+}
+
+fn open_client(url: &str, shown: &str, tls_root: Option<Vec<u8>>) -> Result<redis::Client> {
+    let invalid = |e: redis::RedisError| {
+        // The redis-rs error may quote the URL: it is not kept as the source.
+        Error::invalid(format!("invalid Redis URL {shown}: {}", e.category()))
+            .with_backend(BACKEND_NAME)
+            .with_operation("connect")
+    };
+    let scheme = url.split("://").next().unwrap_or("");
+    match scheme {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            if !cfg!(feature = "tls") {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{shown}: rediss:// (TLS) needs courier-redis built with the `tls` feature"
+                    ),
+                )
+                .with_backend(BACKEND_NAME)
+                .with_operation("connect"));
+            }
+            #[cfg(feature = "tls")]
+            {
+                tls::install_crypto_provider();
+                if let Some(root) = tls_root {
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    };
+                    return redis::Client::build_with_tls(url, certs).map_err(invalid);
+                }
+            }
+        }
+        _ => {
+            return Err(Error::invalid(format!(
+                "{shown} is not a Redis URL (expected redis:// or rediss://)"
+            ))
+            .with_backend(BACKEND_NAME)
+            .with_operation("connect"));
+        }
+    }
+    let _ = &tls_root;
+    redis::Client::open(url).map_err(invalid)
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    /// rustls needs a process-wide crypto provider; install ring's unless the application
+    /// installed one.
+    pub(crate) fn install_crypto_provider() {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+}
+
+/// Warn once per process when Redis may evict keys: an evicted key is a lost message.
+async fn check_eviction_policy(conn: &ConnectionManager, shown: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let mut conn = conn.clone();
+    let reply = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async::<Vec<String>>(&mut conn)
+        .await;
+    match reply {
+        Ok(v) => {
+            if let Some(policy) = v.get(1)
+                && policy != "noeviction"
+                && !WARNED.swap(true, Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    url = %shown,
+                    maxmemory_policy = %policy,
+                    "courier redis: maxmemory-policy is not noeviction; Redis may evict queued \
+                     messages under memory pressure (set `maxmemory-policy noeviction`)"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::debug!(url = %shown, error = %e, "courier redis: cannot read maxmemory-policy (CONFIG disabled?)");
+        }
+    }
+}
+
+// Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
+const _: fn(RedisBackend) -> Arc<dyn Queue> = |b| Arc::new(b);
+const _: fn(RedisBackend) -> Arc<dyn PubSub> = |b| Arc::new(b);
+const _: fn(RedisBackend) -> Arc<dyn EventBus> = |b| Arc::new(b);
+
+#[cfg(test)]
+mod tests {
+    use super::split_prefix;
+
+    #[test]
+    fn key_prefix_comes_from_the_url() {
+        assert_eq!(
+            split_prefix("redis://h:6379/2?key_prefix=app&protocol=resp3"),
+            (
+                "redis://h:6379/2?protocol=resp3".to_string(),
+                Some("app".to_string())
+            )
+        );
+        assert_eq!(
+            split_prefix("redis://:pw@h/0?prefix=x"),
+            ("redis://:pw@h/0".to_string(), Some("x".to_string()))
+        );
+        assert_eq!(split_prefix("redis://h"), ("redis://h".to_string(), None));
+    }
+}

@@ -1,0 +1,381 @@
+//! [`PubSub`] for [`RedisBackend`]: Redis `PUBLISH`, and one dedicated subscriber connection
+//! per backend, owned by a background task.
+//!
+//! - Channels are prefixed (`<prefix>:ps:<channel>`): Redis pub/sub is not per database, so the
+//!   prefix is what isolates applications.
+//! - A literal channel is a `SUBSCRIBE`. A pattern becomes a `PSUBSCRIBE` with a coarser Redis
+//!   glob (`*` and `>` both become `*`, which also matches across dots); every buffer then keeps
+//!   only what its exact [`courier_core::Pattern`] matches (P4).
+//! - Subscribe returns once Redis confirmed the subscription (P1). Subscribing, unsubscribing
+//!   and delivering happen in one task, in order, so an unsubscribe can never overtake a later
+//!   subscribe of the same channel.
+//! - When the connection drops, the task reconnects with capped backoff and subscribes again to
+//!   everything that still has a subscriber (P6). Messages published meanwhile are lost: pub/sub
+//!   is at most once (P2).
+//! - Messages land in core's bounded, drop-oldest [`SubscriptionBuffer`] (P7).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use courier_core::{
+    Error, ErrorKind, Message, Pattern, PubSub, Result, SubscribeOptions, Subscription,
+    SubscriptionBuffer, validate_name, wire,
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use redis::Client;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{map_err, tag};
+use crate::{BACKEND_NAME, RedisBackend, keys};
+
+/// What the subscriber connection is subscribed to (Redis-side names, prefixed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum Target {
+    Channel(String),
+    Pattern(String),
+}
+
+enum Command {
+    Subscribe(Target, oneshot::Sender<Result<()>>),
+    Unsubscribe(Target),
+}
+
+/// The subscriptions of one backend and the task serving them.
+pub(crate) struct Hub {
+    client: Client,
+    prefix: String,
+    registry: Mutex<HashMap<Target, Vec<Arc<SubscriptionBuffer>>>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+}
+
+impl Hub {
+    pub(crate) fn new(client: Client, prefix: String) -> Arc<Hub> {
+        Arc::new(Hub {
+            client,
+            prefix,
+            registry: Mutex::new(HashMap::new()),
+            commands: Mutex::new(None),
+        })
+    }
+
+    /// The command channel of the task, starting the task on first use.
+    fn sender(self: &Arc<Self>) -> mpsc::UnboundedSender<Command> {
+        let mut slot = self.commands.lock();
+        if let Some(tx) = slot.as_ref()
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(Arc::downgrade(self), self.client.clone(), rx));
+        *slot = Some(tx.clone());
+        tx
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        self.registry.lock().keys().cloned().collect()
+    }
+
+    fn channel_prefix(&self) -> String {
+        keys::channel(&self.prefix, "")
+    }
+
+    /// Deliver one Redis message to the buffers registered under its channel or pattern.
+    fn dispatch(&self, msg: &redis::Msg) {
+        let full = msg.get_channel_name();
+        let Some(channel) = full.strip_prefix(&self.channel_prefix()) else {
+            return;
+        };
+        let target = if msg.from_pattern() {
+            match msg.get_pattern::<String>() {
+                Ok(p) => Target::Pattern(p),
+                Err(_) => return,
+            }
+        } else {
+            Target::Channel(full.to_string())
+        };
+        let buffers = match self.registry.lock().get(&target) {
+            Some(b) => b.clone(),
+            None => return,
+        };
+        let message = match wire::decode(&Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(channel, error = %e, "courier redis: dropping an undecodable pub/sub message");
+                return;
+            }
+        };
+        for b in &buffers {
+            b.offer(channel, &message);
+        }
+    }
+}
+
+type Connection = (PubSubSink, PubSubStream);
+
+async fn subscribe_on(sink: &mut PubSubSink, target: &Target) -> redis::RedisResult<()> {
+    match target {
+        Target::Channel(c) => sink.subscribe(c).await,
+        Target::Pattern(p) => sink.psubscribe(p).await,
+    }
+}
+
+async fn unsubscribe_on(sink: &mut PubSubSink, target: &Target) -> redis::RedisResult<()> {
+    match target {
+        Target::Channel(c) => sink.unsubscribe(c).await,
+        Target::Pattern(p) => sink.punsubscribe(p).await,
+    }
+}
+
+/// Connect and subscribe to every target that has a subscriber.
+async fn connect(client: &Client, hub: &Hub) -> Result<(Connection, HashSet<Target>)> {
+    let pubsub = client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| map_err("subscribe", e))?;
+    let (mut sink, stream) = pubsub.split();
+    let mut active = HashSet::new();
+    for t in hub.targets() {
+        subscribe_on(&mut sink, &t)
+            .await
+            .map_err(|e| map_err("subscribe", e))?;
+        active.insert(t);
+    }
+    Ok(((sink, stream), active))
+}
+
+/// The subscriber task: serves commands in order, delivers messages, and reconnects.
+async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut conn: Option<Connection> = None;
+    let mut active: HashSet<Target> = HashSet::new();
+    let mut backoff = Duration::from_millis(50);
+    let mut lost = false;
+    loop {
+        let wanted = hub.upgrade().is_some_and(|h| !h.registry.lock().is_empty());
+        let reconnect = conn.is_none() && wanted;
+        let next = {
+            let stream = conn.as_mut().map(|c| &mut c.1);
+            tokio::select! {
+                cmd = commands.recv() => Some(Ok(cmd)),
+                msg = async {
+                    match stream {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(Err(msg)),
+                _ = tokio::time::sleep(backoff), if reconnect => None,
+            }
+        };
+        match next {
+            // Time to try reconnecting.
+            None => {
+                let Some(h) = hub.upgrade() else { return };
+                match connect(&client, &h).await {
+                    Ok((c, a)) => {
+                        if lost {
+                            tracing::info!(
+                                subscriptions = a.len(),
+                                "courier redis: pub/sub connection is back; subscriptions restored"
+                            );
+                        }
+                        conn = Some(c);
+                        active = a;
+                        backoff = Duration::from_millis(50);
+                        lost = false;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "courier redis: pub/sub reconnect failed");
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            Some(Ok(None)) => return, // the backend is gone
+            Some(Ok(Some(Command::Subscribe(target, reply)))) => {
+                let Some(h) = hub.upgrade() else { return };
+                if conn.is_none() {
+                    match connect(&client, &h).await {
+                        Ok((c, a)) => {
+                            conn = Some(c);
+                            active = a;
+                            backoff = Duration::from_millis(50);
+                            lost = false;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+                if active.contains(&target) {
+                    let _ = reply.send(Ok(()));
+                    continue;
+                }
+                let Some((sink, _)) = conn.as_mut() else {
+                    continue;
+                };
+                match subscribe_on(sink, &target).await {
+                    Ok(()) => {
+                        active.insert(target);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let e = map_err("subscribe", e);
+                        if e.is_retryable() {
+                            conn = None;
+                            active.clear();
+                            lost = true;
+                        }
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Some(Ok(Some(Command::Unsubscribe(target)))) => {
+                let Some(h) = hub.upgrade() else { return };
+                let still_wanted = h.registry.lock().contains_key(&target);
+                if !still_wanted
+                    && active.remove(&target)
+                    && let Some((sink, _)) = conn.as_mut()
+                    && let Err(e) = unsubscribe_on(sink, &target).await
+                {
+                    tracing::debug!(error = %e, "courier redis: unsubscribe failed");
+                }
+            }
+            Some(Err(Some(msg))) => {
+                if let Some(h) = hub.upgrade() {
+                    h.dispatch(&msg);
+                }
+            }
+            Some(Err(None)) => {
+                tracing::warn!(
+                    "courier redis: pub/sub connection lost; reconnecting (messages published meanwhile are not delivered)"
+                );
+                conn = None;
+                active.clear();
+                lost = true;
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+}
+
+/// Dropped with a [`Subscription`]: stops delivery and, for the last subscriber of a channel or
+/// pattern, unsubscribes on Redis.
+struct Unsubscribe {
+    hub: Weak<Hub>,
+    target: Target,
+    buffer: Arc<SubscriptionBuffer>,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.buffer.close();
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let now_empty = {
+            let mut reg = hub.registry.lock();
+            match reg.get_mut(&self.target) {
+                Some(v) => {
+                    v.retain(|b| !Arc::ptr_eq(b, &self.buffer));
+                    if v.is_empty() {
+                        reg.remove(&self.target);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if now_empty && let Some(tx) = hub.commands.lock().as_ref() {
+            let _ = tx.send(Command::Unsubscribe(self.target.clone()));
+        }
+    }
+}
+
+impl RedisBackend {
+    fn target_of(&self, pattern: &Pattern) -> Target {
+        if pattern.is_literal() {
+            Target::Channel(keys::channel(&self.inner.prefix, pattern.as_str()))
+        } else {
+            let glob: Vec<&str> = pattern
+                .as_str()
+                .split('.')
+                .map(|t| if t == ">" { "*" } else { t })
+                .collect();
+            Target::Pattern(keys::channel(&self.inner.prefix, &glob.join(".")))
+        }
+    }
+}
+
+#[async_trait]
+impl PubSub for RedisBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    /// Publishes with `PUBLISH`. Returns how many subscriptions of *this* backend handle match
+    /// the channel (other processes' subscribers are not counted).
+    async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
+        validate_name("channel", channel).map_err(tag("publish"))?;
+        message.prepare_for_publish(self.inner.clock.now_ms());
+        let bytes = wire::encode(&message).map_err(tag("publish"))?;
+        let mut conn = self.conn();
+        redis::cmd("PUBLISH")
+            .arg(keys::channel(&self.inner.prefix, channel))
+            .arg(&bytes[..])
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map_err(|e| map_err("publish", e))?;
+        let local = self
+            .inner
+            .hub
+            .registry
+            .lock()
+            .values()
+            .flatten()
+            .filter(|b| !b.is_closed() && b.pattern().matches(channel))
+            .count();
+        Ok(local)
+    }
+
+    async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription> {
+        let pattern = Pattern::parse(pattern).map_err(tag("subscribe"))?;
+        let target = self.target_of(&pattern);
+        let buffer = SubscriptionBuffer::new(pattern, options.buffer);
+        let hub = &self.inner.hub;
+        hub.registry
+            .lock()
+            .entry(target.clone())
+            .or_default()
+            .push(buffer.clone());
+        // From here on the guard undoes the registration on any exit.
+        let guard = Unsubscribe {
+            hub: Arc::downgrade(hub),
+            target: target.clone(),
+            buffer: buffer.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        hub.sender()
+            .send(Command::Subscribe(target, tx))
+            .map_err(|_| {
+                Error::new(ErrorKind::Shutdown, "the pub/sub task has stopped")
+                    .with_backend(BACKEND_NAME)
+                    .with_operation("subscribe")
+            })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(Subscription::new(buffer, guard)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(
+                Error::new(ErrorKind::Unavailable, "the pub/sub task stopped")
+                    .with_backend(BACKEND_NAME)
+                    .with_operation("subscribe"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! [`Queue`] for [`RedisBackend`]: each primitive is one script call (see `scripts/*.lua`).
+//!
+//! The parts shared with consumer groups (settle, extend, dead letters, reading claim replies)
+//! live here too and take the keys and [`Mode`] of either.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use courier_core::clock::ms_ceil;
+use courier_core::queue::validate_publish;
+use courier_core::{
+    DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Queue,
+    QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, validate_name,
+    wire,
+};
+use redis::{Cmd, Value};
+use tokio::time::Instant;
+
+use crate::error::{bad_reply, map_err, tag};
+use crate::reply::{array, int, string, take_bytes, uint};
+use crate::scripts::{Lua, Mode, common_args};
+use crate::{BACKEND_NAME, RedisBackend, keys};
+
+/// Messages per publish script call (larger batches take several calls).
+const PUBLISH_CHUNK: usize = 1000;
+/// Bytes per publish script call, roughly.
+const PUBLISH_CHUNK_BYTES: usize = 8 << 20;
+/// Operations per settle script call.
+const SETTLE_CHUNK: usize = 2000;
+/// Dead letters moved per script call (a call never blocks Redis for long).
+const DEAD_CHUNK: usize = 1000;
+
+/// Where a receive leases from.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    Queue(String),
+    Group { topic: String, group: String },
+}
+
+impl Origin {
+    pub(crate) fn mode(&self, retention: Retention) -> Mode<'_> {
+        match self {
+            Origin::Queue(_) => Mode::Queue,
+            Origin::Group { group, .. } => Mode::Group { group, retention },
+        }
+    }
+}
+
+/// Held by a receive while its claim task runs; see [`RedisBackend::claim_detached`].
+struct ClaimGuard {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Claimed>>>,
+    backend: RedisBackend,
+    origin: Origin,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        // After close, the task either finds the channel closed (and releases by itself) or
+        // has already sent, and the answer is taken here.
+        rx.close();
+        if let Ok(Ok(Claimed::Got { deliveries, .. })) = rx.try_recv()
+            && !deliveries.is_empty()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let backend = self.backend.clone();
+            let origin = self.origin.clone();
+            handle.spawn(async move { backend.release_orphans(&origin, deliveries).await });
+        }
+    }
+}
+
+/// What a claim script answered.
+pub(crate) enum Claimed {
+    /// Deliveries, plus leases of stored entries that could not be decoded (to bury).
+    Got {
+        deliveries: Vec<Delivery>,
+        undecodable: Vec<(Lease, String)>,
+    },
+    /// Nothing ready: the reply's remaining values (next due in ms or -1, then for groups the
+    /// last ids of the log and the wake-up stream).
+    Empty { next_due_ms: i64, rest: Vec<Value> },
+}
+
+/// The lease member of a delivery, `"id|token|attempt"`: how scripts name a delivery.
+pub(crate) fn member(lease: &Lease) -> String {
+    format!("{}|{}|{}", lease.id, lease.token, lease.attempt)
+}
+
+/// Parse a lease member back into (id, token, attempt).
+fn parse_member(m: &str) -> Option<(MessageId, u64, u32)> {
+    let mut parts = m.split('|');
+    let id = parts.next()?.parse().ok()?;
+    let token = parts.next()?.parse().ok()?;
+    let attempt = parts.next()?.parse().ok()?;
+    Some((id, token, attempt))
+}
+
+/// Read a claim reply: `{ now, deadline, next_due, member, bytes, ... }`, or
+/// `{ now, 0, next_due, ... }` when nothing was leased.
+pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claimed> {
+    let items = array(reply).ok_or_else(|| bad_reply(operation, "claim reply is not an array"))?;
+    if items.len() < 3 {
+        return Err(bad_reply(operation, "claim reply is too short"));
+    }
+    let deadline = uint(&items[1]).unwrap_or(0);
+    let next_due_ms = int(&items[2]).unwrap_or(-1);
+    if deadline == 0 {
+        return Ok(Claimed::Empty {
+            next_due_ms,
+            rest: items.into_iter().skip(3).collect(),
+        });
+    }
+    let mut deliveries = Vec::with_capacity(items.len().saturating_sub(3) / 2);
+    let mut undecodable = Vec::new();
+    let mut it = items.into_iter().skip(3);
+    while let (Some(m), Some(mut bytes)) = (it.next(), it.next()) {
+        let (id, token, attempt) = string(&m)
+            .as_deref()
+            .and_then(parse_member)
+            .ok_or_else(|| bad_reply(operation, "lease member is not id|token|attempt"))?;
+        let lease = Lease {
+            id,
+            token,
+            attempt,
+            deadline_ms: deadline,
+        };
+        let raw = Bytes::from(take_bytes(&mut bytes).unwrap_or_default());
+        match wire::decode(&raw) {
+            Ok(mut message) => {
+                message.attempt = attempt;
+                deliveries.push(Delivery { message, lease });
+            }
+            Err(e) => undecodable.push((lease, format!("undecodable message: {}", e.message()))),
+        }
+    }
+    Ok(Claimed::Got {
+        deliveries,
+        undecodable,
+    })
+}
+
+/// The lease-lost error for one operation (the same wording as the reference model).
+pub(crate) fn lease_lost(operation: &'static str, lease: &Lease) -> Error {
+    Error::lease_lost(format!(
+        "lease {} on message {} (attempt {}) is no longer held: settled, expired or redelivered",
+        lease.token, lease.id, lease.attempt
+    ))
+    .with_backend(BACKEND_NAME)
+    .with_operation(operation)
+}
+
+/// A dead letter from `(id, bytes, "attempts|failed_at|priority|error")`. A stored entry that cannot be
+/// decoded is shown as a message of kind `""` carrying the raw bytes as payload.
+fn read_dead(id: Value, mut bytes: Value, info: Value) -> Option<DeadLetter> {
+    let id: MessageId = string(&id)?.parse().ok()?;
+    let raw = Bytes::from(take_bytes(&mut bytes).unwrap_or_default());
+    let info = string(&info).unwrap_or_default();
+    let mut parts = info.splitn(4, '|');
+    let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0u32);
+    let failed_at = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0u64);
+    let _priority = parts.next();
+    let error = parts.next().unwrap_or("").to_string();
+    let mut message = match wire::decode(&raw) {
+        Ok(m) => m,
+        Err(_) => {
+            let mut m = Message::new("", raw);
+            m.id = id;
+            m
+        }
+    };
+    message.attempt = attempts;
+    Some(DeadLetter {
+        message,
+        error,
+        attempts,
+        failed_at,
+    })
+}
+
+fn read_dead_list(operation: &'static str, reply: Value) -> Result<Vec<DeadLetter>> {
+    let items = array(reply).ok_or_else(|| bad_reply(operation, "not an array"))?;
+    let mut out = Vec::with_capacity(items.len() / 3);
+    let mut it = items.into_iter();
+    while let (Some(id), Some(bytes), Some(info)) = (it.next(), it.next(), it.next()) {
+        if let Some(d) = read_dead(id, bytes, info) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<Value>)> {
+    let items = array(reply).ok_or_else(|| bad_reply(operation, "not an array"))?;
+    if items.len() < 11 {
+        return Err(bad_reply(operation, "stats reply is too short"));
+    }
+    let n = |i: usize| uint(&items[i]).unwrap_or(0);
+    let stats = QueueStats {
+        ready: [n(0), n(1), n(2), n(3)],
+        delayed: n(4),
+        in_flight: n(5),
+        dead: n(6),
+        published: n(7),
+        acked: n(8),
+        retried: n(9),
+        dead_lettered: n(10),
+    };
+    Ok((stats, items.into_iter().skip(11).collect()))
+}
+
+/// The operations that act on a queue or on a consumer group alike.
+impl RedisBackend {
+    async fn run(&self, operation: &'static str, script: &Lua, cmd: &Cmd) -> Result<Value> {
+        let mut conn = self.conn();
+        script.run(&mut conn, cmd).await.map_err(|e| {
+            let e = map_err(operation, e);
+            tracing::debug!(script = script.name(), error = %e, "courier redis: script failed");
+            e
+        })
+    }
+
+    pub(crate) async fn claim_with(
+        &self,
+        script: &Lua,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        max: usize,
+    ) -> Result<Claimed> {
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        cmd.arg(max);
+        let reply = self.run("receive", script, &cmd).await?;
+        read_claim("receive", reply)
+    }
+
+    /// One claim on a queue or group, run on a task of its own: if the caller's `receive`
+    /// future is dropped while the script runs, the task releases what it leased (the attempt
+    /// not counted, back at the front), so a cancelled receive never strands messages until
+    /// their leases expire. Stored entries that cannot be decoded are buried here.
+    pub(crate) async fn claim_detached(&self, origin: Origin, max: usize) -> Result<Claimed> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let task_origin = origin.clone();
+        tokio::spawn(async move {
+            let result = this.claim_origin(&task_origin, max).await;
+            if let Err(Ok(Claimed::Got { deliveries, .. })) = tx.send(result) {
+                this.release_orphans(&task_origin, deliveries).await;
+            }
+        });
+        // If this future is dropped after the task answered but before the answer was taken,
+        // the guard releases what the answer holds.
+        let mut guard = ClaimGuard {
+            rx: Some(rx),
+            backend: self.clone(),
+            origin,
+        };
+        let rx = guard
+            .rx
+            .as_mut()
+            .ok_or_else(|| bad_reply("receive", "no claim channel"))?;
+        let answer = rx.await;
+        guard.rx = None;
+        answer.map_err(|_| {
+            Error::new(ErrorKind::Backend, "the claim task ended without an answer")
+                .with_backend(BACKEND_NAME)
+                .with_operation("receive")
+        })?
+    }
+
+    /// Give back deliveries nobody will handle (a cancelled receive): released, so the attempt
+    /// does not count and they are first in line again.
+    async fn release_orphans(&self, origin: &Origin, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let ops = deliveries
+            .into_iter()
+            .map(|d| Settle::Release(d.lease))
+            .collect();
+        let (keys, config, retention) = self.origin_parts(origin);
+        if let Err(e) = self
+            .settle_with(&keys, &config, origin.mode(retention), ops)
+            .await
+        {
+            tracing::warn!(error = %e, "courier redis: releasing the messages of a cancelled receive failed; their leases will expire");
+        }
+    }
+
+    async fn claim_origin(&self, origin: &Origin, max: usize) -> Result<Claimed> {
+        let (keys, config, retention) = self.origin_parts(origin);
+        let mode = origin.mode(retention);
+        let script = match origin {
+            Origin::Queue(_) => &self.inner.scripts.claim,
+            Origin::Group { .. } => &self.inner.scripts.group_claim,
+        };
+        match self.claim_with(script, &keys, &config, mode, max).await? {
+            Claimed::Got {
+                deliveries,
+                undecodable,
+            } => {
+                if !undecodable.is_empty() {
+                    self.bury_undecodable(&keys, &config, mode, undecodable)
+                        .await;
+                }
+                Ok(Claimed::Got {
+                    deliveries,
+                    undecodable: Vec::new(),
+                })
+            }
+            empty => Ok(empty),
+        }
+    }
+
+    fn origin_parts(&self, origin: &Origin) -> (Vec<String>, QueueConfig, Retention) {
+        match origin {
+            Origin::Queue(q) => (
+                self.queue_keys(q),
+                self.queue_config(q),
+                Retention::default(),
+            ),
+            Origin::Group { topic, group } => (
+                keys::group(&self.inner.prefix, topic, group),
+                EventBus::group_config(self, topic, group),
+                self.retention(topic),
+            ),
+        }
+    }
+
+    /// Bury stored entries that could not be decoded (Q10): they go to dead letters with the
+    /// decode error, and the consumer keeps running.
+    pub(crate) async fn bury_undecodable(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        bad: Vec<(Lease, String)>,
+    ) {
+        for (lease, error) in &bad {
+            tracing::warn!(id = %lease.id, error = %error, "courier redis: stored message cannot be decoded; moving it to dead letters");
+        }
+        let ops = bad
+            .into_iter()
+            .map(|(lease, error)| Settle::Bury { lease, error })
+            .collect();
+        if let Err(e) = self.settle_with(keys, config, mode, ops).await {
+            tracing::warn!(error = %e, "courier redis: burying undecodable messages failed; their leases will expire");
+        }
+    }
+
+    pub(crate) async fn settle_with(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        ops: Vec<Settle>,
+    ) -> Result<Vec<Result<()>>> {
+        let script = &self.inner.scripts.settle;
+        let mut out = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(SETTLE_CHUNK) {
+            let mut cmd = script.call(keys);
+            common_args(&mut cmd, config, mode);
+            cmd.arg(chunk.len());
+            for op in chunk {
+                let (kind, lease) = match op {
+                    Settle::Ack(l) => ("a", l),
+                    Settle::Retry { lease, .. } => ("r", lease),
+                    Settle::Bury { lease, .. } => ("b", lease),
+                    Settle::Release(l) => ("l", l),
+                };
+                cmd.arg(kind).arg(member(lease));
+                match op {
+                    Settle::Retry { delay, .. } => cmd.arg(ms_ceil(*delay)),
+                    Settle::Bury { error, .. } => cmd.arg(error.as_str()),
+                    _ => cmd.arg(""),
+                };
+            }
+            let reply = self.run("settle", script, &cmd).await?;
+            let items = array(reply).ok_or_else(|| bad_reply("settle", "not an array"))?;
+            if items.len() != chunk.len() {
+                return Err(bad_reply("settle", "one result per operation expected"));
+            }
+            for (op, r) in chunk.iter().zip(items) {
+                out.push(if int(&r) == Some(1) {
+                    Ok(())
+                } else {
+                    Err(lease_lost("settle", op.lease()))
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn extend_with(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        lease: &Lease,
+        visibility: Duration,
+    ) -> Result<Lease> {
+        let script = &self.inner.scripts.extend;
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        cmd.arg(member(lease)).arg(ms_ceil(visibility));
+        let reply = self.run("extend", script, &cmd).await?;
+        let items = array(reply).ok_or_else(|| bad_reply("extend", "not an array"))?;
+        if items.first().and_then(int) != Some(1) || items.len() < 2 {
+            return Err(lease_lost("extend", lease));
+        }
+        Ok(Lease {
+            deadline_ms: uint(&items[1]).unwrap_or(lease.deadline_ms),
+            ..*lease
+        })
+    }
+
+    pub(crate) async fn stats_with(
+        &self,
+        script: &Lua,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+    ) -> Result<(QueueStats, Vec<Value>)> {
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        let reply = self.run("stats", script, &cmd).await?;
+        read_stats("stats", reply)
+    }
+
+    pub(crate) async fn dead_page_with(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        page: Page,
+    ) -> Result<Vec<DeadLetter>> {
+        if page.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let script = &self.inner.scripts.dead_read;
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        let cap = 1u64 << 40;
+        cmd.arg("page")
+            .arg((page.offset as u64).min(cap))
+            .arg((page.limit as u64).min(cap));
+        let reply = self.run("dead_letters", script, &cmd).await?;
+        read_dead_list("dead_letters", reply)
+    }
+
+    pub(crate) async fn dead_get_with(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        id: MessageId,
+    ) -> Result<Option<DeadLetter>> {
+        let script = &self.inner.scripts.dead_read;
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        cmd.arg("id").arg(id.to_string());
+        let reply = self.run("dead_letter", script, &cmd).await?;
+        Ok(read_dead_list("dead_letter", reply)?.into_iter().next())
+    }
+
+    /// Requeue (`requeue = true`) or purge dead letters, in bounded script calls.
+    pub(crate) async fn dead_move_with(
+        &self,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        requeue: bool,
+        which: Selection,
+    ) -> Result<u64> {
+        let operation = if requeue {
+            "requeue_dead"
+        } else {
+            "purge_dead"
+        };
+        let script = &self.inner.scripts.dead_move;
+        let action = if requeue { "requeue" } else { "purge" };
+        let mut total = 0u64;
+        match which {
+            Selection::All => loop {
+                let mut cmd = script.call(keys);
+                common_args(&mut cmd, config, mode);
+                cmd.arg(action).arg("all").arg(DEAD_CHUNK);
+                let reply = self.run(operation, script, &cmd).await?;
+                let n = uint(&reply).unwrap_or(0);
+                total += n;
+                if n < DEAD_CHUNK as u64 {
+                    break;
+                }
+            },
+            Selection::Ids(ids) => {
+                for chunk in ids.chunks(DEAD_CHUNK) {
+                    let mut cmd = script.call(keys);
+                    common_args(&mut cmd, config, mode);
+                    cmd.arg(action).arg("ids");
+                    for id in chunk {
+                        cmd.arg(id.to_string());
+                    }
+                    let reply = self.run(operation, script, &cmd).await?;
+                    total += uint(&reply).unwrap_or(0);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Block until the queue's wake-up list gets a token or `block` passes.
+    async fn wait_queue(&self, wake_key: &str, block: Duration) -> Result<()> {
+        let secs = (block + crate::wait::SERVER_SLACK).as_secs_f64();
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(wake_key).arg(format!("{secs:.3}"));
+        self.inner
+            .waiters
+            .run("receive", &cmd, block, &self.inner.conn)
+            .await?;
+        Ok(())
+    }
+
+    fn check_queue(&self, queue: &str, operation: &'static str) -> Result<()> {
+        validate_name("queue", queue).map_err(tag(operation))
+    }
+
+    fn queue_keys(&self, queue: &str) -> Vec<String> {
+        keys::queue(&self.inner.prefix, queue)
+    }
+}
+
+pub(crate) fn check_max(max: usize) -> Result<()> {
+    if max == 0 {
+        return Err(tag("receive")(Error::invalid(
+            "receive max must be at least 1",
+        )));
+    }
+    Ok(())
+}
+
+/// How long to block before looking again: until the end of the wait, or the next due time.
+pub(crate) fn block_for(end: Instant, next_due_ms: i64) -> Option<Duration> {
+    let now = Instant::now();
+    if now >= end {
+        return None;
+    }
+    let mut block = end - now;
+    if next_due_ms >= 0 {
+        // +1 ms: the script compares "due <= now" on whole server milliseconds.
+        block = block.min(Duration::from_millis(next_due_ms as u64 + 1));
+    }
+    Some(block.max(Duration::from_millis(1)))
+}
+
+/// The end of a wait of `wait` from now (saturating far in the future).
+pub(crate) fn wait_end(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
+#[async_trait]
+impl Queue for RedisBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
+        self.check_queue(queue, "configure")?;
+        config.validate().map_err(tag("configure"))?;
+        self.inner
+            .queue_configs
+            .write()
+            .insert(queue.to_string(), config);
+        Ok(())
+    }
+
+    fn queue_config(&self, queue: &str) -> QueueConfig {
+        self.inner
+            .queue_configs
+            .read()
+            .get(queue)
+            .copied()
+            .unwrap_or(self.inner.default_config)
+    }
+
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        self.check_queue(queue, "publish")?;
+        let config = self.queue_config(queue);
+        // The whole batch is checked and encoded before anything is sent (Q7, Q10).
+        validate_publish(queue, &config, &messages).map_err(tag("publish"))?;
+        let now = self.inner.clock.now_ms();
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut encoded = Vec::with_capacity(messages.len());
+        for (i, mut m) in messages.into_iter().enumerate() {
+            m.prepare_for_publish(now);
+            let bytes = wire::encode(&m).map_err(|e| {
+                tag("publish")(Error::new(
+                    e.kind(),
+                    format!("message {i} of the batch: {}", e.message()),
+                ))
+            })?;
+            let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
+            ids.push(m.id);
+            encoded.push((m.id, m.priority.index(), delay, bytes));
+        }
+        let keys = self.queue_keys(queue);
+        let script = &self.inner.scripts.publish;
+        let mut stored = 0usize;
+        let mut rest = &encoded[..];
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut size = 0;
+            while n < rest.len() && n < PUBLISH_CHUNK && (n == 0 || size < PUBLISH_CHUNK_BYTES) {
+                size += rest[n].3.len();
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            let mut cmd = script.call(&keys);
+            common_args(&mut cmd, &config, Mode::Queue);
+            cmd.arg(chunk.len());
+            for (id, p, delay, bytes) in chunk {
+                cmd.arg(id.to_string()).arg(*p).arg(*delay).arg(&bytes[..]);
+            }
+            if let Err(e) = self.run("publish", script, &cmd).await {
+                // Leading chunks are stored; the failed one may or may not be.
+                return Err(e.with_stored(stored));
+            }
+            stored += chunk.len();
+            rest = tail;
+        }
+        Ok(ids)
+    }
+
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.check_queue(queue, "receive")?;
+        check_max(max)?;
+        let wake_key = self.queue_keys(queue).swap_remove(keys::QUEUE_WAKE);
+        let origin = Origin::Queue(queue.to_string());
+        let end = wait_end(wait);
+        loop {
+            match self.claim_detached(origin.clone(), max).await? {
+                Claimed::Got { deliveries, .. } => {
+                    // Empty only when every claimed entry was undecodable (now buried): look
+                    // again at once.
+                    if !deliveries.is_empty() || Instant::now() >= end {
+                        return Ok(deliveries);
+                    }
+                }
+                Claimed::Empty { next_due_ms, .. } => {
+                    let Some(block) = block_for(end, next_due_ms) else {
+                        return Ok(Vec::new());
+                    };
+                    self.wait_queue(&wake_key, block).await?;
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        self.check_queue(queue, "settle")?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = self.queue_config(queue);
+        self.settle_with(&self.queue_keys(queue), &config, Mode::Queue, ops)
+            .await
+    }
+
+    async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        self.check_queue(queue, "extend")?;
+        let config = self.queue_config(queue);
+        self.extend_with(
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            lease,
+            visibility,
+        )
+        .await
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.check_queue(queue, "stats")?;
+        let config = self.queue_config(queue);
+        let script = &self.inner.scripts.stats;
+        Ok(self
+            .stats_with(script, &self.queue_keys(queue), &config, Mode::Queue)
+            .await?
+            .0)
+    }
+
+    async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.check_queue(queue, "dead_letters")?;
+        let config = self.queue_config(queue);
+        self.dead_page_with(&self.queue_keys(queue), &config, Mode::Queue, page)
+            .await
+    }
+
+    async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter> {
+        self.check_queue(queue, "dead_letter")?;
+        let config = self.queue_config(queue);
+        self.dead_get_with(&self.queue_keys(queue), &config, Mode::Queue, id)
+            .await?
+            .ok_or_else(|| {
+                tag("dead_letter")(Error::not_found(format!(
+                    "no dead letter {id} in queue {queue:?}"
+                )))
+            })
+    }
+
+    async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.check_queue(queue, "requeue_dead")?;
+        let config = self.queue_config(queue);
+        self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, true, which)
+            .await
+    }
+
+    async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        self.check_queue(queue, "purge_dead")?;
+        let config = self.queue_config(queue);
+        self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, false, which)
+            .await
+    }
+}

@@ -1,0 +1,86 @@
+-- group_claim.lua: lease up to n events of a topic for one consumer group (E2, E3, E4).
+--
+-- Atomic: maintenance (expired leases, due retries), the read of new events from the topic's
+-- stream with XREADGROUP (which moves the group's cursor and records the entries in its
+-- pending list) and the leases are one script run. An event read from the log is leased in
+-- the same step, so no crash or cancelled call can leave it read but unowned. The group is
+-- created on first use at the start of the retained log (XGROUP CREATE ... 0 MKSTREAM).
+--
+-- Events being handled, waiting for a retry or dead keep a copy of their bytes in the
+-- group's msgs hash: the log may be trimmed by retention meanwhile.
+--
+-- ARGV[A]: n.
+-- Reply: as claim.lua; when nothing was leased:
+--   { now, 0, next_due_ms, last id of the log, last id of the wake stream }.
+
+local function last_id(key)
+  local r = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if r[1] then return r[1][1] end
+  return '0-0'
+end
+
+local now = now_ms()
+maintain(now)
+local n = tonumber(ARGV[A])
+local es, ps = take(n)
+local ids, atts = {}, {}
+for i = 1, #es do ids[i], atts[i] = entry_parse(es[i]) end
+local bytes = nil
+-- Pull from the log only as many events as can be leased now (so `lag` stays meaningful);
+-- an event emitted with a delay waits it out in the group's delayed set first.
+local created = false
+local pulled = 0
+local rounds = 0
+while #ids < n and rounds < 8 do
+  rounds = rounds + 1
+  local read = { 'XREADGROUP', 'GROUP', GROUP, 'courier', 'COUNT', n - #ids, 'STREAMS', K_LOG, '>' }
+  local r = redis.pcall(unpack(read))
+  if type(r) == 'table' and r.err then
+    if created or not string.find(r.err, 'NOGROUP', 1, true) then
+      return redis.error_reply(r.err)
+    end
+    redis.call('XGROUP', 'CREATE', K_LOG, GROUP, '0', 'MKSTREAM')
+    created = true
+    r = redis.call(unpack(read))
+  end
+  if not (r and r[1]) or #r[1][2] == 0 then break end
+  if not bytes then bytes = vget('HMGET', K_MSGS, ids) end
+  local hm, hi, z = {}, {}, {}
+  local entries = r[1][2]
+  for i = 1, #entries do
+    local sid = entries[i][1]
+    local f = entries[i][2]
+    local id, m, d = nil, nil, 0
+    for j = 1, #f, 2 do
+      local name = f[j]
+      if name == 'i' then id = f[j + 1]
+      elseif name == 'm' then m = f[j + 1]
+      elseif name == 'd' then d = tonumber(f[j + 1]) or 0 end
+    end
+    if id and m then
+      pulled = pulled + 1
+      hm[#hm + 1] = id
+      hm[#hm + 1] = m
+      hi[#hi + 1] = id
+      hi[#hi + 1] = sid
+      if d > now then
+        z[#z + 1] = d
+        z[#z + 1] = '2|' .. id
+      else
+        local k = #ids + 1
+        ids[k], atts[k], ps[k], bytes[k] = id, 0, 2, m
+      end
+    else
+      -- Not an event written by Courier: skip it for good.
+      redis.call('XACK', K_LOG, GROUP, sid)
+    end
+  end
+  vcall('HSET', K_MSGS, hm)
+  vcall('HSET', K_INFO, hi)
+  delay_add(z)
+end
+count('published', pulled)
+if #ids == 0 then
+  return { now, 0, next_due(now), last_id(K_LOG), last_id(K_WAKE) }
+end
+return lease(ids, atts, ps, bytes, now)

@@ -1,0 +1,482 @@
+-- lib.lua: the shared part of every queue and consumer-group script. It is prepended to each
+-- script at build time (see src/scripts.rs), so every script is one self-contained EVAL body.
+--
+-- Why scripts: Redis runs a script to completion with no other command interleaved, so each
+-- state change below (and the maintenance it starts with) is atomic. A crash of a client can
+-- never leave a message half moved: it is in exactly one of ready / delayed / leased / dead
+-- (Q9). Time comes from the server (`TIME`), never from a client clock.
+--
+-- Speed: per message, the hot paths (publish, claim, ack) touch one field or member in a few
+-- variadic commands (one HSET / HMGET / ZADD / ZREM / HDEL for the whole batch), with no
+-- per-message command: publish writes the bytes and a list entry, claim pops the entry, reads
+-- the bytes and adds a lease member, ack checks and removes the member and deletes the bytes.
+-- What a message needs besides its bytes travels with it instead of living in another hash:
+-- its attempt count in its list entry and lease member, its priority in its list (and in the
+-- low two bits of its lease token), its max_attempts override in its wire header.
+--
+-- KEYS: the same layout for every script, all sharing one hash tag (one cluster slot):
+--   1..4  ready lists, one per priority, Critical first. Entry: "id" (never delivered) or
+--         "id|attempts" (deliveries counted so far). A consumer group passes its one ready
+--         list four times (events have no priority order).
+--   5     msgs      HASH id -> wire bytes (courier_core::wire); a dead letter's bytes live under
+--                   its dead key "id#seq" instead (so a replayed or re-published id never
+--                   collides with its dead copy)
+--   6     info      HASH id -> stream id of the event (consumer groups only)
+--   7     delayed   ZSET "priority|entry" -> due_ms * 1024 + (sequence mod 1024): due order,
+--                   and insertion order among messages due in the same millisecond
+--   8     leases    ZSET "id|token|attempt" -> lease deadline (ms). The member names the
+--                   delivery, so one lookup checks token and deadline. token mod 4 = priority.
+--   9     dead      ZSET "id#seq" -> seq, the burial sequence number (oldest first)
+--   10    deadidx   ZSET "id#seq" -> 0 (finds an id's dead letters with ZRANGEBYLEX)
+--   11    deadinfo  HASH "id#seq" -> "attempts|failed_at_ms|priority|error"
+--   12    counters  HASH published / acked / retried / dead_lettered / token / *_seq
+--   13    wake      queue: LIST of wake-up tokens (consumers BLPOP it);
+--                   group: STREAM of wake-up entries (consumers XREAD it)
+--   14    log       group only: the topic's STREAM
+--
+-- ARGV[1..12] (every script):
+--   visibility_ms, max_attempts, base_ms, factor, max_delay_ms, jitter, seed,
+--   dead_letter (1/0), mode ('q' queue, 'g' group), group name, retention max_len (-1 = none),
+--   retention max_age_ms (0 = none).
+-- The script's own arguments start at ARGV[13] (`A`).
+
+local K_READY = { KEYS[1], KEYS[2], KEYS[3], KEYS[4] }
+local K_MSGS = KEYS[5]
+local K_INFO = KEYS[6]
+local K_DELAYED = KEYS[7]
+local K_LEASES = KEYS[8]
+local K_DEAD = KEYS[9]
+local K_DEADIDX = KEYS[10]
+local K_DEADINFO = KEYS[11]
+local K_COUNTERS = KEYS[12]
+local K_WAKE = KEYS[13]
+local K_LOG = KEYS[14]
+
+local VIS = tonumber(ARGV[1])
+local MAX_ATTEMPTS = tonumber(ARGV[2])
+local BASE = tonumber(ARGV[3])
+local FACTOR = tonumber(ARGV[4])
+local MAX_DELAY = tonumber(ARGV[5])
+local JITTER = tonumber(ARGV[6])
+local DEAD_LETTER = ARGV[8] == '1'
+local GROUP_MODE = ARGV[9] == 'g'
+local GROUP = ARGV[10]
+local RET_MAX_LEN = tonumber(ARGV[11])
+local RET_MAX_AGE = tonumber(ARGV[12])
+local A = 13
+
+-- Scripts are effect-replicated (Redis >= 5), so a seeded generator is allowed; the client
+-- passes a fresh random seed with every call.
+math.randomseed(tonumber(ARGV[7]))
+
+-- Bounds on the maintenance done by one call, so a script never blocks the server for long.
+local RECLAIM_MAX = 1000
+local PROMOTE_MAX = 1000
+local WAKE_CAP = 64
+local CHUNK = 4000 -- arguments per variadic command (Lua's unpack has a stack limit)
+local DSEQ = 1024
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- One variadic command over a long argument list, in chunks of CHUNK arguments (CHUNK is
+-- even, so field/value and score/member pairs are never split).
+local function vcall(cmd, key, args)
+  local n = #args
+  if n == 0 then return end
+  if n <= CHUNK then
+    redis.call(cmd, key, unpack(args))
+    return
+  end
+  local i = 1
+  while i <= n do
+    local j = i + CHUNK - 1
+    if j > n then j = n end
+    redis.call(cmd, key, unpack(args, i, j))
+    i = j + 1
+  end
+end
+
+-- HMGET / ZMSCORE over a long field list; missing entries come back as false.
+local function vget(cmd, key, fields)
+  local n = #fields
+  if n == 0 then return {} end
+  if n <= CHUNK then return redis.call(cmd, key, unpack(fields)) end
+  local out = {}
+  local k = 0
+  local i = 1
+  while i <= n do
+    local j = i + CHUNK - 1
+    if j > n then j = n end
+    local r = redis.call(cmd, key, unpack(fields, i, j))
+    for x = 1, j - i + 1 do
+      k = k + 1
+      out[k] = r[x]
+    end
+    i = j + 1
+  end
+  return out
+end
+
+-- A ready entry: "id" or "id|attempts".
+local function entry(id, att)
+  if att > 0 then return id .. '|' .. att end
+  return id
+end
+
+local function entry_parse(e)
+  local bar = string.find(e, '|', 1, true)
+  if not bar then return e, 0 end
+  return string.sub(e, 1, bar - 1), tonumber(string.sub(e, bar + 1))
+end
+
+-- A lease member "id|token|attempt" -> id, token, attempt.
+local function member_parse(m)
+  local id, tok, att = string.match(m, '^(.*)|(%d+)|(%d+)$')
+  return id, tonumber(tok), tonumber(att)
+end
+
+-- The max_attempts override from a message's wire header (version 1: bytes 23..26 from 0,
+-- big-endian u32; docs/wire-format.md). 0 = none, also for bytes that are not Courier's.
+local function max_override(bytes)
+  if not bytes or #bytes < 43 or string.byte(bytes, 1) ~= 199 or string.byte(bytes, 2) ~= 1 then
+    return 0
+  end
+  local b1, b2, b3, b4 = string.byte(bytes, 24, 27)
+  return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+end
+
+-- The retry delay after failed attempt `attempt` (1-based), in whole ms (rounded up).
+-- This mirrors courier_core::RetryPolicy::delay, a pure function:
+--   d = min(max_delay, base * factor^(attempt-1)), then uniform within [d(1-j), d(1+j)].
+-- With jitter 0 both give exactly the same delay (tested in src/scripts.rs).
+local function backoff_ms(attempt)
+  local exp = attempt - 1
+  if exp < 0 then exp = 0 end
+  if exp > 1000 then exp = 1000 end
+  local d = BASE * (FACTOR ^ exp)
+  if d ~= d or d >= MAX_DELAY then d = MAX_DELAY end
+  if JITTER > 0 and d > 0 then
+    local spread = (math.random() * 2 - 1) * JITTER
+    d = d * (1 + spread)
+    if d < 0 then d = 0 end
+  end
+  return math.ceil(d - 1e-9)
+end
+
+local function count(field, n)
+  if n > 0 then redis.call('HINCRBY', K_COUNTERS, field, n) end
+end
+
+-- Add (due, member) pairs (flat list: due1, m1, due2, m2, ...) to the delayed set, in order.
+local function delay_add(z)
+  local n = #z / 2
+  if n == 0 then return end
+  local seq = redis.call('HINCRBY', K_COUNTERS, 'delay_seq', n) - n
+  for i = 1, #z, 2 do
+    seq = seq + 1
+    z[i] = z[i] * DSEQ + (seq % DSEQ)
+  end
+  vcall('ZADD', K_DELAYED, z)
+end
+
+-- Tell idle consumers that something changed (new ready messages, or a new earliest due
+-- time). A queue pushes up to n tokens (one BLPOP waiter wakes per token); a group appends
+-- one entry to its wake stream (every XREAD waiter wakes).
+local function wake(n)
+  if n <= 0 then return end
+  if GROUP_MODE then
+    redis.call('XADD', K_WAKE, 'MAXLEN', '~', 16, '*', 'w', '1')
+    return
+  end
+  if n > WAKE_CAP then n = WAKE_CAP end
+  local t = {}
+  for i = 1, n do t[i] = '1' end
+  redis.call('LPUSH', K_WAKE, unpack(t))
+  redis.call('LTRIM', K_WAKE, 0, WAKE_CAP - 1)
+end
+
+-- A group's stream entries are acknowledged when the group is done with them for good
+-- (acked, buried, discarded): the group's pending entries list then holds exactly the events
+-- it still owes.
+local function xack(ids)
+  if not GROUP_MODE or #ids == 0 then return end
+  local sids = vget('HMGET', K_INFO, ids)
+  local out, k = {}, 0
+  for i = 1, #ids do
+    if sids[i] then
+      k = k + 1
+      out[k] = sids[i]
+    end
+  end
+  local i = 1
+  while i <= k do
+    local j = i + CHUNK - 1
+    if j > k then j = k end
+    redis.pcall('XACK', K_LOG, GROUP, unpack(out, i, j))
+    i = j + 1
+  end
+end
+
+-- Remove messages for good (ack, discard).
+local function forget(ids)
+  if #ids == 0 then return end
+  vcall('HDEL', K_MSGS, ids)
+  if GROUP_MODE then
+    xack(ids)
+    vcall('HDEL', K_INFO, ids)
+  end
+end
+
+-- Move messages to the dead-letter store (or discard them when dead letters are off).
+-- ids, atts (deliveries made), ps (priorities), errs: parallel lists. Each dead letter gets its
+-- own key "id#seq", so the same id may be dead more than once (as in the reference model).
+local function bury(ids, atts, ps, errs, now)
+  local n = #ids
+  if n == 0 then return end
+  if DEAD_LETTER then
+    local bytes = vget('HMGET', K_MSGS, ids)
+    local seq = redis.call('HINCRBY', K_COUNTERS, 'dead_seq', n) - n
+    local z, x, h, m = {}, {}, {}, {}
+    for i = 1, n do
+      local key = ids[i] .. '#' .. (seq + i)
+      z[2 * i - 1] = seq + i
+      z[2 * i] = key
+      x[2 * i - 1] = 0
+      x[2 * i] = key
+      h[2 * i - 1] = key
+      h[2 * i] = atts[i] .. '|' .. now .. '|' .. ps[i] .. '|' .. errs[i]
+      m[2 * i - 1] = key
+      m[2 * i] = bytes[i] or ''
+    end
+    vcall('ZADD', K_DEAD, z)
+    vcall('ZADD', K_DEADIDX, x)
+    vcall('HSET', K_DEADINFO, h)
+    vcall('HSET', K_MSGS, m)
+  end
+  forget(ids)
+  count('dead_lettered', n)
+end
+
+-- The dead keys of the given ids (every dead letter of each), oldest first.
+local function dead_keys_of(ids)
+  local keys = {}
+  local seen = {}
+  for i = 1, #ids do
+    local id = ids[i]
+    if not seen[id] then
+      seen[id] = true
+      for _, k in ipairs(redis.call('ZRANGEBYLEX', K_DEADIDX, '[' .. id .. '#', '[' .. id .. '#~')) do
+        keys[#keys + 1] = { tonumber(string.match(k, '#(%d+)$')), k }
+      end
+    end
+  end
+  table.sort(keys, function(a, b) return a[1] < b[1] end)
+  local out = {}
+  for i = 1, #keys do out[i] = keys[i][2] end
+  return out
+end
+
+-- The id of a dead key "id#seq".
+local function dead_id(key)
+  return string.match(key, '^(.*)#%d+$')
+end
+
+-- Make messages ready again after `delay` ms: at the back of their priority level when due
+-- now, else in the delayed set. Returns how many became ready now, and how many were delayed.
+local function schedule(ids, atts, ps, delays, now)
+  local n = #ids
+  if n == 0 then return 0, 0 end
+  local z, zk = {}, 0
+  local ready = { {}, {}, {}, {} }
+  local nready = 0
+  for i = 1, n do
+    local e = entry(ids[i], atts[i])
+    if delays[i] <= 0 then
+      local r = ready[ps[i] + 1]
+      r[#r + 1] = e
+      nready = nready + 1
+    else
+      z[zk + 1] = now + delays[i]
+      z[zk + 2] = ps[i] .. '|' .. e
+      zk = zk + 2
+    end
+  end
+  for p = 1, 4 do vcall('RPUSH', K_READY[p], ready[p]) end
+  delay_add(z)
+  return nready, zk / 2
+end
+
+-- Expired leases count as failed attempts: retry after the policy's backoff, or dead letter
+-- "lease expired" when out of attempts. Bounded per call.
+local function reclaim(now)
+  local members = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
+  local n = #members
+  if n == 0 then return 0 end
+  vcall('ZREM', K_LEASES, members)
+  local ids, toks, atts = {}, {}, {}
+  for i = 1, n do ids[i], toks[i], atts[i] = member_parse(members[i]) end
+  local bytes = vget('HMGET', K_MSGS, ids)
+  local r_ids, r_atts, r_ps, r_delays = {}, {}, {}, {}
+  local d_ids, d_atts, d_ps, d_errs = {}, {}, {}, {}
+  for i = 1, n do
+    if bytes[i] then
+      local a = atts[i]
+      local p = toks[i] % 4
+      local limit = MAX_ATTEMPTS
+      local max = max_override(bytes[i])
+      if max > 0 then limit = max end
+      if limit < 1 then limit = 1 end
+      if a >= limit then
+        local k = #d_ids + 1
+        d_ids[k], d_atts[k], d_ps[k], d_errs[k] = ids[i], a, p, 'lease expired'
+      else
+        local k = #r_ids + 1
+        r_ids[k], r_atts[k], r_ps[k], r_delays[k] = ids[i], a, p, backoff_ms(a)
+      end
+    end
+  end
+  local nready, ndelayed = schedule(r_ids, r_atts, r_ps, r_delays, now)
+  count('retried', #r_ids)
+  bury(d_ids, d_atts, d_ps, d_errs, now)
+  return nready + ndelayed
+end
+
+-- Move due delayed messages to the back of their priority level, oldest due first.
+-- Bounded per call.
+local function promote(now)
+  local members = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now * DSEQ + DSEQ - 1, 'LIMIT',
+    0, PROMOTE_MAX)
+  local n = #members
+  if n == 0 then return 0 end
+  vcall('ZREM', K_DELAYED, members)
+  local ready = { {}, {}, {}, {} }
+  for i = 1, n do
+    local m = members[i]
+    local r = ready[tonumber(string.sub(m, 1, 1)) + 1]
+    r[#r + 1] = string.sub(m, 3)
+  end
+  for p = 1, 4 do vcall('RPUSH', K_READY[p], ready[p]) end
+  return n
+end
+
+-- Pop up to n entries, highest priority first, FIFO within a level. Returns the entries and
+-- their priorities.
+local function take(n)
+  local es, ps = {}, {}
+  if n <= 0 then return es, ps end
+  local levels = 4
+  if GROUP_MODE then levels = 1 end
+  local k = 0
+  for p = 1, levels do
+    local want = n - k
+    if want <= 0 then break end
+    local got = redis.call('LPOP', K_READY[p], want)
+    if got then
+      for i = 1, #got do
+        k = k + 1
+        es[k] = got[i]
+        ps[k] = p - 1
+      end
+    end
+  end
+  if GROUP_MODE then
+    for i = 1, k do ps[i] = 2 end
+  end
+  return es, ps
+end
+
+-- Lease messages: attempts + 1, a fresh token each, deadline now + VIS. ids, atts (counted so
+-- far), ps: parallel lists; `bytes` may be given (events just read from a stream). Returns
+-- the reply { now, deadline, -1, member, bytes, ... } where each lease member
+-- "id|token|attempt" tells the client the delivery's id, token and attempt.
+local function lease(ids, atts, ps, bytes, now)
+  local n = #ids
+  local deadline = now + VIS
+  if not bytes then bytes = vget('HMGET', K_MSGS, ids) end
+  local base = redis.call('HINCRBY', K_COUNTERS, 'token', n) - n
+  local out = { now, deadline, -1 }
+  local ok, zk, lost = 3, 0, {}
+  local z = {}
+  -- Number-to-string conversion is the costly part of building a member: attempt numbers
+  -- repeat, so each is formatted once per call.
+  local att_str = {}
+  for i = 1, n do
+    local b = bytes[i]
+    if b then
+      local a = atts[i] + 1
+      local as = att_str[a]
+      if not as then
+        as = tostring(a)
+        att_str[a] = as
+      end
+      local m = ids[i] .. '|' .. ((base + i) * 4 + ps[i]) .. '|' .. as
+      z[zk + 1] = deadline
+      z[zk + 2] = m
+      zk = zk + 2
+      out[ok + 1] = m
+      out[ok + 2] = b
+      ok = ok + 2
+    else
+      lost[#lost + 1] = ids[i]
+    end
+  end
+  vcall('ZADD', K_LEASES, z)
+  if #lost > 0 then forget(lost) end
+  return out
+end
+
+-- Which of the given deliveries (lease members "id|token|attempt") are held right now: the
+-- member exists and its deadline has not passed. A delivery repeated in one batch is held
+-- only once. Returns a list of booleans.
+local function held(members, now)
+  local n = #members
+  local scores = vget('ZMSCORE', K_LEASES, members)
+  local oks, seen = {}, {}
+  for i = 1, n do
+    local s = scores[i]
+    local ok = false
+    if s and tonumber(s) > now and not seen[members[i]] then
+      ok = true
+      seen[members[i]] = true
+    end
+    oks[i] = ok
+  end
+  return oks
+end
+
+-- Milliseconds until the earliest delayed message is due or lease ends (-1: none).
+local function next_due(now)
+  local best = -1
+  local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if d[2] then best = math.floor(tonumber(d[2]) / DSEQ) end
+  local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+  if l[2] and (best < 0 or tonumber(l[2]) < best) then best = tonumber(l[2]) end
+  if best < 0 then return -1 end
+  local ms = best - now
+  if ms < 0 then ms = 0 end
+  return ms
+end
+
+-- Trim a topic's log to its retention (length and age). Appends trim by length too; this
+-- catches retention changed since, and age passing without appends.
+local function trim_log(now)
+  if not GROUP_MODE then return end
+  if RET_MAX_LEN >= 0 then redis.call('XTRIM', K_LOG, 'MAXLEN', '=', RET_MAX_LEN) end
+  if RET_MAX_AGE > 0 and now - RET_MAX_AGE > 0 then
+    redis.call('XTRIM', K_LOG, 'MINID', '=', (now - RET_MAX_AGE) .. '-0')
+  end
+end
+
+-- The maintenance every call starts with.
+local function maintain(now)
+  trim_log(now)
+  local moved = reclaim(now)
+  promote(now)
+  return moved
+end
+
+-- ---------------------------------------------------------------------------------------
+-- The script body follows.

@@ -1,0 +1,130 @@
+//! Blocking waits (`BLPOP`, `XREAD BLOCK`) on dedicated connections.
+//!
+//! - redis-rs 1.x gives every async connection a 500 ms response timeout by default, which
+//!   would break any longer wait, and a blocking command on a shared multiplexed connection
+//!   would hold up every command pipelined behind it. So each wait takes a connection of its
+//!   own, with no response timeout, from a small pool.
+//! - Redis ends blocked commands on its own timer only at `hz` resolution (up to 100 ms late
+//!   with the default `hz 10`). Waits that must end on time (a due delayed message, a lease
+//!   deadline, the end of a receive) are therefore timed here: the server timeout is only a
+//!   safety net, and when the local timer fires the wait is ended at once with
+//!   `CLIENT UNBLOCK` from the shared connection, so the blocking connection can be reused.
+//! - A wait whose future is dropped drops its connection with it (the server then ends the
+//!   blocked command), so cancelling a receive never leaves a busy connection in the pool.
+
+use std::time::Duration;
+
+use courier_core::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Cmd, Value};
+
+use crate::BACKEND_NAME;
+use crate::error::map_err;
+
+/// Idle blocking connections kept for reuse.
+const MAX_IDLE: usize = 32;
+
+/// How much longer than the local timer the server-side timeout is.
+pub(crate) const SERVER_SLACK: Duration = Duration::from_secs(2);
+
+struct Waiter {
+    conn: MultiplexedConnection,
+    /// `CLIENT ID` of the connection, for `CLIENT UNBLOCK`.
+    id: i64,
+}
+
+pub(crate) struct Waiters {
+    client: Client,
+    config: AsyncConnectionConfig,
+    idle: Mutex<Vec<Waiter>>,
+}
+
+impl Waiters {
+    pub(crate) fn new(client: Client, connection_timeout: Duration) -> Self {
+        Waiters {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connection_timeout))
+                .set_response_timeout(None),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn connect(&self, operation: &'static str) -> Result<Waiter> {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| map_err(operation, e))?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| map_err(operation, e))?;
+        Ok(Waiter { conn, id })
+    }
+
+    /// Run a blocking command for at most `block` (its own server-side timeout must be
+    /// `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
+    /// connection that turns out broken (Redis restarted) is replaced once.
+    pub(crate) async fn run(
+        &self,
+        operation: &'static str,
+        cmd: &Cmd,
+        block: Duration,
+        shared: &ConnectionManager,
+    ) -> Result<Value> {
+        for _ in 0..2 {
+            let pooled = self.idle.lock().pop();
+            let reused = pooled.is_some();
+            let mut waiter = match pooled {
+                Some(w) => w,
+                None => self.connect(operation).await?,
+            };
+            let id = waiter.id;
+            let outcome = {
+                let fut = cmd.query_async::<Value>(&mut waiter.conn);
+                tokio::pin!(fut);
+                tokio::select! {
+                    r = &mut fut => Some(r),
+                    _ = tokio::time::sleep(block) => {
+                        // End the wait now rather than at Redis' next timer tick.
+                        let mut shared = shared.clone();
+                        let unblocked = redis::cmd("CLIENT")
+                            .arg("UNBLOCK")
+                            .arg(id)
+                            .query_async::<Value>(&mut shared)
+                            .await;
+                        match unblocked {
+                            Ok(_) => tokio::time::timeout(SERVER_SLACK, fut).await.ok(),
+                            // Cannot unblock (no permission?): drop the connection instead,
+                            // which ends the command on the server.
+                            Err(_) => None,
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Some(Ok(v)) => {
+                    let mut idle = self.idle.lock();
+                    if idle.len() < MAX_IDLE {
+                        idle.push(waiter);
+                    }
+                    return Ok(v);
+                }
+                None => return Ok(Value::Nil),
+                Some(Err(e)) if reused && (e.is_io_error() || e.is_unrecoverable_error()) => {
+                    continue;
+                }
+                Some(Err(e)) => return Err(map_err(operation, e)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            "Redis connection lost during a wait",
+        )
+        .with_backend(BACKEND_NAME)
+        .with_operation(operation))
+    }
+}
