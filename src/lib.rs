@@ -10,13 +10,21 @@ pub use courier_core::*;
 #[cfg(feature = "memory")]
 pub use courier_memory as memory;
 
+/// The embedded SQLite backend (feature `sqlite`, on by default).
+#[cfg(feature = "sqlite")]
+pub use courier_sqlite as sqlite;
+
+/// The Redis backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub use courier_redis as redis;
+
 /// Connect to a backend by URL and return the [`Courier`] handle.
 ///
 /// | scheme | backend | feature |
 /// |---|---|---|
 /// | `memory://` | in-process, the reference model | `memory` (default) |
-/// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (planned) |
-/// | `redis://`, `rediss://` | Redis | `redis` (planned) |
+/// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (default) |
+/// | `redis://`, `rediss://` | Redis | `redis` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp` (planned) |
 /// | `nats://` | NATS JetStream | `nats` (planned) |
 ///
@@ -41,9 +49,30 @@ pub async fn connect(url: &str) -> Result<Courier> {
         }
         #[cfg(not(feature = "memory"))]
         "memory" => Err(not_compiled(url, "memory")),
-        "sqlite" | "redis" | "rediss" | "amqp" | "amqps" | "nats" => {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let b = courier_sqlite::SqliteBackend::from_url(url).await?;
+            Ok(Courier::new(
+                Arc::new(b.clone()),
+                Arc::new(b.clone()),
+                Arc::new(b),
+            ))
+        }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let b = courier_redis::RedisBackend::from_url(url).await?;
+            Ok(Courier::new(
+                Arc::new(b.clone()),
+                Arc::new(b.clone()),
+                Arc::new(b),
+            ))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(not_compiled(url, "sqlite")),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(not_compiled(url, "redis")),
+        "amqp" | "amqps" | "nats" => {
             let feature = match scheme {
-                "rediss" => "redis",
                 "amqps" => "amqp",
                 s => s,
             };
@@ -150,13 +179,32 @@ mod tests {
         let e = connect("foo://user:secret@h").await.expect_err("unknown");
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(!e.to_string().contains("secret"), "{e}");
-        let e = connect("redis://user:secret@h:6379")
+        // NATS has no backend yet, so it is off in every build.
+        let e = connect("nats://user:secret@h:4222")
             .await
             .expect_err("off");
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.to_string().contains("feature `redis`"), "{e}");
+        assert!(e.to_string().contains("feature `nats`"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(connect("nonsense").await.is_err());
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn sqlite_memory_url_connects() {
+        let c = connect("sqlite::memory:").await.expect("sqlite");
+        let id = c
+            .queue()
+            .publish("facade", Message::new("k", "v"))
+            .await
+            .expect("publish");
+        let d = c
+            .queue()
+            .receive_one("facade", std::time::Duration::from_secs(1))
+            .await
+            .expect("receive")
+            .expect("a delivery");
+        assert_eq!(d.message.id, id);
     }
 
     #[test]
