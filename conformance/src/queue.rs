@@ -1,0 +1,7 @@
+//! Cases: queue.
+
+use crate::Case;
+
+pub(crate) fn cases() -> Vec<Case> {
+    vec![]
+}

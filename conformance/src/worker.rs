@@ -1,0 +1,7 @@
+//! Cases: worker.
+
+use crate::Case;
+
+pub(crate) fn cases() -> Vec<Case> {
+    vec![]
+}
