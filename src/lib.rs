@@ -180,9 +180,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(!e.to_string().contains("secret"), "{e}");
         // NATS has no backend yet, so it is off in every build.
-        let e = connect("nats://user:secret@h:4222")
-            .await
-            .expect_err("off");
+        let e = connect("nats://user:secret@h:4222").await.expect_err("off");
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains("feature `nats`"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
