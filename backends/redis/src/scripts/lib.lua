@@ -310,7 +310,7 @@ local function schedule(ids, atts, ps, delays, now)
 end
 
 -- Expired leases count as failed attempts: retry after the policy's backoff, or dead letter
--- "lease expired" when out of attempts. Bounded per call.
+-- "lease expired" when out of attempts. Bounded per call. Must run before promote().
 local function reclaim(now)
   local members = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
   local n = #members
@@ -338,10 +338,17 @@ local function reclaim(now)
       end
     end
   end
-  local nready, ndelayed = schedule(r_ids, r_atts, r_ps, r_delays, now)
+  -- Through the delayed set even with no backoff: promote() then orders them with messages
+  -- that fell due earlier (by due time), as every backend does, instead of ahead of them.
+  local z = {}
+  for k = 1, #r_ids do
+    z[#z + 1] = now + r_delays[k]
+    z[#z + 1] = r_ps[k] .. '|' .. entry(r_ids[k], r_atts[k])
+  end
+  delay_add(z)
   count('retried', #r_ids)
   bury(d_ids, d_atts, d_ps, d_errs, now)
-  return nready + ndelayed
+  return #r_ids
 end
 
 -- Move due delayed messages to the back of their priority level, oldest due first.
