@@ -4,13 +4,26 @@
 //! [`courier::Worker`] (publish → handler → ack), the rate of the backend's raw primitive on
 //! the same payloads (the baseline), and the latency of one message into an idle queue with a
 //! waiting worker.
+//!
+//! Raw baselines, with the same payloads, batch size and concurrency as the Courier phases:
+//!
+//! | backend | raw primitive |
+//! |---|---|
+//! | `memory://` | a bounded tokio mpsc channel |
+//! | `sqlite://…` | `INSERT` batches and `DELETE … RETURNING` batches, one transaction per batch, on a fresh file next to the backend's (WAL, `synchronous=NORMAL`), one connection per producer and per consumer |
+//! | `redis://…` | pipelined `LPUSH` and pipelined `BLPOP`+`LPOP` on one list, one connection per producer and per consumer |
+//!
+//! A run cleans up after itself: Redis keys of its queues and raw list are deleted, SQLite files
+//! it created are removed, and a pre-existing SQLite file keeps only what it had before
+//! (the publish phase's messages are drained).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier::{Courier, Message, Queue, QueueConfig, QueueExt};
+use courier::{Courier, Message, Queue, QueueConfig, QueueExt, Settle};
 use serde::Serialize;
 
 /// What to measure.
@@ -65,12 +78,13 @@ pub struct Report {
     pub latency_samples: usize,
 }
 
-fn unique(prefix: &str) -> String {
+/// A name unique to this run (queue names, the raw Redis key, temp files).
+fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("bench.{prefix}.{nanos:x}")
+    format!("{:x}{:x}", nanos, std::process::id())
 }
 
 fn payload(n: usize) -> Bytes {
@@ -84,6 +98,16 @@ fn bench_config() -> QueueConfig {
     }
 }
 
+fn backend_err(msg: impl Into<String>) -> courier::Error {
+    courier::Error::new(courier::ErrorKind::Backend, msg.into())
+}
+
+/// How many messages publisher / consumer `t` of `p.concurrency` moves.
+fn share(p: &Params, t: usize) -> usize {
+    let per = p.messages.div_ceil(p.concurrency);
+    per.min(p.messages.saturating_sub(t * per))
+}
+
 /// Publish `messages` in batches from `concurrency` tasks; returns elapsed time.
 async fn publish_all(
     queue: Arc<dyn Queue>,
@@ -92,13 +116,12 @@ async fn publish_all(
     body: &Bytes,
 ) -> courier::Result<Duration> {
     let start = Instant::now();
-    let per = p.messages.div_ceil(p.concurrency);
     let mut tasks = Vec::new();
     for t in 0..p.concurrency {
         let q = queue.clone();
         let name = name.to_string();
         let body = body.clone();
-        let n = per.min(p.messages.saturating_sub(t * per));
+        let n = share(p, t);
         let batch = p.batch.max(1);
         tasks.push(tokio::spawn(async move {
             let mut left = n;
@@ -112,33 +135,146 @@ async fn publish_all(
         }));
     }
     for t in tasks {
-        t.await
-            .map_err(|e| courier::Error::new(courier::ErrorKind::Backend, e.to_string()))??;
+        t.await.map_err(|e| backend_err(e.to_string()))??;
     }
     Ok(start.elapsed())
 }
 
-/// Run every phase.
+/// The backend a run talks to, and what the run must clean up afterwards.
+enum Target {
+    Memory,
+    Sqlite {
+        /// The backend's database file (`None`: in memory).
+        file: Option<PathBuf>,
+        /// Whether this run created `file` (and so removes it).
+        created: bool,
+    },
+    Redis {
+        /// The URL without Courier's `key_prefix` parameter, for the raw client.
+        raw_url: String,
+        /// The backend's key prefix.
+        prefix: String,
+    },
+}
+
+/// Open the backend named by `p.backend`. `sqlite://` without a path gets a temp file.
+async fn open(p: &Params, id: &str) -> courier::Result<(Courier, Target)> {
+    let url = p.backend.as_str();
+    if url.starts_with("sqlite:") {
+        let file = match url {
+            "sqlite::memory:" | "sqlite://:memory:" => None,
+            "sqlite://" | "sqlite:" => {
+                Some(std::env::temp_dir().join(format!("courier-bench-{id}.db")))
+            }
+            _ => match courier::sqlite::parse_url(url)? {
+                courier::sqlite::SqliteLocation::File(f) => Some(f),
+                courier::sqlite::SqliteLocation::Memory => None,
+            },
+        };
+        let created = file.as_ref().is_some_and(|f| !f.exists());
+        let backend = match &file {
+            Some(f) => courier::sqlite::SqliteBackend::builder().path(f.clone()),
+            None => courier::sqlite::SqliteBackend::builder().in_memory(),
+        }
+        .build()
+        .await?;
+        let c = Courier::new(
+            Arc::new(backend.clone()),
+            Arc::new(backend.clone()),
+            Arc::new(backend),
+        );
+        return Ok((c, Target::Sqlite { file, created }));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let backend = courier::redis::RedisBackend::from_url(url).await?;
+        backend.ping().await?;
+        let prefix = backend.key_prefix().to_string();
+        let c = Courier::new(
+            Arc::new(backend.clone()),
+            Arc::new(backend.clone()),
+            Arc::new(backend),
+        );
+        return Ok((
+            c,
+            Target::Redis {
+                raw_url: strip_key_prefix(url),
+                prefix,
+            },
+        ));
+    }
+    Ok((courier::connect(url).await?, Target::Memory))
+}
+
+/// `url` without the `key_prefix` / `prefix` query parameters (Courier's, not redis-rs's).
+fn strip_key_prefix(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let k = kv.split('=').next().unwrap_or("");
+            !kv.is_empty() && k != "key_prefix" && k != "prefix"
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// Run every phase, then clean up (also when a phase failed).
 ///
 /// # Errors
 /// Any backend error, or a phase that does not finish in time.
 pub async fn run(p: &Params) -> courier::Result<Report> {
-    let courier = courier::connect(&p.backend).await?;
+    let id = run_id();
+    let (courier, target) = open(p, &id).await?;
+    let names = Names {
+        publish: format!("bench.{id}.publish"),
+        e2e: format!("bench.{id}.e2e"),
+        latency: format!("bench.{id}.latency"),
+    };
+    let result = phases(&courier, &target, &names, &id, p).await;
+    let cleaned = cleanup(courier, &target, &names, &id).await;
+    let report = result?;
+    cleaned?;
+    Ok(report)
+}
+
+/// The queues of one run.
+struct Names {
+    publish: String,
+    e2e: String,
+    latency: String,
+}
+
+async fn phases(
+    courier: &Courier,
+    target: &Target,
+    names: &Names,
+    id: &str,
+    p: &Params,
+) -> courier::Result<Report> {
     let body = payload(p.payload);
 
     // Publish alone.
-    let q_pub = unique("publish");
-    courier.queue().configure(&q_pub, bench_config())?;
-    let publish_elapsed = publish_all(courier.queue().clone(), &q_pub, p, &body).await?;
+    courier.queue().configure(&names.publish, bench_config())?;
+    let publish_elapsed = publish_all(courier.queue().clone(), &names.publish, p, &body).await?;
 
     // End to end through the worker.
-    let e2e_elapsed = e2e(&courier, p, &body).await?;
+    let e2e_elapsed = e2e(courier, &names.e2e, p, &body).await?;
 
     // The raw primitive on the same payloads.
-    let (raw_primitive, raw_elapsed) = raw(p, &body).await?;
+    let (raw_primitive, raw_elapsed) = match target {
+        Target::Memory => raw_memory(p, &body).await?,
+        Target::Sqlite { file, .. } => raw_sqlite(p, &body, file.as_deref(), id).await?,
+        Target::Redis { raw_url, .. } => raw_redis(p, &body, raw_url, id).await?,
+    };
 
     // Idle latency.
-    let mut lat = idle_latency(&courier, p).await?;
+    let mut lat = idle_latency(courier, &names.latency, p).await?;
     lat.sort_unstable_by(f64::total_cmp);
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
@@ -169,15 +305,98 @@ pub async fn run(p: &Params) -> courier::Result<Report> {
     })
 }
 
-async fn e2e(courier: &Courier, p: &Params, body: &Bytes) -> courier::Result<Duration> {
-    let q = unique("e2e");
-    courier.queue().configure(&q, bench_config())?;
+/// Leave nothing behind: Redis keys of this run's queues, SQLite files this run created, and
+/// the publish phase's messages in a SQLite file that was there before.
+async fn cleanup(
+    courier: Courier,
+    target: &Target,
+    names: &Names,
+    id: &str,
+) -> courier::Result<()> {
+    match target {
+        Target::Memory => Ok(()),
+        Target::Sqlite { file, created } => {
+            if *created || file.is_none() {
+                drop(courier);
+                if let Some(f) = file {
+                    remove_db_files(f);
+                }
+                return Ok(());
+            }
+            // A file that was there before: take out what this run put in.
+            for q in [&names.publish, &names.e2e, &names.latency] {
+                drain(&courier, q).await?;
+            }
+            Ok(())
+        }
+        Target::Redis { raw_url, prefix } => {
+            drop(courier);
+            let client = redis::Client::open(raw_url.as_str()).map_err(redis_err)?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_err)?;
+            // Every key of a queue starts with its hash tag `{<prefix>:q:<queue>}`.
+            let pattern = format!("{{{prefix}:q:bench.{id}.*");
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_err)?;
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(redis_err)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Receive and ack everything in `queue` (untimed; cleanup only).
+async fn drain(courier: &Courier, queue: &str) -> courier::Result<()> {
+    loop {
+        let got = courier.queue().receive(queue, 1000, Duration::ZERO).await?;
+        if got.is_empty() {
+            return Ok(());
+        }
+        let ops = got.iter().map(|d| Settle::Ack(d.lease)).collect();
+        for r in courier.queue().settle(queue, ops).await? {
+            r?;
+        }
+    }
+}
+
+/// Remove a SQLite database and its WAL and shared-memory files (best effort).
+fn remove_db_files(file: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+}
+
+async fn e2e(courier: &Courier, q: &str, p: &Params, body: &Bytes) -> courier::Result<Duration> {
+    courier.queue().configure(q, bench_config())?;
     let handled = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let target = p.messages as u64;
     let (h, d) = (handled.clone(), done.clone());
     let worker = courier
-        .worker(&q)
+        .worker(q)
         .concurrency(p.concurrency)
         .prefetch(p.prefetch)
         .handler("b", move |_m: Message| {
@@ -192,85 +411,316 @@ async fn e2e(courier: &Courier, p: &Params, body: &Bytes) -> courier::Result<Dur
         .start()?;
     let start = Instant::now();
     let notified = done.notified();
-    publish_all(courier.queue().clone(), &q, p, body).await?;
+    publish_all(courier.queue().clone(), q, p, body).await?;
     let limit = Duration::from_secs(600);
     if tokio::time::timeout(limit, notified).await.is_err() {
-        return Err(courier::Error::new(
-            courier::ErrorKind::Backend,
-            format!(
-                "end-to-end phase handled {} of {} in {limit:?}",
-                handled.load(Ordering::Relaxed),
-                p.messages
-            ),
-        ));
+        worker.stop(Duration::from_secs(5)).await;
+        return Err(backend_err(format!(
+            "end-to-end phase handled {} of {} in {limit:?}",
+            handled.load(Ordering::Relaxed),
+            p.messages
+        )));
     }
     // Acks are settled by the worker right after the handler; wait until the queue agrees.
     let report_deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = courier.queue().stats(&q).await?;
+        let s = courier.queue().stats(q).await?;
         if s.acked >= target {
             break;
         }
         if Instant::now() > report_deadline {
-            return Err(courier::Error::new(
-                courier::ErrorKind::Backend,
-                format!("acks not settled: {s:?}"),
-            ));
+            worker.stop(Duration::from_secs(5)).await;
+            return Err(backend_err(format!("acks not settled: {s:?}")));
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let elapsed = start.elapsed();
     worker.stop(Duration::from_secs(5)).await;
     Ok(elapsed)
 }
 
-/// The backend's raw primitive moving the same payloads with the same batching and
-/// concurrency. Memory: a bounded tokio mpsc channel.
-async fn raw(p: &Params, body: &Bytes) -> courier::Result<(String, Duration)> {
-    let scheme = p.backend.split("://").next().unwrap_or("");
-    match scheme {
-        "memory" => {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(p.batch.max(1) * 4);
-            let start = Instant::now();
-            let per = p.messages.div_ceil(p.concurrency);
-            for t in 0..p.concurrency {
-                let tx = tx.clone();
-                let body = body.clone();
-                let n = per.min(p.messages.saturating_sub(t * per));
-                tokio::spawn(async move {
-                    for _ in 0..n {
-                        if tx.send(body.clone()).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+/// Memory's raw primitive: a bounded tokio mpsc channel, `concurrency` senders, one receiver.
+async fn raw_memory(p: &Params, body: &Bytes) -> courier::Result<(String, Duration)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(p.batch.max(1) * 4);
+    let start = Instant::now();
+    for t in 0..p.concurrency {
+        let tx = tx.clone();
+        let body = body.clone();
+        let n = share(p, t);
+        tokio::spawn(async move {
+            for _ in 0..n {
+                if tx.send(body.clone()).await.is_err() {
+                    break;
+                }
             }
-            drop(tx);
-            let mut got = 0usize;
-            while rx.recv().await.is_some() {
-                got += 1;
-            }
-            if got != p.messages {
-                return Err(courier::Error::new(
-                    courier::ErrorKind::Backend,
-                    format!("raw channel moved {got} of {}", p.messages),
-                ));
-            }
-            Ok(("tokio::sync::mpsc (bounded)".into(), start.elapsed()))
-        }
-        other => Err(courier::Error::new(
-            courier::ErrorKind::Unsupported,
-            format!("no raw baseline for backend {other:?} yet"),
-        )),
+        });
     }
+    drop(tx);
+    let mut got = 0usize;
+    while rx.recv().await.is_some() {
+        got += 1;
+    }
+    if got != p.messages {
+        return Err(backend_err(format!(
+            "raw channel moved {got} of {}",
+            p.messages
+        )));
+    }
+    Ok(("tokio::sync::mpsc (bounded)".into(), start.elapsed()))
 }
 
-async fn idle_latency(courier: &Courier, p: &Params) -> courier::Result<Vec<f64>> {
-    let q = unique("latency");
-    courier.queue().configure(&q, bench_config())?;
+fn redis_err(e: redis::RedisError) -> courier::Error {
+    courier::Error::new(courier::ErrorKind::Backend, format!("raw redis: {e}"))
+}
+
+/// Redis's raw primitive: `concurrency` producers each pipelining `batch` `LPUSH`es per round
+/// trip, and `concurrency` consumers each pipelining one `BLPOP` (so an empty list is waited on,
+/// not spun on) and `batch - 1` `LPOP`s, on one list, each on its own connection. The clock
+/// stops when the last message has been popped.
+async fn raw_redis(
+    p: &Params,
+    body: &Bytes,
+    url: &str,
+    id: &str,
+) -> courier::Result<(String, Duration)> {
+    let client = redis::Client::open(url).map_err(redis_err)?;
+    let key = format!("courier-bench:raw:{id}");
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..p.concurrency {
+        producers.push(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_err)?,
+        );
+        consumers.push(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_err)?,
+        );
+    }
+    let batch = p.batch.max(1);
+    let total = p.messages as u64;
+    let popped = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(parking_lot::Mutex::new(None::<Instant>));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (t, mut conn) in producers.into_iter().enumerate() {
+        let (key, body) = (key.clone(), body.clone());
+        let n = share(p, t);
+        tasks.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(batch);
+                let mut pipe = redis::pipe();
+                for _ in 0..k {
+                    pipe.cmd("LPUSH").arg(&key).arg(body.as_ref()).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                left -= k;
+            }
+            Ok::<_, redis::RedisError>(())
+        }));
+    }
+    for mut conn in consumers {
+        let (key, popped, finished) = (key.clone(), popped.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            while popped.load(Ordering::Relaxed) < total {
+                let mut pipe = redis::pipe();
+                // Redis ends the BLPOP after 0.1 s on an empty list, well inside redis-rs's
+                // response timeout, so a consumer notices when the others have finished.
+                pipe.cmd("BLPOP").arg(&key).arg(0.1);
+                for _ in 1..batch {
+                    pipe.cmd("LPOP").arg(&key);
+                }
+                let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                let got = replies
+                    .iter()
+                    .filter(|v| !matches!(v, redis::Value::Nil))
+                    .count() as u64;
+                if got > 0 && popped.fetch_add(got, Ordering::Relaxed) + got == total {
+                    *finished.lock() = Some(Instant::now());
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        }));
+    }
+    let mut failure = None;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(600), t).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => failure = Some(redis_err(e)),
+            Ok(Err(e)) => failure = Some(backend_err(e.to_string())),
+            Err(_) => failure = Some(backend_err("raw redis phase timed out")),
+        }
+    }
+    let end = *finished.lock();
+    // Delete the list whatever happened.
+    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let end = end.ok_or_else(|| {
+        backend_err(format!(
+            "raw redis moved {} of {total}",
+            popped.load(Ordering::Relaxed)
+        ))
+    })?;
+    Ok((
+        format!("redis pipelined LPUSH x{batch} / BLPOP+LPOP x{batch}"),
+        end.duration_since(start),
+    ))
+}
+
+/// SQLite's raw primitive: a fresh file next to the backend's (WAL, `synchronous=NORMAL`),
+/// `concurrency` producer connections each inserting `batch` rows per transaction and
+/// `concurrency` consumer connections each deleting the `batch` oldest rows per transaction
+/// (`DELETE … RETURNING` the payloads). The clock stops when the last row is deleted.
+async fn raw_sqlite(
+    p: &Params,
+    body: &Bytes,
+    backend_file: Option<&Path>,
+    id: &str,
+) -> courier::Result<(String, Duration)> {
+    let dir = backend_file
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            if backend_file.is_some() {
+                PathBuf::from(".")
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    let file = dir.join(format!("courier-bench-raw-{id}.db"));
+    let p2 = p.clone();
+    let body = body.to_vec();
+    let f2 = file.clone();
+    let result = tokio::task::spawn_blocking(move || raw_sqlite_blocking(&p2, &body, &f2))
+        .await
+        .map_err(|e| backend_err(e.to_string()));
+    remove_db_files(&file);
+    let elapsed = result?.map_err(|e| backend_err(format!("raw sqlite: {e}")))?;
+    Ok((
+        format!(
+            "sqlite INSERT x{b} / DELETE..RETURNING x{b} per transaction (WAL, synchronous=NORMAL)",
+            b = p.batch.max(1)
+        ),
+        elapsed,
+    ))
+}
+
+fn sqlite_open(file: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(file)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+fn raw_sqlite_blocking(p: &Params, body: &[u8], file: &Path) -> rusqlite::Result<Duration> {
+    {
+        let conn = sqlite_open(file)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+        )?;
+    }
+    let batch = p.batch.max(1);
+    let total = p.messages as u64;
+    let popped = AtomicU64::new(0);
+    let finished = parking_lot::Mutex::new(None::<Instant>);
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..p.concurrency {
+        producers.push(sqlite_open(file)?);
+        consumers.push(sqlite_open(file)?);
+    }
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (t, mut conn) in producers.into_iter().enumerate() {
+            let n = share(p, t);
+            handles.push(s.spawn(move || -> rusqlite::Result<()> {
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(batch);
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    {
+                        let mut ins = tx.prepare_cached("INSERT INTO q (body) VALUES (?1)")?;
+                        for _ in 0..k {
+                            ins.execute([body])?;
+                        }
+                    }
+                    tx.commit()?;
+                    left -= k;
+                }
+                Ok(())
+            }));
+        }
+        for mut conn in consumers {
+            let (popped, finished) = (&popped, &finished);
+            handles.push(s.spawn(move || -> rusqlite::Result<()> {
+                while popped.load(Ordering::Relaxed) < total {
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let got = {
+                        let mut del = tx.prepare_cached(
+                            "DELETE FROM q WHERE id IN (SELECT id FROM q ORDER BY id LIMIT ?1) \
+                             RETURNING body",
+                        )?;
+                        let mut rows = del.query([batch as i64])?;
+                        let mut got = 0u64;
+                        while let Some(row) = rows.next()? {
+                            let b: &[u8] = row.get_ref(0)?.as_blob()?;
+                            got += u64::from(!b.is_empty());
+                        }
+                        got
+                    };
+                    tx.commit()?;
+                    if got == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    } else if popped.fetch_add(got, Ordering::Relaxed) + got == total {
+                        *finished.lock() = Some(Instant::now());
+                    }
+                }
+                Ok(())
+            }));
+        }
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // A failed producer would leave the consumers waiting forever.
+                    popped.store(total, Ordering::Relaxed);
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    popped.store(total, Ordering::Relaxed);
+                    first_err.get_or_insert(rusqlite::Error::InvalidQuery);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })?;
+    let end = (*finished.lock()).unwrap_or_else(Instant::now);
+    Ok(end.duration_since(start))
+}
+
+async fn idle_latency(courier: &Courier, q: &str, p: &Params) -> courier::Result<Vec<f64>> {
+    courier.queue().configure(q, bench_config())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let worker = courier
-        .worker(&q)
+        .worker(q)
         .concurrency(1)
         .idle_wait(Duration::from_secs(5))
         .handler("lat", move |_m: Message| {
@@ -286,10 +736,7 @@ async fn idle_latency(courier: &Courier, p: &Params) -> courier::Result<Vec<f64>
     let mut samples = Vec::with_capacity(p.latency_samples);
     for _ in 0..p.latency_samples {
         let t0 = Instant::now();
-        courier
-            .queue()
-            .publish(&q, Message::new("lat", "x"))
-            .await?;
+        courier.queue().publish(q, Message::new("lat", "x")).await?;
         let t1 = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .ok()
