@@ -4,7 +4,7 @@
 //! ```toml
 //! [message_queue]
 //! enabled = true
-//! backend = "memory://"        # a URL, or a type: "memory", "sqlite", "redis"
+//! backend = "sqlite://meeting-system.db"  # a URL, or a type: "memory", "sqlite", "redis"
 //! queue_name = "svc"           # service queues are <queue_name>.<service>
 //! namespace = ""               # prefix of every queue, topic and channel ("" = none)
 //! workers = 4
@@ -29,11 +29,17 @@ use std::time::Duration;
 use courier::{QueueConfig, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
-/// The backend used when nothing else is configured: the embedded one.
-///
-/// This is `memory://` until the facade gains its `sqlite` feature; then it becomes
-/// `"sqlite://meeting-system.db"` (and `sqlite` is added to this crate's `courier` features).
-pub const DEFAULT_BACKEND_URL: &str = "memory://";
+/// The backend used when nothing else is configured: the embedded one, a SQLite file in the
+/// working directory. Separate processes (`run user`, `run meeting`, …) started in the same
+/// directory share it; `demo` puts each run under a fresh namespace, so what an earlier run
+/// left in the file does not disturb the next.
+pub const DEFAULT_BACKEND_URL: &str = "sqlite://meeting-system.db";
+
+/// Whether a backend URL names a store shared between processes (everything but `memory://`
+/// and `sqlite::memory:`).
+pub fn is_shared(url: &str) -> bool {
+    !url.starts_with("memory://") && url != "sqlite::memory:" && url != "sqlite://:memory:"
+}
 
 /// The file read when neither `--config` nor `MEETING_CONFIG` names one (if it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "meeting-system.toml";
@@ -314,7 +320,7 @@ impl Settings {
         Ok(match b {
             "" => DEFAULT_BACKEND_URL.to_string(),
             "memory" => "memory://".into(),
-            "sqlite" => "sqlite://meeting-system.db".into(),
+            "sqlite" => DEFAULT_BACKEND_URL.to_string(),
             "redis" => "redis://127.0.0.1:6379".into(),
             "amqp" | "rabbitmq" => "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             "nats" => "nats://127.0.0.1:4222".into(),

@@ -16,7 +16,6 @@
 //! explicit expectation table using the delivery [`ledger`].
 #![forbid(unsafe_code)]
 
-pub mod backend;
 pub mod config;
 pub mod dsp;
 pub mod ledger;

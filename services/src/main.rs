@@ -178,7 +178,7 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    if !meeting_system::backend::is_shared(&url) && services.len() < ServiceKind::ALL.len() {
+    if !meeting_system::config::is_shared(&url) && services.len() < ServiceKind::ALL.len() {
         eprintln!(
             "meeting-system: WARNING: {url} lives inside this process; services in other \
              processes cannot reach it. Use `run --all`, or a shared backend (--backend)."

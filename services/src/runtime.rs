@@ -41,7 +41,7 @@ impl Platform {
         let url = settings
             .backend_url()
             .map_err(|e| courier::Error::invalid(e.0))?;
-        let courier = crate::backend::connect(&url).await?;
+        let courier = courier::connect(&url).await?;
         Platform::on(courier, settings, ledger)
     }
 

@@ -766,7 +766,7 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
     let url = settings
         .backend_url()
         .map_err(|e| courier::Error::invalid(e.0))?;
-    if crate::backend::is_shared(&url) && settings.message_queue.namespace.is_empty() {
+    if crate::config::is_shared(&url) && settings.message_queue.namespace.is_empty() {
         // A durable backend keeps what earlier runs left: a fresh namespace keeps runs apart.
         settings.message_queue.namespace = format!("demo-{:08x}", rand::random::<u32>());
     }
