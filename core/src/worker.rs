@@ -652,8 +652,9 @@ impl Driver {
         }
         // Fast path: most handlers finish on their first poll. Polling once here (with a no-op
         // waker) saves the FuturesUnordered round trip; a pending future is pushed and
-        // FuturesUnordered polls it again with a real waker.
-        let mut fut = Box::pin(fut);
+        // FuturesUnordered polls it again with a real waker. The handler's future is already
+        // boxed (so Unpin): polling it in place saves an allocation per message.
+        let mut fut = fut;
         match (&mut fut).now_or_never() {
             Some(r) => Some(Finished {
                 slot,
