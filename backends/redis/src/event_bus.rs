@@ -106,13 +106,9 @@ impl RedisBackend {
         let mut conn = self.conn();
         let mut from = start.to_string();
         loop {
-            let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(log)
-                .arg(&from)
-                .arg(end)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn)
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(log).arg(&from).arg(end).arg("COUNT").arg(500);
+            let reply: redis::Value = crate::scripts::retry_refused(&mut conn, &cmd)
                 .await
                 .map_err(|e| map_err("reset_group", e))?;
             let entries = array(reply).unwrap_or_default();

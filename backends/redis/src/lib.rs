@@ -27,7 +27,9 @@
 //!   use at the start of the retained log), with the queue's lease, retry and dead-letter
 //!   machinery beside it for the group.
 //! - **Connection loss**: calls fail with [`ErrorKind::Unavailable`] (retryable) while Redis is
-//!   away and work again when it is back.
+//!   away and work again as soon as it is back (a call whose connection was refused, so never
+//!   sent, is tried once more). With `appendonly yes` and `appendfsync always`, a publish that
+//!   returned `Ok` survives a crash of Redis (`tests/broker_restart.rs`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -155,8 +157,7 @@ impl RedisBackend {
     /// [`ErrorKind::Unavailable`] when it does not.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.inner.conn.clone();
-        redis::cmd("PING")
-            .query_async::<redis::Value>(&mut conn)
+        scripts::retry_refused::<_, redis::Value>(&mut conn, &redis::cmd("PING"))
             .await
             .map(|_| ())
             .map_err(|e| map_err("ping", e))

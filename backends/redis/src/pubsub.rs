@@ -326,10 +326,10 @@ impl PubSub for RedisBackend {
         message.prepare_for_publish(self.inner.clock.now_ms());
         let bytes = wire::encode(&message).map_err(tag("publish"))?;
         let mut conn = self.conn();
-        redis::cmd("PUBLISH")
-            .arg(keys::channel(&self.inner.prefix, channel))
-            .arg(&bytes[..])
-            .query_async::<redis::Value>(&mut conn)
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(keys::channel(&self.inner.prefix, channel))
+            .arg(&bytes[..]);
+        crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd)
             .await
             .map_err(|e| map_err("publish", e))?;
         let local = self

@@ -41,7 +41,19 @@ impl Lua {
     }
 
     /// Run a call made by [`Lua::call`], loading the script first if the server lacks it.
+    /// A call refused before it was sent is tried once more (see [`retry_refused`]).
     pub(crate) async fn run<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        cmd: &Cmd,
+    ) -> RedisResult<Value> {
+        match self.run_once(conn, cmd).await {
+            Err(e) if e.is_connection_refusal() => self.run_once(conn, cmd).await,
+            other => other,
+        }
+    }
+
+    async fn run_once<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         cmd: &Cmd,
@@ -57,6 +69,26 @@ impl Lua {
             }
             other => other,
         }
+    }
+}
+
+/// Run a plain command, trying once more when the connection was refused.
+///
+/// Why: the shared `ConnectionManager` hands every caller the outcome of its last reconnect
+/// attempt. After Redis was away, that outcome is "connection refused" even once Redis is back:
+/// the first call fails with it (and only then starts a new attempt). Without a second try,
+/// every caller that backs off on errors (the worker's receive loop doubles its pause per
+/// failure) resumes a whole backoff step late; measured in `tests/broker_restart.rs`, workers
+/// stalled 1-3 s after each restart. A refusal is raised while connecting, so the command was
+/// never sent and running it again cannot apply it twice. While Redis is really away the second
+/// try is refused as well, and the call fails (retryable) after one extra connect attempt.
+pub(crate) async fn retry_refused<C: ConnectionLike + Send, T: redis::FromRedisValue>(
+    conn: &mut C,
+    cmd: &Cmd,
+) -> RedisResult<T> {
+    match cmd.query_async::<T>(conn).await {
+        Err(e) if e.is_connection_refusal() => cmd.query_async::<T>(conn).await,
+        other => other,
     }
 }
 

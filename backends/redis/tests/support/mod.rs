@@ -1,0 +1,135 @@
+//! A private `redis-server` for tests that kill, restart or reconfigure Redis (never the shared
+//! one). Each test binary uses the parts it needs.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process on a free port, with its own data directory.
+pub(crate) struct PrivateRedis {
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Start a server with extra arguments (`--appendonly yes`, …) and wait until it listens.
+    /// `None` when `redis-server` cannot be started (not installed).
+    pub(crate) fn start(extra: &[&str]) -> Option<PrivateRedis> {
+        let dir = std::env::temp_dir().join(format!(
+            "courier-redis-private-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut s = PrivateRedis {
+            port: free_port(),
+            dir,
+            args: extra.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        s.spawn().ok()?;
+        if s.wait_listening_blocking(Duration::from_secs(10)) {
+            Some(s)
+        } else {
+            None
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id of the running server.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Start the server process (again) on the same port and directory; does not wait.
+    pub(crate) fn spawn(&mut self) -> std::io::Result<()> {
+        assert!(self.child.is_none(), "server already running");
+        let dir = self.dir.to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        let mut args: Vec<&str> = vec!["--port", &port, "--bind", "127.0.0.1", "--dir", &dir];
+        args.extend(self.args.iter().map(String::as_str));
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL the server (no shutdown, no final save) and reap it.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // `Child::kill` sends SIGKILL on Unix.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Poll until the port accepts connections or `within` passes.
+    pub(crate) fn wait_listening_blocking(&mut self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false; // exited (bad arguments, port taken)
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// [`PrivateRedis::wait_listening_blocking`] without blocking a runtime thread.
+    pub(crate) async fn wait_listening(&self, within: Duration) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < end {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(16_379)
+}
+
+/// Start a private server, or skip loudly (fail under `COURIER_REQUIRE_BACKENDS=1`).
+pub(crate) fn start_or_skip(test: &str, extra: &[&str]) -> Option<PrivateRedis> {
+    let s = PrivateRedis::start(extra);
+    if s.is_none() {
+        if std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+            panic!("{test}: cannot start redis-server and COURIER_REQUIRE_BACKENDS=1");
+        }
+        eprintln!("SKIPPED {test}: cannot start a private redis-server (is it installed?)");
+    }
+    s
+}
