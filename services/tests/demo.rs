@@ -1,4 +1,5 @@
-//! The end-to-end scenario in one process on `memory://`.
+//! The end-to-end scenario in one process on `memory://`. Every test body is bounded as a
+//! whole (and each scenario wait on its own).
 
 use std::time::Duration;
 
@@ -8,6 +9,9 @@ use meeting_system::ledger::Ledger;
 use meeting_system::runtime::Platform;
 use meeting_system::scenario::{Phase, Scenario, run_demo};
 use meeting_system::topology::ServiceKind;
+
+/// Bound of a whole test.
+const TEST_LIMIT: Duration = Duration::from_secs(120);
 
 fn settings() -> Settings {
     let mut s = Settings::default();
@@ -24,8 +28,9 @@ fn settings() -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_scenario_delivers_every_task_and_event_on_memory() {
-    let report = run_demo(&settings(), Duration::from_secs(30))
+    let report = tokio::time::timeout(TEST_LIMIT, run_demo(&settings(), Duration::from_secs(30)))
         .await
+        .expect("demo finishes in time")
         .expect("demo runs");
     assert!(report.passed, "{}", report.text);
     assert!(report.shortfalls.is_empty());
@@ -60,6 +65,12 @@ async fn demo_scenario_delivers_every_task_and_event_on_memory() {
 /// starts (late), its consumer group catches up from the start of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_service_shows_in_the_diff_and_catches_up_when_started() {
+    tokio::time::timeout(TEST_LIMIT, missing_service_catches_up())
+        .await
+        .expect("the scenario finishes in time");
+}
+
+async fn missing_service_catches_up() {
     let settings = settings();
     let ledger = Ledger::new(false);
     let platform = Platform::connect(&settings, ledger.clone())
