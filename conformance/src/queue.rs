@@ -1195,9 +1195,9 @@ async fn jitter_range(cx: Ctx) -> Outcome {
 /// Publish `n` messages and fail each permanently, in order; returns their ids.
 async fn bury_n(cx: &Ctx, q: &str, n: usize) -> Result<Vec<MessageId>, crate::Failure> {
     let ids = publish_all(cx, q, kinds(n, "d")).await?;
-    for i in 0..n {
+    for (i, id) in ids.iter().enumerate() {
         let d = one(cx, q, LIMIT).await?;
-        ensure_eq!(d.message.id, ids[i], "fifo");
+        ensure_eq!(d.message.id, *id, "fifo");
         settle(
             cx,
             q,
