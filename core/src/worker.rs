@@ -539,8 +539,29 @@ impl Driver {
                         Err(_) => Duration::ZERO,
                     };
                     stop_deadline = Some(Instant::now() + grace);
-                    // Dropping the receive future is cancel safe: nothing is lost.
-                    recv = None;
+                    // A receive in progress may already have leased messages whose reply is
+                    // still on its way: dropping it would strand them until their lease ends
+                    // (and count a failed attempt). Let it finish on its own and give back
+                    // whatever it brings, without making stop wait out an idle receive.
+                    if let Some(pending_recv) = recv.take() {
+                        let source = self.source.clone();
+                        let counters = self.counters.clone();
+                        tokio::spawn(async move {
+                            if let Ok(ds) = pending_recv.await
+                                && !ds.is_empty()
+                            {
+                                let n = ds.len() as u64;
+                                counters.received.fetch_add(n, Ordering::Relaxed);
+                                let ops = ds.into_iter().map(|d| Settle::Release(d.lease)).collect();
+                                match source.settle(ops).await {
+                                    Ok(_) => {
+                                        counters.released.fetch_add(n, Ordering::Relaxed);
+                                    }
+                                    Err(e) => tracing::warn!(source = %source.describe(), error = %e, "courier worker: could not release messages received during stop; they come back when their leases end"),
+                                }
+                            }
+                        });
+                    }
                     for d in buffer.drain(..) {
                         pending.push(Settle::Release(d.lease));
                         self.counters.released.fetch_add(1, Ordering::Relaxed);
