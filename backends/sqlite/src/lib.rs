@@ -184,7 +184,8 @@ fn canonical(path: &Path) -> PathBuf {
 /// The SQLite backend: [`Queue`], [`PubSub`] and [`EventBus`] over one database.
 ///
 /// Cheap to clone; clones share one connection and writer thread. Dropping the last clone
-/// stops the writer thread and closes the database.
+/// stops the writer thread, which closes the database once its current group commit is done
+/// (shortly after the drop, not during it).
 #[derive(Clone)]
 pub struct SqliteBackend {
     inner: Arc<Inner>,

@@ -168,6 +168,8 @@ async fn newer_schema_is_refused() {
     assert_eq!(e.kind(), ErrorKind::Backend);
     assert!(e.message().contains("newer"), "{e}");
     assert!(e.message().contains(&path.display().to_string()), "{e}");
+    // Refused without touching it: the version stays, nothing is migrated down.
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION) + 1);
 }
 
 #[tokio::test]
@@ -221,6 +223,115 @@ async fn corrupt_file_is_an_error_naming_the_path() {
     assert!(e.message().contains("not a SQLite database"), "{e}");
     // The file was not replaced.
     assert_eq!(std::fs::read(&path).expect("read"), vec![0x5au8; 8192]);
+}
+
+/// The names of the files in a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn short_garbage_file_is_an_error_naming_the_path() {
+    let dir = TempDir::new("garbage");
+    let path = dir.file("q.db");
+    std::fs::write(&path, b"hello, not a database").expect("write garbage");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("garbage");
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(e.message().contains("not a SQLite database"), "{e}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"hello, not a database"
+    );
+    assert_eq!(listing(&dir.0), ["q.db"], "no second database was created");
+}
+
+#[tokio::test]
+async fn corrupt_pages_behind_a_valid_header_are_an_error_naming_the_path() {
+    let dir = TempDir::new("corrupt-pages");
+    let path = dir.file("q.db");
+    {
+        let b = open(&path).await;
+        let q: &dyn Queue = &b;
+        q.publish("q", Message::new("k", "x"))
+            .await
+            .expect("publish");
+    }
+    // Fold the WAL into the file, then overwrite everything after the 100-byte header
+    // (the schema table lives on page 1) with garbage.
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        // The dropped backend's writer thread closes its connection by itself, soon; leaving
+        // WAL mode needs the file alone and does not wait on the busy handler.
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(e) =
+            c.pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get::<_, String>(0))
+        {
+            assert!(std::time::Instant::now() < end, "checkpoint: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in &mut bytes[100..] {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).expect("write garbage");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .busy_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect_err("corrupt");
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(e.message().contains("corrupt"), "{e}");
+    assert_eq!(std::fs::read(&path).expect("read"), bytes, "left as it was");
+    assert_eq!(listing(&dir.0), ["q.db"], "no second database was created");
+}
+
+#[tokio::test]
+async fn exclusively_locked_database_at_open_is_unavailable_naming_the_path() {
+    let dir = TempDir::new("locked-open");
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    // Another process took the file for itself (exclusive locking mode holds the lock until
+    // it closes): opening must fail after the busy timeout, clearly, and not wait forever.
+    let other = rusqlite::Connection::open(&path).expect("open");
+    other
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        SqliteBackend::builder()
+            .path(&path)
+            .busy_timeout(Duration::from_millis(200))
+            .build(),
+    )
+    .await
+    .expect("open gives up within the busy timeout")
+    .expect_err("locked");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(e.message().contains("locked"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Once the other process lets go, the same file opens with its data.
+    drop(other);
+    let b = open(&path).await;
+    let q: &dyn Queue = &b;
+    q.publish("q", Message::new("k", "after"))
+        .await
+        .expect("publish");
 }
 
 #[tokio::test]
