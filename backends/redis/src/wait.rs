@@ -67,7 +67,8 @@ impl Waiters {
 
     /// Run a blocking command for at most `block` (its own server-side timeout must be
     /// `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
-    /// connection that turns out broken (Redis restarted) is replaced once.
+    /// connection that turns out broken (Redis restarted) is replaced once, and the other idle ones
+    /// are dropped with it.
     pub(crate) async fn run(
         &self,
         operation: &'static str,
@@ -115,6 +116,10 @@ impl Waiters {
                 }
                 None => return Ok(Value::Nil),
                 Some(Err(e)) if reused && (e.is_io_error() || e.is_unrecoverable_error()) => {
+                    // The idle connections were made to the same server, so after a restart
+                    // they are all broken: drop them, and the retry connects afresh instead of
+                    // failing on the next stale one.
+                    self.idle.lock().clear();
                     continue;
                 }
                 Some(Err(e)) => return Err(map_err(operation, e)),

@@ -163,3 +163,46 @@ async fn subscriptions_come_back_after_a_restart() {
         assert!(Instant::now() < end, "subscription did not come back");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_blocking_connections_are_replaced_after_a_restart() {
+    let port = free_port();
+    let Some(mut server) = start_or_skip(port) else {
+        return;
+    };
+    let backend = RedisBackend::from_url(&format!("redis://127.0.0.1:{}", server.port))
+        .await
+        .expect("connect");
+    // Eight receives waiting at once leave eight blocking connections in the idle pool.
+    let waits: Vec<_> = (0..8)
+        .map(|_| {
+            let b = backend.clone();
+            tokio::spawn(async move { b.receive("idle", 1, Duration::from_millis(200)).await })
+        })
+        .collect();
+    for w in waits {
+        let got = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("receive in time")
+            .expect("task");
+        assert!(got.expect("receive").is_empty());
+    }
+
+    server.stop();
+    let _server = Server::start(port).expect("restart");
+    let end = Instant::now() + Duration::from_secs(10);
+    while backend.ping().await.is_err() {
+        assert!(Instant::now() < end, "no recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The pooled connections all died with the old server: a wait must not fail on them.
+    for _ in 0..3 {
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            backend.receive("idle", 1, Duration::from_millis(100)),
+        )
+        .await
+        .expect("receive in time");
+        assert!(got.expect("a wait after the restart works").is_empty());
+    }
+}
