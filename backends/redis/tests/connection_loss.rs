@@ -206,3 +206,51 @@ async fn idle_blocking_connections_are_replaced_after_a_restart() {
         assert!(got.expect("a wait after the restart works").is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_redis_is_back_works() {
+    let port = free_port();
+    let Some(mut server) = start_or_skip(port) else {
+        return;
+    };
+    let backend = RedisBackend::from_url(&format!("redis://127.0.0.1:{}", server.port))
+        .await
+        .expect("connect");
+    let q: &dyn Queue = &backend;
+    q.publish("first", Message::new("k", ""))
+        .await
+        .expect("publish");
+    server.stop();
+    // Calls while Redis is away fail, and leave the connection's last reconnect attempt
+    // refused.
+    for _ in 0..2 {
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            q.publish("first", Message::new("k", "")),
+        )
+        .await
+        .expect("fails in time")
+        .expect_err("Redis is down");
+        assert!(err.is_retryable(), "{err}");
+    }
+    // The outage lasts a while (longer than a reconnect attempt takes to give up).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _server = Server::start(port).expect("restart");
+    // Redis listens again: the very first call succeeds (no stale "connection refused").
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        q.publish("first", Message::new("k", "after")),
+    )
+    .await
+    .expect("publish in time")
+    .expect("the first publish after the restart");
+    let d = tokio::time::timeout(
+        Duration::from_secs(5),
+        q.receive_one("first", Duration::from_secs(2)),
+    )
+    .await
+    .expect("receive in time")
+    .expect("receive")
+    .expect("the message");
+    assert_eq!(d.message.payload.as_ref(), b"after");
+}
