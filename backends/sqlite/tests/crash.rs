@@ -369,7 +369,10 @@ async fn sigkill_during_handling_loses_nothing_and_leases_come_back() {
             break;
         }
     }
-    // Killed while it holds leases and goes on acking and nacking.
+    // Killed while it holds leases and goes on acking and nacking, at a random point.
+    let acks = |l: &[String]| l.iter().filter(|l| l.starts_with("A ")).count();
+    let more = acks(&read_log(&db)) + rand::random_range(1..40);
+    wait_log(&db, "more acks", |l| acks(l) >= more);
     kill9(child);
     let killed_at = now_ms();
 
