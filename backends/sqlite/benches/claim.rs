@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Each case is a separate queue in its own database file; the ready messages an iteration
-//! consumes are published before the timed part.
+//! consumes are published before the timed part. `delayed_10k` and `delayed_100k_elsewhere`
+//! (the rows in another queue of the same file) tell a cost of the claim's queries apart from
+//! the cost of a bigger file. Before criterion's own runs, the cases are also measured
+//! round-robin and printed as ratios to the empty queue.
 
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]
@@ -19,9 +22,6 @@ use std::time::{Duration, Instant};
 use courier_core::{Message, Queue, QueueConfig, QueueExt, Settle};
 use courier_sqlite::SqliteBackend;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-/// Rows the claim must not pay for.
-const BACKGROUND: usize = 100_000;
 
 const QUEUE: &str = "bench.claim";
 
@@ -61,28 +61,41 @@ fn msgs(n: usize) -> Vec<Message> {
         .collect()
 }
 
-/// What else the queue holds besides the messages being claimed.
+/// What else the database holds besides the messages being claimed.
 #[derive(Clone, Copy, Debug)]
 enum Background {
     Nothing,
-    Delayed,
-    Dead,
+    /// This many delayed rows in the measured queue.
+    Delayed(usize),
+    /// This many delayed rows in another queue of the same file: the control that separates
+    /// the cost of a bigger file (deeper B-trees, more pages) from the claim's own queries.
+    DelayedElsewhere(usize),
+    /// This many dead letters in the measured queue.
+    Dead(usize),
 }
 
 async fn fill(b: &SqliteBackend, what: Background) {
-    match what {
-        Background::Nothing => {}
-        Background::Delayed => {
-            for _ in 0..BACKGROUND / 1_000 {
-                let batch: Vec<Message> = msgs(1_000)
-                    .into_iter()
-                    .map(|m| m.with_delay(Duration::from_secs(24 * 3600)))
-                    .collect();
-                b.publish_batch(QUEUE, batch).await.expect("publish");
-            }
+    let delayed = |queue: &'static str, n: usize| async move {
+        for _ in 0..n / 1_000 {
+            let batch: Vec<Message> = msgs(1_000)
+                .into_iter()
+                .map(|m| m.with_delay(Duration::from_secs(24 * 3600)))
+                .collect();
+            b.publish_batch(queue, batch).await.expect("publish");
         }
-        Background::Dead => {
-            for _ in 0..BACKGROUND / 1_000 {
+    };
+    let (want_delayed, want_dead) = match what {
+        Background::Nothing => (0, 0),
+        Background::Delayed(n) => {
+            delayed(QUEUE, n).await;
+            (n, 0)
+        }
+        Background::DelayedElsewhere(n) => {
+            delayed("bench.elsewhere", n).await;
+            (0, 0)
+        }
+        Background::Dead(n) => {
+            for _ in 0..n / 1_000 {
                 b.publish_batch(QUEUE, msgs(1_000)).await.expect("publish");
                 let ds = b
                     .receive(QUEUE, 1_000, Duration::ZERO)
@@ -100,15 +113,14 @@ async fn fill(b: &SqliteBackend, what: Background) {
                     r.expect("bury");
                 }
             }
+            (0, n)
         }
-    }
-    let s = b.stats(QUEUE).await.expect("stats");
-    let (delayed, dead) = match what {
-        Background::Nothing => (0, 0),
-        Background::Delayed => (BACKGROUND as u64, 0),
-        Background::Dead => (0, BACKGROUND as u64),
     };
-    assert_eq!((s.delayed, s.dead, s.ready_total()), (delayed, dead, 0));
+    let s = b.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (s.delayed, s.dead, s.ready_total()),
+        (want_delayed as u64, want_dead as u64, 0)
+    );
 }
 
 /// Publish `n` ready messages (untimed), then time `n` receive + ack.
@@ -154,7 +166,7 @@ fn interleaved(rt: &tokio::runtime::Runtime, cases: &[(&str, SqliteBackend)]) {
     for ((name, _), v) in cases.iter().zip(&mut per_op) {
         let m = median(v);
         println!(
-            "  {name:<28} {m:>8.1} µs/op  ratio to empty {:.2}",
+            "  {name:<36} {m:>8.1} µs/op  ratio to empty {:.2}",
             m / base
         );
     }
@@ -162,23 +174,29 @@ fn interleaved(rt: &tokio::runtime::Runtime, cases: &[(&str, SqliteBackend)]) {
 
 fn claim(c: &mut Criterion) {
     let rt = rt();
-    let dirs: Vec<PathBuf> = (0..3).map(|_| temp_dir()).collect();
-    let cases: Vec<(&str, SqliteBackend)> = [
+    let kinds = [
         ("receive_ack/empty", Background::Nothing),
-        ("receive_ack/delayed_100k", Background::Delayed),
-        ("receive_ack/dead_100k", Background::Dead),
-    ]
-    .into_iter()
-    .zip(&dirs)
-    .map(|((name, what), dir)| {
-        let b = rt.block_on(async {
-            let b = open(&dir.join("claim.db")).await;
-            fill(&b, what).await;
-            b
-        });
-        (name, b)
-    })
-    .collect();
+        ("receive_ack/delayed_10k", Background::Delayed(10_000)),
+        ("receive_ack/delayed_100k", Background::Delayed(100_000)),
+        (
+            "receive_ack/delayed_100k_elsewhere",
+            Background::DelayedElsewhere(100_000),
+        ),
+        ("receive_ack/dead_100k", Background::Dead(100_000)),
+    ];
+    let dirs: Vec<PathBuf> = kinds.iter().map(|_| temp_dir()).collect();
+    let cases: Vec<(&str, SqliteBackend)> = kinds
+        .into_iter()
+        .zip(&dirs)
+        .map(|((name, what), dir)| {
+            let b = rt.block_on(async {
+                let b = open(&dir.join("claim.db")).await;
+                fill(&b, what).await;
+                b
+            });
+            (name, b)
+        })
+        .collect();
     interleaved(&rt, &cases);
     let mut g = c.benchmark_group("sqlite/claim");
     g.sample_size(30)
