@@ -132,10 +132,18 @@ local function entry_parse(e)
   return string.sub(e, 1, bar - 1), tonumber(string.sub(e, bar + 1))
 end
 
--- A lease member "id|token|attempt" -> id, token, attempt.
+-- A lease member "id|token|attempt" -> id, priority, attempt. A token is never turned into a
+-- number here (it may exceed a double's exact range): see lease() for its layout. Tokens of
+-- the older layout (priority = token mod 4) are still read.
 local function member_parse(m)
   local id, tok, att = string.match(m, '^(.*)|(%d+)|(%d+)$')
-  return id, tonumber(tok), tonumber(att)
+  local p
+  if #tok == 19 and string.byte(tok, 1) == 49 then
+    p = string.byte(tok, 19) - 48
+  else
+    p = tonumber(tok) % 4
+  end
+  return id, p, tonumber(att)
 end
 
 -- The max_attempts override from a message's wire header (version 1: bytes 23..26 from 0,
@@ -316,15 +324,15 @@ local function reclaim(now)
   local n = #members
   if n == 0 then return 0 end
   vcall('ZREM', K_LEASES, members)
-  local ids, toks, atts = {}, {}, {}
-  for i = 1, n do ids[i], toks[i], atts[i] = member_parse(members[i]) end
+  local ids, ps, atts = {}, {}, {}
+  for i = 1, n do ids[i], ps[i], atts[i] = member_parse(members[i]) end
   local bytes = vget('HMGET', K_MSGS, ids)
   local r_ids, r_atts, r_ps, r_delays = {}, {}, {}, {}
   local d_ids, d_atts, d_ps, d_errs = {}, {}, {}, {}
   for i = 1, n do
     if bytes[i] then
       local a = atts[i]
-      local p = toks[i] % 4
+      local p = ps[i]
       local limit = MAX_ATTEMPTS
       local max = max_override(bytes[i])
       if max > 0 then limit = max end
@@ -395,32 +403,67 @@ local function take(n)
   return es, ps
 end
 
+-- Decimal digits, for building tokens without number formatting (costly in Lua).
+local DIGIT = { '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' }
+
 -- Lease messages: attempts + 1, a fresh token each, deadline now + VIS. ids, atts (counted so
 -- far), ps: parallel lists; `bytes` may be given (events just read from a stream). Returns
 -- the reply { now, deadline, -1, member, bytes, ... } where each lease member
 -- "id|token|attempt" tells the client the delivery's id, token and attempt.
+--
+-- A token is 19 decimal digits: '1', an 11-digit call sequence number (one HINCRBY per call,
+-- or per million messages), a 6-digit index within the call, and the priority digit (0..3).
+-- It is built from strings only: formatting a number costs about as much as a ZADD member, so
+-- per message nothing is formatted (the deadline is formatted once, and the attempt once per
+-- distinct value). Tokens of the older layout, (counter * 4 + priority), are below 10^18, so
+-- the two never collide.
 local function lease(ids, atts, ps, bytes, now)
   local n = #ids
   local deadline = now + VIS
+  local dls = tostring(deadline)
   if not bytes then bytes = vget('HMGET', K_MSGS, ids) end
-  local base = redis.call('HINCRBY', K_COUNTERS, 'token', n) - n
   local out = { now, deadline, -1 }
   local ok, zk, lost = 3, 0, {}
   local z = {}
-  -- Number-to-string conversion is the costly part of building a member: attempt numbers
-  -- repeat, so each is formatted once per call.
   local att_str = {}
+  local seqs, pre, hi = nil, nil, 0
+  local c1, c2, c3 = 1, 1, 0
   for i = 1, n do
     local b = bytes[i]
     if b then
+      -- The index's low three digits count up (c1 c2 c3 index DIGIT); the high three and the
+      -- call sequence change every 1000 messages.
+      c3 = c3 + 1
+      if c3 > 10 then
+        c3 = 1
+        c2 = c2 + 1
+        if c2 > 10 then
+          c2 = 1
+          c1 = c1 + 1
+          if c1 > 10 then
+            c1 = 1
+            hi = hi + 1
+            pre = nil
+          end
+        end
+      end
+      if not pre then
+        if not seqs or hi >= 1000 then
+          hi = 0
+          local seq = redis.call('HINCRBY', K_COUNTERS, 'lease_seq', 1) % 100000000000
+          seqs = '1' .. string.format('%011d', seq)
+        end
+        pre = seqs .. string.format('%03d', hi)
+      end
       local a = atts[i] + 1
       local as = att_str[a]
       if not as then
         as = tostring(a)
         att_str[a] = as
       end
-      local m = ids[i] .. '|' .. ((base + i) * 4 + ps[i]) .. '|' .. as
-      z[zk + 1] = deadline
+      local m = ids[i] .. '|' .. pre .. DIGIT[c1] .. DIGIT[c2] .. DIGIT[c3] .. DIGIT[ps[i] + 1]
+        .. '|' .. as
+      z[zk + 1] = dls
       z[zk + 2] = m
       zk = zk + 2
       out[ok + 1] = m

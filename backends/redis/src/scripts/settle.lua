@@ -38,8 +38,7 @@ for i = 1, n do
       local m = members[i]
       acks[ak] = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
     else
-      local id, tok, a = member_parse(members[i])
-      local p = tok % 4
+      local id, p, a = member_parse(members[i])
       if k == 'r' then
         local j = #r_ids + 1
         r_ids[j], r_atts[j], r_ps[j], r_delays[j] = id, a, p, tonumber(extras[i])
