@@ -626,9 +626,22 @@ impl Queue for RedisBackend {
             let (chunk, tail) = rest.split_at(n);
             let mut cmd = script.call(&keys);
             common_args(&mut cmd, &config, Mode::Queue);
+            // Layout: see publish.lua (ready-now messages grouped by priority, then delayed).
             cmd.arg(chunk.len());
-            for (id, p, delay, bytes) in chunk {
-                cmd.arg(id.to_string()).arg(*p).arg(*delay).arg(&bytes[..]);
+            for level in 0..4 {
+                let ready = chunk.iter().filter(|m| m.1 == level && m.2 == 0).count();
+                cmd.arg(ready);
+            }
+            for level in 0..4 {
+                for (id, _, _, bytes) in chunk.iter().filter(|m| m.1 == level && m.2 == 0) {
+                    cmd.arg(id.to_string()).arg(&bytes[..]);
+                }
+            }
+            for (id, _, _, bytes) in chunk.iter().filter(|m| m.2 > 0) {
+                cmd.arg(id.to_string()).arg(&bytes[..]);
+            }
+            for (_, p, delay, _) in chunk.iter().filter(|m| m.2 > 0) {
+                cmd.arg(*p).arg(*delay);
             }
             if let Err(e) = self.run("publish", script, &cmd).await {
                 // Leading chunks are stored; the failed one may or may not be.

@@ -5,39 +5,49 @@
 -- delayed set), and the wake-up tokens are pushed in the same step, so a consumer that checked
 -- an empty queue and is about to block cannot miss the messages.
 --
--- ARGV[A]: n, then per message: id, priority (0..3), delay in ms relative to the server's now
--- (0 = ready now), wire bytes.
+-- ARGV[A]: n, then the number of messages ready now at each priority (4 values, Critical
+-- first), then (id, wire bytes) per message: the ready-now ones grouped by priority (batch
+-- order within a priority), then the delayed ones in batch order; then per delayed message its
+-- priority (0..3) and delay in ms relative to the server's now.
+-- The pairs are passed to HSET straight from ARGV and nothing is converted per ready message:
+-- the script's per-message work is one table store per id.
 -- Reply: the server time (ms).
 
 local now = now_ms()
 local n = tonumber(ARGV[A])
-local hm, z = {}, {}
-local ready = { {}, {}, {}, {} }
-local rk = { 0, 0, 0, 0 }
-local zk = 0
+local first = A + 5
+local after = first + 2 * n
+local i = first
+while i < after do
+  local j = i + CHUNK - 1
+  if j >= after then j = after - 1 end
+  redis.call('HSET', K_MSGS, unpack(ARGV, i, j))
+  i = j + 1
+end
+local b = first
 local nready = 0
-for i = 0, n - 1 do
-  local b = A + 1 + i * 4
-  local id = ARGV[b]
-  hm[2 * i + 1] = id
-  hm[2 * i + 2] = ARGV[b + 3]
-  local rel = tonumber(ARGV[b + 2])
-  if rel > 0 then
-    z[zk + 1] = now + rel
-    z[zk + 2] = ARGV[b + 1] .. '|' .. id
-    zk = zk + 2
-  else
-    local p = tonumber(ARGV[b + 1]) + 1
-    local k = rk[p] + 1
-    rk[p] = k
-    ready[p][k] = id
-    nready = nready + 1
+for p = 1, 4 do
+  local c = tonumber(ARGV[A + p])
+  if c > 0 then
+    local r = {}
+    for k = 1, c do
+      r[k] = ARGV[b]
+      b = b + 2
+    end
+    vcall('RPUSH', K_READY[p], r)
+    nready = nready + c
   end
 end
-vcall('HSET', K_MSGS, hm)
-for p = 1, 4 do vcall('RPUSH', K_READY[p], ready[p]) end
+local z = {}
+local d = after
+for k = 1, n - nready do
+  z[2 * k - 1] = now + tonumber(ARGV[d + 1])
+  z[2 * k] = ARGV[d] .. '|' .. ARGV[b]
+  b = b + 2
+  d = d + 2
+end
 delay_add(z)
 count('published', n)
-if zk > 0 then nready = nready + 1 end
+if #z > 0 then nready = nready + 1 end
 wake(nready)
 return now
