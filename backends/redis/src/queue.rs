@@ -364,20 +364,30 @@ impl RedisBackend {
         for chunk in ops.chunks(SETTLE_CHUNK) {
             let mut cmd = script.call(keys);
             common_args(&mut cmd, config, mode);
-            cmd.arg(chunk.len());
+            // Layout: see settle.lua (kinds as one string, the members, then the extras).
+            let kinds: String = chunk
+                .iter()
+                .map(|op| match op {
+                    Settle::Ack(_) => 'a',
+                    Settle::Retry { .. } => 'r',
+                    Settle::Bury { .. } => 'b',
+                    Settle::Release(_) => 'l',
+                })
+                .collect();
+            cmd.arg(chunk.len()).arg(kinds);
             for op in chunk {
-                let (kind, lease) = match op {
-                    Settle::Ack(l) => ("a", l),
-                    Settle::Retry { lease, .. } => ("r", lease),
-                    Settle::Bury { lease, .. } => ("b", lease),
-                    Settle::Release(l) => ("l", l),
-                };
-                cmd.arg(kind).arg(member(lease));
+                cmd.arg(member(op.lease()));
+            }
+            for op in chunk {
                 match op {
-                    Settle::Retry { delay, .. } => cmd.arg(ms_ceil(*delay)),
-                    Settle::Bury { error, .. } => cmd.arg(error.as_str()),
-                    _ => cmd.arg(""),
-                };
+                    Settle::Retry { delay, .. } => {
+                        cmd.arg(ms_ceil(*delay));
+                    }
+                    Settle::Bury { error, .. } => {
+                        cmd.arg(error.as_str());
+                    }
+                    _ => {}
+                }
             }
             let reply = self.run("settle", script, &cmd).await?;
             let items = array(reply).ok_or_else(|| bad_reply("settle", "not an array"))?;

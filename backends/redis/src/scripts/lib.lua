@@ -99,6 +99,16 @@ local function vcall(cmd, key, args)
   end
 end
 
+-- One variadic command over ARGV[i..j] (an even count when they are pairs), in chunks.
+local function acall(cmd, key, i, j)
+  while i <= j do
+    local e = i + CHUNK - 1
+    if e > j then e = j end
+    redis.call(cmd, key, unpack(ARGV, i, e))
+    i = e + 1
+  end
+end
+
 -- HMGET / ZMSCORE over a long field list; missing entries come back as false.
 local function vget(cmd, key, fields)
   local n = #fields
@@ -493,6 +503,40 @@ local function held(members, now)
       seen[members[i]] = true
     end
     oks[i] = ok
+  end
+  return oks
+end
+
+-- held() for the members ARGV[i..j]. When no lease in the set has expired (its lowest
+-- deadline is ahead), being in the set is enough and no score is parsed.
+local function held_argv(i, j, now)
+  local scores = {}
+  local k = 0
+  local s = i
+  while s <= j do
+    local e = s + CHUNK - 1
+    if e > j then e = j end
+    local r = redis.call('ZMSCORE', K_LEASES, unpack(ARGV, s, e))
+    for x = 1, e - s + 1 do
+      k = k + 1
+      scores[k] = r[x]
+    end
+    s = e + 1
+  end
+  local low = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')[2]
+  local live = not low or tonumber(low) > now
+  local oks, seen = {}, {}
+  for x = 1, k do
+    local sc = scores[x]
+    local ok = false
+    if sc then
+      local m = ARGV[i + x - 1]
+      if (live or tonumber(sc) > now) and not seen[m] then
+        ok = true
+        seen[m] = true
+      end
+    end
+    oks[x] = ok
   end
   return oks
 end

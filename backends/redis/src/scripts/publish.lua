@@ -17,13 +17,7 @@ local now = now_ms()
 local n = tonumber(ARGV[A])
 local first = A + 5
 local after = first + 2 * n
-local i = first
-while i < after do
-  local j = i + CHUNK - 1
-  if j >= after then j = after - 1 end
-  redis.call('HSET', K_MSGS, unpack(ARGV, i, j))
-  i = j + 1
-end
+acall('HSET', K_MSGS, first, after - 1)
 local b = first
 local nready = 0
 for p = 1, 4 do

@@ -6,20 +6,18 @@
 -- another consumer (LeaseLost, nothing changes), and a batch settles with one round trip and
 -- one variadic command per kind of change.
 --
--- ARGV[A]: n, then per operation: kind ('a' ack, 'r' retry, 'b' bury, 'l' release), lease
--- member "id|token|attempt", extra (retry: delay in ms; bury: error text; else '').
+-- ARGV[A]: n; ARGV[A + 1]: the kinds, one character per operation ('a' ack, 'r' retry,
+-- 'b' bury, 'l' release); ARGV[A + 2 .. A + 1 + n]: the lease members "id|token|attempt";
+-- then one extra per retry (delay in ms) and per bury (error text), in operation order.
+-- The members are passed to ZMSCORE (and, when every one is held, to ZREM) straight from ARGV.
 -- Reply: one integer per operation, 1 = done, 0 = lease lost.
 
 local now = now_ms()
 local n = tonumber(ARGV[A])
-local kinds, members, extras = {}, {}, {}
-for i = 1, n do
-  local b = A + 1 + (i - 1) * 3
-  kinds[i] = ARGV[b]
-  members[i] = ARGV[b + 1]
-  extras[i] = ARGV[b + 2]
-end
-local oks = held(members, now)
+local kinds = ARGV[A + 1]
+local first = A + 2
+local last = A + 1 + n
+local oks = held_argv(first, last, now)
 local res = {}
 local unlease, uk = {}, 0
 local acks, ak = {}, 0
@@ -27,24 +25,31 @@ local r_ids, r_atts, r_ps, r_delays = {}, {}, {}, {}
 local b_ids, b_atts, b_ps, b_errs = {}, {}, {}, {}
 local front = { {}, {}, {}, {} }
 local nrelease = 0
+local x = last + 1
+local byte, find, sub = string.byte, string.find, string.sub
 for i = 1, n do
+  local k = byte(kinds, i)
+  local extra
+  if k == 114 or k == 98 then
+    extra = ARGV[x]
+    x = x + 1
+  end
   if oks[i] then
     res[i] = 1
+    local m = ARGV[A + 1 + i]
     uk = uk + 1
-    unlease[uk] = members[i]
-    local k = kinds[i]
-    if k == 'a' then
+    unlease[uk] = m
+    if k == 97 then
       ak = ak + 1
-      local m = members[i]
-      acks[ak] = string.sub(m, 1, string.find(m, '|', 1, true) - 1)
+      acks[ak] = sub(m, 1, find(m, '|', 1, true) - 1)
     else
-      local id, p, a = member_parse(members[i])
-      if k == 'r' then
+      local id, p, a = member_parse(m)
+      if k == 114 then
         local j = #r_ids + 1
-        r_ids[j], r_atts[j], r_ps[j], r_delays[j] = id, a, p, tonumber(extras[i])
-      elseif k == 'b' then
+        r_ids[j], r_atts[j], r_ps[j], r_delays[j] = id, a, p, tonumber(extra)
+      elseif k == 98 then
         local j = #b_ids + 1
-        b_ids[j], b_atts[j], b_ps[j], b_errs[j] = id, a, p, extras[i]
+        b_ids[j], b_atts[j], b_ps[j], b_errs[j] = id, a, p, extra
       else
         -- Release: the attempt does not count, and the message goes back to the very front of
         -- its level, as if released one after the other (the reference model's push_front).
@@ -57,7 +62,11 @@ for i = 1, n do
     res[i] = 0
   end
 end
-vcall('ZREM', K_LEASES, unlease)
+if uk == n then
+  acall('ZREM', K_LEASES, first, last)
+else
+  vcall('ZREM', K_LEASES, unlease)
+end
 if ak > 0 then
   forget(acks)
   count('acked', ak)
