@@ -507,9 +507,45 @@ local function held(members, now)
   return oks
 end
 
--- held() for the members ARGV[i..j]. When no lease in the set has expired (its lowest
--- deadline is ahead), being in the set is enough and no score is parsed.
+-- held() for the members ARGV[i..j].
+--
+-- Fast path, when no lease in the set has expired (its lowest deadline is ahead): then being in
+-- the set is enough, and membership is checked with ZADD NX under score -1 (which no lease
+-- has), which reads no score back. Nothing added: every member is held. Otherwise the added
+-- ones are removed again (ZREMRANGEBYSCORE -1 -1) and the scores are read as below.
 local function held_argv(i, j, now)
+  local n = j - i + 1
+  local low = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')[2]
+  local live = not low or tonumber(low) > now
+  local oks, seen = {}, {}
+  if live then
+    local z = {}
+    for x = 1, n do
+      z[2 * x - 1] = '-1'
+      z[2 * x] = ARGV[i + x - 1]
+    end
+    local added = 0
+    local a = 1
+    while a <= 2 * n do
+      local b = a + CHUNK - 1
+      if b > 2 * n then b = 2 * n end
+      added = added + redis.call('ZADD', K_LEASES, 'NX', unpack(z, a, b))
+      a = b + 1
+    end
+    if added == 0 then
+      for x = 1, n do
+        local m = ARGV[i + x - 1]
+        if seen[m] then
+          oks[x] = false
+        else
+          seen[m] = true
+          oks[x] = true
+        end
+      end
+      return oks
+    end
+    redis.call('ZREMRANGEBYSCORE', K_LEASES, -1, -1)
+  end
   local scores = {}
   local k = 0
   local s = i
@@ -523,9 +559,6 @@ local function held_argv(i, j, now)
     end
     s = e + 1
   end
-  local low = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')[2]
-  local live = not low or tonumber(low) > now
-  local oks, seen = {}, {}
   for x = 1, k do
     local sc = scores[x]
     local ok = false
