@@ -1,7 +1,8 @@
 //! The Lua scripts (one file each under `src/scripts/`) and how they are called.
 //!
-//! Every queue and group script is `lib.lua` followed by its own body, concatenated at compile
-//! time, so each is one self-contained `EVAL` body. Scripts are sent by SHA (`EVALSHA`); when
+//! Every queue and group script is `lib.lua` and `lib_more.lua` followed by its own body
+//! (`publish.lua` needs only `lib.lua`), concatenated at compile time, so each is one
+//! self-contained `EVAL` body. Scripts are sent by SHA (`EVALSHA`); when
 //! the server does not know a script (first use, restart, failover) it is loaded and the call
 //! repeated once.
 
@@ -94,6 +95,18 @@ pub(crate) async fn retry_refused<C: ConnectionLike + Send, T: redis::FromRedisV
 
 macro_rules! with_lib {
     ($file:literal) => {
+        concat!(
+            include_str!("scripts/lib.lua"),
+            include_str!("scripts/lib_more.lua"),
+            include_str!($file)
+        )
+    };
+}
+
+/// A script that needs only the first part of the shared prologue (`lib.lua` without
+/// `lib_more.lua`): fewer closures made per call.
+macro_rules! with_core_lib {
+    ($file:literal) => {
         concat!(include_str!("scripts/lib.lua"), include_str!($file))
     };
 }
@@ -117,7 +130,7 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            publish: Lua::new("publish.lua", with_lib!("scripts/publish.lua")),
+            publish: Lua::new("publish.lua", with_core_lib!("scripts/publish.lua")),
             claim: Lua::new("claim.lua", with_lib!("scripts/claim.lua")),
             settle: Lua::new("settle.lua", with_lib!("scripts/settle.lua")),
             extend: Lua::new("extend.lua", with_lib!("scripts/extend.lua")),
@@ -203,6 +216,7 @@ mod tests {
         };
         let body = concat!(
             include_str!("scripts/lib.lua"),
+            include_str!("scripts/lib_more.lua"),
             "local out = {}\n",
             "for a = 1, tonumber(ARGV[A]) do out[a] = backoff_ms(a) end\n",
             "return out\n"

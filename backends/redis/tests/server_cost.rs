@@ -173,6 +173,7 @@ async fn baselines(conn: &mut redis::aio::MultiplexedConnection) {
     let empty = redis::Script::new("return 1");
     let prologue = redis::Script::new(concat!(
         include_str!("../src/scripts/lib.lua"),
+        include_str!("../src/scripts/lib_more.lua"),
         "return now_ms()"
     ));
     let keys: Vec<String> = (0..13).map(|i| format!("{{cost-baseline}}:{i}")).collect();
