@@ -54,21 +54,15 @@ local K_WAKE = KEYS[13]
 local K_LOG = KEYS[14]
 
 local VIS = tonumber(ARGV[1])
-local MAX_ATTEMPTS = tonumber(ARGV[2])
-local BASE = tonumber(ARGV[3])
-local FACTOR = tonumber(ARGV[4])
-local MAX_DELAY = tonumber(ARGV[5])
-local JITTER = tonumber(ARGV[6])
 local DEAD_LETTER = ARGV[8] == '1'
 local GROUP_MODE = ARGV[9] == 'g'
 local GROUP = ARGV[10]
-local RET_MAX_LEN = tonumber(ARGV[11])
-local RET_MAX_AGE = tonumber(ARGV[12])
 local A = 13
 
--- Scripts are effect-replicated (Redis >= 5), so a seeded generator is allowed; the client
--- passes a fresh random seed with every call.
-math.randomseed(tonumber(ARGV[7]))
+-- The retry policy (ARGV[2..7]) is parsed only by calls that retry something (see
+-- retry_policy() in lib_more.lua), and retention (ARGV[11..12]) only by trim_log(): most calls
+-- need neither, and every tonumber is paid on every call.
+local MAX_ATTEMPTS, BASE, FACTOR, MAX_DELAY, JITTER
 
 -- Bounds on the maintenance done by one call, so a script never blocks the server for long.
 local RECLAIM_MAX = 1000

@@ -17,7 +17,21 @@ end
 -- This mirrors courier_core::RetryPolicy::delay, a pure function:
 --   d = min(max_delay, base * factor^(attempt-1)), then uniform within [d(1-j), d(1+j)].
 -- With jitter 0 both give exactly the same delay (tested in src/scripts.rs).
+-- Parse the retry policy (once per call, on first need).
+local function retry_policy()
+  if MAX_ATTEMPTS then return end
+  MAX_ATTEMPTS = tonumber(ARGV[2])
+  BASE = tonumber(ARGV[3])
+  FACTOR = tonumber(ARGV[4])
+  MAX_DELAY = tonumber(ARGV[5])
+  JITTER = tonumber(ARGV[6])
+  -- Scripts are effect-replicated (Redis >= 5), so a seeded generator is allowed; the client
+  -- passes a fresh random seed with every call.
+  math.randomseed(tonumber(ARGV[7]))
+end
+
 local function backoff_ms(attempt)
+  retry_policy()
   local exp = attempt - 1
   if exp < 0 then exp = 0 end
   if exp > 1000 then exp = 1000 end
@@ -158,6 +172,7 @@ local function reclaim(now)
     if bytes[i] then
       local a = atts[i]
       local p = ps[i]
+      retry_policy()
       local limit = MAX_ATTEMPTS
       local max = max_override(bytes[i])
       if max > 0 then limit = max end
@@ -406,9 +421,11 @@ end
 -- catches retention changed since, and age passing without appends.
 local function trim_log(now)
   if not GROUP_MODE then return end
-  if RET_MAX_LEN >= 0 then redis.call('XTRIM', K_LOG, 'MAXLEN', '=', RET_MAX_LEN) end
-  if RET_MAX_AGE > 0 and now - RET_MAX_AGE > 0 then
-    redis.call('XTRIM', K_LOG, 'MINID', '=', (now - RET_MAX_AGE) .. '-0')
+  local max_len = tonumber(ARGV[11])
+  local max_age = tonumber(ARGV[12])
+  if max_len >= 0 then redis.call('XTRIM', K_LOG, 'MAXLEN', '=', max_len) end
+  if max_age > 0 and now - max_age > 0 then
+    redis.call('XTRIM', K_LOG, 'MINID', '=', (now - max_age) .. '-0')
   end
 end
 
