@@ -11,14 +11,12 @@
 
 local now = now_ms()
 maintain(now)
-local es, ps = take(tonumber(ARGV[A]))
-local n = #es
+local ids, atts, ps = take(tonumber(ARGV[A]))
+local n = #ids
 if n == 0 then
   -- Idle: drop stale wake-up tokens so the caller's BLPOP waits for a new event. Safe: a
   -- publish after this point pushes a fresh token.
   redis.call('DEL', K_WAKE)
   return { now, 0, next_due(now) }
 end
-local ids, atts = {}, {}
-for i = 1, n do ids[i], atts[i] = entry_parse(es[i]) end
 return lease(ids, atts, ps, nil, now)

@@ -22,9 +22,7 @@ end
 local now = now_ms()
 maintain(now)
 local n = tonumber(ARGV[A])
-local es, ps = take(n)
-local ids, atts = {}, {}
-for i = 1, #es do ids[i], atts[i] = entry_parse(es[i]) end
+local ids, atts, ps = take(n)
 local bytes = nil
 -- Pull from the log only as many events as can be leased now (so `lag` stays meaningful);
 -- an event emitted with a delay waits it out in the group's delayed set first.

@@ -217,30 +217,39 @@ local function promote(now)
   return n
 end
 
--- Pop up to n entries, highest priority first, FIFO within a level. Returns the entries and
--- their priorities.
+-- Pop up to n entries, highest priority first, FIFO within a level. Returns the ids, the
+-- attempts counted so far and the priorities (parallel lists); each entry is parsed as
+-- entry_parse() does, inline (this is the claim's per-message loop).
 local function take(n)
-  local es, ps = {}, {}
-  if n <= 0 then return es, ps end
+  local ids, atts, ps = {}, {}, {}
+  if n <= 0 then return ids, atts, ps end
   local levels = 4
   if GROUP_MODE then levels = 1 end
+  local find, sub = string.find, string.sub
   local k = 0
   for p = 1, levels do
     local want = n - k
     if want <= 0 then break end
     local got = redis.call('LPOP', K_READY[p], want)
     if got then
+      local pr = p - 1
+      if GROUP_MODE then pr = 2 end
       for i = 1, #got do
         k = k + 1
-        es[k] = got[i]
-        ps[k] = p - 1
+        local e = got[i]
+        local bar = find(e, '|', 1, true)
+        if bar then
+          ids[k] = sub(e, 1, bar - 1)
+          atts[k] = tonumber(sub(e, bar + 1))
+        else
+          ids[k] = e
+          atts[k] = 0
+        end
+        ps[k] = pr
       end
     end
   end
-  if GROUP_MODE then
-    for i = 1, k do ps[i] = 2 end
-  end
-  return es, ps
+  return ids, atts, ps
 end
 
 -- Decimal digits, for building tokens without number formatting (costly in Lua).
