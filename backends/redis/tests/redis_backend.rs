@@ -357,53 +357,6 @@ async fn passwords_never_show() {
     assert!(!format!("{bad} {bad:?}").contains("s3cret"));
 }
 
-/// Throughput probe (not a benchmark; run with `--ignored --nocapture` in release mode).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn throughput_probe() {
-    let Some((backend, _c)) = backend(QueueConfig::default()).await else {
-        return;
-    };
-    let b: &dyn Queue = &backend;
-    let n = 200_000usize;
-    let batch = 1000;
-    let t = Instant::now();
-    for c in 0..n / batch {
-        let msgs: Vec<Message> = (0..batch)
-            .map(|i| Message::new("k", format!("payload-{c}-{i}")))
-            .collect();
-        b.publish_batch("tp", msgs).await.expect("publish");
-    }
-    let publish = t.elapsed();
-    let t = Instant::now();
-    let mut seen = 0;
-    let (mut trecv, mut tack) = (Duration::ZERO, Duration::ZERO);
-    while seen < n {
-        let t1 = Instant::now();
-        let got = b
-            .receive("tp", batch, Duration::ZERO)
-            .await
-            .expect("receive");
-        trecv += t1.elapsed();
-        seen += got.len();
-        let ops = got
-            .into_iter()
-            .map(|d| courier_core::Settle::Ack(d.lease))
-            .collect();
-        let t1 = Instant::now();
-        b.settle("tp", ops).await.expect("settle");
-        tack += t1.elapsed();
-    }
-    let consume = t.elapsed();
-    eprintln!(
-        "publish {:.0} msg/s, receive+ack {:.0} msg/s (receive {:?}, ack {:?})",
-        n as f64 / publish.as_secs_f64(),
-        n as f64 / consume.as_secs_f64(),
-        trecv,
-        tack
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_retries_dead_letters_and_stops_gracefully() {
     use std::sync::Arc;
@@ -470,46 +423,6 @@ async fn worker_runs_retries_dead_letters_and_stops_gracefully() {
         dead.iter()
             .any(|d| d.error.contains("always") && d.attempts == 3)
     );
-}
-
-/// Worker throughput probe (run with `--ignored --nocapture` in release mode).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn worker_throughput_probe() {
-    use std::sync::Arc;
-    let Some((backend, _c)) = backend(QueueConfig::default()).await else {
-        return;
-    };
-    let q: Arc<dyn Queue> = Arc::new(backend.clone());
-    let n = 100_000usize;
-    for c in 0..n / 1000 {
-        let msgs: Vec<Message> = (0..1000)
-            .map(|i| Message::new("k", format!("payload-{c}-{i}")))
-            .collect();
-        q.publish_batch("wtp", msgs).await.expect("publish");
-    }
-    for conc in [16usize, 256] {
-        let t = Instant::now();
-        let worker = courier_core::Worker::builder(q.clone(), "wtp")
-            .concurrency(conc)
-            .handler("k", |_m| async { Ok(()) })
-            .start()
-            .expect("start");
-        let base = q.stats("wtp").await.expect("stats").acked;
-        let target = (n as u64 - base) / 2;
-        loop {
-            let st = q.stats("wtp").await.expect("stats");
-            if st.acked - base >= target {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        worker.stop(Duration::from_secs(1)).await;
-        eprintln!(
-            "worker concurrency {conc}: {:.0} msg/s",
-            target as f64 / t.elapsed().as_secs_f64()
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
