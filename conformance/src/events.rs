@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Accounting, Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, plain_config, within,
+    Accounting, Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, expect_kind, plain_config,
+    within,
 };
 
 pub(crate) fn cases() -> Vec<Case> {
@@ -373,21 +374,6 @@ async fn reset(b: &dyn EventBus, topic: &str, group: &str, from: ReplayFrom) -> 
     )
     .await??;
     Ok(())
-}
-
-fn expect_kind<T: std::fmt::Debug>(
-    r: courier_core::Result<T>,
-    kind: ErrorKind,
-    what: &str,
-) -> Outcome {
-    match r {
-        Ok(v) => Err(Failure(format!("{what}: expected {kind:?}, got Ok({v:?})"))),
-        Err(e) if e.kind() == kind => Ok(()),
-        Err(e) => Err(Failure(format!(
-            "{what}: expected {kind:?}, got {:?}: {e}",
-            e.kind()
-        ))),
-    }
 }
 
 /// Wait (bounded) until the backend clock reads at least `at_ms`.

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use courier_core::{
-    Delivery, Error, EventBus, MessageId, PubSub, Queue, QueueConfig, QueueStats, RetryPolicy,
+    Delivery, Error, ErrorKind, EventBus, MessageId, PubSub, Queue, QueueConfig, QueueStats,
+    RetryPolicy,
 };
 use futures::future::BoxFuture;
 
@@ -364,6 +365,22 @@ impl Accounting {
             self.seen.len()
         );
         (lost, unexpected, duplicated)
+    }
+}
+
+/// Check that `r` failed with `kind`, naming `what` and what happened otherwise.
+pub fn expect_kind<T: fmt::Debug>(
+    r: courier_core::Result<T>,
+    kind: ErrorKind,
+    what: &str,
+) -> Outcome {
+    match r {
+        Ok(v) => Err(Failure(format!("{what}: expected {kind:?}, got Ok({v:?})"))),
+        Err(e) if e.kind() == kind => Ok(()),
+        Err(e) => Err(Failure(format!(
+            "{what}: expected {kind:?}, got {:?}: {e}",
+            e.kind()
+        ))),
     }
 }
 

@@ -11,7 +11,7 @@ use courier_core::{
 };
 use parking_lot::Mutex;
 
-use crate::{Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, within};
+use crate::{Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, expect_kind, within};
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
@@ -231,21 +231,6 @@ async fn drain_quiet(sub: &mut Subscription, quiet: Duration) -> Vec<Message> {
 
 fn kinds(ms: &[Message]) -> Vec<String> {
     ms.iter().map(|m| m.kind.clone()).collect()
-}
-
-fn expect_kind<T: std::fmt::Debug>(
-    r: courier_core::Result<T>,
-    kind: ErrorKind,
-    what: &str,
-) -> Outcome {
-    match r {
-        Ok(v) => Err(Failure(format!("{what}: expected {kind:?}, got Ok({v:?})"))),
-        Err(e) if e.kind() == kind => Ok(()),
-        Err(e) => Err(Failure(format!(
-            "{what}: expected {kind:?}, got {:?}: {e}",
-            e.kind()
-        ))),
-    }
 }
 
 /// Subscribe to `pattern` (relative to a root token unique to the case) and publish one message
