@@ -304,15 +304,7 @@ impl SqliteBackend {
             move |ctx| {
                 with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {
                     pull(ctx, q, &t, tp, max, now)?;
-                    let got = store::claim(ctx, q, now, max, &config)?;
-                    if got.is_empty() {
-                        Ok(Poll::Empty {
-                            now,
-                            next_wake: store::next_wake(ctx, q.qid)?,
-                        })
-                    } else {
-                        Ok(Poll::Got(got))
-                    }
+                    store::poll(ctx, q, now, max, &config)
                 })
             },
             release,

@@ -90,15 +90,7 @@ impl SqliteBackend {
             &self.inner.writer,
             move |ctx| {
                 with_queue(ctx, &name, &config, |ctx, q, now| {
-                    let got = store::claim(ctx, q, now, max, &config)?;
-                    if got.is_empty() {
-                        Ok(Poll::Empty {
-                            now,
-                            next_wake: store::next_wake(ctx, q.qid)?,
-                        })
-                    } else {
-                        Ok(Poll::Got(got))
-                    }
+                    store::poll(ctx, q, now, max, &config)
                 })
             },
             release,

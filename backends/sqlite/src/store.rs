@@ -481,6 +481,25 @@ pub(crate) fn claim(
     Ok(out)
 }
 
+/// One look by a receive: lease up to `max`, or say when to look again.
+pub(crate) fn poll(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    now: u64,
+    max: usize,
+    config: &QueueConfig,
+) -> Result<crate::Poll> {
+    let got = claim(ctx, q, now, max, config)?;
+    if got.is_empty() {
+        Ok(crate::Poll::Empty {
+            now,
+            next_wake: next_wake(ctx, q.qid)?,
+        })
+    } else {
+        Ok(crate::Poll::Got(got))
+    }
+}
+
 /// The leased row for `lease` if the lease is still held at `now`: `(rid, deliveries)`.
 fn held(ctx: &Ctx<'_>, q: &Q, lease: &Lease, now: u64) -> Result<Option<(i64, i64)>> {
     let Ok(token) = i64::try_from(lease.token) else {
