@@ -2,7 +2,7 @@
 //!
 //! A backend runs the whole suite from one short test file with `harness = false`:
 //!
-//! ```ignore
+//! ```text
 //! // backends/foo/tests/conformance.rs
 //! fn main() -> std::process::ExitCode {
 //!     courier_conformance::run(FooFactory::default())
