@@ -1,9 +1,10 @@
 //! # courier-redis
 //!
 //! Courier's Redis backend, the primary production transport. [`RedisBackend`] implements
-//! [`Queue`], [`PubSub`] and [`EventBus`] over one Redis server (5 or later; 7 recommended).
+//! [`Queue`], [`PubSub`] and [`EventBus`] over one Redis server (6.2 or later: `LPOP` with a count, `ZMSCORE`; 7 recommended).
 //!
-//! - **Queue**: every state change is one atomic Lua script (`src/scripts/*.lua`) working on
+//! - **Queue**: every state change is one atomic Lua script (`src/scripts/*.lua`, run as a Redis
+//!   Function where the server allows, else with `EVALSHA`; see [`RedisBackendBuilder::redis_functions`]) working on
 //!   per-queue keys that share one hash tag (`{<prefix>:q:<queue>}`), so a queue lives in one
 //!   Redis Cluster slot and all its keys are passed in `KEYS`. Scripts read the server's clock
 //!   (`TIME`), never a client's. Four ready lists give strict priority; a sorted set holds
@@ -237,6 +238,7 @@ pub struct RedisBackendBuilder {
     response_timeout: Duration,
     connection_timeout: Duration,
     tls_root: Option<Vec<u8>>,
+    functions: bool,
 }
 
 impl Default for RedisBackendBuilder {
@@ -248,6 +250,7 @@ impl Default for RedisBackendBuilder {
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
             tls_root: None,
+            functions: true,
         }
     }
 }
@@ -261,6 +264,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("tls_root_certificate", &self.tls_root.is_some())
+            .field("redis_functions", &self.functions)
             .finish()
     }
 }
@@ -309,6 +313,15 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Whether scripts run as Redis Functions (`FUNCTION LOAD` once, then `FCALL`; the
+    /// default) or as `EVALSHA` bodies. Functions need Redis 7 and cost the server much less
+    /// per call; on a server without them (or where the user may not run `FUNCTION`) the
+    /// backend switches to `EVALSHA` by itself. Set `false` to never try them.
+    pub fn redis_functions(mut self, yes: bool) -> Self {
+        self.functions = yes;
+        self
+    }
+
     /// Connect.
     ///
     /// # Errors
@@ -350,7 +363,7 @@ impl RedisBackendBuilder {
                 prefix,
                 conn,
                 waiters: wait::Waiters::new(client, self.connection_timeout),
-                scripts: scripts::Scripts::new(),
+                scripts: scripts::Scripts::new(self.functions),
                 clock: Arc::new(SystemClock),
                 default_config: self.default_config,
                 queue_configs: RwLock::new(HashMap::new()),

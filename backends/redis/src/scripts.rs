@@ -1,48 +1,86 @@
 //! The Lua scripts (one file each under `src/scripts/`) and how they are called.
 //!
-//! Every queue and group script is `lib.lua` and `lib_more.lua` followed by its own body
-//! (`publish.lua` needs only `lib.lua`), concatenated at compile time, so each is one
-//! self-contained `EVAL` body. Scripts are sent by SHA (`EVALSHA`); when
-//! the server does not know a script (first use, restart, failover) it is loaded and the call
-//! repeated once.
+//! Every queue and group script is `lib.lua` and `lib_more.lua` followed by its own body. They
+//! run in one of two ways, chosen per server on first use:
+//!
+//! - **Redis Functions** (Redis >= 7): all scripts form one library, loaded once with
+//!   `FUNCTION LOAD` and called with `FCALL`. The shared part runs once at load; a call runs
+//!   only its own function. Measured with `tests/server_cost.rs` (Redis 7.0, 2-core machine),
+//!   server time per single-message call, `EVALSHA` → `FCALL`: publish 70 → 44 µs, claim
+//!   101 → 64 µs, ack 88 → 54 µs (the shared part alone costs 22-37 µs per `EVALSHA`).
+//! - **`EVAL` bodies** (Redis 6.2, or where `FUNCTION` is not allowed): each script is the
+//!   shared part followed by its body, sent by SHA (`EVALSHA`) and loaded when the server does
+//!   not know it.
+//!
+//! Both are atomic in the same way (Redis runs a function or script to completion with no other
+//! command in between), take every key as a key, and use server time. The library's name
+//! carries a hash of its text, so several Courier versions can share a server. When the server
+//! lost the library or script (first use, restart, failover, `FUNCTION FLUSH`), it is loaded
+//! and the call repeated once.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use courier_core::clock::ms_ceil;
 use courier_core::{QueueConfig, Retention};
 use redis::aio::ConnectionLike;
-use redis::{Cmd, RedisResult, Value};
+use redis::{Arg, Cmd, RedisResult, Value};
 
-/// A script and its SHA1.
+/// The function library shared by every [`Lua`] of a backend, and which way scripts run.
+struct Library {
+    /// `#!lua name=…` followed by the shared part and one registered function per script.
+    code: String,
+    /// False once the server refused `FUNCTION LOAD` or `FCALL` (too old, or not permitted):
+    /// from then on every script runs as an `EVAL` body.
+    functions: AtomicBool,
+}
+
+/// A script: its `EVAL` body and SHA1, and its function name in the library.
 pub(crate) struct Lua {
     name: &'static str,
-    code: &'static str,
+    code: String,
     hash: String,
+    function: String,
+    library: Arc<Library>,
+}
+
+/// A failed `FCALL` that means the server does not have our function, has no functions at all
+/// (Redis < 7), or does not let this user call them (ACL).
+fn function_missing(e: &redis::RedisError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("function not found")
+        || text.contains("unknown command")
+        || (text.contains("noperm") && text.contains("fcall"))
 }
 
 impl Lua {
-    fn new(name: &'static str, code: &'static str) -> Self {
-        let hash = redis::Script::new(code).get_hash().to_string();
-        Lua { name, code, hash }
-    }
-
     /// The script's file name (for errors and logs).
     pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
-    /// An `EVALSHA` call with these keys; add arguments with [`Cmd::arg`].
+    /// A call with these keys (`FCALL`, or `EVALSHA` on servers without functions); add
+    /// arguments with [`Cmd::arg`].
     pub(crate) fn call<K: AsRef<str>>(&self, keys: &[K]) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.hash).arg(keys.len());
+        let mut cmd = if self.library.functions.load(Ordering::Relaxed) {
+            let mut c = redis::cmd("FCALL");
+            c.arg(&self.function);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(&self.hash);
+            c
+        };
+        cmd.arg(keys.len());
         for k in keys {
             cmd.arg(k.as_ref());
         }
         cmd
     }
 
-    /// Run a call made by [`Lua::call`], loading the script first if the server lacks it.
-    /// A call refused before it was sent is tried once more (see [`retry_refused`]).
+    /// Run a call made by [`Lua::call`], loading the library or script first if the server
+    /// lacks it. A call refused before it was sent is tried once more (see [`retry_refused`]).
     pub(crate) async fn run<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
@@ -59,17 +97,69 @@ impl Lua {
         conn: &mut C,
         cmd: &Cmd,
     ) -> RedisResult<Value> {
+        let is_fcall = cmd
+            .args_iter()
+            .next()
+            .is_some_and(|a| matches!(a, Arg::Simple(b) if b.eq_ignore_ascii_case(b"FCALL")));
+        if !is_fcall {
+            return self.run_eval(conn, cmd).await;
+        }
+        match cmd.query_async::<Value>(conn).await {
+            Err(e) if function_missing(&e) => {
+                let loaded = redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg(&self.library.code)
+                    .query_async::<Value>(conn)
+                    .await;
+                match loaded {
+                    // Loaded, or another client loaded it in between.
+                    Ok(_) => cmd.query_async::<Value>(conn).await,
+                    Err(l) if l.to_string().contains("already exists") => {
+                        cmd.query_async::<Value>(conn).await
+                    }
+                    Err(l) if matches!(l.kind(), redis::ErrorKind::Server(_)) => {
+                        // No functions here (Redis < 7, or FUNCTION not permitted): EVAL from
+                        // now on, for every script of this backend.
+                        if self.library.functions.swap(false, Ordering::Relaxed) {
+                            tracing::info!(error = %l, "courier redis: cannot load the function library; running scripts with EVALSHA");
+                        }
+                        self.run_eval(conn, &self.as_eval(cmd)).await
+                    }
+                    Err(l) => Err(l),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn run_eval<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        cmd: &Cmd,
+    ) -> RedisResult<Value> {
         match cmd.query_async::<Value>(conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
-                    .arg(self.code)
+                    .arg(&self.code)
                     .query_async::<Value>(conn)
                     .await?;
                 cmd.query_async::<Value>(conn).await
             }
             other => other,
         }
+    }
+
+    /// The `EVALSHA` form of an `FCALL` made by [`Lua::call`]: same keys and arguments.
+    fn as_eval(&self, fcall: &Cmd) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash);
+        for a in fcall.args_iter().skip(2) {
+            if let Arg::Simple(b) = a {
+                cmd.arg(b);
+            }
+        }
+        cmd
     }
 }
 
@@ -93,22 +183,27 @@ pub(crate) async fn retry_refused<C: ConnectionLike + Send, T: redis::FromRedisV
     }
 }
 
-macro_rules! with_lib {
-    ($file:literal) => {
-        concat!(
-            include_str!("scripts/lib.lua"),
-            include_str!("scripts/lib_more.lua"),
-            include_str!($file)
-        )
-    };
+const LIB: &str = include_str!("scripts/lib.lua");
+const LIB_MORE: &str = include_str!("scripts/lib_more.lua");
+
+/// How a script's body gets its keys and arguments.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Uses the shared part: `setup(KEYS, ARGV)` first.
+    Lib,
+    /// Stands alone and reads `KEYS` / `ARGV` itself.
+    Plain,
 }
 
-/// A script that needs only the first part of the shared prologue (`lib.lua` without
-/// `lib_more.lua`): fewer closures made per call.
-macro_rules! with_core_lib {
-    ($file:literal) => {
-        concat!(include_str!("scripts/lib.lua"), include_str!($file))
-    };
+/// The `EVAL` body of a script: the shared part (for [`Kind::Lib`]), then the body.
+fn eval_body(kind: Kind, body: &str) -> String {
+    match kind {
+        // The globals are captured before lib.lua declares its own KEYS / ARGV upvalues.
+        Kind::Lib => format!(
+            "local EVAL_KEYS, EVAL_ARGV = KEYS, ARGV\n{LIB}{LIB_MORE}setup(EVAL_KEYS, EVAL_ARGV)\n{body}"
+        ),
+        Kind::Plain => body.to_string(),
+    }
 }
 
 /// Every script of the crate.
@@ -127,21 +222,96 @@ pub(crate) struct Scripts {
     pub(crate) topic_len: Lua,
 }
 
+/// (name, kind, body) of every script, in [`Scripts`] order.
+const SOURCES: [(&str, Kind, &str); 12] = [
+    ("publish", Kind::Lib, include_str!("scripts/publish.lua")),
+    ("claim", Kind::Lib, include_str!("scripts/claim.lua")),
+    ("settle", Kind::Lib, include_str!("scripts/settle.lua")),
+    ("extend", Kind::Lib, include_str!("scripts/extend.lua")),
+    ("stats", Kind::Lib, include_str!("scripts/stats.lua")),
+    (
+        "dead_read",
+        Kind::Lib,
+        include_str!("scripts/dead_read.lua"),
+    ),
+    (
+        "dead_move",
+        Kind::Lib,
+        include_str!("scripts/dead_move.lua"),
+    ),
+    (
+        "group_claim",
+        Kind::Lib,
+        include_str!("scripts/group_claim.lua"),
+    ),
+    (
+        "group_stats",
+        Kind::Lib,
+        include_str!("scripts/group_stats.lua"),
+    ),
+    (
+        "group_reset",
+        Kind::Lib,
+        include_str!("scripts/group_reset.lua"),
+    ),
+    ("emit", Kind::Plain, include_str!("scripts/emit.lua")),
+    (
+        "topic_len",
+        Kind::Plain,
+        include_str!("scripts/topic_len.lua"),
+    ),
+];
+
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// `functions`: start with Redis Functions (switching to `EVAL` by itself where the server
+    /// refuses them), or use `EVAL` bodies only.
+    pub(crate) fn new(functions: bool) -> Self {
+        // The library: the shared part once, then one function per script. Its name and its
+        // functions' names carry a hash of the text, so versions never overwrite each other.
+        let mut registrations = String::new();
+        for (name, kind, body) in SOURCES {
+            let wrapped = match kind {
+                Kind::Lib => format!("function(keys, argv)\nsetup(keys, argv)\n{body}\nend"),
+                Kind::Plain => format!("function(KEYS, ARGV)\n{body}\nend"),
+            };
+            registrations.push_str(&format!(
+                "redis.register_function('courier_@@_{name}', {wrapped})\n"
+            ));
+        }
+        let text = format!("{LIB}{LIB_MORE}{registrations}");
+        let version = redis::Script::new(&text).get_hash()[..12].to_string();
+        let code = format!(
+            "#!lua name=courier_{version}\n{}",
+            text.replace("courier_@@_", &format!("courier_{version}_"))
+        );
+        let library = Arc::new(Library {
+            code,
+            functions: AtomicBool::new(functions),
+        });
+        let make = |i: usize| {
+            let (name, kind, body) = SOURCES[i];
+            let code = eval_body(kind, body);
+            Lua {
+                name,
+                hash: redis::Script::new(&code).get_hash().to_string(),
+                code,
+                function: format!("courier_{version}_{name}"),
+                library: library.clone(),
+            }
+        };
         Scripts {
-            publish: Lua::new("publish.lua", with_core_lib!("scripts/publish.lua")),
-            claim: Lua::new("claim.lua", with_lib!("scripts/claim.lua")),
-            settle: Lua::new("settle.lua", with_lib!("scripts/settle.lua")),
-            extend: Lua::new("extend.lua", with_lib!("scripts/extend.lua")),
-            stats: Lua::new("stats.lua", with_lib!("scripts/stats.lua")),
-            dead_read: Lua::new("dead_read.lua", with_lib!("scripts/dead_read.lua")),
-            dead_move: Lua::new("dead_move.lua", with_lib!("scripts/dead_move.lua")),
-            group_claim: Lua::new("group_claim.lua", with_lib!("scripts/group_claim.lua")),
-            group_stats: Lua::new("group_stats.lua", with_lib!("scripts/group_stats.lua")),
-            group_reset: Lua::new("group_reset.lua", with_lib!("scripts/group_reset.lua")),
-            emit: Lua::new("emit.lua", include_str!("scripts/emit.lua")),
-            topic_len: Lua::new("topic_len.lua", include_str!("scripts/topic_len.lua")),
+            publish: make(0),
+            claim: make(1),
+            settle: make(2),
+            extend: make(3),
+            stats: make(4),
+            dead_read: make(5),
+            dead_move: make(6),
+            group_claim: make(7),
+            group_stats: make(8),
+            group_reset: make(9),
+            emit: make(10),
+            topic_len: make(11),
         }
     }
 }
@@ -214,14 +384,21 @@ mod tests {
             }
             return;
         };
-        let body = concat!(
-            include_str!("scripts/lib.lua"),
-            include_str!("scripts/lib_more.lua"),
-            "local out = {}\n",
-            "for a = 1, tonumber(ARGV[A]) do out[a] = backoff_ms(a) end\n",
-            "return out\n"
+        let code = eval_body(
+            Kind::Lib,
+            "local out = {}\nfor a = 1, tonumber(ARGV[A]) do out[a] = backoff_ms(a) end\nreturn out\n",
         );
-        let lua = Lua::new("backoff_test.lua", body);
+        let library = Arc::new(Library {
+            code: String::new(),
+            functions: AtomicBool::new(false),
+        });
+        let lua = Lua {
+            name: "backoff_test.lua",
+            hash: redis::Script::new(&code).get_hash().to_string(),
+            code,
+            function: String::new(),
+            library,
+        };
         let keys: Vec<String> = (0..13)
             .map(|i| format!("{{courier-test-backoff}}:{i}"))
             .collect();

@@ -62,7 +62,14 @@ async fn reset(conn: &mut redis::aio::MultiplexedConnection) {
 fn report(phase: &str, messages: usize, wall: Duration, stats: &BTreeMap<String, (u64, u64)>) {
     // Commands sent by the client (a script's own redis.call()s are counted too, under their
     // own names, but they are not round trips).
-    const TOP: [&str; 4] = ["evalsha", "script|load", "eval", "blpop"];
+    const TOP: [&str; 6] = [
+        "evalsha",
+        "script|load",
+        "eval",
+        "fcall",
+        "function|load",
+        "blpop",
+    ];
     let mut trips = 0;
     let mut usec = 0;
     for name in TOP {
@@ -171,9 +178,12 @@ async fn measure(
 async fn baselines(conn: &mut redis::aio::MultiplexedConnection) {
     const CALLS: usize = 2_000;
     let empty = redis::Script::new("return 1");
+    // The shared part as an EVAL body runs it (see src/scripts.rs).
     let prologue = redis::Script::new(concat!(
+        "local EVAL_KEYS, EVAL_ARGV = KEYS, ARGV\n",
         include_str!("../src/scripts/lib.lua"),
         include_str!("../src/scripts/lib_more.lua"),
+        "setup(EVAL_KEYS, EVAL_ARGV)\n",
         "return now_ms()"
     ));
     let keys: Vec<String> = (0..13).map(|i| format!("{{cost-baseline}}:{i}")).collect();
@@ -236,19 +246,19 @@ async fn redis_server_cost_per_message() {
     ) else {
         return;
     };
-    let b = timeout(
-        Duration::from_secs(10),
-        RedisBackend::builder()
-            .url(server.url())
-            .default_config(QueueConfig {
-                visibility_timeout: Duration::from_secs(600),
-                ..QueueConfig::default()
-            })
-            .build(),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
+    let connect = |functions: bool| {
+        timeout(
+            Duration::from_secs(10),
+            RedisBackend::builder()
+                .url(server.url())
+                .redis_functions(functions)
+                .default_config(QueueConfig {
+                    visibility_timeout: Duration::from_secs(600),
+                    ..QueueConfig::default()
+                })
+                .build(),
+        )
+    };
     let client = redis::Client::open(server.url()).expect("client");
     let mut admin = timeout(
         Duration::from_secs(5),
@@ -271,9 +281,23 @@ async fn redis_server_cost_per_message() {
         .to_string();
     println!("redis {version}, private server, appendonly no; payload ~35 bytes");
     baselines(&mut admin).await;
-    // Warm up: scripts loaded, connections made.
-    measure(&b, &mut admin, 1_000, 100).await;
-    println!("--- measured ---");
-    measure(&b, &mut admin, 20_000, 100).await;
-    measure(&b, &mut admin, 2_000, 1).await;
+    for functions in [true, false] {
+        let b = connect(functions)
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        println!(
+            "=== scripts run as {} ===",
+            if functions {
+                "Redis Functions (FCALL)"
+            } else {
+                "EVALSHA bodies"
+            }
+        );
+        // Warm up: scripts loaded, connections made.
+        measure(&b, &mut admin, 1_000, 100).await;
+        println!("--- measured ---");
+        measure(&b, &mut admin, 20_000, 100).await;
+        measure(&b, &mut admin, 2_000, 1).await;
+    }
 }

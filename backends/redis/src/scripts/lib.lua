@@ -1,6 +1,7 @@
--- lib.lua: the shared part of every queue and consumer-group script. It is prepended to each
--- script at build time (see src/scripts.rs), followed by lib_more.lua for every script but
--- publish.lua, so every script is one self-contained EVAL body.
+-- lib.lua: the shared part of every queue and consumer-group script, followed by lib_more.lua.
+-- src/scripts.rs makes two things of them: one Redis Functions library (the shared part once,
+-- then one registered function per script; Redis >= 7) and, for older servers, one
+-- self-contained EVAL body per script (the shared part, then the script).
 --
 -- Why scripts: Redis runs a script to completion with no other command interleaved, so each
 -- state change below (and the maintenance it starts with) is atomic. A crash of a client can
@@ -41,28 +42,41 @@
 --   retention max_age_ms (0 = none).
 -- The script's own arguments start at ARGV[13] (`A`).
 
-local K_READY = { KEYS[1], KEYS[2], KEYS[3], KEYS[4] }
-local K_MSGS = KEYS[5]
-local K_INFO = KEYS[6]
-local K_DELAYED = KEYS[7]
-local K_LEASES = KEYS[8]
-local K_DEAD = KEYS[9]
-local K_DEADIDX = KEYS[10]
-local K_DEADINFO = KEYS[11]
-local K_COUNTERS = KEYS[12]
-local K_WAKE = KEYS[13]
-local K_LOG = KEYS[14]
-
-local VIS = tonumber(ARGV[1])
-local DEAD_LETTER = ARGV[8] == '1'
-local GROUP_MODE = ARGV[9] == 'g'
-local GROUP = ARGV[10]
+-- The state of one call. A script is run in one of two ways (see src/scripts.rs): as a Redis
+-- Function (Redis >= 7: this library is loaded once and each call only runs its function) or
+-- as an EVAL body (older servers: the whole text runs on every call). Either way the
+-- per-call state lives in these upvalues, set by setup() at the start of every call, so
+-- nothing carries over from one call to the next.
+local KEYS, ARGV
+local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASES, K_DEAD, K_DEADIDX, K_DEADINFO
+local K_COUNTERS, K_WAKE, K_LOG
+local VIS, DEAD_LETTER, GROUP_MODE, GROUP
 local A = 13
 
 -- The retry policy (ARGV[2..7]) is parsed only by calls that retry something (see
 -- retry_policy() in lib_more.lua), and retention (ARGV[11..12]) only by trim_log(): most calls
 -- need neither, and every tonumber is paid on every call.
 local MAX_ATTEMPTS, BASE, FACTOR, MAX_DELAY, JITTER
+
+local function setup(keys, argv)
+  KEYS, ARGV = keys, argv
+  K_READY = { keys[1], keys[2], keys[3], keys[4] }
+  K_MSGS = keys[5]
+  K_INFO = keys[6]
+  K_DELAYED = keys[7]
+  K_LEASES = keys[8]
+  K_DEAD = keys[9]
+  K_DEADIDX = keys[10]
+  K_DEADINFO = keys[11]
+  K_COUNTERS = keys[12]
+  K_WAKE = keys[13]
+  K_LOG = keys[14]
+  VIS = tonumber(argv[1])
+  DEAD_LETTER = argv[8] == '1'
+  GROUP_MODE = argv[9] == 'g'
+  GROUP = argv[10]
+  MAX_ATTEMPTS = nil
+end
 
 -- Bounds on the maintenance done by one call, so a script never blocks the server for long.
 local RECLAIM_MAX = 1000

@@ -1,7 +1,5 @@
 -- lib_more.lua: the rest of the shared part of the queue and consumer-group scripts (see
--- lib.lua, which precedes it): retries, dead letters, maintenance, leases. Scripts that need
--- none of it (publish.lua) leave it out: Redis runs a script's whole prologue on every call,
--- and each function defined here is a closure made per call.
+-- lib.lua, which precedes it): retries, dead letters, maintenance, leases.
 
 -- The max_attempts override from a message's wire header (version 1: bytes 23..26 from 0,
 -- big-endian u32; docs/wire-format.md). 0 = none, also for bytes that are not Courier's.
