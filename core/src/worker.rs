@@ -489,6 +489,9 @@ impl Driver {
         let mut slots = Slots::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut pending: Vec<Settle> = Vec::new();
+        // Settles in flight: the next receive does not wait for the last batch's acks, so the
+        // backend works on one while the worker handles the other.
+        let mut settling: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut recv: Option<BoxFuture<'static, Result<Vec<Delivery>>>> = None;
         let mut recv_errors: u32 = 0;
         let mut retry_receive_at: Option<Instant> = None;
@@ -507,7 +510,10 @@ impl Driver {
                 }
             }
             if !pending.is_empty() {
-                self.flush(&mut pending).await;
+                while settling.len() >= MAX_SETTLING {
+                    settling.next().await;
+                }
+                settling.push(self.flush(std::mem::take(&mut pending)));
             }
             let stopping = stop_deadline.is_some();
             if stopping && running.is_empty() {
@@ -567,6 +573,7 @@ impl Driver {
                         self.counters.released.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Some(()) = settling.next(), if !settling.is_empty() => {}
                 Some(done) = running.next(), if !running.is_empty() => {
                     self.finish(done, &mut slots, &mut pending, &config, &mut rng);
                     while let Some(Some(done)) = running.next().now_or_never() {
@@ -615,8 +622,10 @@ impl Driver {
             }
         }
         if !pending.is_empty() {
-            self.flush(&mut pending).await;
+            settling.push(self.flush(pending));
         }
+        // Every settle has landed before the worker reports it stopped.
+        while settling.next().await.is_some() {}
         abandoned
     }
 
@@ -731,34 +740,39 @@ impl Driver {
         }
     }
 
-    async fn flush(&self, pending: &mut Vec<Settle>) {
-        let ops = std::mem::take(pending);
-        let n = ops.len();
-        // Settling is retried while the backend is unavailable: an unsettled message would
-        // otherwise wait for its lease to expire and count a spurious failed attempt.
-        let mut attempt = 0u32;
-        let mut ops = Some(ops);
-        while let Some(batch) = ops.take() {
-            match self.source.settle(batch.clone()).await {
-                Ok(results) => {
-                    for r in results {
-                        if let Err(e) = r {
-                            self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(source = %self.source.describe(), error = %e, "courier worker: settle refused");
+    /// Settle a batch of outcomes (a future the driver polls alongside its other work).
+    fn flush(&self, ops: Vec<Settle>) -> BoxFuture<'static, ()> {
+        let source = self.source.clone();
+        let counters = self.counters.clone();
+        async move {
+            let n = ops.len();
+            // Settling is retried while the backend is unavailable: an unsettled message would
+            // otherwise wait for its lease to expire and count a spurious failed attempt.
+            let mut attempt = 0u32;
+            let mut ops = Some(ops);
+            while let Some(batch) = ops.take() {
+                match source.settle(batch.clone()).await {
+                    Ok(results) => {
+                        for r in results {
+                            if let Err(e) = r {
+                                counters.lease_lost.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(source = %source.describe(), error = %e, "courier worker: settle refused");
+                            }
                         }
                     }
-                }
-                Err(e) if e.is_retryable() && attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(source = %self.source.describe(), error = %e, ops = n, "courier worker: settle failed, retrying");
-                    tokio::time::sleep(receive_backoff(attempt)).await;
-                    ops = Some(batch);
-                }
-                Err(e) => {
-                    tracing::error!(source = %self.source.describe(), error = %e, ops = n, "courier worker: settle failed; leases will expire and the messages come back");
+                    Err(e) if e.is_retryable() && attempt < 5 => {
+                        attempt += 1;
+                        tracing::warn!(source = %source.describe(), error = %e, ops = n, "courier worker: settle failed, retrying");
+                        tokio::time::sleep(receive_backoff(attempt)).await;
+                        ops = Some(batch);
+                    }
+                    Err(e) => {
+                        tracing::error!(source = %source.describe(), error = %e, ops = n, "courier worker: settle failed; leases will expire and the messages come back");
+                    }
                 }
             }
         }
+        .boxed()
     }
 
     async fn extend_leases(
@@ -801,6 +815,9 @@ impl Driver {
 fn extend_interval(config: &QueueConfig) -> Duration {
     (config.visibility_timeout / 4).max(Duration::from_millis(5))
 }
+
+/// Settle batches a worker keeps in flight at once (more outcomes wait for one to land).
+const MAX_SETTLING: usize = 2;
 
 fn receive_backoff(failures: u32) -> Duration {
     let ms = 50u64.saturating_mul(1u64 << failures.min(7)).min(5_000);
