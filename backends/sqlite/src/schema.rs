@@ -15,7 +15,10 @@ use crate::BACKEND_NAME;
 use crate::error::map_err;
 
 /// The migrations, oldest first.
-const MIGRATIONS: &[&str] = &[include_str!("schema/001_init.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("schema/001_init.sql"),
+    include_str!("schema/002_messages_check.sql"),
+];
 
 /// The schema version this build writes and reads.
 pub const LATEST: u32 = MIGRATIONS.len() as u32;

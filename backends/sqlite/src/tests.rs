@@ -151,6 +151,89 @@ async fn migrations_fresh_and_reopen() {
 }
 
 #[tokio::test]
+async fn migration_2_keeps_rows_of_a_version_1_database() {
+    let dir = TempDir::new("migrate-v1");
+    let path = dir.file("q.db");
+    {
+        // A database as version 1 left it: a queue with a ready Low, a ready Critical and a
+        // dead message.
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(schema::MIGRATIONS[0]).expect("v1 schema");
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        c.pragma_update(None, "user_version", 1)
+            .expect("user_version");
+        c.execute(
+            "INSERT INTO courier_queues (qid, kind, name, next_seq, published, dead_lettered) \
+             VALUES (7, 'queue', 'q', 4, 3, 1)",
+            [],
+        )
+        .expect("queue row");
+        let mut ins = c
+            .prepare(
+                "INSERT INTO courier_messages (qid, id, priority, state, seq, deliveries, \
+                 last_error, failed_at, body) VALUES (7, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .expect("prepare");
+        for (kind, priority, state, seq, deliveries, error, failed_at) in [
+            ("low", Priority::Low, 0, 1, 0, None, None),
+            ("critical", Priority::Critical, 0, 2, 0, None, None),
+            ("dead", Priority::Normal, 3, 3, 3, Some("boom"), Some(5)),
+        ] {
+            let m = Message::new(kind, "v1").with_priority(priority);
+            let body = courier_core::wire::encode(&m).expect("encode");
+            ins.execute(rusqlite::params![
+                &m.id.as_bytes()[..],
+                priority.index() as i64,
+                state,
+                seq,
+                deliveries,
+                error,
+                failed_at,
+                &body[..]
+            ])
+            .expect("insert");
+        }
+    }
+    let b = open(&path).await;
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let sql: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'courier_messages'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert!(!sql.contains("IN (0, 1, 2, 3)"), "{sql}");
+        let indexes: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' \
+                 AND tbl_name = 'courier_messages' AND name LIKE 'courier_messages_%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 6);
+    }
+    let q: &dyn Queue = &b;
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!(st.published, 3);
+    assert_eq!(st.dead, 1);
+    let ds = q
+        .receive("q", 10, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    let kinds: Vec<&str> = ds.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(kinds, ["critical", "low"]);
+    let dead = q.dead_letters("q", Page::first(10)).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error, "boom");
+    assert_eq!(dead[0].attempts, 3);
+}
+
+#[tokio::test]
 async fn newer_schema_is_refused() {
     let dir = TempDir::new("newer");
     let path = dir.file("q.db");
