@@ -404,12 +404,16 @@ pub(crate) fn ready_count(ctx: &Ctx<'_>, qid: i64, level: i64, limit: usize) -> 
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// A row just leased: token, row id, message id, deliveries, body.
-type LeasedRow = (i64, i64, Vec<u8>, i64, Vec<u8>);
+/// A ready row about to be leased: row id, message id, deliveries so far, body.
+type ReadyRow = (i64, Vec<u8>, i64, Vec<u8>);
 
 /// Lease up to `max` ready rows, highest level first, FIFO within a level. The caller ran
 /// [`tick`] for `now`. A stored body that cannot be decoded is buried with the decode error
 /// (Q10) and not returned.
+///
+/// One walk of `courier_messages_ready` in `(priority, seq)` order with a `LIMIT` finds the
+/// rows (strict priority, FIFO inside a level), then each is leased by its primary key with
+/// consecutive tokens in that order (`next_seq + rank`).
 pub(crate) fn claim(
     ctx: &Ctx<'_>,
     q: &mut Q,
@@ -418,63 +422,54 @@ pub(crate) fn claim(
     config: &QueueConfig,
 ) -> Result<Vec<Delivery>> {
     let deadline = now.saturating_add(ms_ceil(config.visibility_timeout));
-    let mut out = Vec::new();
-    let mut leased = 0;
-    for level in 0..4 {
-        let left = max - leased;
-        if left == 0 {
-            break;
-        }
-        // One UPDATE … RETURNING per level: the oldest `left` ready rows become leased, with
-        // consecutive tokens in FIFO order (`next_seq + rank`).
-        let base = q.next_seq - 1;
-        let mut rows: Vec<LeasedRow> = ctx
-            .conn
-            .prepare_cached(
-                "UPDATE courier_messages SET state = 2, token = ?4 + s.rn, deadline = ?5, \
-                 deliveries = deliveries + 1 \
-                 FROM (SELECT r, row_number() OVER (ORDER BY sq) AS rn FROM \
-                       (SELECT rid AS r, seq AS sq FROM courier_messages \
-                        WHERE qid = ?1 AND state = 0 AND priority = ?2 ORDER BY seq LIMIT ?3)) AS s \
-                 WHERE courier_messages.rid = s.r \
-                 RETURNING courier_messages.token, courier_messages.rid, courier_messages.id, \
-                           courier_messages.deliveries, courier_messages.body",
-            )
-            .and_then(|mut s| {
-                s.query_map(
-                    params![q.qid, level, left as i64, base, i(deadline)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )?
-                .collect()
-            })
+    let rows: Vec<ReadyRow> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT rid, id, deliveries, body FROM courier_messages INDEXED BY courier_messages_ready \
+             WHERE qid = ?1 AND state = 0 ORDER BY priority, seq LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![q.qid, i64::try_from(max).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .map_err(ctx.err("receive"))?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut lease = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE courier_messages SET state = 2, token = ?2, deadline = ?3, \
+             deliveries = ?4 WHERE rid = ?1",
+        )
+        .map_err(ctx.err("receive"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (rid, id, deliveries, body) in rows {
+        let token = q.seq();
+        let deliveries = deliveries.saturating_add(1);
+        lease
+            .execute(params![rid, token, i(deadline), deliveries])
             .map_err(ctx.err("receive"))?;
-        if rows.is_empty() {
-            continue;
-        }
-        q.next_seq += rows.len() as i64;
-        q.dirty = true;
-        leased += rows.len();
-        rows.sort_unstable_by_key(|r| r.0);
-        for (token, rid, id, deliveries, body) in rows {
-            let attempt = u32_of(deliveries);
-            match wire::decode(&bytes::Bytes::from(body)) {
-                Ok(mut message) => {
-                    message.attempt = attempt;
-                    out.push(Delivery {
-                        message,
-                        lease: Lease {
-                            id: id_of(&id),
-                            token: u(token),
-                            attempt,
-                            deadline_ms: deadline,
-                        },
-                    });
-                }
-                Err(e) => {
-                    let error = format!("undecodable message: {}", e.message());
-                    tracing::warn!(id = %id_of(&id), %error, "courier sqlite: stored message cannot be decoded; moving it to dead letters");
-                    bury(ctx, q, rid, &error, now, config)?;
-                }
+        let attempt = u32_of(deliveries);
+        match wire::decode(&bytes::Bytes::from(body)) {
+            Ok(mut message) => {
+                message.attempt = attempt;
+                out.push(Delivery {
+                    message,
+                    lease: Lease {
+                        id: id_of(&id),
+                        token: u(token),
+                        attempt,
+                        deadline_ms: deadline,
+                    },
+                });
+            }
+            Err(e) => {
+                let error = format!("undecodable message: {}", e.message());
+                tracing::warn!(id = %id_of(&id), %error, "courier sqlite: stored message cannot be decoded; moving it to dead letters");
+                bury(ctx, q, rid, &error, now, config)?;
             }
         }
     }
