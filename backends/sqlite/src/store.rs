@@ -35,6 +35,9 @@ pub(crate) const LEASE_EXPIRED: &str = "lease expired";
 /// Most expired leases and due delayed rows processed by one tick (the rest in the next).
 const TICK_BOUND: i64 = 10_000;
 
+/// Most remembered lease row ids per writer (see `Ctx::leased`); beyond, the memory starts over.
+const LEASED_HINTS: usize = 1 << 16;
+
 /// The priority level of every consumer-group row (events keep emit order).
 pub(crate) const GROUP_LEVEL: i64 = 2;
 
@@ -415,7 +418,7 @@ type ReadyRow = (i64, Vec<u8>, i64, Vec<u8>);
 /// rows (strict priority, FIFO inside a level), then each is leased by its primary key with
 /// consecutive tokens in that order (`next_seq + rank`).
 pub(crate) fn claim(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     q: &mut Q,
     now: u64,
     max: usize,
@@ -446,6 +449,7 @@ pub(crate) fn claim(
         )
         .map_err(ctx.err("receive"))?;
     let mut out = Vec::with_capacity(rows.len());
+    let mut leased = Vec::with_capacity(rows.len());
     for (rid, id, deliveries, body) in rows {
         let token = q.seq();
         let deliveries = deliveries.saturating_add(1);
@@ -456,6 +460,7 @@ pub(crate) fn claim(
         match wire::decode(&bytes::Bytes::from(body)) {
             Ok(mut message) => {
                 message.attempt = attempt;
+                leased.push((token, rid));
                 out.push(Delivery {
                     message,
                     lease: Lease {
@@ -473,12 +478,19 @@ pub(crate) fn claim(
             }
         }
     }
+    drop(lease);
+    if ctx.leased.len() + leased.len() > LEASED_HINTS {
+        ctx.leased.clear();
+    }
+    for (token, rid) in leased {
+        ctx.leased.insert((q.qid, token), rid);
+    }
     Ok(out)
 }
 
 /// One look by a receive: lease up to `max`, or say when to look again.
 pub(crate) fn poll(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     q: &mut Q,
     now: u64,
     max: usize,
@@ -523,7 +535,7 @@ fn held(ctx: &Ctx<'_>, q: &Q, lease: &Lease, now: u64) -> Result<Option<(i64, i6
 /// # Errors
 /// The outer error is a database failure; the inner one `LeaseLost` (then nothing changed).
 pub(crate) fn settle(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     q: &mut Q,
     now: u64,
     op: &Settle,
@@ -535,8 +547,20 @@ pub(crate) fn settle(
     };
     {
         // The hot path: one statement checks the lease and removes the row.
-        let gone = match i64::try_from(lease.token) {
-            Ok(token) => ctx
+        let token = i64::try_from(lease.token).ok();
+        let hint = token.and_then(|t| ctx.leased.remove(&(q.qid, t)));
+        let gone = match (token, hint) {
+            (Some(token), Some(rid)) => ctx
+                .conn
+                .prepare_cached(
+                    "DELETE FROM courier_messages WHERE rid = ?1 AND qid = ?2 AND state = 2 \
+                     AND token = ?3 AND id = ?4 AND deadline > ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![rid, q.qid, token, &lease.id.as_bytes()[..], i(now)])
+                })
+                .map_err(ctx.err("settle"))?,
+            (Some(token), None) => ctx
                 .conn
                 .prepare_cached(
                     "DELETE FROM courier_messages INDEXED BY courier_messages_tokens \
@@ -546,7 +570,7 @@ pub(crate) fn settle(
                     s.execute(params![q.qid, token, &lease.id.as_bytes()[..], i(now)])
                 })
                 .map_err(ctx.err("settle"))?,
-            Err(_) => 0,
+            (None, _) => 0,
         };
         if gone == 0 {
             return Ok(Err(lease_lost("settle", lease)));

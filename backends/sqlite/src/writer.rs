@@ -41,6 +41,11 @@ pub(crate) struct Ctx<'a> {
     /// Queue / group row ids by key; valid across transactions (rows are never deleted),
     /// cleared whenever a transaction or savepoint rolls back.
     pub(crate) qids: &'a mut HashMap<String, i64>,
+    /// Row ids of the leases this writer granted, by `(qid, token)`, so that an ack deletes by
+    /// primary key (the statement still checks qid, state, token, id and deadline). A hint
+    /// only: a miss takes the token index. Cleared with `qids` whenever a transaction or
+    /// savepoint rolls back (rolled-back tokens may be granted again, to other rows).
+    pub(crate) leased: &'a mut HashMap<(i64, i64), i64>,
     /// Wake-up keys to signal once the transaction commits.
     wakes: &'a mut Vec<String>,
     /// Last time this writer pruned old pub/sub relay rows.
@@ -59,6 +64,12 @@ impl Ctx<'_> {
         if !self.wakes.contains(&key) {
             self.wakes.push(key);
         }
+    }
+
+    /// Forget the caches that a rollback may have made stale.
+    fn forget(&mut self) {
+        self.qids.clear();
+        self.leased.clear();
     }
 
     /// Map a SQLite error of this job.
@@ -335,6 +346,7 @@ fn data_version(conn: &Connection) -> Option<i64> {
 fn run(conn: Connection, rx: mpsc::Receiver<Job>, s: Settings) {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut qids = HashMap::new();
+    let mut leased = HashMap::new();
     let mut last_prune = None;
     let mut version = data_version(&conn);
     let mut last_poll = Instant::now();
@@ -356,6 +368,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>, s: Settings) {
                     now: 0,
                     rng: &mut rng,
                     qids: &mut qids,
+                    leased: &mut leased,
                     wakes: &mut wakes,
                     last_prune: &mut last_prune,
                 };
@@ -402,7 +415,7 @@ fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
             let fin = job.run(ctx);
             if !fin.ok {
                 ctx.wakes.clear();
-                ctx.qids.clear();
+                ctx.forget();
                 if let Err(e) = exec(ctx.conn, "ROLLBACK") {
                     tracing::warn!(error = %e, "courier sqlite: rollback failed");
                 }
@@ -422,7 +435,7 @@ fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
             exec(ctx.conn, "RELEASE courier_job")
         } else {
             ctx.wakes.truncate(wakes_before);
-            ctx.qids.clear();
+            ctx.forget();
             exec(ctx.conn, "ROLLBACK TO courier_job")
                 .and_then(|()| exec(ctx.conn, "RELEASE courier_job"))
         };
@@ -436,7 +449,7 @@ fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
         if let Err(e) = exec(ctx.conn, "ROLLBACK") {
             tracing::warn!(error = %e, "courier sqlite: rollback after a failed commit failed");
         }
-        ctx.qids.clear();
+        ctx.forget();
         ctx.wakes.clear();
     }
     let err = commit.err();
