@@ -300,8 +300,68 @@ pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Resu
     )
     .map_err(me)?;
     conn.set_prepared_statement_cache_capacity(128);
+    // The checkpointer thread copies the WAL back into the database in the background, so
+    // that the writer's commits only append to the WAL; this connection checkpoints by itself
+    // only if the WAL grows past this many pages anyway (a stalled checkpointer, or another
+    // process's reader keeping it from finishing).
+    conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
+        .map_err(me)?;
     schema::migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// WAL pages after which the writer connection checkpoints by itself (normally the
+/// checkpointer thread keeps the WAL far below this).
+const AUTOCHECKPOINT_PAGES: i64 = 4000;
+
+/// How often the checkpointer looks at the WAL while it is being written.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Start the checkpointer thread of a database file: every [`CHECKPOINT_INTERVAL`] it runs a
+/// `PASSIVE` checkpoint on a connection of its own. A passive checkpoint never blocks the
+/// writer (WAL appends go on while pages are copied and the file is synced), so the writer
+/// thread no longer pays the copy and the `fsync` of SQLite's automatic checkpoints inside its
+/// commits. Durability is unchanged: a commit is durable once it is in the WAL, as before.
+///
+/// The thread stops when the returned sender is dropped. `None` if it cannot start (then the
+/// writer's own automatic checkpoints still bound the WAL).
+fn checkpointer(file: PathBuf) -> Option<mpsc::Sender<()>> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let path = file.clone();
+    let spawned = std::thread::Builder::new()
+        .name("courier-sqlite-checkpoint".into())
+        .spawn(move || {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = match Connection::open_with_flags(&path, flags).and_then(|c| {
+                c.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+                    return;
+                }
+            };
+            let mut stmt = match conn.prepare("PRAGMA wal_checkpoint(PASSIVE)") {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+                    return;
+                }
+            };
+            while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(CHECKPOINT_INTERVAL) {
+                if let Err(e) = stmt.query_row([], |_| Ok(())) {
+                    tracing::debug!(path = %path.display(), error = %e, "courier sqlite: background checkpoint failed");
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(stop_tx),
+        Err(e) => {
+            tracing::warn!(path = %file.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+            None
+        }
+    }
 }
 
 /// Start the writer thread; resolves once the database is open and migrated.
@@ -321,6 +381,11 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
                 }
             };
             let _ = ready_tx.send(Ok(()));
+            // Dropped when this thread ends, which stops the checkpointer.
+            let _checkpoints = match &settings.target {
+                Target::File(p) => checkpointer(p.clone()),
+                Target::Memory => None,
+            };
             run(conn, rx, settings);
         })
         .map_err(|e| {
