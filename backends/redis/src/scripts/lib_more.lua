@@ -344,7 +344,8 @@ local function held(members, now)
   return oks
 end
 
--- held() for the members ARGV[i..j].
+-- held() for the members ARGV[i..j]; the second result is true when every one is held (and
+-- none repeated).
 --
 -- Fast path, when no lease in the set has expired (its lowest deadline is ahead): then being in
 -- the set is enough, and membership is checked with ZADD NX under score -1 (which no lease
@@ -370,16 +371,18 @@ local function held_argv(i, j, now)
       a = b + 1
     end
     if added == 0 then
+      local all = true
       for x = 1, n do
         local m = ARGV[i + x - 1]
         if seen[m] then
           oks[x] = false
+          all = false
         else
           seen[m] = true
           oks[x] = true
         end
       end
-      return oks
+      return oks, all
     end
     redis.call('ZREMRANGEBYSCORE', K_LEASES, -1, -1)
   end
@@ -408,7 +411,7 @@ local function held_argv(i, j, now)
     end
     oks[x] = ok
   end
-  return oks
+  return oks, false
 end
 
 -- Milliseconds until the earliest delayed message is due or lease ends (-1: none).

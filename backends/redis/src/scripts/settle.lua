@@ -10,14 +10,28 @@
 -- 'b' bury, 'l' release); ARGV[A + 2 .. A + 1 + n]: the lease members "id|token|attempt";
 -- then one extra per retry (delay in ms) and per bury (error text), in operation order.
 -- The members are passed to ZMSCORE (and, when every one is held, to ZREM) straight from ARGV.
--- Reply: one integer per operation, 1 = done, 0 = lease lost.
+-- Reply: one integer per operation, 1 = done, 0 = lease lost; or, when the batch is all acks
+-- and every one is held (a worker's usual batch), the integer n alone.
 
 local now = now_ms()
 local n = tonumber(ARGV[A])
 local kinds = ARGV[A + 1]
 local first = A + 2
 local last = A + 1 + n
-local oks = held_argv(first, last, now)
+local oks, all_held = held_argv(first, last, now)
+if all_held and kinds == string.rep('a', n) then
+  -- Fast path: no per-operation bookkeeping and a one-integer reply.
+  acall('ZREM', K_LEASES, first, last)
+  local ids = {}
+  local find, sub = string.find, string.sub
+  for i = 1, n do
+    local m = ARGV[last - n + i]
+    ids[i] = sub(m, 1, find(m, '|', 1, true) - 1)
+  end
+  forget(ids)
+  count('acked', n)
+  return n
+end
 local res = {}
 local unlease, uk = {}, 0
 local acks, ak = {}, 0
