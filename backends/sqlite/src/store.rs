@@ -20,6 +20,8 @@ use courier_core::{
     DeadLetter, Delivery, FailureAction, FailureMode, Lease, Message, MessageId, Page, QueueConfig,
     QueueStats, Result, Selection, Settle, wire,
 };
+use std::sync::LazyLock;
+
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::lease_lost;
@@ -238,39 +240,94 @@ pub(crate) fn publish(ctx: &Ctx<'_>, q: &mut Q, now: u64, row: &NewRow) -> Resul
     publish_all(ctx, q, now, std::slice::from_ref(row))
 }
 
-/// Store newly published messages in order (one prepared statement for the batch).
-pub(crate) fn publish_all(ctx: &Ctx<'_>, q: &mut Q, now: u64, rows: &[NewRow]) -> Result<()> {
-    let mut stmt = ctx
-        .conn
-        .prepare_cached(
-            "INSERT INTO courier_messages \
-             (qid, id, priority, state, seq, due, deliveries, max_attempts, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
-        )
-        .map_err(ctx.err("publish"))?;
-    for row in rows {
-        q.published += 1;
-        q.dirty = true;
-        let (state, due) = match row.not_before {
-            Some(due) if due > now => (DELAYED, Some(i(due))),
-            _ => {
-                q.readied = true;
-                (READY, None)
-            }
-        };
-        let seq = q.seq();
-        stmt.execute(params![
-            q.qid,
-            &row.id.as_bytes()[..],
-            row.level,
-            state,
-            seq,
-            due,
-            row.max_attempts,
-            &row.body
-        ])
-        .map_err(ctx.err("publish"))?;
+/// Rows per multi-row `INSERT` of a publish batch: one statement execution opens the table and
+/// its six index cursors once for all of them.
+const INSERT_CHUNK: usize = 32;
+
+/// The `INSERT` of `n` rows (8 parameters each).
+fn insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO courier_messages \
+         (qid, id, priority, state, seq, due, deliveries, max_attempts, body) VALUES ",
+    );
+    for k in 0..n {
+        let b = k * 8;
+        if k > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{}, ?{})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
     }
+    sql
+}
+
+/// `INSERT`s of [`INSERT_CHUNK`] rows and of one row.
+static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_CHUNK));
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
+
+/// Store newly published messages in order: chunks of [`INSERT_CHUNK`] rows per statement,
+/// the rest one by one (both statements prepared once and cached).
+pub(crate) fn publish_all(ctx: &Ctx<'_>, q: &mut Q, now: u64, rows: &[NewRow]) -> Result<()> {
+    let mut chunks = rows.chunks_exact(INSERT_CHUNK);
+    for chunk in chunks.by_ref() {
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(&INSERT_MANY)
+            .map_err(ctx.err("publish"))?;
+        for (k, row) in chunk.iter().enumerate() {
+            bind_row(&mut stmt, k * 8, q, now, row).map_err(ctx.err("publish"))?;
+        }
+        stmt.raw_execute().map_err(ctx.err("publish"))?;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(&INSERT_ONE)
+            .map_err(ctx.err("publish"))?;
+        for row in rest {
+            bind_row(&mut stmt, 0, q, now, row).map_err(ctx.err("publish"))?;
+            stmt.raw_execute().map_err(ctx.err("publish"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Count one published row and bind its 8 `INSERT` parameters after the first `at`.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    q: &mut Q,
+    now: u64,
+    row: &NewRow,
+) -> rusqlite::Result<()> {
+    q.published += 1;
+    q.dirty = true;
+    let (state, due) = match row.not_before {
+        Some(due) if due > now => (DELAYED, Some(i(due))),
+        _ => {
+            q.readied = true;
+            (READY, None)
+        }
+    };
+    let seq = q.seq();
+    stmt.raw_bind_parameter(at + 1, q.qid)?;
+    stmt.raw_bind_parameter(at + 2, &row.id.as_bytes()[..])?;
+    stmt.raw_bind_parameter(at + 3, row.level)?;
+    stmt.raw_bind_parameter(at + 4, state)?;
+    stmt.raw_bind_parameter(at + 5, seq)?;
+    stmt.raw_bind_parameter(at + 6, due)?;
+    stmt.raw_bind_parameter(at + 7, row.max_attempts)?;
+    stmt.raw_bind_parameter(at + 8, &row.body[..])?;
     Ok(())
 }
 

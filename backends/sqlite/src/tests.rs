@@ -581,6 +581,62 @@ async fn strict_priority_fifo_and_release_to_front() {
 }
 
 #[tokio::test]
+async fn large_publish_batch_keeps_order_delays_and_overrides() {
+    // 75 messages: two multi-row INSERT chunks of 32 and 11 single-row inserts.
+    let b = SqliteBackend::builder()
+        .in_memory()
+        .default_config(config())
+        .build()
+        .await
+        .expect("open");
+    let q: &dyn Queue = &b;
+    let priorities = [
+        Priority::Low,
+        Priority::Normal,
+        Priority::Critical,
+        Priority::High,
+    ];
+    let messages: Vec<Message> = (0..75)
+        .map(|k| {
+            let mut m =
+                Message::new(format!("m{k}"), format!("{k}")).with_priority(priorities[k % 4]);
+            if k % 10 == 3 {
+                m = m.with_delay(Duration::from_secs(3600));
+            }
+            if k.is_multiple_of(7) {
+                m = m.with_max_attempts(5);
+            }
+            m
+        })
+        .collect();
+    let ids = q
+        .publish_batch("q", messages.clone())
+        .await
+        .expect("publish");
+    assert_eq!(ids.len(), 75);
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!(st.published, 75);
+    assert_eq!(st.delayed, 8);
+    assert_eq!(st.ready.iter().sum::<u64>(), 67);
+    let ds = q.receive("q", 100, Duration::ZERO).await.expect("receive");
+    let mut want: Vec<(usize, usize)> = (0..75)
+        .filter(|k| k % 10 != 3)
+        .map(|k| (priorities[k % 4].index(), k))
+        .collect();
+    want.sort_unstable();
+    let got: Vec<String> = ds.iter().map(|d| d.message.kind.clone()).collect();
+    let want: Vec<String> = want.iter().map(|(_, k)| format!("m{k}")).collect();
+    assert_eq!(got, want);
+    for d in &ds {
+        let k: usize = d.message.kind[1..].parse().expect("index");
+        assert_eq!(d.message.id, ids[k]);
+        assert_eq!(&d.message.payload[..], format!("{k}").as_bytes());
+        assert_eq!(d.message.max_attempts, k.is_multiple_of(7).then_some(5));
+        assert_eq!(d.message.attempt, 1);
+    }
+}
+
+#[tokio::test]
 async fn delay_lease_expiry_retry_and_dead_letters() {
     let b = SqliteBackend::builder()
         .in_memory()
