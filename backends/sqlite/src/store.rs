@@ -270,6 +270,27 @@ fn insert_sql(n: usize) -> String {
     sql
 }
 
+/// Rows leased per `UPDATE` execution of a claim.
+const LEASE_CHUNK: usize = 32;
+
+/// The `UPDATE` that leases [`LEASE_CHUNK`] rows: `?1` the deadline, then (rid, token) pairs.
+static LEASE_MANY: LazyLock<String> = LazyLock::new(|| {
+    let mut cases = String::new();
+    let mut rids = String::new();
+    for k in 0..LEASE_CHUNK {
+        let (rid, token) = (2 + 2 * k, 3 + 2 * k);
+        cases.push_str(&format!(" WHEN ?{rid} THEN ?{token}"));
+        if k > 0 {
+            rids.push_str(", ");
+        }
+        rids.push_str(&format!("?{rid}"));
+    }
+    format!(
+        "UPDATE courier_messages SET state = 2, deadline = ?1, deliveries = deliveries + 1, \
+         token = CASE rid{cases} END WHERE rid IN ({rids})"
+    )
+});
+
 /// `INSERT`s of [`INSERT_CHUNK`] rows and of one row.
 static INSERT_MANY: LazyLock<String> = LazyLock::new(|| insert_sql(INSERT_CHUNK));
 static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_sql(1));
@@ -498,22 +519,44 @@ pub(crate) fn claim(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut lease = ctx
-        .conn
-        .prepare_cached(
-            "UPDATE courier_messages SET state = 2, token = ?2, deadline = ?3, \
-             deliveries = ?4 WHERE rid = ?1",
-        )
-        .map_err(ctx.err("receive"))?;
+    // Tokens in FIFO order; the rows are leased LEASE_CHUNK per statement execution (the
+    // remainder one by one): one execution opens the table and index cursors once.
+    let tokens: Vec<i64> = rows.iter().map(|_| q.seq()).collect();
+    let mut chunks = rows.chunks_exact(LEASE_CHUNK);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(&LEASE_MANY)
+            .map_err(ctx.err("receive"))?;
+        stmt.raw_bind_parameter(1, i(deadline))
+            .map_err(ctx.err("receive"))?;
+        for (k, row) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(2 + 2 * k, row.0)
+                .and_then(|()| stmt.raw_bind_parameter(3 + 2 * k, tokens[at + k]))
+                .map_err(ctx.err("receive"))?;
+        }
+        stmt.raw_execute().map_err(ctx.err("receive"))?;
+        at += LEASE_CHUNK;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(
+                "UPDATE courier_messages SET state = 2, deadline = ?1, \
+                 deliveries = deliveries + 1, token = ?3 WHERE rid = ?2",
+            )
+            .map_err(ctx.err("receive"))?;
+        for (k, row) in rest.iter().enumerate() {
+            stmt.execute(params![i(deadline), row.0, tokens[at + k]])
+                .map_err(ctx.err("receive"))?;
+        }
+    }
     let mut out = Vec::with_capacity(rows.len());
     let mut leased = Vec::with_capacity(rows.len());
-    for (rid, id, deliveries, body) in rows {
-        let token = q.seq();
-        let deliveries = deliveries.saturating_add(1);
-        lease
-            .execute(params![rid, token, i(deadline), deliveries])
-            .map_err(ctx.err("receive"))?;
-        let attempt = u32_of(deliveries);
+    for ((rid, id, deliveries, body), token) in rows.into_iter().zip(tokens) {
+        let attempt = u32_of(deliveries.saturating_add(1));
         match wire::decode(&bytes::Bytes::from(body)) {
             Ok(mut message) => {
                 message.attempt = attempt;
@@ -535,7 +578,6 @@ pub(crate) fn claim(
             }
         }
     }
-    drop(lease);
     if ctx.leased.len() + leased.len() > LEASED_HINTS {
         ctx.leased.clear();
     }
