@@ -541,14 +541,19 @@ async fn another_handle_wakes_a_waiting_receiver_promptly() {
 // ---------------------------------------------------------------------------------------
 // Queue semantics (mirrors the reference model)
 
-#[tokio::test]
-async fn strict_priority_fifo_and_release_to_front() {
-    let b = SqliteBackend::builder()
+/// An in-memory backend with the tests' default configuration.
+async fn in_memory() -> SqliteBackend {
+    SqliteBackend::builder()
         .in_memory()
         .default_config(config())
         .build()
         .await
-        .expect("open");
+        .expect("open")
+}
+
+#[tokio::test]
+async fn strict_priority_fifo_and_release_to_front() {
+    let b = in_memory().await;
     let b: &dyn Queue = &b;
     for (k, p) in [
         ("l1", Priority::Low),
@@ -583,12 +588,7 @@ async fn strict_priority_fifo_and_release_to_front() {
 #[tokio::test]
 async fn large_publish_batch_keeps_order_delays_and_overrides() {
     // 75 messages: two multi-row INSERT chunks of 32 and 11 single-row inserts.
-    let b = SqliteBackend::builder()
-        .in_memory()
-        .default_config(config())
-        .build()
-        .await
-        .expect("open");
+    let b = in_memory().await;
     let q: &dyn Queue = &b;
     let priorities = [
         Priority::Low,
@@ -638,12 +638,7 @@ async fn large_publish_batch_keeps_order_delays_and_overrides() {
 
 #[tokio::test]
 async fn delay_lease_expiry_retry_and_dead_letters() {
-    let b = SqliteBackend::builder()
-        .in_memory()
-        .default_config(config())
-        .build()
-        .await
-        .expect("open");
+    let b = in_memory().await;
     let b: &dyn Queue = &b;
     let id = b
         .publish_in("q", Message::new("k", "x"), Duration::from_millis(100))
@@ -736,12 +731,7 @@ async fn delay_lease_expiry_retry_and_dead_letters() {
 
 #[tokio::test]
 async fn extend_and_double_ack() {
-    let b = SqliteBackend::builder()
-        .in_memory()
-        .default_config(config())
-        .build()
-        .await
-        .expect("open");
+    let b = in_memory().await;
     let b: &dyn Queue = &b;
     b.publish("q", Message::new("k", ""))
         .await
@@ -767,12 +757,7 @@ async fn extend_and_double_ack() {
 
 #[tokio::test]
 async fn undecodable_entry_goes_to_dead_letters() {
-    let b = SqliteBackend::builder()
-        .in_memory()
-        .default_config(config())
-        .build()
-        .await
-        .expect("open");
+    let b = in_memory().await;
     let bad = b.inject_raw("q", b"not a message").await.expect("inject");
     let b: &dyn Queue = &b;
     b.publish("q", Message::new("good", ""))
