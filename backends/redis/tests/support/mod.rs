@@ -31,12 +31,52 @@ impl PrivateRedis {
             args: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
-        s.spawn().ok()?;
-        if s.wait_listening_blocking(Duration::from_secs(10)) {
-            Some(s)
-        } else {
-            None
+        // A free port can be taken by another test's server before ours binds it: then ours
+        // exits, and the port answers for the other one. Try a few ports, and only accept a
+        // server that reports our own directory.
+        for _ in 0..5 {
+            s.spawn().ok()?;
+            if s.wait_listening_blocking(Duration::from_secs(10)) && s.is_ours() {
+                return Some(s);
+            }
+            s.kill9();
+            s.port = free_port();
         }
+        None
+    }
+
+    /// Whether the server on our port is ours: `INFO server` reports our child's process id.
+    fn is_ours(&mut self) -> bool {
+        use std::io::{Read, Write};
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        if c.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let want = format!("process_id:{pid}\r\n");
+        let mut buf = vec![0u8; 8192];
+        let mut got = Vec::new();
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if text.contains(&want) {
+                return true;
+            }
+            if text.contains("process_id:") && text.contains("\r\nexecutable:") {
+                return false;
+            }
+        }
+        false
     }
 
     /// `redis://127.0.0.1:<port>`.
