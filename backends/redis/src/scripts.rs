@@ -121,7 +121,13 @@ impl Lua {
                         // No functions here (Redis < 7, or FUNCTION not permitted): EVAL from
                         // now on, for every script of this backend.
                         if self.library.functions.swap(false, Ordering::Relaxed) {
-                            tracing::info!(error = %l, "courier redis: cannot load the function library; running scripts with EVALSHA");
+                            if function_missing(&l) {
+                                tracing::info!(error = %l, "courier redis: cannot load the function library; running scripts with EVALSHA");
+                            } else {
+                                // Not a server without functions: a library the server
+                                // rejects is a bug of ours, and EVALSHA is slower.
+                                tracing::warn!(error = %l, "courier redis: the server rejected the function library; running scripts with EVALSHA");
+                            }
                         }
                         self.run_eval(conn, &self.as_eval(cmd)).await
                     }
