@@ -2,15 +2,33 @@
 //! of one topic (its log and all its consumer groups) shares `{<prefix>:t:<topic>}`, so each
 //! queue or topic lives in one Redis Cluster slot and its scripts may touch all of its keys.
 //! Scripts receive every key they touch in `KEYS` (see `scripts/lib.lua` for the layout).
+//!
+//! The state keys of queues and groups carry the layout version ([`LAYOUT`]): a layout change
+//! gets new keys, so a newer Courier never misreads what an older one stored (and an older
+//! one's data stays where it was, for the operator to drain with that version).
+
+/// The version of the state layout (see `scripts/lib.lua`). 2: entries are wire bytes,
+/// leases are a hash of tokens with deadlines per claim batch.
+pub(crate) const LAYOUT: &str = "v2";
 
 /// The state keys after the four ready lists, in the order of `scripts/lib.lua`.
-const SUFFIXES: [&str; 9] = [
-    "msgs", "info", "delayed", "leases", "dead", "deadidx", "deadinfo", "counters", "wake",
+const SUFFIXES: [&str; 11] = [
+    "msgs",
+    "info",
+    "delayed",
+    "leased",
+    "dead",
+    "deadidx",
+    "deadinfo",
+    "counters",
+    "wake",
+    "deadlines",
+    "batches",
 ];
 
-/// The 13 keys of a queue, in the order of `scripts/lib.lua`.
+/// The 15 keys of a queue, in the order of `scripts/lib.lua`.
 pub(crate) fn queue(prefix: &str, queue: &str) -> Vec<String> {
-    let tag = format!("{{{prefix}:q:{queue}}}");
+    let tag = format!("{{{prefix}:q:{queue}}}:{LAYOUT}");
     let mut v: Vec<String> = (0..4).map(|p| format!("{tag}:ready:{p}")).collect();
     for suffix in SUFFIXES {
         v.push(format!("{tag}:{suffix}"));
@@ -18,10 +36,8 @@ pub(crate) fn queue(prefix: &str, queue: &str) -> Vec<String> {
     v
 }
 
-/// Index of the Normal ready list, the message hash and the counters in [`queue`].
+/// Index of the Normal ready list and the counters in [`queue`].
 pub(crate) const QUEUE_READY_NORMAL: usize = 2;
-/// See [`QUEUE_READY_NORMAL`].
-pub(crate) const QUEUE_MSGS: usize = 4;
 /// See [`QUEUE_READY_NORMAL`].
 pub(crate) const QUEUE_COUNTERS: usize = 11;
 
@@ -33,10 +49,10 @@ pub(crate) fn log(prefix: &str, topic: &str) -> String {
     format!("{{{prefix}:t:{topic}}}:log")
 }
 
-/// The 14 keys of a consumer group on a topic, in the order of `scripts/lib.lua`: the group's
-/// one ready list four times, its own state keys, its wake-up stream, then the topic's log.
+/// The 16 keys of a consumer group on a topic, in the order of `scripts/lib.lua`: the group's
+/// one ready list four times, its own state keys, then the topic's log.
 pub(crate) fn group(prefix: &str, topic: &str, group: &str) -> Vec<String> {
-    let base = format!("{{{prefix}:t:{topic}}}:g:{group}");
+    let base = format!("{{{prefix}:t:{topic}}}:g:{group}:{LAYOUT}");
     let ready = format!("{base}:ready");
     let mut v = vec![ready.clone(), ready.clone(), ready.clone(), ready];
     for suffix in SUFFIXES {
@@ -46,10 +62,10 @@ pub(crate) fn group(prefix: &str, topic: &str, group: &str) -> Vec<String> {
     v
 }
 
-/// The wake-up stream of a group (index 12 of [`group`]) and the log (index 13).
+/// The wake-up stream of a group (index 12 of [`group`]) and the log (index 15).
 pub(crate) const GROUP_WAKE: usize = 12;
 /// See [`GROUP_WAKE`].
-pub(crate) const GROUP_LOG: usize = 13;
+pub(crate) const GROUP_LOG: usize = 15;
 
 /// The Redis channel of a pub/sub channel (pub/sub channels are not per database, so the prefix
 /// also isolates them).
@@ -87,10 +103,9 @@ mod tests {
     #[test]
     fn queue_keys_share_one_tag() {
         let k = queue("app", "tasks.high");
-        assert_eq!(k.len(), 13);
+        assert_eq!(k.len(), 15);
         assert!(k.iter().all(|key| slot_tag(key) == "app:q:tasks.high"));
         assert!(k[QUEUE_WAKE].ends_with(":wake"));
-        assert!(k[QUEUE_MSGS].ends_with(":msgs"));
         assert!(k[QUEUE_COUNTERS].ends_with(":counters"));
         assert!(k[QUEUE_READY_NORMAL].ends_with(":ready:2"));
     }
@@ -98,7 +113,7 @@ mod tests {
     #[test]
     fn group_keys_share_the_topic_tag() {
         let k = group("app", "meeting.created", "billing");
-        assert_eq!(k.len(), 14);
+        assert_eq!(k.len(), 16);
         assert!(k.iter().all(|key| slot_tag(key) == "app:t:meeting.created"));
         assert_eq!(k[GROUP_LOG], log("app", "meeting.created"));
         assert!(k[GROUP_WAKE].ends_with(":wake"));

@@ -7,9 +7,12 @@
 //!   Function where the server allows, else with `EVALSHA`; see [`RedisBackendBuilder::redis_functions`]) working on
 //!   per-queue keys that share one hash tag (`{<prefix>:q:<queue>}`), so a queue lives in one
 //!   Redis Cluster slot and all its keys are passed in `KEYS`. Scripts read the server's clock
-//!   (`TIME`), never a client's. Four ready lists give strict priority; a sorted set holds
-//!   delayed messages and retry backoffs, another the lease deadlines; lease tokens fence stale
-//!   holders. Batches cost one script call and one variadic command per kind of change.
+//!   (`TIME`), never a client's. A message's stored entry is its wire bytes (the attempt count
+//!   travels in the wire header). Four ready lists give strict priority; a sorted set holds
+//!   delayed messages and retry backoffs; a hash holds the entries being handled under their
+//!   lease tokens, with one deadline per claim batch (and one per extended lease) in another
+//!   sorted set; tokens fence stale holders. Batches cost one script call and one variadic
+//!   command per kind of change.
 //! - **Waiting**: an idle `receive` blocks in Redis (`BLPOP` on the queue's wake-up list, or
 //!   `XREAD BLOCK` for consumer groups) on a dedicated connection without a response timeout,
 //!   until a publish wakes it or the next delayed message or lease deadline is due. It never
@@ -164,9 +167,10 @@ impl RedisBackend {
             .map_err(|e| map_err("ping", e))
     }
 
-    /// Store `bytes` as the body of a new ready message (Normal priority) without encoding or
-    /// checking them, as a corrupt or foreign writer would. For tests of Q10 (an undecodable
-    /// entry goes to dead letters and the consumer keeps running); not for applications.
+    /// Store `bytes` as a new ready entry (Normal priority) that does not decode, as a corrupt
+    /// or foreign writer would leave it, wrapped with a fresh id so its dead letter can be found
+    /// (see `scripts/lib.lua`). For tests of Q10 (an undecodable entry goes to dead letters and
+    /// the consumer keeps running); not for applications.
     ///
     /// # Errors
     /// As any call: invalid name, Redis unavailable.
@@ -177,8 +181,10 @@ impl RedisBackend {
         let k = keys::queue(&self.inner.prefix, queue);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset(&k[keys::QUEUE_MSGS], id.to_string(), bytes)
-            .rpush(&k[keys::QUEUE_READY_NORMAL], id.to_string())
+            .rpush(
+                &k[keys::QUEUE_READY_NORMAL],
+                queue::wrap_undecodable(id, bytes),
+            )
             .hincr(&k[keys::QUEUE_COUNTERS], "published", 1)
             .lpush(&k[keys::QUEUE_WAKE], "1");
         let mut conn = self.conn();

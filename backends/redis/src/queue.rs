@@ -85,22 +85,10 @@ pub(crate) enum Claimed {
     Empty { next_due_ms: i64, rest: Vec<Value> },
 }
 
-/// The lease member of a delivery, `"id|token|attempt"`: how scripts name a delivery.
-pub(crate) fn member(lease: &Lease) -> String {
-    format!("{}|{}|{}", lease.id, lease.token, lease.attempt)
-}
-
-/// Parse a lease member back into (id, token, attempt).
-fn parse_member(m: &str) -> Option<(MessageId, u64, u32)> {
-    let mut parts = m.split('|');
-    let id = parts.next()?.parse().ok()?;
-    let token = parts.next()?.parse().ok()?;
-    let attempt = parts.next()?.parse().ok()?;
-    Some((id, token, attempt))
-}
-
-/// Read a claim reply: `{ now, deadline, next_due, member, bytes, ... }`, or
-/// `{ now, 0, next_due, ... }` when nothing was leased.
+/// Read a claim reply: `{ now, deadline, next_due, batches, batch name, ..., entry, ... }`,
+/// or `{ now, 0, next_due, ... }` when nothing was leased. The entries are numbered in order,
+/// 1000 per batch; a delivery's token is its batch name followed by its 3-digit index
+/// (see `scripts/lib.lua`).
 pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claimed> {
     let items = array(reply).ok_or_else(|| bad_reply(operation, "claim reply is not an array"))?;
     if items.len() < 3 {
@@ -114,33 +102,81 @@ pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claime
             rest: items.into_iter().skip(3).collect(),
         });
     }
-    let mut deliveries = Vec::with_capacity(items.len().saturating_sub(3) / 2);
+    let batches = items
+        .get(3)
+        .and_then(uint)
+        .ok_or_else(|| bad_reply(operation, "claim reply has no batch count"))?
+        as usize;
+    if items.len() < 4 + batches {
+        return Err(bad_reply(operation, "claim reply is too short"));
+    }
+    let mut names = Vec::with_capacity(batches);
+    for v in &items[4..4 + batches] {
+        let name = uint(v).ok_or_else(|| bad_reply(operation, "batch name is not a number"))?;
+        names.push(
+            name.checked_mul(1000)
+                .ok_or_else(|| bad_reply(operation, "batch name out of range"))?,
+        );
+    }
+    let mut deliveries = Vec::with_capacity(items.len() - 4 - batches);
     let mut undecodable = Vec::new();
-    let mut it = items.into_iter().skip(3);
-    while let (Some(m), Some(mut bytes)) = (it.next(), it.next()) {
-        let (id, token, attempt) = string(&m)
-            .as_deref()
-            .and_then(parse_member)
-            .ok_or_else(|| bad_reply(operation, "lease member is not id|token|attempt"))?;
-        let lease = Lease {
-            id,
-            token,
-            attempt,
-            deadline_ms: deadline,
-        };
-        let raw = Bytes::from(take_bytes(&mut bytes).unwrap_or_default());
+    for (k, mut entry) in items.into_iter().skip(4 + batches).enumerate() {
+        let base = *names
+            .get(k / 1000)
+            .ok_or_else(|| bad_reply(operation, "more entries than the batches name"))?;
+        let token = base + (k % 1000) as u64;
+        let raw = Bytes::from(take_bytes(&mut entry).unwrap_or_default());
         match wire::decode(&raw) {
             Ok(mut message) => {
+                // A stored entry counts the deliveries made before this one.
+                let attempt = message.attempt.saturating_add(1);
                 message.attempt = attempt;
+                let lease = Lease {
+                    id: message.id,
+                    token,
+                    attempt,
+                    deadline_ms: deadline,
+                };
                 deliveries.push(Delivery { message, lease });
             }
-            Err(e) => undecodable.push((lease, format!("undecodable message: {}", e.message()))),
+            Err(e) => {
+                let lease = Lease {
+                    id: entry_id(&raw),
+                    token,
+                    attempt: 1,
+                    deadline_ms: deadline,
+                };
+                undecodable.push((lease, format!("undecodable message: {}", e.message())));
+            }
         }
     }
     Ok(Claimed::Got {
         deliveries,
         undecodable,
     })
+}
+
+/// The id an entry that does not decode carries (the nil id when it carries none): bytes 2..18
+/// after the 0xC7 marker, as the scripts read it (see `scripts/lib.lua`).
+fn entry_id(raw: &[u8]) -> MessageId {
+    match raw.get(2..18) {
+        Some(id) if raw[0] == 0xC7 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(id);
+            MessageId::from_bytes(b)
+        }
+        _ => MessageId::nil(),
+    }
+}
+
+/// A stored form of bytes that do not decode, with the id to file their dead letter under:
+/// 0xC7 0xFF, the 16-byte id, then the bytes (see `scripts/lib.lua`).
+pub(crate) fn wrap_undecodable(id: MessageId, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(18 + bytes.len());
+    v.extend_from_slice(&[0xC7, 0xFF]);
+    v.extend_from_slice(id.as_bytes());
+    v.extend_from_slice(bytes);
+    v
 }
 
 /// The lease-lost error for one operation (the same wording as the reference model).
@@ -376,7 +412,7 @@ impl RedisBackend {
                 .collect();
             cmd.arg(chunk.len()).arg(kinds);
             for op in chunk {
-                cmd.arg(member(op.lease()));
+                cmd.arg(op.lease().token);
             }
             for op in chunk {
                 match op {
@@ -424,7 +460,7 @@ impl RedisBackend {
         let script = &self.inner.scripts.extend;
         let mut cmd = script.call(keys);
         common_args(&mut cmd, config, mode);
-        cmd.arg(member(lease)).arg(ms_ceil(visibility));
+        cmd.arg(lease.token).arg(ms_ceil(visibility));
         let reply = self.run("extend", script, &cmd).await?;
         let items = array(reply).ok_or_else(|| bad_reply("extend", "not an array"))?;
         if items.first().and_then(int) != Some(1) || items.len() < 2 {
@@ -628,7 +664,7 @@ impl Queue for RedisBackend {
             })?;
             let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
             ids.push(m.id);
-            encoded.push((m.id, m.priority.index(), delay, bytes));
+            encoded.push((m.priority.index(), delay, bytes));
         }
         let keys = self.queue_keys(queue);
         let script = &self.inner.scripts.publish;
@@ -638,7 +674,7 @@ impl Queue for RedisBackend {
             let mut n = 0;
             let mut size = 0;
             while n < rest.len() && n < PUBLISH_CHUNK && (n == 0 || size < PUBLISH_CHUNK_BYTES) {
-                size += rest[n].3.len();
+                size += rest[n].2.len();
                 n += 1;
             }
             let (chunk, tail) = rest.split_at(n);
@@ -647,19 +683,16 @@ impl Queue for RedisBackend {
             // Layout: see publish.lua (ready-now messages grouped by priority, then delayed).
             cmd.arg(chunk.len());
             for level in 0..4 {
-                let ready = chunk.iter().filter(|m| m.1 == level && m.2 == 0).count();
+                let ready = chunk.iter().filter(|m| m.0 == level && m.1 == 0).count();
                 cmd.arg(ready);
             }
             for level in 0..4 {
-                for (id, _, _, bytes) in chunk.iter().filter(|m| m.1 == level && m.2 == 0) {
-                    cmd.arg(id.to_string()).arg(&bytes[..]);
+                for (_, _, bytes) in chunk.iter().filter(|m| m.0 == level && m.1 == 0) {
+                    cmd.arg(&bytes[..]);
                 }
             }
-            for (id, _, _, bytes) in chunk.iter().filter(|m| m.2 > 0) {
-                cmd.arg(id.to_string()).arg(&bytes[..]);
-            }
-            for (_, p, delay, _) in chunk.iter().filter(|m| m.2 > 0) {
-                cmd.arg(*p).arg(*delay);
+            for (_, delay, bytes) in chunk.iter().filter(|m| m.1 > 0) {
+                cmd.arg(&bytes[..]).arg(*delay);
             }
             if let Err(e) = self.run("publish", script, &cmd).await {
                 // Leading chunks are stored; the failed one may or may not be.

@@ -6,17 +6,16 @@
 -- fetch: there is no moment where a message was popped but not yet recorded as leased).
 --
 -- ARGV[A]: n.
--- Reply: see lease() in lib.lua; when nothing was leased: { now, 0, next_due_ms }, where
+-- Reply: see lease() in lib_more.lua; when nothing was leased: { now, 0, next_due_ms }, where
 -- next_due_ms says when to look again (-1: only a publish can help).
 
 local now = now_ms()
 maintain(now)
-local ids, atts, ps = take(tonumber(ARGV[A]))
-local n = #ids
-if n == 0 then
+local entries = take(tonumber(ARGV[A]))
+if #entries == 0 then
   -- Idle: drop stale wake-up tokens so the caller's BLPOP waits for a new event. Safe: a
   -- publish after this point pushes a fresh token.
   redis.call('DEL', K_WAKE)
   return { now, 0, next_due(now) }
 end
-return lease(ids, atts, ps, nil, now)
+return lease(entries, now)

@@ -24,7 +24,6 @@ local n = #keys
 if n == 0 then return 0 end
 vcall('ZREM', K_DEAD, keys)
 vcall('ZREM', K_DEADIDX, keys)
-local infos = vget('HMGET', K_DEADINFO, keys)
 vcall('HDEL', K_DEADINFO, keys)
 if ARGV[A] == 'purge' then
   vcall('HDEL', K_MSGS, keys)
@@ -32,16 +31,18 @@ if ARGV[A] == 'purge' then
 end
 local bytes = vget('HMGET', K_MSGS, keys)
 vcall('HDEL', K_MSGS, keys)
-local ids, atts, ps, delays, h = {}, {}, {}, {}, {}
+local entries, delays = {}, {}
 for i = 1, n do
-  ids[i] = dead_id(keys[i])
-  atts[i] = 0
-  ps[i] = tonumber(string.match(infos[i] or '', '^%d+|%d+|(%d)|')) or 2
+  local b = bytes[i] or ''
+  if is_wire(b) then
+    entries[i] = with_attempts(b, 0)
+  else
+    -- Bytes that never decoded: wrapped again with their id, so they are buried again (with
+    -- the same id) when claimed.
+    entries[i] = char(199, 255) .. raw_id(dead_id(keys[i])) .. b
+  end
   delays[i] = 0
-  h[2 * i - 1] = ids[i]
-  h[2 * i] = bytes[i] or ''
 end
-vcall('HSET', K_MSGS, h)
-local nready = schedule(ids, atts, ps, delays, now)
+local nready = schedule(entries, delays, now)
 wake(nready)
 return n

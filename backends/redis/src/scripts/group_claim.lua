@@ -6,8 +6,9 @@
 -- the same step, so no crash or cancelled call can leave it read but unowned. The group is
 -- created on first use at the start of the retained log (XGROUP CREATE ... 0 MKSTREAM).
 --
--- Events being handled, waiting for a retry or dead keep a copy of their bytes in the
--- group's msgs hash: the log may be trimmed by retention meanwhile.
+-- Events being handled or waiting for a retry are entries of the group (their bytes copied
+-- from the log), so retention may trim the log meanwhile; info maps each to its stream id, to
+-- acknowledge it in the log when the group is done with it.
 --
 -- ARGV[A]: n.
 -- Reply: as claim.lua; when nothing was leased:
@@ -22,16 +23,15 @@ end
 local now = now_ms()
 maintain(now)
 local n = tonumber(ARGV[A])
-local ids, atts, ps = take(n)
-local bytes = nil
+local entries = take(n)
 -- Pull from the log only as many events as can be leased now (so `lag` stays meaningful);
 -- an event emitted with a delay waits it out in the group's delayed set first.
 local created = false
 local pulled = 0
 local rounds = 0
-while #ids < n and rounds < 8 do
+while #entries < n and rounds < 8 do
   rounds = rounds + 1
-  local read = { 'XREADGROUP', 'GROUP', GROUP, 'courier', 'COUNT', n - #ids, 'STREAMS', K_LOG, '>' }
+  local read = { 'XREADGROUP', 'GROUP', GROUP, 'courier', 'COUNT', n - #entries, 'STREAMS', K_LOG, '>' }
   local r = redis.pcall(unpack(read))
   if type(r) == 'table' and r.err then
     if created or not string.find(r.err, 'NOGROUP', 1, true) then
@@ -42,12 +42,11 @@ while #ids < n and rounds < 8 do
     r = redis.call(unpack(read))
   end
   if not (r and r[1]) or #r[1][2] == 0 then break end
-  if not bytes then bytes = vget('HMGET', K_MSGS, ids) end
-  local hm, hi, z = {}, {}, {}
-  local entries = r[1][2]
-  for i = 1, #entries do
-    local sid = entries[i][1]
-    local f = entries[i][2]
+  local hi, z = {}, {}
+  local got = r[1][2]
+  for i = 1, #got do
+    local sid = got[i][1]
+    local f = got[i][2]
     local id, m, d = nil, nil, 0
     for j = 1, #f, 2 do
       local name = f[j]
@@ -57,28 +56,26 @@ while #ids < n and rounds < 8 do
     end
     if id and m then
       pulled = pulled + 1
-      hm[#hm + 1] = id
-      hm[#hm + 1] = m
-      hi[#hi + 1] = id
+      -- Bytes that are not wire bytes are wrapped with the event's id (see lib.lua).
+      if not is_wire(m) then m = char(199, 255) .. raw_id(id) .. m end
+      hi[#hi + 1] = sub(m, 3, 18)
       hi[#hi + 1] = sid
       if d > now then
         z[#z + 1] = d
-        z[#z + 1] = '2|' .. id
+        z[#z + 1] = m
       else
-        local k = #ids + 1
-        ids[k], atts[k], ps[k], bytes[k] = id, 0, 2, m
+        entries[#entries + 1] = m
       end
     else
       -- Not an event written by Courier: skip it for good.
       redis.call('XACK', K_LOG, GROUP, sid)
     end
   end
-  vcall('HSET', K_MSGS, hm)
   vcall('HSET', K_INFO, hi)
   delay_add(z)
 end
 count('published', pulled)
-if #ids == 0 then
+if #entries == 0 then
   return { now, 0, next_due(now), last_id(K_LOG), last_id(K_WAKE) }
 end
-return lease(ids, atts, ps, bytes, now)
+return lease(entries, now)

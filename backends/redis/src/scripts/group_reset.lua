@@ -11,19 +11,11 @@
 local now = now_ms()
 trim_log(now)
 local drop = {}
-for _, m in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
-  drop[#drop + 1] = member_parse(m)
-end
-for _, m in ipairs(redis.call('ZRANGE', K_DELAYED, 0, -1)) do
-  drop[#drop + 1] = entry_parse(string.sub(m, 3))
-end
-for _, e in ipairs(redis.call('LRANGE', K_READY[1], 0, -1)) do
-  drop[#drop + 1] = entry_parse(e)
-end
--- Their stream entries are dropped from the pending list with the group itself.
-vcall('HDEL', K_MSGS, drop)
+for _, e in ipairs(redis.call('HVALS', K_LEASED)) do drop[#drop + 1] = sub(e, 3, 18) end
+for _, e in ipairs(redis.call('ZRANGE', K_DELAYED, 0, -1)) do drop[#drop + 1] = sub(e, 3, 18) end
+for _, e in ipairs(redis.call('LRANGE', K_READY[1], 0, -1)) do drop[#drop + 1] = sub(e, 3, 18) end
 vcall('HDEL', K_INFO, drop)
-redis.call('DEL', K_LEASES, K_DELAYED, K_READY[1])
+redis.call('DEL', K_LEASED, K_DEADLINES, K_BATCHES, K_DELAYED, K_READY[1])
 redis.pcall('XGROUP', 'DESTROY', K_LOG, GROUP)
 local target = '0'
 if ARGV[A] == 'end' then

@@ -8,33 +8,46 @@
 -- never leave a message half moved: it is in exactly one of ready / delayed / leased / dead
 -- (Q9). Time comes from the server (`TIME`), never from a client clock.
 --
--- Speed: per message, the hot paths (publish, claim, ack) touch one field or member in a few
--- variadic commands (one HSET / HMGET / ZADD / ZREM / HDEL for the whole batch), with no
--- per-message command: publish writes the bytes and a list entry, claim pops the entry, reads
--- the bytes and adds a lease member, ack checks and removes the member and deletes the bytes.
--- What a message needs besides its bytes travels with it instead of living in another hash:
--- its attempt count in its list entry and lease member, its priority in its list (and in the
--- low two bits of its lease token), its max_attempts override in its wire header.
+-- Speed: a message's wire bytes are its entry. Publish pushes the bytes straight from ARGV onto
+-- a ready list; claim pops them, stores them under a fresh lease token and returns them; ack
+-- checks and deletes the tokens. Per message that is one list element and one hash field,
+-- moved by one variadic command per batch (RPUSH, LPOP, HSET, HMGET, HDEL), with no lookup
+-- by message id and no per-message string built in Lua on the hot paths. What a message needs
+-- besides its bytes is in its wire header (docs/wire-format.md): its priority, its max_attempts
+-- override, and its attempt field, which in a stored entry counts the deliveries made so far.
+-- Deadlines are kept per claim batch, not per message (one ZADD per claim).
 --
 -- KEYS: the same layout for every script, all sharing one hash tag (one cluster slot):
---   1..4  ready lists, one per priority, Critical first. Entry: "id" (never delivered) or
---         "id|attempts" (deliveries counted so far). A consumer group passes its one ready
---         list four times (events have no priority order).
---   5     msgs      HASH id -> wire bytes (courier_core::wire); a dead letter's bytes live under
---                   its dead key "id#seq" instead (so a replayed or re-published id never
---                   collides with its dead copy)
---   6     info      HASH id -> stream id of the event (consumer groups only)
---   7     delayed   ZSET "priority|entry" -> due_ms * 1024 + (sequence mod 1024): due order,
---                   and insertion order among messages due in the same millisecond
---   8     leases    ZSET "id|token|attempt" -> lease deadline (ms). The member names the
---                   delivery, so one lookup checks token and deadline. token mod 4 = priority.
+--   1..4  ready lists, one per priority, Critical first. Entry: the wire bytes. A consumer
+--         group passes its one ready list four times (events have no priority order).
+--   5     msgs      HASH "id#seq" -> wire bytes of a dead letter (so a replayed or
+--                   re-published id never collides with its dead copy)
+--   6     info      HASH raw 16-byte id -> stream id of the event (consumer groups only)
+--   7     delayed   ZSET entry -> due_ms * 1024 + (sequence mod 1024): due order, and
+--                   insertion order among messages due in the same millisecond
+--   8     leased    HASH token -> entry, one field per delivery being handled
 --   9     dead      ZSET "id#seq" -> seq, the burial sequence number (oldest first)
 --   10    deadidx   ZSET "id#seq" -> 0 (finds an id's dead letters with ZRANGEBYLEX)
 --   11    deadinfo  HASH "id#seq" -> "attempts|failed_at_ms|priority|error"
---   12    counters  HASH published / acked / retried / dead_lettered / token / *_seq
+--   12    counters  HASH published / acked / retried / dead_lettered / *_seq
 --   13    wake      queue: LIST of wake-up tokens (consumers BLPOP it);
 --                   group: STREAM of wake-up entries (consumers XREAD it)
---   14    log       group only: the topic's STREAM
+--   14    deadlines ZSET lease deadlines (ms): a claim batch (its 15-digit name) -> the
+--                   deadline of all its tokens, and an extended token -> its own deadline,
+--                   which then wins over its batch's
+--   15    batches   HASH claim batch name -> how many of its tokens are still leased; a batch
+--                   leaves the deadlines when its last token is settled
+--   16    log       group only: the topic's STREAM
+--
+-- A lease token is 18 decimal digits: the batch name ('1', an 11-digit sequence number from
+-- the counters, the batch size minus one in 3 digits) and the index in the batch (3 digits).
+-- A claim makes one batch per 1000 messages. The client derives each token from the batch
+-- names in the claim reply, so no token is built or sent per message.
+--
+-- An entry that is not Courier wire bytes (a corrupt or foreign writer) is still leased and
+-- returned: the client finds it undecodable and buries it (Q10). One a test or tool stores on
+-- purpose is wrapped as 0xC7 0xFF, the 16-byte id, then the raw bytes, so its dead letter keeps
+-- an id; the dead letter holds the raw bytes.
 --
 -- ARGV[1..12] (every script):
 --   visibility_ms, max_attempts, base_ms, factor, max_delay_ms, jitter, seed,
@@ -48,8 +61,8 @@
 -- per-call state lives in these upvalues, set by setup() at the start of every call, so
 -- nothing carries over from one call to the next.
 local KEYS, ARGV
-local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASES, K_DEAD, K_DEADIDX, K_DEADINFO
-local K_COUNTERS, K_WAKE, K_LOG
+local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASED, K_DEAD, K_DEADIDX, K_DEADINFO
+local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG
 local VIS, DEAD_LETTER, GROUP_MODE, GROUP
 local A = 13
 
@@ -58,24 +71,31 @@ local A = 13
 -- need neither, and every tonumber is paid on every call.
 local MAX_ATTEMPTS, BASE, FACTOR, MAX_DELAY, JITTER
 
+-- String functions, set by setup(): a Redis Functions library may not read the `string`
+-- global while it loads, only when a function runs.
+local byte, char, sub, format
+
 local function setup(keys, argv)
   KEYS, ARGV = keys, argv
   K_READY = { keys[1], keys[2], keys[3], keys[4] }
   K_MSGS = keys[5]
   K_INFO = keys[6]
   K_DELAYED = keys[7]
-  K_LEASES = keys[8]
+  K_LEASED = keys[8]
   K_DEAD = keys[9]
   K_DEADIDX = keys[10]
   K_DEADINFO = keys[11]
   K_COUNTERS = keys[12]
   K_WAKE = keys[13]
-  K_LOG = keys[14]
+  K_DEADLINES = keys[14]
+  K_BATCHES = keys[15]
+  K_LOG = keys[16]
   VIS = tonumber(argv[1])
   DEAD_LETTER = argv[8] == '1'
   GROUP_MODE = argv[9] == 'g'
   GROUP = argv[10]
   MAX_ATTEMPTS = nil
+  byte, char, sub, format = string.byte, string.char, string.sub, string.format
 end
 
 -- Bounds on the maintenance done by one call, so a script never blocks the server for long.
@@ -139,30 +159,58 @@ local function vget(cmd, key, fields)
   return out
 end
 
--- A ready entry: "id" or "id|attempts".
-local function entry(id, att)
-  if att > 0 then return id .. '|' .. att end
-  return id
+
+-- Is this entry Courier wire bytes of version 1 (at least the 51 bytes of the smallest one)?
+local function is_wire(e)
+  return #e >= 51 and byte(e, 1) == 199 and byte(e, 2) == 1
 end
 
-local function entry_parse(e)
-  local bar = string.find(e, '|', 1, true)
-  if not bar then return e, 0 end
-  return string.sub(e, 1, bar - 1), tonumber(string.sub(e, bar + 1))
+-- An entry's priority (0..3) and the deliveries counted so far (its attempt field); 2 and 0
+-- for an entry that is not wire bytes.
+local function entry_info(e)
+  if not is_wire(e) then return 2, 0 end
+  local p = byte(e, 19)
+  if p > 3 then p = 2 end
+  local a1, a2, a3, a4 = byte(e, 20, 23)
+  return p, ((a1 * 256 + a2) * 256 + a3) * 256 + a4
 end
 
--- A lease member "id|token|attempt" -> id, priority, attempt. A token is never turned into a
--- number here (it may exceed a double's exact range): see lease() for its layout. Tokens of
--- the older layout (priority = token mod 4) are still read.
-local function member_parse(m)
-  local id, tok, att = string.match(m, '^(.*)|(%d+)|(%d+)$')
-  local p
-  if #tok == 19 and string.byte(tok, 1) == 49 then
-    p = string.byte(tok, 19) - 48
-  else
-    p = tonumber(tok) % 4
+-- A copy of the entry with its attempt field set to a (an entry that is not wire bytes is
+-- returned as it is).
+local function with_attempts(e, a)
+  if not is_wire(e) then return e end
+  return sub(e, 1, 19) .. char(math.floor(a / 16777216) % 256, math.floor(a / 65536) % 256,
+    math.floor(a / 256) % 256, a % 256) .. sub(e, 24)
+end
+
+-- The wrapped form of bytes that are not wire bytes (see the header): 0xC7 0xFF, id, bytes.
+local function is_wrapped(e)
+  return #e >= 18 and byte(e, 1) == 199 and byte(e, 2) == 255
+end
+
+-- The message id of an entry as text (the nil id when the entry carries none).
+local UUID = '%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x'
+local function entry_id(e)
+  if #e >= 18 and byte(e, 1) == 199 then return format(UUID, byte(e, 3, 18)) end
+  return '00000000-0000-0000-0000-000000000000'
+end
+
+-- The raw 16 bytes of a text id (zeros when it is not one).
+local function raw_id(text)
+  local hex = string.gsub(text, '-', '')
+  if #hex ~= 32 or string.find(hex, '[^%x]') then return string.rep('\0', 16) end
+  return (string.gsub(hex, '..', function(h) return char(tonumber(h, 16)) end))
+end
+
+-- Three-digit strings '000'..'999', made on first use.
+local IDX = {}
+local function idx3(x)
+  local s = IDX[x]
+  if not s then
+    s = format('%03d', x)
+    IDX[x] = s
   end
-  return id, p, tonumber(att)
+  return s
 end
 
 local function count(field, n)

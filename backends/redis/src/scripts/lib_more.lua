@@ -45,12 +45,14 @@ end
 
 -- A group's stream entries are acknowledged when the group is done with them for good
 -- (acked, buried, discarded): the group's pending entries list then holds exactly the events
--- it still owes.
-local function xack(ids)
-  if not GROUP_MODE or #ids == 0 then return end
-  local sids = vget('HMGET', K_INFO, ids)
+-- it still owes. Takes the entries.
+local function forget(entries)
+  if not GROUP_MODE or #entries == 0 then return end
+  local rids = {}
+  for i = 1, #entries do rids[i] = sub(entries[i], 3, 18) end
+  local sids = vget('HMGET', K_INFO, rids)
   local out, k = {}, 0
-  for i = 1, #ids do
+  for i = 1, #rids do
     if sids[i] then
       k = k + 1
       out[k] = sids[i]
@@ -63,45 +65,37 @@ local function xack(ids)
     redis.pcall('XACK', K_LOG, GROUP, unpack(out, i, j))
     i = j + 1
   end
+  vcall('HDEL', K_INFO, rids)
 end
 
--- Remove messages for good (ack, discard).
-local function forget(ids)
-  if #ids == 0 then return end
-  vcall('HDEL', K_MSGS, ids)
-  if GROUP_MODE then
-    xack(ids)
-    vcall('HDEL', K_INFO, ids)
-  end
-end
-
--- Move messages to the dead-letter store (or discard them when dead letters are off).
--- ids, atts (deliveries made), ps (priorities), errs: parallel lists. Each dead letter gets its
--- own key "id#seq", so the same id may be dead more than once (as in the reference model).
-local function bury(ids, atts, ps, errs, now)
-  local n = #ids
+-- Move entries to the dead-letter store (or discard them when dead letters are off).
+-- entries, atts (deliveries made), errs: parallel lists. Each dead letter gets its own key
+-- "id#seq", so the same id may be dead more than once (as in the reference model).
+local function bury(entries, atts, errs, now)
+  local n = #entries
   if n == 0 then return end
   if DEAD_LETTER then
-    local bytes = vget('HMGET', K_MSGS, ids)
     local seq = redis.call('HINCRBY', K_COUNTERS, 'dead_seq', n) - n
     local z, x, h, m = {}, {}, {}, {}
     for i = 1, n do
-      local key = ids[i] .. '#' .. (seq + i)
+      local e = entries[i]
+      local key = entry_id(e) .. '#' .. (seq + i)
+      local p = entry_info(e)
       z[2 * i - 1] = seq + i
       z[2 * i] = key
       x[2 * i - 1] = 0
       x[2 * i] = key
       h[2 * i - 1] = key
-      h[2 * i] = atts[i] .. '|' .. now .. '|' .. ps[i] .. '|' .. errs[i]
+      h[2 * i] = atts[i] .. '|' .. now .. '|' .. p .. '|' .. errs[i]
       m[2 * i - 1] = key
-      m[2 * i] = bytes[i] or ''
+      if is_wrapped(e) then m[2 * i] = sub(e, 19) else m[2 * i] = e end
     end
     vcall('ZADD', K_DEAD, z)
     vcall('ZADD', K_DEADIDX, x)
     vcall('HSET', K_DEADINFO, h)
     vcall('HSET', K_MSGS, m)
   end
-  forget(ids)
+  forget(entries)
   count('dead_lettered', n)
 end
 
@@ -129,23 +123,23 @@ local function dead_id(key)
   return string.match(key, '^(.*)#%d+$')
 end
 
--- Make messages ready again after `delay` ms: at the back of their priority level when due
+-- Make entries ready again after `delay` ms: at the back of their priority level when due
 -- now, else in the delayed set. Returns how many became ready now, and how many were delayed.
-local function schedule(ids, atts, ps, delays, now)
-  local n = #ids
+local function schedule(entries, delays, now)
+  local n = #entries
   if n == 0 then return 0, 0 end
   local z, zk = {}, 0
   local ready = { {}, {}, {}, {} }
   local nready = 0
   for i = 1, n do
-    local e = entry(ids[i], atts[i])
+    local e = entries[i]
     if delays[i] <= 0 then
-      local r = ready[ps[i] + 1]
+      local r = ready[entry_info(e) + 1]
       r[#r + 1] = e
       nready = nready + 1
     else
       z[zk + 1] = now + delays[i]
-      z[zk + 2] = ps[i] .. '|' .. e
+      z[zk + 2] = e
       zk = zk + 2
     end
   end
@@ -154,47 +148,133 @@ local function schedule(ids, atts, ps, delays, now)
   return nready, zk / 2
 end
 
--- Expired leases count as failed attempts: retry after the policy's backoff, or dead letter
--- "lease expired" when out of attempts. Bounded per call. Must run before promote().
-local function reclaim(now)
-  local members = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
-  local n = #members
-  if n == 0 then return 0 end
-  vcall('ZREM', K_LEASES, members)
-  local ids, ps, atts = {}, {}, {}
-  for i = 1, n do ids[i], ps[i], atts[i] = member_parse(members[i]) end
-  local bytes = vget('HMGET', K_MSGS, ids)
-  local r_ids, r_atts, r_ps, r_delays = {}, {}, {}, {}
-  local d_ids, d_atts, d_ps, d_errs = {}, {}, {}, {}
+-- The deadline of each token (false when it has none): its own (after an extend), else its
+-- batch's.
+local function deadlines_of(tokens)
+  local n = #tokens
+  if n == 0 then return {} end
+  local q = {}
   for i = 1, n do
-    if bytes[i] then
-      local a = atts[i]
-      local p = ps[i]
-      retry_policy()
-      local limit = MAX_ATTEMPTS
-      local max = max_override(bytes[i])
-      if max > 0 then limit = max end
-      if limit < 1 then limit = 1 end
-      if a >= limit then
-        local k = #d_ids + 1
-        d_ids[k], d_atts[k], d_ps[k], d_errs[k] = ids[i], a, p, 'lease expired'
-      else
-        local k = #r_ids + 1
-        r_ids[k], r_atts[k], r_ps[k], r_delays[k] = ids[i], a, p, backoff_ms(a)
+    q[i] = tokens[i]
+    q[n + i] = sub(tokens[i], 1, 15)
+  end
+  local s = vget('ZMSCORE', K_DEADLINES, q)
+  local out = {}
+  for i = 1, n do
+    local d = s[i] or s[n + i]
+    if d then out[i] = tonumber(d) else out[i] = false end
+  end
+  return out
+end
+
+-- True when no lease deadline has passed: then every token in the leased hash is held.
+local function all_live(now)
+  local low = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')[2]
+  return not low or tonumber(low) > now
+end
+
+-- Tokens left the leased hash (settled or reclaimed): count them off their batches, and drop
+-- a batch from the deadlines once none of its tokens is leased. `skip`: batches already gone.
+local function unbatch(tokens, skip)
+  local per, order = {}, {}
+  for i = 1, #tokens do
+    local b = sub(tokens[i], 1, 15)
+    local c = per[b]
+    if not c then
+      order[#order + 1] = b
+      c = 0
+    end
+    per[b] = c + 1
+  end
+  for i = 1, #order do
+    local b = order[i]
+    if not (skip and skip[b]) then
+      local left = redis.call('HINCRBY', K_BATCHES, b, -per[b])
+      if left <= 0 then
+        redis.call('HDEL', K_BATCHES, b)
+        redis.call('ZREM', K_DEADLINES, b)
       end
     end
   end
+end
+
+-- Expired leases count as failed attempts: retry after the policy's backoff, or dead letter
+-- "lease expired" when out of attempts. Bounded per call. Must run before promote().
+local function reclaim(now)
+  local members = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
+  if #members == 0 then return 0 end
+  -- The tokens whose lease may have ended: every token of an expired batch (unless extended
+  -- past now), and every expired extended token. At most about RECLAIM_MAX per call; the
+  -- members not looked at stay for the next call.
+  local done, cand, seen, ended, ek = {}, {}, {}, {}, {}
+  for i = 1, #members do
+    if #cand >= RECLAIM_MAX then break end
+    local m = members[i]
+    done[i] = m
+    if #m == 15 then
+      ended[m] = true
+      ek[#ek + 1] = m
+      for x = 0, tonumber(sub(m, 13, 15)) do
+        local t = m .. idx3(x)
+        if not seen[t] then
+          seen[t] = true
+          cand[#cand + 1] = t
+        end
+      end
+    elseif not seen[m] then
+      seen[m] = true
+      cand[#cand + 1] = m
+    end
+  end
+  vcall('ZREM', K_DEADLINES, done)
+  vcall('HDEL', K_BATCHES, ek)
+  local entries = vget('HMGET', K_LEASED, cand)
+  local toks, ents = {}, {}
+  for i = 1, #cand do
+    if entries[i] then
+      toks[#toks + 1] = cand[i]
+      ents[#ents + 1] = entries[i]
+    end
+  end
+  if #toks == 0 then return 0 end
+  -- A token extended past now keeps its lease although its batch ended.
+  local own = vget('ZMSCORE', K_DEADLINES, toks)
+  local gone, r_ents, r_delays = {}, {}, {}
+  local d_ents, d_atts, d_errs = {}, {}, {}
+  for i = 1, #toks do
+    if not (own[i] and tonumber(own[i]) > now) then
+      local e = ents[i]
+      gone[#gone + 1] = toks[i]
+      local _, a = entry_info(e)
+      a = a + 1
+      retry_policy()
+      local limit = MAX_ATTEMPTS
+      local max = max_override(e)
+      if max > 0 then limit = max end
+      if limit < 1 then limit = 1 end
+      if a >= limit or not is_wire(e) then
+        local k = #d_ents + 1
+        d_ents[k], d_atts[k], d_errs[k] = e, a, 'lease expired'
+      else
+        local k = #r_ents + 1
+        r_ents[k], r_delays[k] = with_attempts(e, a), backoff_ms(a)
+      end
+    end
+  end
+  vcall('HDEL', K_LEASED, gone)
+  vcall('ZREM', K_DEADLINES, gone)
+  unbatch(gone, ended)
   -- Through the delayed set even with no backoff: promote() then orders them with messages
   -- that fell due earlier (by due time), as every backend does, instead of ahead of them.
   local z = {}
-  for k = 1, #r_ids do
+  for k = 1, #r_ents do
     z[#z + 1] = now + r_delays[k]
-    z[#z + 1] = r_ps[k] .. '|' .. entry(r_ids[k], r_atts[k])
+    z[#z + 1] = r_ents[k]
   end
   delay_add(z)
-  count('retried', #r_ids)
-  bury(d_ids, d_atts, d_ps, d_errs, now)
-  return #r_ids
+  count('retried', #r_ents)
+  bury(d_ents, d_atts, d_errs, now)
+  return #r_ents
 end
 
 -- Move due delayed messages to the back of their priority level, oldest due first.
@@ -207,211 +287,118 @@ local function promote(now)
   vcall('ZREM', K_DELAYED, members)
   local ready = { {}, {}, {}, {} }
   for i = 1, n do
-    local m = members[i]
-    local r = ready[tonumber(string.sub(m, 1, 1)) + 1]
-    r[#r + 1] = string.sub(m, 3)
+    local e = members[i]
+    local r = ready[entry_info(e) + 1]
+    r[#r + 1] = e
   end
   for p = 1, 4 do vcall('RPUSH', K_READY[p], ready[p]) end
   return n
 end
 
--- Pop up to n entries, highest priority first, FIFO within a level. Returns the ids, the
--- attempts counted so far and the priorities (parallel lists); each entry is parsed as
--- entry_parse() does, inline (this is the claim's per-message loop).
+-- Pop up to n entries, highest priority first, FIFO within a level.
 local function take(n)
-  local ids, atts, ps = {}, {}, {}
-  if n <= 0 then return ids, atts, ps end
+  local out = {}
+  if n <= 0 then return out end
   local levels = 4
   if GROUP_MODE then levels = 1 end
-  local find, sub = string.find, string.sub
   local k = 0
   for p = 1, levels do
     local want = n - k
     if want <= 0 then break end
     local got = redis.call('LPOP', K_READY[p], want)
     if got then
-      local pr = p - 1
-      if GROUP_MODE then pr = 2 end
-      for i = 1, #got do
-        k = k + 1
-        local e = got[i]
-        local bar = find(e, '|', 1, true)
-        if bar then
-          ids[k] = sub(e, 1, bar - 1)
-          atts[k] = tonumber(sub(e, bar + 1))
-        else
-          ids[k] = e
-          atts[k] = 0
+      if k == 0 then
+        out = got
+        k = #got
+      else
+        for i = 1, #got do
+          k = k + 1
+          out[k] = got[i]
         end
-        ps[k] = pr
       end
     end
   end
-  return ids, atts, ps
-end
-
--- Decimal digits, for building tokens without number formatting (costly in Lua).
-local DIGIT = { '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' }
-
--- Lease messages: attempts + 1, a fresh token each, deadline now + VIS. ids, atts (counted so
--- far), ps: parallel lists; `bytes` may be given (events just read from a stream). Returns
--- the reply { now, deadline, -1, member, bytes, ... } where each lease member
--- "id|token|attempt" tells the client the delivery's id, token and attempt.
---
--- A token is 19 decimal digits: '1', an 11-digit call sequence number (one HINCRBY per call,
--- or per million messages), a 6-digit index within the call, and the priority digit (0..3).
--- It is built from strings only: formatting a number costs about as much as a ZADD member, so
--- per message nothing is formatted (the deadline is formatted once, and the attempt once per
--- distinct value). Tokens of the older layout, (counter * 4 + priority), are below 10^18, so
--- the two never collide.
-local function lease(ids, atts, ps, bytes, now)
-  local n = #ids
-  local deadline = now + VIS
-  local dls = tostring(deadline)
-  if not bytes then bytes = vget('HMGET', K_MSGS, ids) end
-  local out = { now, deadline, -1 }
-  local ok, zk, lost = 3, 0, {}
-  local z = {}
-  local att_str = {}
-  local seqs, pre, hi = nil, nil, 0
-  local c1, c2, c3 = 1, 1, 0
-  for i = 1, n do
-    local b = bytes[i]
-    if b then
-      -- The index's low three digits count up (c1 c2 c3 index DIGIT); the high three and the
-      -- call sequence change every 1000 messages.
-      c3 = c3 + 1
-      if c3 > 10 then
-        c3 = 1
-        c2 = c2 + 1
-        if c2 > 10 then
-          c2 = 1
-          c1 = c1 + 1
-          if c1 > 10 then
-            c1 = 1
-            hi = hi + 1
-            pre = nil
-          end
-        end
-      end
-      if not pre then
-        if not seqs or hi >= 1000 then
-          hi = 0
-          local seq = redis.call('HINCRBY', K_COUNTERS, 'lease_seq', 1) % 100000000000
-          seqs = '1' .. string.format('%011d', seq)
-        end
-        pre = seqs .. string.format('%03d', hi)
-      end
-      local a = atts[i] + 1
-      local as = att_str[a]
-      if not as then
-        as = tostring(a)
-        att_str[a] = as
-      end
-      local m = ids[i] .. '|' .. pre .. DIGIT[c1] .. DIGIT[c2] .. DIGIT[c3] .. DIGIT[ps[i] + 1]
-        .. '|' .. as
-      z[zk + 1] = dls
-      z[zk + 2] = m
-      zk = zk + 2
-      out[ok + 1] = m
-      out[ok + 2] = b
-      ok = ok + 2
-    else
-      lost[#lost + 1] = ids[i]
-    end
-  end
-  vcall('ZADD', K_LEASES, z)
-  if #lost > 0 then forget(lost) end
   return out
 end
 
--- Which of the given deliveries (lease members "id|token|attempt") are held right now: the
--- member exists and its deadline has not passed. A delivery repeated in one batch is held
--- only once. Returns a list of booleans.
-local function held(members, now)
-  local n = #members
-  local scores = vget('ZMSCORE', K_LEASES, members)
-  local oks, seen = {}, {}
-  for i = 1, n do
-    local s = scores[i]
-    local ok = false
-    if s and tonumber(s) > now and not seen[members[i]] then
-      ok = true
-      seen[members[i]] = true
+-- Lease entries: each gets a token (see the header) under one deadline, now + VIS. Returns the
+-- reply { now, deadline, -1, batches, batch name, ..., entry, ... }: the client numbers the
+-- entries in order, 1000 per batch, and a token is its batch name followed by the 3-digit index.
+local function lease(entries, now)
+  local n = #entries
+  local deadline = now + VIS
+  local h = {}
+  local names = {}
+  local i = 0
+  while i < n do
+    local c = n - i
+    if c > 1000 then c = 1000 end
+    local seq = redis.call('HINCRBY', K_COUNTERS, 'lease_seq', 1) % 100000000000
+    local name = '1' .. format('%011d', seq) .. idx3(c - 1)
+    names[#names + 1] = name
+    for x = 0, c - 1 do
+      i = i + 1
+      h[2 * i - 1] = name .. idx3(x)
+      h[2 * i] = entries[i]
     end
-    oks[i] = ok
   end
-  return oks
+  local z, c = {}, {}
+  for b = 1, #names do
+    z[2 * b - 1] = deadline
+    z[2 * b] = names[b]
+    c[2 * b - 1] = names[b]
+    if b < #names then c[2 * b] = 1000 else c[2 * b] = n - 1000 * (#names - 1) end
+  end
+  redis.call('ZADD', K_DEADLINES, unpack(z))
+  redis.call('HSET', K_BATCHES, unpack(c))
+  vcall('HSET', K_LEASED, h)
+  local out = { now, deadline, -1, #names }
+  local o = 4
+  for b = 1, #names do
+    o = o + 1
+    out[o] = names[b]
+  end
+  for k = 1, n do out[o + k] = entries[k] end
+  return out
 end
 
--- held() for the members ARGV[i..j]; the second result is true when every one is held (and
--- none repeated).
---
--- Fast path, when no lease in the set has expired (its lowest deadline is ahead): then being in
--- the set is enough, and membership is checked with ZADD NX under score -1 (which no lease
--- has), which reads no score back. Nothing added: every member is held. Otherwise the added
--- ones are removed again (ZREMRANGEBYSCORE -1 -1) and the scores are read as below.
+-- Which of the given tokens ARGV[i..j] are held right now: leased, deadline ahead (on the
+-- server clock), and not repeated earlier in the list. Returns the booleans, the entries, and
+-- true when every one is held.
 local function held_argv(i, j, now)
   local n = j - i + 1
-  local low = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')[2]
-  local live = not low or tonumber(low) > now
-  local oks, seen = {}, {}
-  if live then
-    local z = {}
-    for x = 1, n do
-      z[2 * x - 1] = '-1'
-      z[2 * x] = ARGV[i + x - 1]
-    end
-    local added = 0
-    local a = 1
-    while a <= 2 * n do
-      local b = a + CHUNK - 1
-      if b > 2 * n then b = 2 * n end
-      added = added + redis.call('ZADD', K_LEASES, 'NX', unpack(z, a, b))
-      a = b + 1
-    end
-    if added == 0 then
-      local all = true
-      for x = 1, n do
-        local m = ARGV[i + x - 1]
-        if seen[m] then
-          oks[x] = false
-          all = false
-        else
-          seen[m] = true
-          oks[x] = true
-        end
-      end
-      return oks, all
-    end
-    redis.call('ZREMRANGEBYSCORE', K_LEASES, -1, -1)
-  end
-  local scores = {}
+  local entries = {}
   local k = 0
   local s = i
   while s <= j do
     local e = s + CHUNK - 1
     if e > j then e = j end
-    local r = redis.call('ZMSCORE', K_LEASES, unpack(ARGV, s, e))
+    local r = redis.call('HMGET', K_LEASED, unpack(ARGV, s, e))
     for x = 1, e - s + 1 do
       k = k + 1
-      scores[k] = r[x]
+      entries[k] = r[x]
     end
     s = e + 1
   end
-  for x = 1, k do
-    local sc = scores[x]
+  local live = all_live(now)
+  local dls = nil
+  if not live then
+    local toks = {}
+    for x = 1, n do toks[x] = ARGV[i + x - 1] end
+    dls = deadlines_of(toks)
+  end
+  local oks, seen, all = {}, {}, true
+  for x = 1, n do
+    local t = ARGV[i + x - 1]
     local ok = false
-    if sc then
-      local m = ARGV[i + x - 1]
-      if (live or tonumber(sc) > now) and not seen[m] then
-        ok = true
-        seen[m] = true
-      end
+    if entries[x] and not seen[t] and (live or (dls[x] and dls[x] > now)) then
+      ok = true
+      seen[t] = true
     end
     oks[x] = ok
+    if not ok then all = false end
   end
-  return oks, false
+  return oks, entries, all
 end
 
 -- Milliseconds until the earliest delayed message is due or lease ends (-1: none).
@@ -419,7 +406,7 @@ local function next_due(now)
   local best = -1
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
   if d[2] then best = math.floor(tonumber(d[2]) / DSEQ) end
-  local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+  local l = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
   if l[2] and (best < 0 or tonumber(l[2]) < best) then best = tonumber(l[2]) end
   if best < 0 then return -1 end
   local ms = best - now

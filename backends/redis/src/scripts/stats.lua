@@ -12,7 +12,7 @@ maintain(now)
 local out = {}
 for p = 1, 4 do out[p] = redis.call('LLEN', K_READY[p]) end
 out[5] = redis.call('ZCARD', K_DELAYED)
-out[6] = redis.call('ZCARD', K_LEASES)
+out[6] = redis.call('HLEN', K_LEASED)
 out[7] = redis.call('ZCARD', K_DEAD)
 local c = redis.call('HMGET', K_COUNTERS, 'published', 'acked', 'retried', 'dead_lettered')
 for i = 1, 4 do out[7 + i] = tonumber(c[i] or 0) or 0 end
