@@ -340,3 +340,128 @@ async fn an_entry_no_courier_wrote_is_buried_under_the_nil_id() {
     let st = t("stats", q.stats("fq")).await.expect("stats");
     assert_eq!((st.dead, st.stored()), (1, 1), "{st:?}");
 }
+
+#[tokio::test]
+async fn a_group_never_regroups_its_events_by_priority() {
+    use courier_core::EventBus;
+    let Some((b, _raw, _c)) = open("grouporder", config(Duration::from_secs(30))).await else {
+        return;
+    };
+    let bus: &dyn EventBus = &b;
+    let low = Message::new("low", "").with_priority(courier_core::Priority::Low);
+    let critical = Message::new("critical", "").with_priority(courier_core::Priority::Critical);
+    t("emit", bus.emit_batch("go", vec![low, critical]))
+        .await
+        .expect("emit");
+    let got = t("receive", bus.receive("go", "g", 2, Duration::from_secs(2)))
+        .await
+        .expect("receive");
+    let kinds: Vec<&str> = got.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(kinds, ["low", "critical"], "log order, not priority order");
+    // Released one after the other, each goes to the very front: critical, then low.
+    let ops = got.iter().map(|d| Settle::Release(d.lease)).collect();
+    let res = t("release", bus.settle("go", "g", ops))
+        .await
+        .expect("release");
+    assert!(res.iter().all(Result::is_ok));
+    let again = t(
+        "receive again",
+        bus.receive("go", "g", 2, Duration::from_secs(2)),
+    )
+    .await
+    .expect("receive again");
+    let kinds: Vec<&str> = again.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["critical", "low"],
+        "as the reference model's push_front"
+    );
+    // Retried together with no delay, they keep that order.
+    let ops = again
+        .iter()
+        .map(|d| Settle::Retry {
+            lease: d.lease,
+            delay: Duration::ZERO,
+            error: "again".into(),
+        })
+        .collect();
+    let res = t("retry", bus.settle("go", "g", ops)).await.expect("retry");
+    assert!(res.iter().all(Result::is_ok));
+    let third = t(
+        "receive third",
+        bus.receive("go", "g", 2, Duration::from_secs(2)),
+    )
+    .await
+    .expect("receive third");
+    let kinds: Vec<&str> = third.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(kinds, ["critical", "low"]);
+}
+
+#[tokio::test]
+async fn one_message_published_twice_with_a_delay_is_two_messages() {
+    let Some((b, mut raw, c)) = open("twice", config(Duration::from_secs(30))).await else {
+        return;
+    };
+    let q: &dyn Queue = &b;
+    // The same message (same id, same bytes) twice in one batch, as a client repeating a
+    // publish whose answer it never saw might send it.
+    let mut m = Message::new("k", "same").with_delay(Duration::from_millis(100));
+    m.id = MessageId::new();
+    m.created_at = 1;
+    t("publish", q.publish_batch("tw", vec![m.clone(), m]))
+        .await
+        .expect("publish");
+    let delayed: i64 = t(
+        "ZCARD",
+        redis::cmd("ZCARD")
+            .arg(c.key("tw", "delayed"))
+            .query_async(&mut raw),
+    )
+    .await
+    .expect("ZCARD");
+    assert_eq!(delayed, 2, "both copies are stored");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let more = t("receive", q.receive("tw", 10, Duration::from_secs(2)))
+            .await
+            .expect("receive");
+        assert!(!more.is_empty(), "both copies are delivered");
+        got.extend(more);
+    }
+    let ops = got.iter().map(|d| Settle::Ack(d.lease)).collect();
+    let res = t("ack", q.settle("tw", ops)).await.expect("ack");
+    assert!(res.iter().all(Result::is_ok));
+    let st = t("stats", q.stats("tw")).await.expect("stats");
+    assert_eq!((st.published, st.acked, st.stored()), (2, 2, 0), "{st:?}");
+}
+
+#[tokio::test]
+async fn acking_an_extended_lease_leaves_no_deadline_behind() {
+    let Some((b, mut raw, c)) = open("extack", config(Duration::from_secs(30))).await else {
+        return;
+    };
+    let q: &dyn Queue = &b;
+    t("publish", q.publish("ea", Message::new("k", "")))
+        .await
+        .expect("publish");
+    let d = t("receive", q.receive("ea", 1, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert_eq!(d.len(), 1);
+    let kept = t(
+        "extend",
+        q.extend("ea", &d[0].lease, Duration::from_secs(600)),
+    )
+    .await
+    .expect("extend");
+    t("ack", q.ack("ea", &kept)).await.expect("ack");
+    let left: i64 = t(
+        "ZCARD",
+        redis::cmd("ZCARD")
+            .arg(c.key("ea", "deadlines"))
+            .query_async(&mut raw),
+    )
+    .await
+    .expect("ZCARD");
+    assert_eq!(left, 0, "an idle queue has no deadline to wake up for");
+}

@@ -12,7 +12,9 @@ local now = now_ms()
 trim_log(now)
 local drop = {}
 for _, e in ipairs(redis.call('HVALS', K_LEASED)) do drop[#drop + 1] = sub(e, 3, 18) end
-for _, e in ipairs(redis.call('ZRANGE', K_DELAYED, 0, -1)) do drop[#drop + 1] = sub(e, 3, 18) end
+for _, m in ipairs(redis.call('ZRANGE', K_DELAYED, 0, -1)) do
+  drop[#drop + 1] = sub(delayed_entry(m), 3, 18)
+end
 for _, e in ipairs(redis.call('LRANGE', K_READY[1], 0, -1)) do drop[#drop + 1] = sub(e, 3, 18) end
 vcall('HDEL', K_INFO, drop)
 redis.call('DEL', K_LEASED, K_DEADLINES, K_BATCHES, K_DELAYED, K_READY[1])

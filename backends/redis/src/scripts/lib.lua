@@ -23,8 +23,8 @@
 --   5     msgs      HASH "id#seq" -> wire bytes of a dead letter (so a replayed or
 --                   re-published id never collides with its dead copy)
 --   6     info      HASH raw 16-byte id -> stream id of the event (consumer groups only)
---   7     delayed   ZSET entry -> due_ms * 1024 + (sequence mod 1024): due order, and
---                   insertion order among messages due in the same millisecond
+--   7     delayed   ZSET "sequence (12 digits)" .. entry -> due_ms * 1024 + (sequence mod
+--                   1024): due order, and insertion order among messages due in the same ms
 --   8     leased    HASH token -> entry, one field per delivery being handled
 --   9     dead      ZSET "id#seq" -> seq, the burial sequence number (oldest first)
 --   10    deadidx   ZSET "id#seq" -> 0 (finds an id's dead letters with ZRANGEBYLEX)
@@ -217,7 +217,9 @@ local function count(field, n)
   if n > 0 then redis.call('HINCRBY', K_COUNTERS, field, n) end
 end
 
--- Add (due, member) pairs (flat list: due1, m1, due2, m2, ...) to the delayed set, in order.
+-- Add (due, entry) pairs (flat list: due1, e1, due2, e2, ...) to the delayed set, in order.
+-- Each member is the entry behind a 12-digit sequence number, so two entries with the same
+-- bytes (one message published twice) stay two messages.
 local function delay_add(z)
   local n = #z / 2
   if n == 0 then return end
@@ -225,8 +227,21 @@ local function delay_add(z)
   for i = 1, #z, 2 do
     seq = seq + 1
     z[i] = z[i] * DSEQ + (seq % DSEQ)
+    z[i + 1] = format('%012d', seq % 1000000000000) .. z[i + 1]
   end
   vcall('ZADD', K_DELAYED, z)
+end
+
+-- The entry of a delayed-set member (see delay_add).
+local function delayed_entry(m)
+  return sub(m, 13)
+end
+
+-- The ready list (1..4) an entry goes back to: its priority's, or the one list of a group
+-- (events have no priority order, so a group never regroups its entries).
+local function level(e)
+  if GROUP_MODE then return 1 end
+  return (entry_info(e)) + 1
 end
 
 -- Tell idle consumers that something changed (new ready messages, or a new earliest due

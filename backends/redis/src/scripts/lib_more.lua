@@ -134,7 +134,7 @@ local function schedule(entries, delays, now)
   for i = 1, n do
     local e = entries[i]
     if delays[i] <= 0 then
-      local r = ready[entry_info(e) + 1]
+      local r = ready[level(e)]
       r[#r + 1] = e
       nready = nready + 1
     else
@@ -287,8 +287,8 @@ local function promote(now)
   vcall('ZREM', K_DELAYED, members)
   local ready = { {}, {}, {}, {} }
   for i = 1, n do
-    local e = members[i]
-    local r = ready[entry_info(e) + 1]
+    local e = delayed_entry(members[i])
+    local r = ready[level(e)]
     r[#r + 1] = e
   end
   for p = 1, 4 do vcall('RPUSH', K_READY[p], ready[p]) end

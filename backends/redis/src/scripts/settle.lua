@@ -21,6 +21,8 @@ local oks, entries, all_held = held_argv(first, last, now)
 if all_held and kinds == string.rep('a', n) then
   -- Fast path: no per-operation bookkeeping and a one-integer reply.
   acall('HDEL', K_LEASED, first, last)
+  -- Extended tokens have a deadline of their own; drop those with the lease.
+  acall('ZREM', K_DEADLINES, first, last)
   local toks = {}
   for i = 1, n do toks[i] = ARGV[first + i - 1] end
   unbatch(toks)
@@ -51,7 +53,7 @@ for i = 1, n do
     if k == 97 then
       acks[#acks + 1] = e
     else
-      local p, a = entry_info(e)
+      local _, a = entry_info(e)
       if k == 114 then
         local j = #r_ents + 1
         r_ents[j], r_delays[j] = with_attempts(e, a + 1), tonumber(extra)
@@ -62,7 +64,7 @@ for i = 1, n do
         -- Release: the attempt does not count (the entry keeps its count), and the message
         -- goes back to the very front of its level, as if released one after the other (the
         -- reference model's push_front).
-        local f = front[p + 1]
+        local f = front[level(e)]
         f[#f + 1] = e
         nrelease = nrelease + 1
       end
