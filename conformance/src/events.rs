@@ -113,6 +113,11 @@ pub(crate) fn cases() -> Vec<Case> {
             ["E4"],
             mixed_emit_order
         ),
+        case!(
+            "events::order::retried_batch_keeps_emit_order_whatever_the_priority",
+            ["E3", "E4"],
+            retried_batch_order
+        ),
         case!("events::replay::reset_to_start", ["E5"], reset_start),
         case!("events::replay::reset_to_time", ["E5"], reset_time),
         case!("events::replay::reset_to_id", ["E5"], reset_id),
@@ -1127,6 +1132,41 @@ async fn consumer_backoff(cx: Ctx) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // E4 Order
 // ---------------------------------------------------------------------------------------------
+
+/// A batch retried at once comes back in emit order: a group has no priority order, on the
+/// retry path either (a store that keeps one list per priority must not regroup events).
+async fn retried_batch_order(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let mut sent = Vec::new();
+    for i in 0..8 {
+        let p = Priority::ALL[(i * 3) % 4];
+        sent.push(emit_one(b, &t, Message::new(format!("{i}"), "x").with_priority(p)).await?);
+    }
+    let first = recv_n(b, &t, &g, sent.len(), cx.prompt()).await?;
+    ensure_eq!(ids(&first), sent, "emit order");
+    let ops = first
+        .iter()
+        .map(|d| Settle::Retry {
+            lease: d.lease,
+            delay: Duration::ZERO,
+            error: "again".into(),
+        })
+        .collect();
+    let rs = within(cx.prompt(), "settle", b.settle(&t, &g, ops)).await??;
+    ensure!(
+        rs.iter().all(Result::is_ok),
+        "every retry held its lease: {rs:?}"
+    );
+    let again = recv_n(b, &t, &g, sent.len(), cx.prompt()).await?;
+    ensure_eq!(ids(&again), sent, "emit order after the retry");
+    ensure!(
+        again.iter().all(|d| d.message.attempt == 2),
+        "second attempts"
+    );
+    ack_all(b, &t, &g, &again).await
+}
 
 async fn single_consumer_order(cx: Ctx) -> Outcome {
     let b = bus(&cx);
