@@ -465,3 +465,48 @@ async fn acking_an_extended_lease_leaves_no_deadline_behind() {
     .expect("ZCARD");
     assert_eq!(left, 0, "an idle queue has no deadline to wake up for");
 }
+
+#[tokio::test]
+async fn acks_of_large_entries_check_each_token_too() {
+    // Entries of 2 KiB and more are checked by length, not read back (see held_argv).
+    let Some((b, _raw, _c)) = open("large", config(Duration::from_secs(30))).await else {
+        return;
+    };
+    let q: &dyn Queue = &b;
+    let body = vec![7u8; 8192];
+    t(
+        "publish",
+        q.publish_batch(
+            "lg",
+            (0..3).map(|_| Message::new("k", body.clone())).collect(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let d = t("receive", q.receive("lg", 3, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert_eq!(d.len(), 3);
+    assert!(
+        d.iter()
+            .all(|d| d.message.payload.as_ref() == body.as_slice())
+    );
+    let acks = |ls: &[usize]| ls.iter().map(|&i| Settle::Ack(d[i].lease)).collect();
+    let res = t("settle", q.settle("lg", acks(&[0, 1, 0])))
+        .await
+        .expect("settle");
+    let lost: Vec<bool> = res.iter().map(Result::is_err).collect();
+    assert_eq!(
+        lost,
+        [false, false, true],
+        "the repeated token is a double ack"
+    );
+    // A held large entry first (it picks the length check), then a settled one.
+    let res = t("settle", q.settle("lg", acks(&[2, 1])))
+        .await
+        .expect("settle");
+    let lost: Vec<bool> = res.iter().map(Result::is_err).collect();
+    assert_eq!(lost, [false, true], "the settled token is stale");
+    let st = t("stats", q.stats("lg")).await.expect("stats");
+    assert_eq!((st.acked, st.stored()), (3, 0), "{st:?}");
+}

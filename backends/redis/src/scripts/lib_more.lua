@@ -363,22 +363,33 @@ local function lease(entries, now)
 end
 
 -- Which of the given tokens ARGV[i..j] are held right now: leased, deadline ahead (on the
--- server clock), and not repeated earlier in the list. Returns the booleans, the entries, and
--- true when every one is held.
-local function held_argv(i, j, now)
+-- server clock), and not repeated earlier in the list. Returns the booleans, the entries (with
+-- `bytes`; else only true / false for leased or not), and true when every one is held.
+local function held_argv(i, j, now, bytes)
   local n = j - i + 1
   local entries = {}
-  local k = 0
-  local s = i
-  while s <= j do
-    local e = s + CHUNK - 1
-    if e > j then e = j end
-    local r = redis.call('HMGET', K_LEASED, unpack(ARGV, s, e))
-    for x = 1, e - s + 1 do
-      k = k + 1
-      entries[k] = r[x]
+  -- Presence only is asked for: one HSTRLEN per token reads no bytes, where HMGET copies each
+  -- entry into Lua. HMGET is cheaper for small entries (about 0.5 us a message less at 100
+  -- bytes), HSTRLEN for large ones (a third of an end-to-end message at 10 KiB). Entries of
+  -- one batch tend to be alike, so the first one decides.
+  if not bytes and redis.call('HSTRLEN', K_LEASED, ARGV[i]) < 2048 then bytes = true end
+  if bytes then
+    local k = 0
+    local s = i
+    while s <= j do
+      local e = s + CHUNK - 1
+      if e > j then e = j end
+      local r = redis.call('HMGET', K_LEASED, unpack(ARGV, s, e))
+      for x = 1, e - s + 1 do
+        k = k + 1
+        entries[k] = r[x]
+      end
+      s = e + 1
     end
-    s = e + 1
+  else
+    for x = 1, n do
+      entries[x] = redis.call('HSTRLEN', K_LEASED, ARGV[i + x - 1]) > 0
+    end
   end
   local live = all_live(now)
   local dls = nil

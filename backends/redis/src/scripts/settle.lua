@@ -17,8 +17,10 @@ local n = tonumber(ARGV[A])
 local kinds = ARGV[A + 1]
 local first = A + 2
 local last = A + 1 + n
-local oks, entries, all_held = held_argv(first, last, now)
-if all_held and kinds == string.rep('a', n) then
+local all_acks = kinds == string.rep('a', n)
+-- A queue's acks need no entry bytes (a group's do: they name the stream entry to XACK).
+local oks, entries, all_held = held_argv(first, last, now, GROUP_MODE or not all_acks)
+if all_held and all_acks then
   -- Fast path: no per-operation bookkeeping and a one-integer reply.
   acall('HDEL', K_LEASED, first, last)
   -- Extended tokens have a deadline of their own; drop those with the lease.
