@@ -1,13 +1,11 @@
 -- lib_more.lua: the rest of the shared part of the queue and consumer-group scripts (see
 -- lib.lua, which precedes it): retries, dead letters, maintenance, leases.
 
--- The max_attempts override from a message's wire header (version 1: bytes 23..26 from 0,
+-- The max_attempts override from an entry's wire header (version 1: bytes 23..26 from 0,
 -- big-endian u32; docs/wire-format.md). 0 = none, also for bytes that are not Courier's.
-local function max_override(bytes)
-  if not bytes or #bytes < 43 or string.byte(bytes, 1) ~= 199 or string.byte(bytes, 2) ~= 1 then
-    return 0
-  end
-  local b1, b2, b3, b4 = string.byte(bytes, 24, 27)
+local function max_override(e)
+  if not is_wire(e) then return 0 end
+  local b1, b2, b3, b4 = byte(e, 24, 27)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
