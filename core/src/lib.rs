@@ -6,6 +6,7 @@
 //! (DESIGN §7).
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod clock;
 pub mod courier;
 pub mod dispatcher;
