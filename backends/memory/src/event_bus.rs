@@ -22,8 +22,10 @@ use courier_core::{
 };
 use parking_lot::Mutex;
 
+use courier_core::backend::{Batch, earlier_wake};
+
 use crate::state::{QueueState, millis};
-use crate::{BACKEND_NAME, MemoryBackend, Poll, Wakeup, check_max, check_name, earlier, tag};
+use crate::{BACKEND_NAME, KIT, MemoryBackend, Poll, Wakeup};
 
 /// One topic: its log, groups and waiting receivers (all groups share one wake-up).
 #[derive(Debug)]
@@ -168,7 +170,7 @@ impl TopicShared {
         };
         let r = f(&mut view);
         let wake = view.group.state.ready_len() > ready_before
-            || earlier(view.group.state.next_wake(), wake_before);
+            || earlier_wake(view.group.state.next_wake(), wake_before);
         drop(guard);
         if wake {
             self.wakeup.wake();
@@ -199,8 +201,7 @@ impl MemoryBackend {
         operation: &'static str,
         f: impl FnOnce(&mut View<'_>, u64) -> R,
     ) -> Result<R> {
-        check_name("topic", topic, operation)?;
-        check_name("group", group, operation)?;
+        KIT.check_group(topic, group, operation)?;
         let t = self.topic(topic);
         let now = self.now();
         Ok(t.with_group(group, now, |v| f(v, now)))
@@ -218,9 +219,7 @@ impl EventBus for MemoryBackend {
     }
 
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
-        check_name("topic", topic, "configure_group")?;
-        check_name("group", group, "configure_group")?;
-        config.validate().map_err(tag("configure_group"))?;
+        KIT.check_group_config(topic, group, &config)?;
         let t = self.topic(topic);
         let mut t = t.topic.lock();
         t.trim(self.now());
@@ -238,7 +237,7 @@ impl EventBus for MemoryBackend {
     }
 
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
-        check_name("topic", topic, "set_retention")?;
+        KIT.check_name("topic", topic, "set_retention")?;
         let t = self.topic(topic);
         let mut t = t.topic.lock();
         t.retention = retention;
@@ -247,30 +246,27 @@ impl EventBus for MemoryBackend {
     }
 
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
-        check_name("topic", topic, "emit")?;
-        let t = self.topic(topic);
         let now = self.now();
-        let ids = {
+        // The whole batch is checked before anything is appended.
+        let (ids, events) = KIT.prepare_batch(
+            Batch::Emit,
+            topic,
+            &self.inner.default_config,
+            events,
+            now,
+            Ok,
+        )?;
+        let t = self.topic(topic);
+        {
             let mut tp = t.topic.lock();
-            // The whole batch is checked before anything is appended.
-            for (i, m) in events.iter().enumerate() {
-                tp.default_config.check_message(m).map_err(|e| {
-                    let msg = format!("event {i} of the batch: {}", e.message());
-                    tag("emit")(Error::new(e.kind(), msg))
-                })?;
-            }
             let at = now.max(tp.last_at);
             tp.last_at = at;
-            let mut ids = Vec::with_capacity(events.len());
-            for mut message in events {
-                message.prepare_for_publish(now);
-                ids.push(message.id);
+            for message in events {
                 tp.log.push_back(LogEntry { at, message });
                 tp.next += 1;
             }
             tp.trim(now);
-            ids
-        };
+        }
         if !ids.is_empty() {
             t.wakeup.wake();
         }
@@ -284,9 +280,8 @@ impl EventBus for MemoryBackend {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        check_name("topic", topic, "receive")?;
-        check_name("group", group, "receive")?;
-        check_max(max)?;
+        KIT.check_group(topic, group, "receive")?;
+        KIT.check_max(max)?;
         let t = self.topic(topic);
         let got = crate::wait_for(&t.wakeup, wait, || {
             let now = self.now();
@@ -311,7 +306,7 @@ impl EventBus for MemoryBackend {
     async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         self.on_group(topic, group, "settle", |v, now| {
             ops.into_iter()
-                .map(|op| v.group.state.settle(op, now).map_err(tag("settle")))
+                .map(|op| v.group.state.settle(op, now).map_err(KIT.tag("settle")))
                 .collect()
         })
     }
@@ -326,7 +321,7 @@ impl EventBus for MemoryBackend {
         self.on_group(topic, group, "extend", |v, now| {
             v.group.state.extend(lease, visibility, now)
         })?
-        .map_err(tag("extend"))
+        .map_err(KIT.tag("extend"))
     }
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
@@ -338,7 +333,7 @@ impl EventBus for MemoryBackend {
                 ReplayFrom::Id(id) => match v.log.iter().position(|e| e.message.id == id) {
                     Some(i) => v.base + i as u64,
                     None => {
-                        return Err(tag("reset_group")(Error::not_found(format!(
+                        return Err(KIT.tag("reset_group")(Error::not_found(format!(
                             "event {id} is not retained in topic {topic:?}"
                         ))));
                     }
@@ -361,7 +356,7 @@ impl EventBus for MemoryBackend {
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {
-        check_name("topic", topic, "topic_len")?;
+        KIT.check_name("topic", topic, "topic_len")?;
         let t = self.topic(topic);
         let mut t = t.topic.lock();
         t.trim(self.now());

@@ -44,10 +44,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use courier_core::backend::Kit;
 use courier_core::clock::until;
 use courier_core::{
-    Delivery, Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
-    validate_name,
+    Delivery, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
 };
 use parking_lot::RwLock;
 use tokio::sync::Notify;
@@ -176,40 +176,14 @@ impl MemoryBackendBuilder {
     /// [`courier_core::ErrorKind::InvalidInput`] when the default configuration is invalid.
     pub fn try_build(self) -> Result<MemoryBackend> {
         if let Some(c) = &self.default_config {
-            c.validate().map_err(tag("configure"))?;
+            c.validate().map_err(KIT.tag("configure"))?;
         }
         Ok(self.build())
     }
 }
 
-/// Tag an error with this backend and an operation name.
-fn tag(operation: &'static str) -> impl Fn(Error) -> Error {
-    move |e| e.with_backend(BACKEND_NAME).with_operation(operation)
-}
-
-/// Validate a name, tagging the error.
-fn check_name(what: &str, name: &str, operation: &'static str) -> Result<()> {
-    validate_name(what, name).map_err(tag(operation))
-}
-
-/// `max` of a receive must be at least 1.
-fn check_max(max: usize) -> Result<()> {
-    if max == 0 {
-        return Err(tag("receive")(Error::invalid(
-            "receive max must be at least 1",
-        )));
-    }
-    Ok(())
-}
-
-/// Whether `after` is an earlier wake-up than `before` (a waiter may need to re-arm its timer).
-fn earlier(after: Option<u64>, before: Option<u64>) -> bool {
-    match (after, before) {
-        (Some(a), Some(b)) => a < b,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
-}
+/// The shared backend prologue (name checks, error tags, lease-lost wording).
+pub(crate) const KIT: Kit = Kit::new(BACKEND_NAME);
 
 /// Wakes receivers waiting on a queue or topic. Waiters are counted so that a publish with
 /// nobody waiting costs one atomic load.

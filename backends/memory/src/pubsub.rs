@@ -9,7 +9,7 @@ use courier_core::{
 };
 use parking_lot::RwLock;
 
-use crate::{BACKEND_NAME, MemoryBackend, check_name, tag};
+use crate::{BACKEND_NAME, KIT, MemoryBackend};
 
 /// Active subscriptions: literal channels by name, wildcard patterns in a list.
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ impl PubSub for MemoryBackend {
     /// in this process and returns how many took it. Messages from one caller reach each
     /// subscription in call order (P3).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        check_name("channel", channel, "publish")?;
+        KIT.check_name("channel", channel, "publish")?;
         message.prepare_for_publish(self.now());
         let registry = self.inner.pubsub.read();
         let mut n = 0;
@@ -92,7 +92,7 @@ impl PubSub for MemoryBackend {
 
     /// Active as soon as this returns (registration is synchronous).
     async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern).map_err(tag("subscribe"))?;
+        let pattern = Pattern::parse(pattern).map_err(KIT.tag("subscribe"))?;
         let buffer = SubscriptionBuffer::new(pattern, options.buffer);
         self.inner.pubsub.write().add(buffer.clone());
         let guard = Unsubscribe {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::queue::validate_publish;
+use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
     DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats,
     Result, Selection, Settle, SharedClock,
@@ -12,7 +12,7 @@ use courier_core::{
 use parking_lot::Mutex;
 
 use crate::state::QueueState;
-use crate::{BACKEND_NAME, MemoryBackend, Poll, Wakeup, check_max, check_name, earlier, tag};
+use crate::{BACKEND_NAME, KIT, MemoryBackend, Poll, Wakeup};
 
 /// One queue: its state and its waiting receivers.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl QueueShared {
         let wake_before = st.next_wake();
         st.tick(now);
         let r = f(&mut st);
-        let wake = st.ready_len() > ready_before || earlier(st.next_wake(), wake_before);
+        let wake = st.ready_len() > ready_before || earlier_wake(st.next_wake(), wake_before);
         drop(st);
         if wake {
             self.wakeup.wake();
@@ -67,7 +67,7 @@ impl MemoryBackend {
         operation: &'static str,
         f: impl FnOnce(&mut QueueState, u64) -> R,
     ) -> Result<R> {
-        check_name("queue", queue, operation)?;
+        KIT.check_name("queue", queue, operation)?;
         let q = self.queue(queue);
         let now = self.now();
         Ok(q.with_state(now, |st| f(st, now)))
@@ -85,8 +85,7 @@ impl Queue for MemoryBackend {
     }
 
     fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
-        check_name("queue", queue, "configure")?;
-        config.validate().map_err(tag("configure"))?;
+        KIT.check_queue_config(queue, &config)?;
         self.queue(queue).state.lock().config = config;
         Ok(())
     }
@@ -100,25 +99,22 @@ impl Queue for MemoryBackend {
     }
 
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
-        check_name("queue", queue, "publish")?;
-        let q = self.queue(queue);
         let now = self.now();
-        q.with_state(now, |st| {
-            // The whole batch is checked before anything is stored (Q7, Q10).
-            validate_publish(queue, &st.config, &messages).map_err(tag("publish"))?;
-            let mut ids = Vec::with_capacity(messages.len());
-            for mut m in messages {
-                m.prepare_for_publish(now);
-                ids.push(m.id);
+        // The whole batch is checked before anything is stored (Q7, Q10).
+        let config = self.queue_config(queue);
+        let (ids, messages) =
+            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, Ok)?;
+        self.queue(queue).with_state(now, |st| {
+            for m in messages {
                 st.publish(m, now);
             }
-            Ok(ids)
-        })
+        });
+        Ok(ids)
     }
 
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        check_name("queue", queue, "receive")?;
-        check_max(max)?;
+        KIT.check_name("queue", queue, "receive")?;
+        KIT.check_max(max)?;
         let q = self.queue(queue);
         let got = crate::wait_for(&q.wakeup, wait, || {
             let now = self.now();
@@ -142,14 +138,14 @@ impl Queue for MemoryBackend {
     async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         self.on_queue(queue, "settle", |st, now| {
             ops.into_iter()
-                .map(|op| st.settle(op, now).map_err(tag("settle")))
+                .map(|op| st.settle(op, now).map_err(KIT.tag("settle")))
                 .collect()
         })
     }
 
     async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease> {
         self.on_queue(queue, "extend", |st, now| st.extend(lease, visibility, now))?
-            .map_err(tag("extend"))
+            .map_err(KIT.tag("extend"))
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -163,7 +159,7 @@ impl Queue for MemoryBackend {
     async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter> {
         self.on_queue(queue, "dead_letter", |st, _| st.dead_letter(id))?
             .ok_or_else(|| {
-                tag("dead_letter")(Error::not_found(format!(
+                KIT.tag("dead_letter")(Error::not_found(format!(
                     "no dead letter {id} in queue {queue:?}"
                 )))
             })

@@ -12,16 +12,15 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courier_core::clock::ms_ceil;
+use courier_core::backend::{LEASE_EXPIRED, expired_lease, ms_ceil};
 use courier_core::{
-    DeadLetter, Delivery, Error, FailureAction, FailureMode, Lease, Message, MessageId, Page,
-    Priority, QueueConfig, QueueStats, Result, Selection, Settle,
+    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, QueueConfig,
+    QueueStats, Result, Selection, Settle,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-/// The error recorded when a lease runs out without a settle.
-pub(crate) const LEASE_EXPIRED: &str = "lease expired";
+use crate::KIT;
 
 /// Lease tokens, unique within the process (never 0).
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -243,10 +242,10 @@ impl QueueState {
 
     /// An expired lease: one failed attempt, decided by the retry policy.
     fn fail(&mut self, mut entry: Entry, now: u64) {
-        let action = self.config.retry.decide(
+        let action = expired_lease(
+            &self.config.retry,
             entry.deliveries,
             entry.message.max_attempts,
-            FailureMode::Backoff,
             &mut self.rng,
         );
         match action {
@@ -328,7 +327,7 @@ impl QueueState {
             {
                 Ok(o.remove())
             }
-            _ => Err(lease_lost(lease)),
+            _ => Err(KIT.lease_lost("settle", lease)),
         }
     }
 
@@ -395,7 +394,7 @@ impl QueueState {
                 self.maybe_rebuild_leases();
                 Ok(updated)
             }
-            _ => Err(lease_lost(lease)),
+            _ => Err(KIT.lease_lost("extend", lease)),
         }
     }
 
@@ -519,13 +518,6 @@ impl QueueState {
         self.in_flight.clear();
         self.leases.clear();
     }
-}
-
-fn lease_lost(lease: &Lease) -> Error {
-    Error::lease_lost(format!(
-        "lease {} on message {} (attempt {}) is no longer held: settled, expired or redelivered",
-        lease.token, lease.id, lease.attempt
-    ))
 }
 
 #[cfg(test)]
