@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
-use courier_core::{Error, ErrorKind, Lease};
+use courier_core::{Error, ErrorKind};
 use rusqlite::ffi::ErrorCode;
+
+use courier_core::backend::Kit;
 
 use crate::BACKEND_NAME;
 
@@ -89,20 +91,8 @@ pub(crate) fn read_only(path: &Path) -> Error {
     )
 }
 
-/// Tag an error with this backend and an operation name.
-pub(crate) fn tag(operation: &'static str) -> impl Fn(Error) -> Error {
-    move |e| e.with_backend(BACKEND_NAME).with_operation(operation)
-}
-
-/// The lease-lost error (the same wording as the reference model).
-pub(crate) fn lease_lost(operation: &'static str, lease: &Lease) -> Error {
-    Error::lease_lost(format!(
-        "lease {} on message {} (attempt {}) is no longer held: settled, expired or redelivered",
-        lease.token, lease.id, lease.attempt
-    ))
-    .with_backend(BACKEND_NAME)
-    .with_operation(operation)
-}
+/// The shared backend prologue (name checks, error tags, lease-lost wording).
+pub(crate) const KIT: Kit = Kit::new(BACKEND_NAME);
 
 /// The writer thread is gone (the backend is shutting down or a job panicked).
 pub(crate) fn writer_gone(operation: &'static str) -> Error {

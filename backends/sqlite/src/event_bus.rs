@@ -22,11 +22,12 @@ use courier_core::{
 };
 use rusqlite::{OptionalExtension, params};
 
-use crate::error::{lease_lost, tag};
-use crate::queue::earlier;
+use courier_core::backend::{Batch, earlier_wake};
+
+use crate::error::KIT;
 use crate::store::{self, GROUP_LEVEL, NewRow, Q, i, u};
 use crate::writer::Ctx;
-use crate::{BACKEND_NAME, Poll, SqliteBackend, check_max, check_name};
+use crate::{BACKEND_NAME, Poll, SqliteBackend};
 
 /// An event to append: id, `not_before`, `max_attempts` override, encoded body.
 pub(crate) struct EventRow {
@@ -189,7 +190,7 @@ fn with_group<T>(
     store::tick(ctx, &mut q, now, config)?;
     let r = f(ctx, &mut q, &t, now)?;
     store::save(ctx, &mut q)?;
-    if q.readied || earlier(store::next_wake(ctx, q.qid)?, wake_before) {
+    if q.readied || earlier_wake(store::next_wake(ctx, q.qid)?, wake_before) {
         ctx.wake(store::topic_key(topic));
     }
     Ok(r)
@@ -247,12 +248,7 @@ fn pull(ctx: &Ctx<'_>, q: &mut Q, topic: &str, t: &Topic, want: usize, now: u64)
 impl SqliteBackend {
     /// The configuration of a group in this handle.
     fn group_config_of(&self, topic: &str, group: &str) -> QueueConfig {
-        self.inner
-            .group_configs
-            .read()
-            .get(&(topic.to_owned(), group.to_owned()))
-            .copied()
-            .unwrap_or(self.inner.default_config)
+        self.inner.configs.group(topic, group)
     }
 
     /// Run `f` on a group in the writer thread.
@@ -263,8 +259,7 @@ impl SqliteBackend {
         operation: &'static str,
         f: impl FnOnce(&mut Ctx<'_>, &mut Q, &Topic, u64, &QueueConfig) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        check_name("topic", topic, operation)?;
-        check_name("group", group, operation)?;
+        KIT.check_group(topic, group, operation)?;
         let config = self.group_config_of(topic, group);
         let (t, g) = (topic.to_owned(), group.to_owned());
         self.inner
@@ -324,13 +319,9 @@ impl EventBus for SqliteBackend {
     }
 
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
-        check_name("topic", topic, "configure_group")?;
-        check_name("group", group, "configure_group")?;
-        config.validate().map_err(tag("configure_group"))?;
         self.inner
-            .group_configs
-            .write()
-            .insert((topic.to_owned(), group.to_owned()), config);
+            .configs
+            .configure_group(KIT, topic, group, config)?;
         // The group exists from now on (its cursor at the start of the retained log).
         let (t, g) = (topic.to_owned(), group.to_owned());
         self.inner.writer.fire("configure_group", move |ctx| {
@@ -344,7 +335,7 @@ impl EventBus for SqliteBackend {
     }
 
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
-        check_name("topic", topic, "set_retention")?;
+        KIT.check_name("topic", topic, "set_retention")?;
         let t = topic.to_owned();
         let max_len = retention.max_len.map(i);
         let max_age = retention.max_age.map(|d| i(ms_ceil(d)));
@@ -365,35 +356,17 @@ impl EventBus for SqliteBackend {
     }
 
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
-        check_name("topic", topic, "emit")?;
-        // The whole batch is checked (and encoded) before anything is appended.
-        for (n, m) in events.iter().enumerate() {
-            self.inner.default_config.check_message(m).map_err(|e| {
-                tag("emit")(Error::new(
-                    e.kind(),
-                    format!("event {n} of the batch: {}", e.message()),
-                ))
-            })?;
-        }
+        let config = self.inner.configs.default_config();
         let now = self.now();
-        let mut ids = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
-        for (n, mut m) in events.into_iter().enumerate() {
-            m.prepare_for_publish(now);
-            ids.push(m.id);
-            let body = wire::encode(&m).map_err(|e| {
-                tag("emit")(Error::new(
-                    e.kind(),
-                    format!("event {n} of the batch: {}", e.message()),
-                ))
-            })?;
-            rows.push(EventRow {
+        // The whole batch is checked (and encoded) before anything is appended.
+        let (ids, rows) = KIT.prepare_batch(Batch::Emit, topic, &config, events, now, |m| {
+            Ok(EventRow {
                 id: m.id,
                 due: m.not_before,
                 max_attempts: m.max_attempts,
-                body: body.to_vec(),
-            });
-        }
+                body: wire::encode(&m)?.to_vec(),
+            })
+        })?;
         if rows.is_empty() {
             return Ok(ids);
         }
@@ -413,9 +386,8 @@ impl EventBus for SqliteBackend {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        check_name("topic", topic, "receive")?;
-        check_name("group", group, "receive")?;
-        check_max(max)?;
+        KIT.check_group(topic, group, "receive")?;
+        KIT.check_max(max)?;
         let config = self.group_config_of(topic, group);
         let key = store::topic_key(topic);
         self.wait_for(&key, wait, || self.claim_group(topic, group, max, config))
@@ -424,8 +396,7 @@ impl EventBus for SqliteBackend {
 
     async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         if ops.is_empty() {
-            check_name("topic", topic, "settle")?;
-            check_name("group", group, "settle")?;
+            KIT.check_group(topic, group, "settle")?;
             return Ok(Vec::new());
         }
         self.on_group(topic, group, "settle", move |ctx, q, _, now, config| {
@@ -450,7 +421,7 @@ impl EventBus for SqliteBackend {
             store::extend(ctx, q, now, &l, visibility)
         })
         .await?
-        .map_err(|_| lease_lost("extend", lease))
+        .map_err(|_| KIT.lease_lost("extend", lease))
     }
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
@@ -480,7 +451,7 @@ impl EventBus for SqliteBackend {
                     })
                     .map_err(ctx.err("reset_group"))?
                     .ok_or_else(|| {
-                        tag("reset_group")(Error::not_found(format!(
+                        KIT.tag("reset_group")(Error::not_found(format!(
                             "event {id} is not retained in topic {name:?}"
                         )))
                     })?,
@@ -505,7 +476,7 @@ impl EventBus for SqliteBackend {
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {
-        check_name("topic", topic, "topic_len")?;
+        KIT.check_name("topic", topic, "topic_len")?;
         let t = topic.to_owned();
         self.inner
             .writer

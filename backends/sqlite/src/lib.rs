@@ -81,10 +81,10 @@ use std::pin::pin;
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
+use courier_core::backend::ConfigStore;
 use courier_core::clock::until;
 use courier_core::{
     Delivery, Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
-    validate_name,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
@@ -92,7 +92,7 @@ use tokio::time::Instant;
 
 pub use schema::LATEST as SCHEMA_VERSION;
 
-use crate::error::tag;
+use crate::error::KIT;
 use crate::writer::{Target, Writer};
 
 /// The backend's short name, as reported by `backend_name()` and in errors.
@@ -196,9 +196,7 @@ struct Inner {
     /// The path shown in errors (`:memory:` for an in-memory database).
     path: PathBuf,
     clock: SharedClock,
-    default_config: QueueConfig,
-    configs: RwLock<HashMap<String, QueueConfig>>,
-    group_configs: RwLock<HashMap<(String, String), QueueConfig>>,
+    configs: ConfigStore,
     poll_interval: Duration,
     writer: Writer,
     hub: Arc<Hub>,
@@ -232,7 +230,7 @@ impl SqliteBackend {
 
     /// The configuration of queues and consumer groups that were never configured.
     pub fn default_config(&self) -> QueueConfig {
-        self.inner.default_config
+        self.inner.configs.default_config()
     }
 
     /// The database file (`:memory:` for an in-memory database).
@@ -297,7 +295,7 @@ impl SqliteBackend {
     /// An invalid queue name or a database failure.
     #[doc(hidden)]
     pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<courier_core::MessageId> {
-        check_name("queue", queue, "inject_raw")?;
+        KIT.check_name("queue", queue, "inject_raw")?;
         let body = bytes.to_vec();
         let name = queue.to_owned();
         let config = self.queue_config_of(queue);
@@ -331,7 +329,7 @@ impl SqliteBackend {
         topic: &str,
         bytes: &[u8],
     ) -> Result<courier_core::MessageId> {
-        check_name("topic", topic, "inject_raw")?;
+        KIT.check_name("topic", topic, "inject_raw")?;
         let body = bytes.to_vec();
         let name = topic.to_owned();
         self.inner
@@ -352,12 +350,7 @@ impl SqliteBackend {
 
     /// The configuration of a queue in this handle.
     fn queue_config_of(&self, queue: &str) -> QueueConfig {
-        self.inner
-            .configs
-            .read()
-            .get(queue)
-            .copied()
-            .unwrap_or(self.inner.default_config)
+        self.inner.configs.queue(queue)
     }
 }
 
@@ -405,7 +398,7 @@ pub fn parse_url(url: &str) -> Result<SqliteLocation> {
         return Ok(SqliteLocation::Memory);
     }
     let Some(rest) = url.strip_prefix("sqlite://") else {
-        return Err(tag("open")(Error::invalid(format!(
+        return Err(KIT.tag("open")(Error::invalid(format!(
             "not a SQLite URL: {} (expected sqlite://path/to/file.db or sqlite::memory:)",
             courier_core::redact_url(url)
         ))));
@@ -414,7 +407,7 @@ pub fn parse_url(url: &str) -> Result<SqliteLocation> {
         return Ok(SqliteLocation::Memory);
     }
     if rest.is_empty() {
-        return Err(tag("open")(Error::invalid(
+        return Err(KIT.tag("open")(Error::invalid(
             "SQLite URL sqlite:// has an empty path (expected sqlite://path/to/file.db or \
              sqlite::memory:)",
         )));
@@ -493,19 +486,21 @@ impl SqliteBackendBuilder {
     /// beyond the busy timeout.
     pub async fn build(self) -> Result<SqliteBackend> {
         let target = self.target.ok_or_else(|| {
-            tag("open")(Error::invalid(
+            KIT.tag("open")(Error::invalid(
                 "no SQLite database given: call path(..), url(..) or in_memory()",
             ))
         })?;
         let path = match &target {
             Target::File(p) if p.as_os_str().is_empty() => {
-                return Err(tag("open")(Error::invalid("SQLite database path is empty")));
+                return Err(KIT.tag("open")(Error::invalid(
+                    "SQLite database path is empty",
+                )));
             }
             Target::File(p) => p.clone(),
             Target::Memory => PathBuf::from(":memory:"),
         };
         let default_config = self.default_config.unwrap_or_default();
-        default_config.validate().map_err(tag("open"))?;
+        default_config.validate().map_err(KIT.tag("open"))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let hub = Hub::for_target(&target);
         let writer = writer::start(writer::Settings {
@@ -524,30 +519,13 @@ impl SqliteBackendBuilder {
                 target,
                 path,
                 clock,
-                default_config,
-                configs: RwLock::new(HashMap::new()),
-                group_configs: RwLock::new(HashMap::new()),
+                configs: ConfigStore::new(default_config),
                 poll_interval: self.poll_interval,
                 writer,
                 hub,
             }),
         })
     }
-}
-
-/// Validate a name, tagging the error.
-fn check_name(what: &str, name: &str, operation: &'static str) -> Result<()> {
-    validate_name(what, name).map_err(tag(operation))
-}
-
-/// `max` of a receive must be at least 1.
-fn check_max(max: usize) -> Result<()> {
-    if max == 0 {
-        return Err(tag("receive")(Error::invalid(
-            "receive max must be at least 1",
-        )));
-    }
-    Ok(())
 }
 
 /// One look at a queue or group by a receive.

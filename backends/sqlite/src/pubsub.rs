@@ -20,10 +20,10 @@ use courier_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::error::{map_err, tag};
+use crate::error::{KIT, map_err};
 use crate::store::i;
 use crate::writer::Target;
-use crate::{BACKEND_NAME, Hub, PROCESS_ID, SqliteBackend, check_name};
+use crate::{BACKEND_NAME, Hub, PROCESS_ID, SqliteBackend};
 
 /// How long relay rows are kept (ms): far longer than any poll interval.
 pub(crate) const RELAY_RETENTION_MS: u64 = 10_000;
@@ -155,13 +155,13 @@ impl PubSub for SqliteBackend {
     /// of this process and returns how many took it; other processes get it through the
     /// relay table. Messages from one caller arrive in call order (P3).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        check_name("channel", channel, "publish")?;
+        KIT.check_name("channel", channel, "publish")?;
         let now = self.now();
         message.prepare_for_publish(now);
         let body = if self.inner.target == Target::Memory {
             None
         } else {
-            Some(wire::encode(&message).map_err(tag("publish"))?)
+            Some(wire::encode(&message).map_err(KIT.tag("publish"))?)
         };
         let n = self
             .inner
@@ -199,7 +199,7 @@ impl PubSub for SqliteBackend {
     /// Active as soon as this returns: local publishes are delivered from then on, and relay
     /// rows of other processes written after this point.
     async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern).map_err(tag("subscribe"))?;
+        let pattern = Pattern::parse(pattern).map_err(KIT.tag("subscribe"))?;
         let start = if self.inner.target == Target::Memory {
             0
         } else {

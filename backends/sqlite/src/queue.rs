@@ -4,16 +4,16 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::queue::validate_publish;
+use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
     DeadLetter, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats, Result,
     Selection, Settle, SharedClock,
 };
 
-use crate::error::{lease_lost, tag};
+use crate::error::KIT;
 use crate::store::{self, NewRow, Q};
 use crate::writer::Ctx;
-use crate::{BACKEND_NAME, Poll, SqliteBackend, check_max, check_name};
+use crate::{BACKEND_NAME, Poll, SqliteBackend};
 
 /// The queue's row (created on first use), loaded.
 pub(crate) fn open(ctx: &mut Ctx<'_>, queue: &str) -> Result<Q> {
@@ -36,19 +36,10 @@ fn with_queue<T>(
     store::tick(ctx, &mut q, now, config)?;
     let r = f(ctx, &mut q, now)?;
     store::save(ctx, &mut q)?;
-    if q.readied || earlier(store::next_wake(ctx, q.qid)?, wake_before) {
+    if q.readied || earlier_wake(store::next_wake(ctx, q.qid)?, wake_before) {
         ctx.wake(store::queue_key(queue));
     }
     Ok(r)
-}
-
-/// Whether `after` is an earlier wake-up than `before`.
-pub(crate) fn earlier(after: Option<u64>, before: Option<u64>) -> bool {
-    match (after, before) {
-        (Some(a), Some(b)) => a < b,
-        (Some(_), None) => true,
-        (None, _) => false,
-    }
 }
 
 impl SqliteBackend {
@@ -59,7 +50,7 @@ impl SqliteBackend {
         operation: &'static str,
         f: impl FnOnce(&mut Ctx<'_>, &mut Q, u64, &QueueConfig) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        check_name("queue", queue, operation)?;
+        KIT.check_name("queue", queue, operation)?;
         let config = self.queue_config_of(queue);
         let name = queue.to_owned();
         self.inner
@@ -110,10 +101,7 @@ impl Queue for SqliteBackend {
     }
 
     fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
-        check_name("queue", queue, "configure")?;
-        config.validate().map_err(tag("configure"))?;
-        self.inner.configs.write().insert(queue.to_owned(), config);
-        Ok(())
+        self.inner.configs.configure_queue(KIT, queue, config)
     }
 
     fn queue_config(&self, queue: &str) -> QueueConfig {
@@ -121,23 +109,13 @@ impl Queue for SqliteBackend {
     }
 
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
-        check_name("queue", queue, "publish")?;
         let config = self.queue_config_of(queue);
-        // The whole batch is checked (and encoded) before anything is stored (Q7, Q10).
-        validate_publish(queue, &config, &messages).map_err(tag("publish"))?;
         let now = self.now();
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut rows = Vec::with_capacity(messages.len());
-        for (i, mut m) in messages.into_iter().enumerate() {
-            m.prepare_for_publish(now);
-            ids.push(m.id);
-            rows.push(NewRow::encode(&m, None).map_err(|e| {
-                tag("publish")(Error::new(
-                    e.kind(),
-                    format!("message {i} of the batch: {}", e.message()),
-                ))
-            })?);
-        }
+        // The whole batch is checked (and encoded) before anything is stored (Q7, Q10).
+        let (ids, rows) =
+            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, |m| {
+                NewRow::encode(&m, None)
+            })?;
         if rows.is_empty() {
             return Ok(ids);
         }
@@ -156,8 +134,8 @@ impl Queue for SqliteBackend {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<courier_core::Delivery>> {
-        check_name("queue", queue, "receive")?;
-        check_max(max)?;
+        KIT.check_name("queue", queue, "receive")?;
+        KIT.check_max(max)?;
         let config = self.queue_config_of(queue);
         let key = store::queue_key(queue);
         self.wait_for(&key, wait, || self.claim_once(queue, max, config))
@@ -166,7 +144,7 @@ impl Queue for SqliteBackend {
 
     async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         if ops.is_empty() {
-            check_name("queue", queue, "settle")?;
+            KIT.check_name("queue", queue, "settle")?;
             return Ok(Vec::new());
         }
         self.on_queue(queue, "settle", move |ctx, q, now, config| {
@@ -185,7 +163,7 @@ impl Queue for SqliteBackend {
             store::extend(ctx, q, now, &l, visibility)
         })
         .await?
-        .map_err(|_| lease_lost("extend", lease))
+        .map_err(|_| KIT.lease_lost("extend", lease))
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -206,7 +184,7 @@ impl Queue for SqliteBackend {
         })
         .await?
         .ok_or_else(|| {
-            tag("dead_letter")(Error::not_found(format!(
+            KIT.tag("dead_letter")(Error::not_found(format!(
                 "no dead letter {id} in queue {queue:?}"
             )))
         })

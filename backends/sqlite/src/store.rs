@@ -17,22 +17,20 @@
 
 use courier_core::clock::ms_ceil;
 use courier_core::{
-    DeadLetter, Delivery, FailureAction, FailureMode, Lease, Message, MessageId, Page, QueueConfig,
-    QueueStats, Result, Selection, Settle, wire,
+    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, QueueConfig, QueueStats,
+    Result, Selection, Settle, wire,
 };
 use std::sync::LazyLock;
 
+use courier_core::backend::{LEASE_EXPIRED, expired_lease};
 use rusqlite::{OptionalExtension, params};
 
-use crate::error::lease_lost;
+use crate::error::KIT;
 use crate::writer::Ctx;
 
 /// Row states (the SQL below writes them as literals: 0 ready, 1 delayed, 2 leased, 3 dead).
 const READY: i64 = 0;
 const DELAYED: i64 = 1;
-
-/// The error recorded when a lease runs out without a settle.
-pub(crate) const LEASE_EXPIRED: &str = "lease expired";
 
 /// Most expired leases and due delayed rows processed by one tick (the rest in the next).
 const TICK_BOUND: i64 = 10_000;
@@ -370,10 +368,10 @@ pub(crate) fn tick(ctx: &mut Ctx<'_>, q: &mut Q, now: u64, config: &QueueConfig)
         })
         .map_err(ctx.err("expire leases"))?;
     for (rid, deliveries, max_attempts) in expired {
-        let action = config.retry.decide(
+        let action = expired_lease(
+            &config.retry,
             u32_of(deliveries),
             max_attempts,
-            FailureMode::Backoff,
             &mut *ctx.rng,
         );
         match action {
@@ -672,7 +670,7 @@ pub(crate) fn settle(
             (None, _) => 0,
         };
         if gone == 0 {
-            return Ok(Err(lease_lost("settle", lease)));
+            return Ok(Err(KIT.lease_lost("settle", lease)));
         }
         q.acked += 1;
         q.dirty = true;
@@ -689,7 +687,7 @@ fn settle_held(
     config: &QueueConfig,
 ) -> Result<Result<()>> {
     let Some((rid, deliveries)) = held(ctx, q, op.lease(), now)? else {
-        return Ok(Err(lease_lost("settle", op.lease())));
+        return Ok(Err(KIT.lease_lost("settle", op.lease())));
     };
     match op {
         Settle::Ack(_) => {
@@ -739,7 +737,7 @@ pub(crate) fn extend(
     visibility: std::time::Duration,
 ) -> Result<Result<Lease>> {
     let Some((rid, deliveries)) = held(ctx, q, lease, now)? else {
-        return Ok(Err(lease_lost("extend", lease)));
+        return Ok(Err(KIT.lease_lost("extend", lease)));
     };
     let deadline = now.saturating_add(ms_ceil(visibility));
     ctx.conn
