@@ -3,6 +3,8 @@
 use courier_core::{Error, ErrorKind};
 use redis::{RedisError, ServerErrorKind};
 
+use courier_core::backend::Kit;
+
 use crate::BACKEND_NAME;
 
 /// Map a redis-rs error raised by `operation`.
@@ -56,10 +58,8 @@ pub(crate) fn bad_reply(operation: &'static str, what: &str) -> Error {
     .with_operation(operation)
 }
 
-/// Tag a core error with the backend and operation.
-pub(crate) fn tag(operation: &'static str) -> impl Fn(Error) -> Error {
-    move |e| e.with_backend(BACKEND_NAME).with_operation(operation)
-}
+/// The shared backend prologue (name checks, error tags, lease-lost wording).
+pub(crate) const KIT: Kit = Kit::new(BACKEND_NAME);
 
 #[cfg(test)]
 mod tests {

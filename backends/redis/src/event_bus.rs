@@ -21,13 +21,14 @@ use async_trait::async_trait;
 use courier_core::clock::ms_ceil;
 use courier_core::{
     DeadLetter, Delivery, Error, EventBus, GroupStats, Lease, Message, MessageId, Page,
-    QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock, validate_name,
-    wire,
+    QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock, wire,
 };
 use tokio::time::Instant;
 
-use crate::error::{map_err, tag};
-use crate::queue::{Claimed, Origin, block_for, check_max, wait_end};
+use crate::error::{KIT, map_err};
+use courier_core::backend::Batch;
+
+use crate::queue::{Claimed, Origin, block_for, wait_end};
 use crate::reply::{array, string};
 use crate::scripts::{Mode, max_len_arg};
 use crate::{BACKEND_NAME, RedisBackend, keys};
@@ -46,8 +47,7 @@ impl RedisBackend {
     }
 
     fn check_group(&self, topic: &str, group: &str, operation: &'static str) -> Result<()> {
-        validate_name("topic", topic).map_err(tag(operation))?;
-        validate_name("group", group).map_err(tag(operation))
+        KIT.check_group(topic, group, operation)
     }
 
     fn group_keys(&self, topic: &str, group: &str) -> Vec<String> {
@@ -148,26 +148,17 @@ impl EventBus for RedisBackend {
     }
 
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
-        self.check_group(topic, group, "configure_group")?;
-        config.validate().map_err(tag("configure_group"))?;
         self.inner
-            .group_configs
-            .write()
-            .insert((topic.to_string(), group.to_string()), config);
-        Ok(())
+            .configs
+            .configure_group(KIT, topic, group, config)
     }
 
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
-        self.inner
-            .group_configs
-            .read()
-            .get(&(topic.to_string(), group.to_string()))
-            .copied()
-            .unwrap_or(self.inner.default_config)
+        self.inner.configs.group(topic, group)
     }
 
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
-        validate_name("topic", topic).map_err(tag("set_retention"))?;
+        KIT.check_name("topic", topic, "set_retention")?;
         self.inner
             .retention
             .write()
@@ -176,30 +167,13 @@ impl EventBus for RedisBackend {
     }
 
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>> {
-        validate_name("topic", topic).map_err(tag("emit"))?;
-        let config = self.inner.default_config;
-        // The whole batch is checked and encoded before anything is appended.
-        for (i, m) in events.iter().enumerate() {
-            config.check_message(m).map_err(|e| {
-                let msg = format!("event {i} of the batch: {}", e.message());
-                tag("emit")(Error::new(e.kind(), msg))
-            })?;
-        }
+        let config = self.inner.configs.default_config();
         let now = self.inner.clock.now_ms();
-        let mut ids = Vec::with_capacity(events.len());
-        let mut encoded = Vec::with_capacity(events.len());
-        for (i, mut m) in events.into_iter().enumerate() {
-            m.prepare_for_publish(now);
-            let bytes = wire::encode(&m).map_err(|e| {
-                tag("emit")(Error::new(
-                    e.kind(),
-                    format!("event {i} of the batch: {}", e.message()),
-                ))
-            })?;
+        // The whole batch is checked and encoded before anything is appended.
+        let (ids, encoded) = KIT.prepare_batch(Batch::Emit, topic, &config, events, now, |m| {
             let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
-            ids.push(m.id);
-            encoded.push((m.id, delay, bytes));
-        }
+            Ok((m.id, delay, wire::encode(&m)?))
+        })?;
         let retention = self.retention(topic);
         let log = [keys::log(&self.inner.prefix, topic)];
         let script = &self.inner.scripts.emit;
@@ -229,7 +203,7 @@ impl EventBus for RedisBackend {
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
         self.check_group(topic, group, "receive")?;
-        check_max(max)?;
+        KIT.check_max(max)?;
         let keys = self.group_keys(topic, group);
         let origin = Origin::Group {
             topic: topic.to_string(),
@@ -302,7 +276,7 @@ impl EventBus for RedisBackend {
             ReplayFrom::Id(id) => match self.find_event(&keys[keys::GROUP_LOG], id).await? {
                 Some(sid) => ("before", sid),
                 None => {
-                    return Err(tag("reset_group")(Error::not_found(format!(
+                    return Err(KIT.tag("reset_group")(Error::not_found(format!(
                         "event {id} is not retained in topic {topic:?}"
                     ))));
                 }
@@ -343,7 +317,7 @@ impl EventBus for RedisBackend {
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {
-        validate_name("topic", topic).map_err(tag("topic_len"))?;
+        KIT.check_name("topic", topic, "topic_len")?;
         let retention = self.retention(topic);
         let log = [keys::log(&self.inner.prefix, topic)];
         let script = &self.inner.scripts.topic_len;

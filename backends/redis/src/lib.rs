@@ -76,6 +76,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use courier_core::backend::ConfigStore;
 use courier_core::{
     Error, ErrorKind, EventBus, PubSub, Queue, QueueConfig, Result, Retention, SharedClock,
     SystemClock, redact_url,
@@ -83,7 +84,7 @@ use courier_core::{
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::map_err;
+use crate::error::{KIT, map_err};
 
 /// The backend's short name, used in errors.
 pub const BACKEND_NAME: &str = "redis";
@@ -106,9 +107,7 @@ pub(crate) struct Inner {
     waiters: wait::Waiters,
     scripts: scripts::Scripts,
     clock: SharedClock,
-    default_config: QueueConfig,
-    queue_configs: RwLock<HashMap<String, QueueConfig>>,
-    group_configs: RwLock<HashMap<(String, String), QueueConfig>>,
+    configs: ConfigStore,
     retention: RwLock<HashMap<String, Retention>>,
     hub: Arc<pubsub::Hub>,
 }
@@ -147,7 +146,7 @@ impl RedisBackend {
 
     /// The configuration used for queues and groups that were not configured.
     pub fn default_config(&self) -> QueueConfig {
-        self.inner.default_config
+        self.inner.configs.default_config()
     }
 
     /// The connection URL with its password redacted.
@@ -176,7 +175,7 @@ impl RedisBackend {
     /// As any call: invalid name, Redis unavailable.
     #[doc(hidden)]
     pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<courier_core::MessageId> {
-        courier_core::validate_name("queue", queue).map_err(error::tag("inject_raw"))?;
+        KIT.check_name("queue", queue, "inject_raw")?;
         let id = courier_core::MessageId::new();
         let k = keys::queue(&self.inner.prefix, queue);
         let mut pipe = redis::pipe();
@@ -205,7 +204,7 @@ impl RedisBackend {
         topic: &str,
         bytes: &[u8],
     ) -> Result<courier_core::MessageId> {
-        courier_core::validate_name("topic", topic).map_err(error::tag("inject_raw"))?;
+        KIT.check_name("topic", topic, "inject_raw")?;
         let id = courier_core::MessageId::new();
         let mut conn = self.conn();
         redis::cmd("XADD")
@@ -341,10 +340,8 @@ impl RedisBackendBuilder {
             .or(url_prefix)
             .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
         let shown = redact_url(&url);
-        keys::validate_prefix(&prefix).map_err(error::tag("connect"))?;
-        self.default_config
-            .validate()
-            .map_err(error::tag("connect"))?;
+        keys::validate_prefix(&prefix).map_err(KIT.tag("connect"))?;
+        self.default_config.validate().map_err(KIT.tag("connect"))?;
         let client = open_client(&url, &shown, self.tls_root.clone())?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
@@ -371,9 +368,7 @@ impl RedisBackendBuilder {
                 waiters: wait::Waiters::new(client, self.connection_timeout),
                 scripts: scripts::Scripts::new(self.functions),
                 clock: Arc::new(SystemClock),
-                default_config: self.default_config,
-                queue_configs: RwLock::new(HashMap::new()),
-                group_configs: RwLock::new(HashMap::new()),
+                configs: ConfigStore::new(self.default_config),
                 retention: RwLock::new(HashMap::new()),
                 hub,
             }),

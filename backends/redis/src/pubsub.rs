@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use courier_core::{
     Error, ErrorKind, Message, Pattern, PubSub, Result, SubscribeOptions, Subscription,
-    SubscriptionBuffer, validate_name, wire,
+    SubscriptionBuffer, wire,
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -30,7 +30,7 @@ use redis::Client;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{map_err, tag};
+use crate::error::{KIT, map_err};
 use crate::{BACKEND_NAME, RedisBackend, keys};
 
 /// What the subscriber connection is subscribed to (Redis-side names, prefixed).
@@ -322,9 +322,9 @@ impl PubSub for RedisBackend {
     /// Publishes with `PUBLISH`. Returns how many subscriptions of *this* backend handle match
     /// the channel (other processes' subscribers are not counted).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        validate_name("channel", channel).map_err(tag("publish"))?;
+        KIT.check_name("channel", channel, "publish")?;
         message.prepare_for_publish(self.inner.clock.now_ms());
-        let bytes = wire::encode(&message).map_err(tag("publish"))?;
+        let bytes = wire::encode(&message).map_err(KIT.tag("publish"))?;
         let mut conn = self.conn();
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(keys::channel(&self.inner.prefix, channel))
@@ -345,7 +345,7 @@ impl PubSub for RedisBackend {
     }
 
     async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern).map_err(tag("subscribe"))?;
+        let pattern = Pattern::parse(pattern).map_err(KIT.tag("subscribe"))?;
         let target = self.target_of(&pattern);
         let buffer = SubscriptionBuffer::new(pattern, options.buffer);
         let hub = &self.inner.hub;

@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use courier_core::backend::Batch;
 use courier_core::clock::ms_ceil;
-use courier_core::queue::validate_publish;
 use courier_core::{
     DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Queue,
-    QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, validate_name,
-    wire,
+    QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, wire,
 };
 use redis::{Cmd, Value};
 use tokio::time::Instant;
 
-use crate::error::{bad_reply, map_err, tag};
+use crate::error::{KIT, bad_reply, map_err};
 use crate::reply::{array, int, string, take_bytes, uint};
 use crate::scripts::{Lua, Mode, common_args};
 use crate::{BACKEND_NAME, RedisBackend, keys};
@@ -177,16 +176,6 @@ pub(crate) fn wrap_undecodable(id: MessageId, bytes: &[u8]) -> Vec<u8> {
     v.extend_from_slice(id.as_bytes());
     v.extend_from_slice(bytes);
     v
-}
-
-/// The lease-lost error for one operation (the same wording as the reference model).
-pub(crate) fn lease_lost(operation: &'static str, lease: &Lease) -> Error {
-    Error::lease_lost(format!(
-        "lease {} on message {} (attempt {}) is no longer held: settled, expired or redelivered",
-        lease.token, lease.id, lease.attempt
-    ))
-    .with_backend(BACKEND_NAME)
-    .with_operation(operation)
 }
 
 /// A dead letter from `(id, bytes, "attempts|failed_at|priority|error")`. A stored entry that cannot be
@@ -442,7 +431,7 @@ impl RedisBackend {
                 out.push(if int(&r) == Some(1) {
                     Ok(())
                 } else {
-                    Err(lease_lost("settle", op.lease()))
+                    Err(KIT.lease_lost("settle", op.lease()))
                 });
             }
         }
@@ -464,7 +453,7 @@ impl RedisBackend {
         let reply = self.run("extend", script, &cmd).await?;
         let items = array(reply).ok_or_else(|| bad_reply("extend", "not an array"))?;
         if items.first().and_then(int) != Some(1) || items.len() < 2 {
-            return Err(lease_lost("extend", lease));
+            return Err(KIT.lease_lost("extend", lease));
         }
         Ok(Lease {
             deadline_ms: uint(&items[1]).unwrap_or(lease.deadline_ms),
@@ -579,21 +568,12 @@ impl RedisBackend {
     }
 
     fn check_queue(&self, queue: &str, operation: &'static str) -> Result<()> {
-        validate_name("queue", queue).map_err(tag(operation))
+        KIT.check_name("queue", queue, operation)
     }
 
     fn queue_keys(&self, queue: &str) -> Vec<String> {
         keys::queue(&self.inner.prefix, queue)
     }
-}
-
-pub(crate) fn check_max(max: usize) -> Result<()> {
-    if max == 0 {
-        return Err(tag("receive")(Error::invalid(
-            "receive max must be at least 1",
-        )));
-    }
-    Ok(())
 }
 
 /// How long to block before looking again: until the end of the wait, or the next due time.
@@ -628,44 +608,22 @@ impl Queue for RedisBackend {
     }
 
     fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
-        self.check_queue(queue, "configure")?;
-        config.validate().map_err(tag("configure"))?;
-        self.inner
-            .queue_configs
-            .write()
-            .insert(queue.to_string(), config);
-        Ok(())
+        self.inner.configs.configure_queue(KIT, queue, config)
     }
 
     fn queue_config(&self, queue: &str) -> QueueConfig {
-        self.inner
-            .queue_configs
-            .read()
-            .get(queue)
-            .copied()
-            .unwrap_or(self.inner.default_config)
+        self.inner.configs.queue(queue)
     }
 
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.check_queue(queue, "publish")?;
         let config = self.queue_config(queue);
-        // The whole batch is checked and encoded before anything is sent (Q7, Q10).
-        validate_publish(queue, &config, &messages).map_err(tag("publish"))?;
         let now = self.inner.clock.now_ms();
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut encoded = Vec::with_capacity(messages.len());
-        for (i, mut m) in messages.into_iter().enumerate() {
-            m.prepare_for_publish(now);
-            let bytes = wire::encode(&m).map_err(|e| {
-                tag("publish")(Error::new(
-                    e.kind(),
-                    format!("message {i} of the batch: {}", e.message()),
-                ))
+        // The whole batch is checked and encoded before anything is sent (Q7, Q10).
+        let (ids, encoded) =
+            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, |m| {
+                let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
+                Ok((m.priority.index(), delay, wire::encode(&m)?))
             })?;
-            let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
-            ids.push(m.id);
-            encoded.push((m.priority.index(), delay, bytes));
-        }
         let keys = self.queue_keys(queue);
         let script = &self.inner.scripts.publish;
         let mut stored = 0usize;
@@ -706,7 +664,7 @@ impl Queue for RedisBackend {
 
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.check_queue(queue, "receive")?;
-        check_max(max)?;
+        KIT.check_max(max)?;
         let wake_key = self.queue_keys(queue).swap_remove(keys::QUEUE_WAKE);
         let origin = Origin::Queue(queue.to_string());
         let end = wait_end(wait);
@@ -775,7 +733,7 @@ impl Queue for RedisBackend {
         self.dead_get_with(&self.queue_keys(queue), &config, Mode::Queue, id)
             .await?
             .ok_or_else(|| {
-                tag("dead_letter")(Error::not_found(format!(
+                KIT.tag("dead_letter")(Error::not_found(format!(
                     "no dead letter {id} in queue {queue:?}"
                 )))
             })
