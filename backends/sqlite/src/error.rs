@@ -6,7 +6,7 @@ use std::path::Path;
 use courier_core::{Error, ErrorKind, Lease};
 use rusqlite::ffi::ErrorCode;
 
-use crate::BACKEND_NAME;
+use crate::consts::BACKEND_NAME;
 
 /// Map a SQLite failure during `operation` on the database at `path` to a Courier error.
 ///

@@ -65,6 +65,7 @@
 //! applied on emit and on every group operation.
 #![forbid(unsafe_code)]
 
+mod consts;
 mod error;
 mod event_bus;
 mod pubsub;
@@ -90,13 +91,11 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use consts::BACKEND_NAME;
 pub use schema::LATEST as SCHEMA_VERSION;
 
 use crate::error::tag;
 use crate::writer::{Target, Writer};
-
-/// The backend's short name, as reported by `backend_name()` and in errors.
-pub const BACKEND_NAME: &str = "sqlite";
 
 /// The default interval at which other processes' commits are detected.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);

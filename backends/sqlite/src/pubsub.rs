@@ -20,10 +20,11 @@ use courier_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::consts::BACKEND_NAME;
 use crate::error::{map_err, tag};
 use crate::store::i;
 use crate::writer::Target;
-use crate::{BACKEND_NAME, Hub, PROCESS_ID, SqliteBackend, check_name};
+use crate::{Hub, PROCESS_ID, SqliteBackend, check_name};
 
 /// How long relay rows are kept (ms): far longer than any poll interval.
 pub(crate) const RELAY_RETENTION_MS: u64 = 10_000;

@@ -22,8 +22,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::consts::BACKEND_NAME;
 use crate::error::{copy, map_err, read_only, writer_gone};
-use crate::{BACKEND_NAME, Hub, schema};
+use crate::{Hub, schema};
 
 /// Most jobs committed together in one transaction.
 const MAX_BATCH: usize = 512;
