@@ -24,10 +24,11 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::consts::BACKEND_NAME;
 use crate::error::{lease_lost, tag};
+use crate::poll::Poll;
 use crate::queue::earlier;
 use crate::store::{self, GROUP_LEVEL, NewRow, Q, i, u};
 use crate::writer::Ctx;
-use crate::{Poll, SqliteBackend, check_max, check_name};
+use crate::{SqliteBackend, check_max, check_name};
 
 /// An event to append: id, `not_before`, `max_attempts` override, encoded body.
 pub(crate) struct EventRow {

@@ -68,6 +68,7 @@
 mod consts;
 mod error;
 mod event_bus;
+mod poll;
 mod pubsub;
 mod queue;
 mod schema;
@@ -95,6 +96,7 @@ pub use consts::BACKEND_NAME;
 pub use schema::LATEST as SCHEMA_VERSION;
 
 use crate::error::tag;
+use crate::poll::Poll;
 use crate::writer::{Target, Writer};
 
 /// The default interval at which other processes' commits are detected.
@@ -547,14 +549,6 @@ fn check_max(max: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// One look at a queue or group by a receive.
-pub(crate) enum Poll {
-    /// Leased these (at least one).
-    Got(Vec<Delivery>),
-    /// Nothing ready at `now` (ms); the state may change by itself at `next_wake`.
-    Empty { now: u64, next_wake: Option<u64> },
 }
 
 impl SqliteBackend {

@@ -12,9 +12,10 @@ use courier_core::{
 
 use crate::consts::BACKEND_NAME;
 use crate::error::{lease_lost, tag};
+use crate::poll::Poll;
 use crate::store::{self, NewRow, Q};
 use crate::writer::Ctx;
-use crate::{Poll, SqliteBackend, check_max, check_name};
+use crate::{SqliteBackend, check_max, check_name};
 
 /// The queue's row (created on first use), loaded.
 pub(crate) fn open(ctx: &mut Ctx<'_>, queue: &str) -> Result<Q> {
