@@ -68,6 +68,7 @@
 mod consts;
 mod error;
 mod event_bus;
+mod hub;
 mod poll;
 mod pubsub;
 mod queue;
@@ -80,7 +81,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::clock::until;
@@ -88,14 +89,14 @@ use courier_core::{
     Delivery, Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
     validate_name,
 };
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::Notify;
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
 pub use consts::BACKEND_NAME;
 pub use schema::LATEST as SCHEMA_VERSION;
 
 use crate::error::tag;
+use crate::hub::Hub;
 use crate::poll::Poll;
 use crate::writer::{Target, Writer};
 
@@ -104,83 +105,6 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The default SQLite busy timeout.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// This process, as written into pub/sub relay rows (its own rows are skipped here).
-static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);
-
-/// Hubs of this process by database file, so that every handle on one file shares wake-ups
-/// and pub/sub subscriptions.
-static HUBS: LazyLock<Mutex<HashMap<PathBuf, Weak<Hub>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// What the handles of one process on one database share.
-#[derive(Debug, Default)]
-pub(crate) struct Hub {
-    /// Waiting receivers per queue (`q:…`) or topic (`t:…`).
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Signalled when another connection committed (all receivers re-check).
-    external: Notify,
-    /// Local pub/sub subscriptions.
-    pub(crate) pubsub: RwLock<pubsub::Registry>,
-    /// The last relay row read from other processes (`None` while nobody subscribes).
-    pub(crate) relay_cursor: Mutex<Option<i64>>,
-}
-
-impl Hub {
-    fn for_target(target: &Target) -> Arc<Hub> {
-        let Target::File(path) = target else {
-            return Arc::new(Hub::default());
-        };
-        let key = canonical(path);
-        let mut hubs = HUBS.lock();
-        if let Some(h) = hubs.get(&key).and_then(Weak::upgrade) {
-            return h;
-        }
-        hubs.retain(|_, w| w.strong_count() > 0);
-        let h = Arc::new(Hub::default());
-        hubs.insert(key, Arc::downgrade(&h));
-        h
-    }
-
-    fn waker(&self, key: &str) -> Arc<Notify> {
-        let mut w = self.wakers.lock();
-        if let Some(n) = w.get(key) {
-            return n.clone();
-        }
-        let n = Arc::new(Notify::new());
-        w.insert(key.to_owned(), n.clone());
-        n
-    }
-
-    /// Wake the receivers waiting on `key`.
-    pub(crate) fn wake(&self, key: &str) {
-        let n = self.wakers.lock().get(key).cloned();
-        if let Some(n) = n {
-            n.notify_waiters();
-        }
-    }
-
-    /// Another connection committed: every waiting receiver re-checks.
-    pub(crate) fn external_change(&self) {
-        self.external.notify_waiters();
-    }
-}
-
-/// The same file reached by different spellings maps to one key.
-fn canonical(path: &Path) -> PathBuf {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return p;
-    }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = match parent {
-        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
-        None => std::env::current_dir().unwrap_or_default(),
-    };
-    match path.file_name() {
-        Some(f) => dir.join(f),
-        None => path.to_path_buf(),
-    }
-}
 
 /// The SQLite backend: [`Queue`], [`PubSub`] and [`EventBus`] over one database.
 ///
@@ -508,7 +432,10 @@ impl SqliteBackendBuilder {
         let default_config = self.default_config.unwrap_or_default();
         default_config.validate().map_err(tag("open"))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let hub = Hub::for_target(&target);
+        let hub = match &target {
+            Target::File(p) => Hub::for_file(p),
+            Target::Memory => Arc::new(Hub::default()),
+        };
         let writer = writer::start(writer::Settings {
             target: target.clone(),
             path: path.clone(),

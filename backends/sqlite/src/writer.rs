@@ -24,7 +24,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::consts::BACKEND_NAME;
 use crate::error::{copy, map_err, read_only, writer_gone};
-use crate::{Hub, schema};
+use crate::hub::Hub;
+use crate::schema;
 
 /// Most jobs committed together in one transaction.
 const MAX_BATCH: usize = 512;
