@@ -443,6 +443,7 @@ impl SqliteBackendBuilder {
             busy_timeout: self.busy_timeout,
             poll_interval: self.poll_interval,
             hub: hub.clone(),
+            relay: pubsub::relay,
             // TokioClock follows tokio's clock, which may be paused (virtual) in tests.
             virtual_time: format!("{clock:?}").starts_with("TokioClock"),
         })
