@@ -22,13 +22,14 @@ use courier_core::{
 };
 use rusqlite::{OptionalExtension, params};
 
+use crate::backend::{SqliteBackend, claim};
 use crate::consts::BACKEND_NAME;
 use crate::error::{lease_lost, tag};
 use crate::poll::Poll;
 use crate::queue::earlier;
 use crate::store::{self, GROUP_LEVEL, NewRow, Q, i, u};
 use crate::writer::Ctx;
-use crate::{SqliteBackend, check_max, check_name};
+use crate::{check_max, check_name};
 
 /// An event to append: id, `not_before`, `max_attempts` override, encoded body.
 pub(crate) struct EventRow {
@@ -301,7 +302,7 @@ impl SqliteBackend {
                 })
             });
         };
-        crate::claim(
+        claim(
             &self.inner.writer,
             move |ctx| {
                 with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {

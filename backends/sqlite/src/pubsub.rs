@@ -20,12 +20,13 @@ use courier_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::backend::SqliteBackend;
+use crate::check_name;
 use crate::consts::BACKEND_NAME;
 use crate::error::{map_err, tag};
 use crate::hub::{Hub, Sub};
 use crate::store::i;
 use crate::writer::Target;
-use crate::{SqliteBackend, check_name};
 
 /// This process, as written into pub/sub relay rows (its own rows are skipped here).
 pub(crate) static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);

@@ -10,12 +10,13 @@ use courier_core::{
     Selection, Settle, SharedClock,
 };
 
+use crate::backend::{SqliteBackend, claim};
 use crate::consts::BACKEND_NAME;
 use crate::error::{lease_lost, tag};
 use crate::poll::Poll;
 use crate::store::{self, NewRow, Q};
 use crate::writer::Ctx;
-use crate::{SqliteBackend, check_max, check_name};
+use crate::{check_max, check_name};
 
 /// The queue's row (created on first use), loaded.
 pub(crate) fn open(ctx: &mut Ctx<'_>, queue: &str) -> Result<Q> {
@@ -88,7 +89,7 @@ impl SqliteBackend {
                 })
             });
         };
-        crate::claim(
+        claim(
             &self.inner.writer,
             move |ctx| {
                 with_queue(ctx, &name, &config, |ctx, q, now| {
