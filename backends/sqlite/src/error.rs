@@ -8,7 +8,7 @@ use rusqlite::ffi::ErrorCode;
 
 use courier_core::backend::Kit;
 
-use crate::BACKEND_NAME;
+use crate::consts::BACKEND_NAME;
 
 /// Map a SQLite failure during `operation` on the database at `path` to a Courier error.
 ///

@@ -24,10 +24,12 @@ use rusqlite::{OptionalExtension, params};
 
 use courier_core::backend::{Batch, earlier_wake};
 
+use crate::backend::{SqliteBackend, claim};
+use crate::consts::BACKEND_NAME;
 use crate::error::KIT;
+use crate::poll::Poll;
 use crate::store::{self, GROUP_LEVEL, NewRow, Q, i, u};
 use crate::writer::Ctx;
-use crate::{BACKEND_NAME, Poll, SqliteBackend};
 
 /// An event to append: id, `not_before`, `max_attempts` override, encoded body.
 pub(crate) struct EventRow {
@@ -294,7 +296,7 @@ impl SqliteBackend {
                 })
             });
         };
-        crate::claim(
+        claim(
             &self.inner.writer,
             move |ctx| {
                 with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {

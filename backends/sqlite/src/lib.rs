@@ -65,142 +65,40 @@
 //! applied on emit and on every group operation.
 #![forbid(unsafe_code)]
 
+mod backend;
+mod consts;
 mod error;
 mod event_bus;
+mod hub;
+mod poll;
 mod pubsub;
 mod queue;
 mod schema;
 mod store;
 mod writer;
 
-use std::collections::HashMap;
-use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::backend::ConfigStore;
-use courier_core::clock::until;
-use courier_core::{
-    Delivery, Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
-};
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use courier_core::{Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock};
 
+pub use backend::SqliteBackend;
+pub use consts::BACKEND_NAME;
 pub use schema::LATEST as SCHEMA_VERSION;
 
-use crate::error::KIT;
-use crate::writer::{Target, Writer};
+use courier_core::backend::ConfigStore;
 
-/// The backend's short name, as reported by `backend_name()` and in errors.
-pub const BACKEND_NAME: &str = "sqlite";
+use crate::backend::Inner;
+use crate::error::KIT;
+use crate::hub::Hub;
+use crate::writer::Target;
 
 /// The default interval at which other processes' commits are detected.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The default SQLite busy timeout.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// This process, as written into pub/sub relay rows (its own rows are skipped here).
-static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);
-
-/// Hubs of this process by database file, so that every handle on one file shares wake-ups
-/// and pub/sub subscriptions.
-static HUBS: LazyLock<Mutex<HashMap<PathBuf, Weak<Hub>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// What the handles of one process on one database share.
-#[derive(Debug, Default)]
-pub(crate) struct Hub {
-    /// Waiting receivers per queue (`q:…`) or topic (`t:…`).
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Signalled when another connection committed (all receivers re-check).
-    external: Notify,
-    /// Local pub/sub subscriptions.
-    pub(crate) pubsub: RwLock<pubsub::Registry>,
-    /// The last relay row read from other processes (`None` while nobody subscribes).
-    pub(crate) relay_cursor: Mutex<Option<i64>>,
-}
-
-impl Hub {
-    fn for_target(target: &Target) -> Arc<Hub> {
-        let Target::File(path) = target else {
-            return Arc::new(Hub::default());
-        };
-        let key = canonical(path);
-        let mut hubs = HUBS.lock();
-        if let Some(h) = hubs.get(&key).and_then(Weak::upgrade) {
-            return h;
-        }
-        hubs.retain(|_, w| w.strong_count() > 0);
-        let h = Arc::new(Hub::default());
-        hubs.insert(key, Arc::downgrade(&h));
-        h
-    }
-
-    fn waker(&self, key: &str) -> Arc<Notify> {
-        let mut w = self.wakers.lock();
-        if let Some(n) = w.get(key) {
-            return n.clone();
-        }
-        let n = Arc::new(Notify::new());
-        w.insert(key.to_owned(), n.clone());
-        n
-    }
-
-    /// Wake the receivers waiting on `key`.
-    pub(crate) fn wake(&self, key: &str) {
-        let n = self.wakers.lock().get(key).cloned();
-        if let Some(n) = n {
-            n.notify_waiters();
-        }
-    }
-
-    /// Another connection committed: every waiting receiver re-checks.
-    pub(crate) fn external_change(&self) {
-        self.external.notify_waiters();
-    }
-}
-
-/// The same file reached by different spellings maps to one key.
-fn canonical(path: &Path) -> PathBuf {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return p;
-    }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = match parent {
-        Some(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
-        None => std::env::current_dir().unwrap_or_default(),
-    };
-    match path.file_name() {
-        Some(f) => dir.join(f),
-        None => path.to_path_buf(),
-    }
-}
-
-/// The SQLite backend: [`Queue`], [`PubSub`] and [`EventBus`] over one database.
-///
-/// Cheap to clone; clones share one connection and writer thread. Dropping the last clone
-/// stops the writer thread, which closes the database once its current group commit is done
-/// (shortly after the drop, not during it).
-#[derive(Clone)]
-pub struct SqliteBackend {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    target: Target,
-    /// The path shown in errors (`:memory:` for an in-memory database).
-    path: PathBuf,
-    clock: SharedClock,
-    configs: ConfigStore,
-    poll_interval: Duration,
-    writer: Writer,
-    hub: Arc<Hub>,
-}
 
 impl SqliteBackend {
     /// Open the database named by a URL: `sqlite://path/to/file.db`, `sqlite:///abs/file.db`
@@ -246,11 +144,6 @@ impl SqliteBackend {
     /// The interval at which other processes' commits are detected.
     pub fn poll_interval(&self) -> Duration {
         self.inner.poll_interval
-    }
-
-    /// Milliseconds since the epoch from the backend clock.
-    fn now(&self) -> u64 {
-        self.inner.clock.now_ms()
     }
 
     /// Names of the queues stored in the database, sorted.
@@ -346,21 +239,6 @@ impl SqliteBackend {
                 Ok(id)
             })
             .await
-    }
-
-    /// The configuration of a queue in this handle.
-    fn queue_config_of(&self, queue: &str) -> QueueConfig {
-        self.inner.configs.queue(queue)
-    }
-}
-
-impl fmt::Debug for SqliteBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteBackend")
-            .field("path", &self.inner.path)
-            .field("clock", &self.inner.clock)
-            .field("poll_interval", &self.inner.poll_interval)
-            .finish_non_exhaustive()
     }
 }
 
@@ -502,7 +380,10 @@ impl SqliteBackendBuilder {
         let default_config = self.default_config.unwrap_or_default();
         default_config.validate().map_err(KIT.tag("open"))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let hub = Hub::for_target(&target);
+        let hub = match &target {
+            Target::File(p) => Hub::for_file(p),
+            Target::Memory => Arc::new(Hub::default()),
+        };
         let writer = writer::start(writer::Settings {
             target: target.clone(),
             path: path.clone(),
@@ -510,6 +391,7 @@ impl SqliteBackendBuilder {
             busy_timeout: self.busy_timeout,
             poll_interval: self.poll_interval,
             hub: hub.clone(),
+            relay: pubsub::relay,
             // TokioClock follows tokio's clock, which may be paused (virtual) in tests.
             virtual_time: format!("{clock:?}").starts_with("TokioClock"),
         })
@@ -526,111 +408,6 @@ impl SqliteBackendBuilder {
             }),
         })
     }
-}
-
-/// One look at a queue or group by a receive.
-pub(crate) enum Poll {
-    /// Leased these (at least one).
-    Got(Vec<Delivery>),
-    /// Nothing ready at `now` (ms); the state may change by itself at `next_wake`.
-    Empty { now: u64, next_wake: Option<u64> },
-}
-
-impl SqliteBackend {
-    /// The waiting part of `receive`, shared by queues and consumer groups: try, and while
-    /// nothing is ready wait for a wake-up (this process), another process's commit, the next
-    /// due time or the end of `wait`.
-    async fn wait_for<F, Fut>(
-        &self,
-        key: &str,
-        wait: Duration,
-        mut attempt: F,
-    ) -> Result<Vec<Delivery>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Poll>>,
-    {
-        let start = Instant::now();
-        let end = start
-            .checked_add(wait)
-            .unwrap_or_else(|| start + Duration::from_secs(60 * 60 * 24 * 365 * 30));
-        let waker = self.inner.hub.waker(key);
-        loop {
-            let mut local = pin!(waker.notified());
-            local.as_mut().enable();
-            let mut external = pin!(self.inner.hub.external.notified());
-            external.as_mut().enable();
-            let (now_ms, next_wake) = match attempt().await? {
-                Poll::Got(v) => return Ok(v),
-                Poll::Empty { now, next_wake } => (now, next_wake),
-            };
-            let instant = Instant::now();
-            if wait.is_zero() || instant >= end {
-                return Ok(Vec::new());
-            }
-            let sleep_until = match next_wake {
-                Some(at) => end.min(instant + until(now_ms, at)),
-                None => end,
-            };
-            tokio::select! {
-                _ = local => {}
-                _ = external => {}
-                _ = tokio::time::sleep_until(sleep_until) => {}
-            }
-        }
-    }
-}
-
-/// A submitted claim whose answer is awaited. If the caller goes away first (the receive
-/// future is dropped), the leases of an answer nobody took are released at once, so a
-/// cancelled receive neither loses a message nor makes it wait for its lease to expire.
-struct PendingClaim<R: FnOnce(Vec<courier_core::Lease>)> {
-    rx: tokio::sync::oneshot::Receiver<Result<Poll>>,
-    release: Option<R>,
-}
-
-impl<R: FnOnce(Vec<courier_core::Lease>)> Drop for PendingClaim<R> {
-    fn drop(&mut self) {
-        let Some(release) = self.release.take() else {
-            return;
-        };
-        // After close, the writer either finds the channel closed (and releases by itself)
-        // or has already sent, and the answer is taken here.
-        self.rx.close();
-        if let Ok(Ok(Poll::Got(deliveries))) = self.rx.try_recv()
-            && !deliveries.is_empty()
-        {
-            release(deliveries.iter().map(|d| d.lease).collect());
-        }
-    }
-}
-
-/// Run a claim job on the writer and await its answer, releasing orphaned leases (see
-/// [`PendingClaim`]).
-async fn claim<F, R>(writer: &Writer, job: F, release: R) -> Result<Poll>
-where
-    F: FnOnce(&mut writer::Ctx<'_>) -> Result<Poll> + Send + 'static,
-    R: FnOnce(Vec<courier_core::Lease>) + Clone + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let orphan = release.clone();
-    let (signal, gate) = writer.gate();
-    writer.submit("receive", job, move |r: Result<Poll>| {
-        if let Err(Ok(Poll::Got(deliveries))) = tx.send(r)
-            && !deliveries.is_empty()
-        {
-            orphan(deliveries.iter().map(|d| d.lease).collect());
-        }
-        drop(signal);
-    });
-    let mut pending = PendingClaim {
-        rx,
-        release: Some(release),
-    };
-    gate.wait().await;
-    let r = (&mut pending.rx).await;
-    pending.release = None;
-    r.map_err(|_| error::writer_gone("receive"))?
 }
 
 // Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.

@@ -11,7 +11,7 @@
 //! - Relay rows older than [`RELAY_RETENTION_MS`] are deleted by publishers (at most once a
 //!   second per writer).
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -20,46 +20,21 @@ use courier_core::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::backend::SqliteBackend;
+use crate::consts::BACKEND_NAME;
 use crate::error::{KIT, map_err};
+use crate::hub::{Hub, Sub};
 use crate::store::i;
 use crate::writer::Target;
-use crate::{BACKEND_NAME, Hub, PROCESS_ID, SqliteBackend};
+
+/// This process, as written into pub/sub relay rows (its own rows are skipped here).
+pub(crate) static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);
 
 /// How long relay rows are kept (ms): far longer than any poll interval.
 pub(crate) const RELAY_RETENTION_MS: u64 = 10_000;
 
 /// Most relay rows read per poll round.
 const RELAY_BATCH: i64 = 1_000;
-
-/// One local subscription.
-#[derive(Debug)]
-struct Sub {
-    buffer: Arc<SubscriptionBuffer>,
-    /// Relay rows up to this one were written before the subscription became active.
-    start: i64,
-}
-
-/// The local subscriptions of a hub.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    subs: Vec<Sub>,
-}
-
-impl Registry {
-    /// Offer a message to every open matching subscription; returns how many took it.
-    fn deliver(&self, channel: &str, message: &Message, relay_row: Option<i64>) -> usize {
-        let mut n = 0;
-        for s in &self.subs {
-            if relay_row.is_some_and(|r| r <= s.start) {
-                continue;
-            }
-            if s.buffer.offer(channel, message) {
-                n += 1;
-            }
-        }
-        n
-    }
-}
 
 /// Removes a subscription's buffer from the registry when the subscription is dropped.
 struct Unsubscribe {

@@ -10,10 +10,12 @@ use courier_core::{
     Selection, Settle, SharedClock,
 };
 
+use crate::backend::{SqliteBackend, claim};
+use crate::consts::BACKEND_NAME;
 use crate::error::KIT;
+use crate::poll::Poll;
 use crate::store::{self, NewRow, Q};
 use crate::writer::Ctx;
-use crate::{BACKEND_NAME, Poll, SqliteBackend};
 
 /// The queue's row (created on first use), loaded.
 pub(crate) fn open(ctx: &mut Ctx<'_>, queue: &str) -> Result<Q> {
@@ -77,7 +79,7 @@ impl SqliteBackend {
                 })
             });
         };
-        crate::claim(
+        claim(
             &self.inner.writer,
             move |ctx| {
                 with_queue(ctx, &name, &config, |ctx, q, now| {

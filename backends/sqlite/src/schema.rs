@@ -11,7 +11,7 @@ use std::path::Path;
 use courier_core::{Error, ErrorKind, Result};
 use rusqlite::{Connection, TransactionBehavior};
 
-use crate::BACKEND_NAME;
+use crate::consts::BACKEND_NAME;
 use crate::error::map_err;
 
 /// The migrations, oldest first.

@@ -26,6 +26,7 @@ use courier_core::backend::{LEASE_EXPIRED, expired_lease};
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::KIT;
+use crate::poll::Poll;
 use crate::writer::Ctx;
 
 /// Row states (the SQL below writes them as literals: 0 ready, 1 delayed, 2 leased, 3 dead).
@@ -592,15 +593,15 @@ pub(crate) fn poll(
     now: u64,
     max: usize,
     config: &QueueConfig,
-) -> Result<crate::Poll> {
+) -> Result<Poll> {
     let got = claim(ctx, q, now, max, config)?;
     if got.is_empty() {
-        Ok(crate::Poll::Empty {
+        Ok(Poll::Empty {
             now,
             next_wake: next_wake(ctx, q.qid)?,
         })
     } else {
-        Ok(crate::Poll::Got(got))
+        Ok(Poll::Got(got))
     }
 }
 

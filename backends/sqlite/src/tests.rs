@@ -12,6 +12,7 @@ use courier_core::{
 };
 
 use super::*;
+use crate::pubsub::PROCESS_ID;
 
 /// A fresh temporary directory, removed on drop.
 struct TempDir(PathBuf);

@@ -5,7 +5,8 @@
 //!
 //! Between jobs, and at least every poll interval, the thread checks `PRAGMA data_version`
 //! (it changes when *another* connection committed): then it wakes every waiting receiver of
-//! the process and relays other processes' pub/sub messages.
+//! the process and runs the [`Relay`] hook it was started with (pub/sub's delivery of other
+//! processes' messages, handed in by the builder, so the writer names nothing above it).
 //!
 //! Blocking SQLite calls therefore never run on the async runtime's worker threads.
 
@@ -22,8 +23,10 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::consts::BACKEND_NAME;
 use crate::error::{copy, map_err, read_only, writer_gone};
-use crate::{BACKEND_NAME, Hub, schema};
+use crate::hub::Hub;
+use crate::schema;
 
 /// Most jobs committed together in one transaction.
 const MAX_BATCH: usize = 512;
@@ -255,8 +258,14 @@ pub(crate) struct Settings {
     pub(crate) busy_timeout: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) hub: Arc<Hub>,
+    /// Run whenever another connection committed.
+    pub(crate) relay: Relay,
     pub(crate) virtual_time: bool,
 }
+
+/// What the writer thread runs, on its connection, whenever another connection committed:
+/// the layer above delivers other processes' pub/sub messages to the hub's subscriptions.
+pub(crate) type Relay = fn(&Connection, &Hub, &Path);
 
 /// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations.
 pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -451,7 +460,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>, s: Settings) {
             if v != version {
                 version = v;
                 s.hub.external_change();
-                crate::pubsub::relay(&conn, &s.hub, &s.path);
+                (s.relay)(&conn, &s.hub, &s.path);
             }
         }
     }
