@@ -125,7 +125,14 @@ impl Dispatcher {
     /// Publish to the queue that owns the message's kind.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] when no route exists, or the queue's publish error.
+    /// - [`crate::ErrorKind::InvalidInput`] when the kind has no route and there is no default
+    ///   queue; nothing is sent.
+    /// - Otherwise the queue's publish errors (see [`crate::Queue::publish_batch`]):
+    ///   [`crate::ErrorKind::InvalidInput`], [`crate::ErrorKind::PayloadTooLarge`] or a backend
+    ///   failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message.
     pub async fn dispatch(&self, mut msg: Message) -> Result<MessageId> {
         let q = self.resolve(&mut msg)?;
         self.queue.publish(&q, msg).await
@@ -134,7 +141,11 @@ impl Dispatcher {
     /// Publish `value` as JSON under `kind` to the queue that owns it.
     ///
     /// # Errors
-    /// As [`Dispatcher::dispatch`].
+    /// [`crate::ErrorKind::InvalidInput`] when `value` cannot be encoded as JSON (nothing is
+    /// sent); otherwise as [`Dispatcher::dispatch`].
+    ///
+    /// # Cancel safety
+    /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
     pub async fn dispatch_json<T: serde::Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -146,7 +157,15 @@ impl Dispatcher {
     /// Publish many, grouped by queue (one batch per queue, order kept within a queue).
     ///
     /// # Errors
-    /// The first failing route or publish; earlier queues' batches stay published.
+    /// - [`crate::ErrorKind::InvalidInput`] when a kind has no route (and there is no default
+    ///   queue). Every message is routed before anything is sent, so nothing is published.
+    /// - Otherwise the first failing queue's publish error (see [`crate::Queue::publish_batch`]).
+    ///   The batches of the queues before it stay published (queues go in the order of their
+    ///   first message), and [`Error::stored`] counts only the failing queue's batch.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published: the batches of some queues may be
+    /// published and the others not.
     pub async fn dispatch_batch(&self, msgs: Vec<Message>) -> Result<Vec<MessageId>> {
         let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
         for mut m in msgs {

@@ -49,6 +49,17 @@ pub struct GroupStats {
 }
 
 /// A durable event log backend with consumer groups.
+///
+/// # Errors
+/// Every async method can fail with [`crate::ErrorKind::InvalidInput`] for an invalid topic
+/// or group name (checked before anything is sent), or with a backend failure:
+/// [`crate::ErrorKind::Unavailable`] (retryable), [`crate::ErrorKind::Backend`] or
+/// [`crate::ErrorKind::Shutdown`], as described on [`crate::Queue`]. The memory backend has no
+/// backend failures. Each method lists what it adds.
+///
+/// # Cancel safety
+/// As for [`crate::Queue`]: a receive never loses an event; an emit, settle, extend, reset,
+/// requeue or purge may or may not have been applied. Each method gives the details.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// The backend's short name.
@@ -69,14 +80,35 @@ pub trait EventBus: Send + Sync + 'static {
     /// Append events to a topic's log, in order (E1). Ids are assigned where nil.
     ///
     /// # Errors
-    /// As [`crate::Queue::publish_batch`].
+    /// As [`crate::Queue::publish_batch`]:
+    /// - [`crate::ErrorKind::InvalidInput`] (an invalid topic name, a `max_attempts` override
+    ///   of 0, an event the wire format cannot carry) or [`crate::ErrorKind::PayloadTooLarge`]
+    ///   (over the `max_payload` of the backend's default configuration): the whole batch is
+    ///   rejected before anything is appended;
+    /// - a backend failure part-way: [`crate::Error::stored`] tells how many leading events
+    ///   were appended (SQLite: one transaction, so none; Redis: script calls of up to 1,000
+    ///   events, and when the connection is lost during a call, that call's events may have
+    ///   been appended too).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have appended the events: all or nothing on memory
+    /// and SQLite, possibly a leading part of a batch over 1,000 events on Redis.
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>>;
 
     /// Lease up to `max` events for `group` (creating the group at the start of the retained
     /// log on first use), waiting up to `wait`.
     ///
+    /// # Errors
+    /// - [`crate::ErrorKind::InvalidInput`]: an invalid topic or group name, or `max` is 0.
+    /// - A backend failure (see [`EventBus`]).
+    ///
+    /// A timeout is not an error (the vector is empty). Neither is a stored event that cannot
+    /// be decoded: it goes to the group's dead letters.
+    ///
     /// # Cancel safety
-    /// As [`crate::Queue::receive`].
+    /// As [`crate::Queue::receive`]: dropping the future never loses an event. On the current
+    /// backends, what a dropped receive had leased is given back at once, without counting the
+    /// attempt.
     async fn receive(
         &self,
         topic: &str,
@@ -86,9 +118,28 @@ pub trait EventBus: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>>;
 
     /// Settle a group's deliveries (see [`crate::Queue::settle`]).
+    ///
+    /// # Errors
+    /// As [`crate::Queue::settle`]: the outer error is [`crate::ErrorKind::InvalidInput`] for
+    /// an invalid name, or a backend failure; each inner result is
+    /// [`crate::ErrorKind::LeaseLost`] when that lease is no longer held (settled, expired,
+    /// handed to another consumer, or dropped by [`EventBus::reset_group`]), and then that
+    /// operation changed nothing.
+    ///
+    /// # Cancel safety
+    /// As [`crate::Queue::settle`]: dropping the future may or may not have applied the
+    /// operations; settling again is safe.
     async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
 
     /// Extend a lease (see [`crate::Queue::extend`]).
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (nothing changed);
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid name; a backend failure.
+    ///
+    /// # Cancel safety
+    /// As [`crate::Queue::extend`]: the deadline may or may not have moved; the lease held
+    /// (same token) still settles the event while it lasts.
     async fn extend(
         &self,
         topic: &str,
@@ -99,21 +150,66 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Reset where a group reads from (E5). Pending, delayed and leased events of the group are
     /// dropped; its dead letters are kept.
+    ///
+    /// # Errors
+    /// - [`crate::ErrorKind::NotFound`] for [`ReplayFrom::Id`] when that event is not retained
+    ///   in the topic; nothing changed.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid name, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have reset the group; a reset is applied whole or
+    /// not at all.
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()>;
 
     /// The group's state.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid name, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats>;
 
     /// Events retained in the topic's log.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid topic name, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn topic_len(&self, topic: &str) -> Result<u64>;
 
     /// The group's dead letters, oldest first.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid name, or a backend failure. A page
+    /// past the end is empty, not an error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>>;
 
     /// Requeue a group's dead letters for that group only. Returns how many.
+    ///
+    /// # Errors
+    /// As [`crate::Queue::requeue_dead`]: [`crate::ErrorKind::InvalidInput`] for an invalid
+    /// name, or a backend failure after which part of the selection may have been requeued.
+    /// Unknown ids are ignored.
+    ///
+    /// # Cancel safety
+    /// As [`crate::Queue::requeue_dead`]: it may or may not have been applied (on Redis,
+    /// possibly in part); each dead letter is either requeued or still dead.
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64>;
 
     /// Delete a group's dead letters. Returns how many.
+    ///
+    /// # Errors
+    /// As [`crate::Queue::purge_dead`]: [`crate::ErrorKind::InvalidInput`] for an invalid
+    /// name, or a backend failure after which part of the selection may have been deleted.
+    ///
+    /// # Cancel safety
+    /// As [`crate::Queue::purge_dead`]: it may or may not have been applied (on Redis,
+    /// possibly in part).
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64>;
 }
 
@@ -123,6 +219,13 @@ const _: Option<&dyn EventBus> = None;
 #[async_trait]
 pub trait EventBusExt: EventBus {
     /// Append one event.
+    ///
+    /// # Errors
+    /// As [`EventBus::emit_batch`] for a batch of one. [`crate::ErrorKind::Backend`] if the
+    /// backend returns no id.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have appended the event.
     async fn emit(&self, topic: &str, event: Message) -> Result<MessageId> {
         let mut ids = self.emit_batch(topic, vec![event]).await?;
         ids.pop().ok_or_else(|| {
@@ -132,11 +235,26 @@ pub trait EventBusExt: EventBus {
     }
 
     /// Append a typed event to its own topic.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when the event cannot be encoded as JSON (nothing is
+    /// sent); otherwise as [`EventBusExt::emit`].
+    ///
+    /// # Cancel safety
+    /// As [`EventBusExt::emit`]: it may or may not have appended the event.
     async fn emit_typed<E: crate::Event + Sync>(&self, event: &E) -> Result<MessageId> {
         self.emit(E::TOPIC, Message::json(E::TOPIC, event)?).await
     }
 
     /// Settle one operation.
+    ///
+    /// # Errors
+    /// The operation's own outcome ([`crate::ErrorKind::LeaseLost`] when the lease is no longer
+    /// held; nothing changed), or the outer errors of [`EventBus::settle`].
+    /// [`crate::ErrorKind::Backend`] if the backend returns no result.
+    ///
+    /// # Cancel safety
+    /// As [`EventBus::settle`]: it may or may not have been applied; settling again is safe.
     async fn settle_one(&self, topic: &str, group: &str, op: Settle) -> Result<()> {
         self.settle(topic, group, vec![op])
             .await?
@@ -150,6 +268,15 @@ pub trait EventBusExt: EventBus {
     }
 
     /// Acknowledge one event for a group.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (a double ack
+    /// included; nothing changed), [`crate::ErrorKind::InvalidInput`] for an invalid name, or
+    /// a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have acked. Acking again is safe: if the first ack
+    /// landed, the second gets [`crate::ErrorKind::LeaseLost`] and changes nothing.
     async fn ack(&self, topic: &str, group: &str, lease: &Lease) -> Result<()> {
         self.settle_one(topic, group, Settle::Ack(*lease)).await
     }

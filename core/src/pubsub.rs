@@ -38,12 +38,35 @@ pub trait PubSub: Send + Sync + 'static {
     /// where the backend can tell, else 0.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] for an invalid channel name (patterns are not
-    /// channels).
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid channel name (patterns are not
+    ///   channels), or, where messages travel as bytes (SQLite files, Redis), a message the
+    ///   wire format cannot carry. Nothing is sent.
+    /// - Redis: [`crate::ErrorKind::Unavailable`] (retryable) or [`crate::ErrorKind::Backend`]
+    ///   when `PUBLISH` fails. SQLite delivers to this process's subscriptions at once and
+    ///   writes the copy for other processes in the background: a failure there is logged, not
+    ///   returned. Memory fails only on invalid input.
+    ///
+    /// No subscriber is not an error (P2): the message is dropped and the count is 0.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message. Nothing is left to clean
+    /// up: pub/sub is at most once.
     async fn publish(&self, channel: &str, message: Message) -> Result<usize>;
 
     /// Subscribe to a channel or pattern (`*` one token, `>` the rest). Returns once the
     /// subscription is active: messages published after this returns are delivered.
+    ///
+    /// # Errors
+    /// - [`crate::ErrorKind::InvalidInput`] for a malformed pattern (see [`Pattern::parse`]).
+    /// - Redis: [`crate::ErrorKind::Unavailable`] or [`crate::ErrorKind::Backend`] when Redis
+    ///   does not confirm the subscription, [`crate::ErrorKind::Shutdown`] when the backend's
+    ///   pub/sub task has stopped. SQLite (file database): a backend failure while reading
+    ///   where other processes' messages start. Memory fails only on invalid input.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it returns leaves no subscription: a registration already
+    /// made is undone (on Redis, the channel is unsubscribed when no other subscription of the
+    /// handle needs it).
     async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription>;
 }
 
@@ -154,6 +177,11 @@ impl Subscription {
 
     /// The next message; `None` once the subscription is closed and drained.
     ///
+    /// # Errors
+    /// None: it returns an `Option`. Lost messages are not reported here: an overflow of the
+    /// buffer is counted in [`Subscription::dropped`] (P7), and messages published while a
+    /// connection was down are simply not delivered (P2, P6).
+    ///
     /// # Cancel safety
     /// Cancel safe: a message is only taken from the buffer when it is returned.
     pub async fn next(&mut self) -> Option<Message> {
@@ -170,6 +198,12 @@ impl Subscription {
     }
 
     /// The next message, waiting at most `wait`.
+    ///
+    /// # Errors
+    /// None: `None` on timeout, or once the subscription is closed and drained.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Subscription::next`]: no message is taken unless it is returned.
     pub async fn next_timeout(&mut self, wait: Duration) -> Option<Message> {
         tokio::time::timeout(wait, self.next()).await.ok().flatten()
     }

@@ -149,6 +149,23 @@ pub enum Selection {
 /// [`crate::Worker`]).
 ///
 /// Queues come into existence on first use. Every method validates the queue name first.
+///
+/// # Errors
+/// Every async method can fail with [`crate::ErrorKind::InvalidInput`] for an invalid queue
+/// name (checked before anything is sent), or with a *backend failure*:
+/// - [`crate::ErrorKind::Unavailable`] (retryable): the broker cannot be reached or cannot
+///   serve now (Redis down or loading; a SQLite database locked beyond its busy timeout, a full
+///   disk);
+/// - [`crate::ErrorKind::Backend`]: an error retrying will not fix (a corrupt or read-only
+///   SQLite file, a Redis script error or unexpected reply);
+/// - [`crate::ErrorKind::Shutdown`]: the backend is shutting down (the SQLite writer thread
+///   has stopped).
+///
+/// The memory backend has no backend failures. Each method lists what it adds.
+///
+/// # Cancel safety
+/// Each method says what dropping its future leaves behind. In short: a receive never loses a
+/// message; a publish, settle, extend, requeue or purge may or may not have been applied.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// The backend's short name (`"memory"`, `"redis"`, …).
@@ -171,49 +188,127 @@ pub trait Queue: Send + Sync + 'static {
     /// backend clock. All messages are validated before anything is stored.
     ///
     /// # Errors
-    /// Invalid input or an oversize payload reject the whole batch before anything is sent.
-    /// A backend failure part-way reports how many leading messages were stored through
-    /// [`Error::stored`].
+    /// - [`crate::ErrorKind::InvalidInput`]: an invalid queue name, a `max_attempts` override
+    ///   of 0, or (on backends that store bytes) a kind or header the wire format cannot carry.
+    ///   The whole batch is rejected before anything is sent.
+    /// - [`crate::ErrorKind::PayloadTooLarge`]: a payload over the queue's `max_payload`. The
+    ///   whole batch is rejected before anything is sent.
+    /// - A backend failure (see [`Queue`]) part-way: [`Error::stored`] tells how many leading
+    ///   messages were stored (Q7). SQLite stores a batch in one transaction (nothing stored).
+    ///   Redis stores it in script calls of up to 1,000 messages, each all or nothing; when the
+    ///   connection is lost during a call, that call's messages may have been stored too.
+    ///
+    /// An empty batch is not an error: nothing is stored and the result is empty.
     ///
     /// # Cancel safety
-    /// Dropping the future may or may not have published.
+    /// Dropping the future may or may not have published. Memory and SQLite store a batch all
+    /// or nothing (SQLite commits a submitted batch even when the future is dropped); Redis may
+    /// have stored a leading part of a batch larger than one script call.
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>>;
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a priority (Q2),
     /// waiting up to `wait` for one to become ready. Returns an empty vector on timeout.
     ///
+    /// # Errors
+    /// - [`crate::ErrorKind::InvalidInput`]: an invalid queue name, or `max` is 0.
+    /// - A backend failure (see [`Queue`]).
+    ///
+    /// A timeout is not an error (the vector is empty). Neither is a stored entry that cannot
+    /// be decoded: it goes to dead letters with the decode error and the receive goes on (Q10).
+    ///
     /// # Cancel safety
     /// Dropping the future never loses a message: at worst a message is leased and comes back
-    /// when its lease expires.
+    /// when its lease expires. The current backends do better: memory leases only in the step
+    /// that returns the deliveries, and SQLite and Redis release at once what a dropped receive
+    /// had leased, without counting the attempt.
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
     /// Settle deliveries. The outer error is a backend failure; each inner result is one
     /// operation's outcome ([`crate::ErrorKind::LeaseLost`] when the lease is no longer held,
     /// and then nothing changed).
+    ///
+    /// # Errors
+    /// The outer error is [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a
+    /// backend failure (see [`Queue`]); after a backend failure, any of the operations may or
+    /// may not have been applied (Redis applies them in script calls of up to 2,000). Each
+    /// inner result is [`crate::ErrorKind::LeaseLost`] when that lease is no longer held
+    /// (settled, expired or handed to another consumer); that operation changed nothing.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have applied the operations (on Redis, possibly a
+    /// leading part of a large batch). Settling again is safe: an operation that already
+    /// landed gets [`crate::ErrorKind::LeaseLost`] and changes nothing.
     async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
 
     /// Push a lease's deadline to `now + visibility`.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held.
+    /// - [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (settled, expired or
+    ///   handed to another consumer); nothing changed.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure
+    ///   (see [`Queue`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have pushed the deadline. The token does not change,
+    /// so the lease already held still settles the delivery while the lease lasts; only its
+    /// `deadline_ms` may be out of date.
     async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease>;
 
     /// A consistent snapshot of the queue's state and counters.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure (see
+    /// [`Queue`]). An unknown queue is not an error: its stats are zeros.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads (like any call, it may first process expired leases and due
+    /// messages, as the next call would).
     async fn stats(&self, queue: &str) -> Result<QueueStats>;
 
     /// Dead letters, oldest first.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure (see
+    /// [`Queue`]). A page past the end is empty, not an error.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>>;
 
     /// One dead letter by id.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::NotFound`] when there is no such dead letter.
+    /// - [`crate::ErrorKind::NotFound`] when there is no such dead letter.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure
+    ///   (see [`Queue`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter>;
 
     /// Move dead letters back to ready with attempts reset and ids kept. Returns how many.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure (see
+    /// [`Queue`]), after which part of the selection may have been requeued. Unknown ids are
+    /// ignored, not errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have requeued the selection (Redis moves dead
+    /// letters in script calls of up to 1,000, so a part of it may have moved). Each dead
+    /// letter is either requeued or still dead, never both and never lost.
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64>;
 
     /// Delete dead letters. Returns how many.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure (see
+    /// [`Queue`]), after which part of the selection may have been deleted. Unknown ids are
+    /// ignored, not errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have deleted the selection (on Redis, possibly a
+    /// part of it: it purges in script calls of up to 1,000).
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64>;
 }
 
@@ -221,6 +316,14 @@ pub trait Queue: Send + Sync + 'static {
 #[async_trait]
 pub trait QueueExt: Queue {
     /// Publish one message.
+    ///
+    /// # Errors
+    /// As [`Queue::publish_batch`] for a batch of one: [`crate::ErrorKind::InvalidInput`],
+    /// [`crate::ErrorKind::PayloadTooLarge`] or a backend failure.
+    /// [`crate::ErrorKind::Backend`] if the backend returns no id.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message.
     async fn publish(&self, queue: &str, message: Message) -> Result<MessageId> {
         let mut ids = self.publish_batch(queue, vec![message]).await?;
         ids.pop().ok_or_else(|| {
@@ -230,6 +333,13 @@ pub trait QueueExt: Queue {
     }
 
     /// Publish `value` as JSON under `kind`.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when `value` cannot be encoded as JSON (nothing is
+    /// sent); otherwise as [`QueueExt::publish`].
+    ///
+    /// # Cancel safety
+    /// As [`QueueExt::publish`]: it may or may not have published.
     async fn publish_json<T: Serialize + Sync + ?Sized>(
         &self,
         queue: &str,
@@ -240,6 +350,12 @@ pub trait QueueExt: Queue {
     }
 
     /// Publish a message that becomes deliverable after `delay`.
+    ///
+    /// # Errors
+    /// As [`QueueExt::publish`].
+    ///
+    /// # Cancel safety
+    /// As [`QueueExt::publish`]: it may or may not have published.
     async fn publish_in(
         &self,
         queue: &str,
@@ -250,11 +366,25 @@ pub trait QueueExt: Queue {
     }
 
     /// Receive at most one message, waiting up to `wait`.
+    ///
+    /// # Errors
+    /// As [`Queue::receive`]. `Ok(None)` on timeout.
+    ///
+    /// # Cancel safety
+    /// As [`Queue::receive`]: dropping the future never loses a message.
     async fn receive_one(&self, queue: &str, wait: Duration) -> Result<Option<Delivery>> {
         Ok(self.receive(queue, 1, wait).await?.pop())
     }
 
     /// Settle one operation.
+    ///
+    /// # Errors
+    /// The operation's own outcome ([`crate::ErrorKind::LeaseLost`] when the lease is no longer
+    /// held; nothing changed), or the outer errors of [`Queue::settle`].
+    /// [`crate::ErrorKind::Backend`] if the backend returns no result.
+    ///
+    /// # Cancel safety
+    /// As [`Queue::settle`]: it may or may not have been applied; settling again is safe.
     async fn settle_one(&self, queue: &str, op: Settle) -> Result<()> {
         self.settle(queue, vec![op])
             .await?
@@ -270,19 +400,44 @@ pub trait QueueExt: Queue {
     /// Acknowledge: remove the message for good.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (a double ack included).
+    /// - [`crate::ErrorKind::LeaseLost`] when the lease is no longer held (a double ack
+    ///   included); nothing changed.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure
+    ///   (see [`Queue`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have acked. Acking again is safe: if the first ack
+    /// landed, the second gets [`crate::ErrorKind::LeaseLost`] and changes nothing (the same
+    /// answer as for a lease that expired meanwhile).
     async fn ack(&self, queue: &str, lease: &Lease) -> Result<()> {
         self.settle_one(queue, Settle::Ack(*lease)).await
     }
 
     /// Report a failed attempt; the queue's retry policy decides between a retry after
     /// backoff and dead letters. Returns what was decided.
+    ///
+    /// The policy is this handle's configuration of `queue` ([`Queue::queue_config`]).
+    ///
+    /// # Errors
+    /// As [`QueueExt::ack`]: [`crate::ErrorKind::LeaseLost`] when the lease is no longer held
+    /// (nothing changed), [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a
+    /// backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have applied the decision. Repeating it is safe: if
+    /// the first call landed, the second gets [`crate::ErrorKind::LeaseLost`].
     async fn nack(&self, queue: &str, delivery: &Delivery, error: &str) -> Result<FailureAction> {
         self.fail(queue, delivery, error, FailureMode::Backoff)
             .await
     }
 
     /// Report a failed attempt with an explicit mode (retry after a given delay, or permanent).
+    ///
+    /// # Errors
+    /// As [`QueueExt::nack`].
+    ///
+    /// # Cancel safety
+    /// As [`QueueExt::nack`]: it may or may not have been applied; repeating it is safe.
     async fn fail(
         &self,
         queue: &str,
@@ -313,11 +468,26 @@ pub trait QueueExt: Queue {
     }
 
     /// Give a delivery back without counting the attempt.
+    ///
+    /// # Errors
+    /// As [`QueueExt::ack`]: [`crate::ErrorKind::LeaseLost`] when the lease is no longer held
+    /// (nothing changed), [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a
+    /// backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have released the delivery; if not, it comes back
+    /// when its lease expires (counting the attempt). Releasing again is safe.
     async fn release(&self, queue: &str, lease: &Lease) -> Result<()> {
         self.settle_one(queue, Settle::Release(*lease)).await
     }
 
     /// All dead letters (oldest first), up to `limit`.
+    ///
+    /// # Errors
+    /// As [`Queue::dead_letters`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
     async fn dead_letters_all(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         self.dead_letters(queue, Page::first(limit)).await
     }

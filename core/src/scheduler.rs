@@ -101,7 +101,11 @@ impl Scheduler {
     /// Publish `msg` so it becomes deliverable at `at_ms` (ms since the epoch).
     ///
     /// # Errors
-    /// As [`Dispatcher::dispatch`].
+    /// As [`Dispatcher::dispatch`]: [`crate::ErrorKind::InvalidInput`] when the kind has no
+    /// route, or the queue's publish errors.
+    ///
+    /// # Cancel safety
+    /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
     pub async fn publish_at(&self, msg: Message, at_ms: u64) -> Result<MessageId> {
         self.dispatcher.dispatch(msg.with_not_before(at_ms)).await
     }
@@ -109,7 +113,11 @@ impl Scheduler {
     /// Publish `msg` so it becomes deliverable after `delay`.
     ///
     /// # Errors
-    /// As [`Dispatcher::dispatch`].
+    /// As [`Dispatcher::dispatch`]: [`crate::ErrorKind::InvalidInput`] when the kind has no
+    /// route, or the queue's publish errors.
+    ///
+    /// # Cancel safety
+    /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
     pub async fn publish_after(&self, msg: Message, delay: Duration) -> Result<MessageId> {
         self.dispatcher.dispatch(msg.with_delay(delay)).await
     }

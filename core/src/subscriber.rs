@@ -101,7 +101,15 @@ impl Subscriber {
     /// Subscribe (returns once the subscription is active) and start handling.
     ///
     /// # Errors
-    /// Invalid pattern or policy, no handler, or the backend's subscribe error.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid retry policy, no handler, or a
+    ///   malformed pattern. Nothing is subscribed.
+    /// - The backend's subscribe errors (see [`PubSub::subscribe`]).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it returns leaves no subscription and starts nothing.
     pub async fn start(self) -> Result<SubscriberHandle> {
         self.retry.validate()?;
         let handler = self
@@ -203,6 +211,17 @@ impl SubscriberHandle {
     }
 
     /// Stop: the message being handled is abandoned (pub/sub is at most once).
+    ///
+    /// A handler call in progress is not interrupted: `stop` waits up to 5 s for it to return,
+    /// and a failed message is not retried after that. After 5 s, `stop` returns and the task
+    /// ends on its own once the call returns.
+    ///
+    /// # Errors
+    /// None.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not cancel the stop: the stop signal is sent at its first poll,
+    /// or, when it is never polled, by dropping the handle it holds.
     pub async fn stop(mut self) {
         let _ = self.stop_tx.send(true);
         if let Some(t) = self.task.take() {

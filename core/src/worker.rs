@@ -42,10 +42,30 @@ pub trait Source: Send + Sync + 'static {
     /// "Now" on the backend's clock (ms since the epoch), to judge lease deadlines.
     fn now_ms(&self) -> u64;
     /// Lease up to `max`, waiting up to `wait`.
+    ///
+    /// # Errors
+    /// As [`Queue::receive`] ([`QueueSource`]) or [`EventBus::receive`] ([`GroupSource`]).
+    ///
+    /// # Cancel safety
+    /// As [`Queue::receive`]: dropping the future never loses a message.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
     /// Settle deliveries.
+    ///
+    /// # Errors
+    /// As [`Queue::settle`] or [`EventBus::settle`]: an outer backend failure, or per operation
+    /// [`crate::ErrorKind::LeaseLost`] when that lease is no longer held.
+    ///
+    /// # Cancel safety
+    /// As [`Queue::settle`]: it may or may not have been applied; settling again is safe.
     async fn settle(&self, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
     /// Extend a lease.
+    ///
+    /// # Errors
+    /// As [`Queue::extend`] or [`EventBus::extend`]: [`crate::ErrorKind::LeaseLost`] when the
+    /// lease is no longer held, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// As [`Queue::extend`]: the deadline may or may not have moved.
     async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease>;
 }
 
@@ -379,6 +399,18 @@ impl WorkerHandle {
 
     /// Stop receiving, let running handlers finish within `grace`, release everything else at
     /// once (nothing waits for a lease to expire), and report.
+    ///
+    /// # Errors
+    /// None: it always returns a report. Trouble while stopping is logged instead: a driver
+    /// task that panicked (the shared counters are still reported), or settles and releases
+    /// the backend could not take, even after retrying while it was unavailable (those
+    /// messages come back when their leases end, counting an attempt).
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not cancel the stop. Dropped before its first poll, it is the
+    /// same as dropping the handle: the worker stops with no grace period (running handlers are
+    /// abandoned and their messages released). Dropped later, the worker goes on stopping in
+    /// the background with the given grace; only the report is lost.
     pub async fn stop(mut self, grace: Duration) -> WorkerReport {
         let _ = self.stop_tx.send(Some(grace));
         let mut abandoned = 0;
