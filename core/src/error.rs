@@ -52,6 +52,11 @@ impl ErrorKind {
 /// Courier's error: a kind, where it happened (backend, operation), a message and an optional
 /// source.
 ///
+/// `Display` shows each fact once: `[backend operation] kind: message`. The underlying error
+/// is not repeated there; it is [`std::error::Error::source`], so a chain printer (`anyhow`,
+/// `eyre`, `tracing`'s error fields) shows it once. The alternate form `{:#}` appends the
+/// whole source chain, for a one-line log.
+///
 /// For a partially stored batch ([`crate::Queue::publish_batch`]), [`Error::stored`] tells how many
 /// leading messages were stored before the failure.
 pub struct Error {
@@ -180,8 +185,14 @@ impl fmt::Display for Error {
         if let Some(n) = self.stored {
             write!(f, " ({n} leading messages stored)")?;
         }
-        if let Some(src) = &self.source {
-            write!(f, ": {src}")?;
+        // The source is returned by `source()`, so error-chain printers show it once; the
+        // alternate form (`{:#}`, used in Courier's own log lines) appends the chain itself.
+        if f.alternate() {
+            let mut next = std::error::Error::source(self);
+            while let Some(src) = next {
+                write!(f, ": {src}")?;
+                next = src.source();
+            }
         }
         Ok(())
     }
@@ -249,12 +260,29 @@ mod tests {
             .with_backend("redis")
             .with_operation("publish")
             .with_source(io);
+        // Display shows each fact once; the source is left to `source()` ...
+        assert_eq!(e.to_string(), "[redis publish] unavailable: cannot connect");
+        assert!(e.is_retryable());
+        let src = std::error::Error::source(&e).expect("source kept");
+        assert_eq!(src.to_string(), "refused");
+        // ... so a chain printer shows it exactly once,
+        let mut chain = vec![e.to_string()];
+        let mut next = std::error::Error::source(&e);
+        while let Some(s) = next {
+            chain.push(s.to_string());
+            next = s.source();
+        }
+        assert_eq!(chain.join(": ").matches("refused").count(), 1);
+        // and the alternate form carries the chain on one line (Courier's own log lines).
         assert_eq!(
-            e.to_string(),
+            format!("{e:#}"),
             "[redis publish] unavailable: cannot connect: refused"
         );
-        assert!(e.is_retryable());
-        assert!(std::error::Error::source(&e).is_some());
+        let outer = Error::new(ErrorKind::Backend, "outer").with_source(e);
+        assert_eq!(
+            format!("{outer:#}"),
+            "backend: outer: [redis publish] unavailable: cannot connect: refused"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Drop for ScheduleHandle {
 ///
 /// # Errors
 /// [`crate::ErrorKind::InvalidInput`] naming the expression and the parser's complaint.
-pub fn parse_cron(expr: &str) -> Result<Cron> {
+pub(crate) fn parse_cron(expr: &str) -> Result<Cron> {
     Cron::new(expr)
         .with_seconds_optional()
         .parse()
@@ -81,7 +81,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron> {
 ///
 /// # Errors
 /// When the expression never fires again.
-pub fn next_cron_ms(cron: &Cron, after_ms: u64) -> Result<u64> {
+pub(crate) fn next_cron_ms(cron: &Cron, after_ms: u64) -> Result<u64> {
     let after = Utc
         .timestamp_millis_opt(after_ms as i64)
         .single()
@@ -153,7 +153,7 @@ impl Scheduler {
                     When::Cron(c) => match next_cron_ms(c, next_ms.max(clock.now_ms())) {
                         Ok(t) => t,
                         Err(e) => {
-                            tracing::warn!(schedule = %sched_name, error = %e, "courier schedule ends");
+                            tracing::warn!(schedule = %sched_name, error = %format_args!("{e:#}"), "courier schedule ends");
                             return;
                         }
                     },
@@ -162,7 +162,7 @@ impl Scheduler {
                 tokio::time::sleep(wait).await;
                 let msg = make().with_header(SCHEDULE_HEADER, sched_name.clone());
                 if let Err(e) = dispatcher.dispatch(msg).await {
-                    tracing::warn!(schedule = %sched_name, error = %e, "courier schedule: publish failed");
+                    tracing::warn!(schedule = %sched_name, error = %format_args!("{e:#}"), "courier schedule: publish failed");
                 }
             }
         });

@@ -158,7 +158,7 @@ impl Subscriber {
                         }
                         FailureAction::Dead => {
                             shared.dead.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(pattern = %pattern, kind = %msg.kind, id = %msg.id, attempts = attempt, error = %error, "courier subscriber: message dead-lettered");
+                            tracing::warn!(pattern = %pattern, kind = %msg.kind, id = %msg.id, attempts = attempt, error = %format_args!("{error:#}"), "courier subscriber: message dead-lettered");
                             let mut dl = shared.dead_letters.lock();
                             if dl.len() >= max_dead {
                                 dl.pop_front();

@@ -417,7 +417,9 @@ impl WorkerHandle {
         for t in std::mem::take(&mut self.tasks) {
             match t.await {
                 Ok(n) => abandoned += n,
-                Err(e) => tracing::error!(error = %e, "courier worker task failed"),
+                Err(e) => {
+                    tracing::error!(error = %format_args!("{e:#}"), "courier worker task failed")
+                }
             }
         }
         WorkerReport {
@@ -595,7 +597,7 @@ impl Driver {
                                     Ok(_) => {
                                         counters.released.fetch_add(n, Ordering::Relaxed);
                                     }
-                                    Err(e) => tracing::warn!(source = %source.describe(), error = %e, "courier worker: could not release messages received during stop; they come back when their leases end"),
+                                    Err(e) => tracing::warn!(source = %source.describe(), error = %format_args!("{e:#}"), "courier worker: could not release messages received during stop; they come back when their leases end"),
                                 }
                             }
                         });
@@ -627,7 +629,7 @@ impl Driver {
                             recv_errors += 1;
                             let backoff = receive_backoff(recv_errors);
                             if recv_errors == 1 || recv_errors.is_power_of_two() {
-                                tracing::warn!(source = %self.source.describe(), error = %e, failures = recv_errors, retry_in_ms = backoff.as_millis() as u64, "courier worker: receive failed");
+                                tracing::warn!(source = %self.source.describe(), error = %format_args!("{e:#}"), failures = recv_errors, retry_in_ms = backoff.as_millis() as u64, "courier worker: receive failed");
                             }
                             retry_receive_at = Some(Instant::now() + backoff);
                         }
@@ -788,18 +790,18 @@ impl Driver {
                         for r in results {
                             if let Err(e) = r {
                                 counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(source = %source.describe(), error = %e, "courier worker: settle refused");
+                                tracing::warn!(source = %source.describe(), error = %format_args!("{e:#}"), "courier worker: settle refused");
                             }
                         }
                     }
                     Err(e) if e.is_retryable() && attempt < 5 => {
                         attempt += 1;
-                        tracing::warn!(source = %source.describe(), error = %e, ops = n, "courier worker: settle failed, retrying");
+                        tracing::warn!(source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed, retrying");
                         tokio::time::sleep(receive_backoff(attempt)).await;
                         ops = Some(batch);
                     }
                     Err(e) => {
-                        tracing::error!(source = %source.describe(), error = %e, ops = n, "courier worker: settle failed; leases will expire and the messages come back");
+                        tracing::error!(source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed; leases will expire and the messages come back");
                     }
                 }
             }
@@ -840,7 +842,7 @@ impl Driver {
         if e.is_lease_lost() {
             self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::warn!(source = %self.source.describe(), error = %e, "courier worker: lease extension failed");
+        tracing::warn!(source = %self.source.describe(), error = %format_args!("{e:#}"), "courier worker: lease extension failed");
     }
 }
 

@@ -105,7 +105,7 @@ async fn main() -> ExitCode {
     let settings = match Settings::load(cli.global.config.as_deref(), &cli.global.overrides()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("meeting-system: {e}");
+            eprintln!("meeting-system: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -116,7 +116,7 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("meeting-system: {e}");
+                eprintln!("meeting-system: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -139,7 +139,7 @@ async fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("meeting-system demo: {e}");
+                    eprintln!("meeting-system demo: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -174,7 +174,7 @@ async fn run(
     let url = match settings.backend_url() {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("meeting-system: {e}");
+            eprintln!("meeting-system: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -201,7 +201,7 @@ async fn run(
     let running = match platform.start_all(&services).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("meeting-system: cannot start services: {e}");
+            eprintln!("meeting-system: cannot start services: {e:#}");
             return ExitCode::FAILURE;
         }
     };

@@ -485,7 +485,7 @@ async fn check_eviction_policy(conn: &ConnectionManager, shown: &str) {
             }
         }
         Err(e) => {
-            tracing::debug!(url = %shown, error = %e, "courier redis: cannot read maxmemory-policy (CONFIG disabled?)");
+            tracing::debug!(url = %shown, error = %format_args!("{e:#}"), "courier redis: cannot read maxmemory-policy (CONFIG disabled?)");
         }
     }
 }

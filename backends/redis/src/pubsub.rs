@@ -106,7 +106,7 @@ impl Hub {
         let message = match wire::decode(&Bytes::copy_from_slice(msg.get_payload_bytes())) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(channel, error = %e, "courier redis: dropping an undecodable pub/sub message");
+                tracing::debug!(channel, error = %format_args!("{e:#}"), "courier redis: dropping an undecodable pub/sub message");
                 return;
             }
         };
@@ -189,7 +189,7 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                         lost = false;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "courier redis: pub/sub reconnect failed");
+                        tracing::debug!(error = %format_args!("{e:#}"), "courier redis: pub/sub reconnect failed");
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
@@ -242,7 +242,7 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                     && let Some((sink, _)) = conn.as_mut()
                     && let Err(e) = unsubscribe_on(sink, &target).await
                 {
-                    tracing::debug!(error = %e, "courier redis: unsubscribe failed");
+                    tracing::debug!(error = %format_args!("{e:#}"), "courier redis: unsubscribe failed");
                 }
             }
             Some(Err(Some(msg))) => {

@@ -243,7 +243,7 @@ impl RedisBackend {
         let mut conn = self.conn();
         script.run(&mut conn, cmd).await.map_err(|e| {
             let e = map_err(operation, e);
-            tracing::debug!(script = script.name(), error = %e, "courier redis: script failed");
+            tracing::debug!(script = script.name(), error = %format_args!("{e:#}"), "courier redis: script failed");
             e
         })
     }
@@ -312,7 +312,7 @@ impl RedisBackend {
             .settle_with(&keys, &config, origin.mode(retention), ops)
             .await
         {
-            tracing::warn!(error = %e, "courier redis: releasing the messages of a cancelled receive failed; their leases will expire");
+            tracing::warn!(error = %format_args!("{e:#}"), "courier redis: releasing the messages of a cancelled receive failed; their leases will expire");
         }
     }
 
@@ -366,14 +366,14 @@ impl RedisBackend {
         bad: Vec<(Lease, String)>,
     ) {
         for (lease, error) in &bad {
-            tracing::warn!(id = %lease.id, error = %error, "courier redis: stored message cannot be decoded; moving it to dead letters");
+            tracing::warn!(id = %lease.id, error = %format_args!("{error:#}"), "courier redis: stored message cannot be decoded; moving it to dead letters");
         }
         let ops = bad
             .into_iter()
             .map(|(lease, error)| Settle::Bury { lease, error })
             .collect();
         if let Err(e) = self.settle_with(keys, config, mode, ops).await {
-            tracing::warn!(error = %e, "courier redis: burying undecodable messages failed; their leases will expire");
+            tracing::warn!(error = %format_args!("{e:#}"), "courier redis: burying undecodable messages failed; their leases will expire");
         }
     }
 

@@ -82,7 +82,7 @@ pub(crate) fn relay(conn: &Connection, hub: &Hub, path: &std::path::Path) {
             Ok(r) => r,
             Err(e) => {
                 let e = map_err("relay", path, e);
-                tracing::warn!(error = %e, "courier sqlite: reading pub/sub relay rows failed");
+                tracing::warn!(error = %format_args!("{e:#}"), "courier sqlite: reading pub/sub relay rows failed");
                 break;
             }
         };
@@ -99,7 +99,7 @@ pub(crate) fn relay(conn: &Connection, hub: &Hub, path: &std::path::Path) {
                         reg.deliver(&channel, &m, Some(rid));
                     }
                     Err(e) => {
-                        tracing::debug!(channel, error = %e, "courier sqlite: dropping an undecodable pub/sub message");
+                        tracing::debug!(channel, error = %format_args!("{e:#}"), "courier sqlite: dropping an undecodable pub/sub message");
                     }
                 }
             }

@@ -235,7 +235,7 @@ impl Writer {
     {
         self.submit(operation, f, move |r| {
             if let Err(e) = r {
-                tracing::warn!(error = %e, "courier sqlite: background {operation} failed");
+                tracing::warn!(error = %format_args!("{e:#}"), "courier sqlite: background {operation} failed");
             }
         });
     }
@@ -347,27 +347,27 @@ fn checkpointer(file: PathBuf) -> Option<mpsc::Sender<()>> {
             }) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+                    tracing::warn!(path = %path.display(), error = %format_args!("{e:#}"), "courier sqlite: checkpointer not started; the writer checkpoints by itself");
                     return;
                 }
             };
             let mut stmt = match conn.prepare("PRAGMA wal_checkpoint(PASSIVE)") {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+                    tracing::warn!(path = %path.display(), error = %format_args!("{e:#}"), "courier sqlite: checkpointer not started; the writer checkpoints by itself");
                     return;
                 }
             };
             while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(CHECKPOINT_INTERVAL) {
                 if let Err(e) = stmt.query_row([], |_| Ok(())) {
-                    tracing::debug!(path = %path.display(), error = %e, "courier sqlite: background checkpoint failed");
+                    tracing::debug!(path = %path.display(), error = %format_args!("{e:#}"), "courier sqlite: background checkpoint failed");
                 }
             }
         });
     match spawned {
         Ok(_) => Some(stop_tx),
         Err(e) => {
-            tracing::warn!(path = %file.display(), error = %e, "courier sqlite: checkpointer not started; the writer checkpoints by itself");
+            tracing::warn!(path = %file.display(), error = %format_args!("{e:#}"), "courier sqlite: checkpointer not started; the writer checkpoints by itself");
             None
         }
     }
@@ -491,7 +491,7 @@ fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
                 ctx.wakes.clear();
                 ctx.forget();
                 if let Err(e) = exec(ctx.conn, "ROLLBACK") {
-                    tracing::warn!(error = %e, "courier sqlite: rollback failed");
+                    tracing::warn!(error = %format_args!("{e:#}"), "courier sqlite: rollback failed");
                 }
                 (fin.done)(None);
                 return;
@@ -514,14 +514,14 @@ fn run_batch(ctx: &mut Ctx<'_>, batch: Vec<Job>) {
                 .and_then(|()| exec(ctx.conn, "RELEASE courier_job"))
         };
         if let Err(e) = closed {
-            tracing::warn!(error = %e, "courier sqlite: closing a savepoint failed");
+            tracing::warn!(error = %format_args!("{e:#}"), "courier sqlite: closing a savepoint failed");
         }
         finished.push(fin);
     }
     let commit = exec(ctx.conn, "COMMIT").map_err(|e| map_err("commit", ctx.path, e));
     if commit.is_err() {
         if let Err(e) = exec(ctx.conn, "ROLLBACK") {
-            tracing::warn!(error = %e, "courier sqlite: rollback after a failed commit failed");
+            tracing::warn!(error = %format_args!("{e:#}"), "courier sqlite: rollback after a failed commit failed");
         }
         ctx.forget();
         ctx.wakes.clear();

@@ -72,7 +72,7 @@ fn main() {
                 match serde_json::to_string(&report) {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
-                        eprintln!("throughput: {e}");
+                        eprintln!("throughput: {e:#}");
                         std::process::exit(1);
                     }
                 }
@@ -81,7 +81,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("throughput: {e}");
+            eprintln!("throughput: {e:#}");
             std::process::exit(1);
         }
     }
