@@ -10,10 +10,11 @@
 //! ```
 //!
 //! Every case is printed by `cargo test` as `<backend>::<area>::<rule>::<case>`, e.g.
-//! `memory::queue::priority::strict_order`. Each case gets its own namespace (a fresh
-//! backend, key prefix or database), every wait is bounded, and a case that runs past its
-//! deadline fails instead of hanging. A backend whose server is unreachable is shown as
-//! ignored with a loud banner, and fails when `COURIER_REQUIRE_BACKENDS=1`.
+//! `memory::queue::priority::strict_order`, and is defined and registered in
+//! `src/<area>/<rule>.rs` (here `src/queue/priority.rs`). Each case gets its own namespace
+//! (a fresh backend, key prefix or database), every wait is bounded, and a case that runs
+//! past its deadline fails instead of hanging. A backend whose server is unreachable is
+//! shown as ignored with a loud banner, and fails when `COURIER_REQUIRE_BACKENDS=1`.
 //!
 //! `conformance/RULES.md` maps every rule id to the cases that prove it; a unit test keeps
 //! it in step with [`cases`].

@@ -1,0 +1,106 @@
+//! EventBus cases, E1 Durable emit: `events::emit::*`.
+
+use bytes::Bytes;
+use courier_core::{Message, MessageId, Priority};
+
+use super::{ack_all, bus, emit_n, emit_one, ids, recv_n, recv_one, topic_len};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, within};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!("events::emit::appends_to_the_log", ["E1"], emit_appends),
+        case!(
+            "events::emit::batch_ids_in_order",
+            ["E1", "E4"],
+            emit_batch_in_order
+        ),
+        case!("events::emit::fields_round_trip", ["E1"], emit_fields),
+    ]
+}
+
+async fn emit_appends(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    ensure_eq!(topic_len(b, &t).await?, 0, "a new topic is empty");
+    let mut sent = Vec::new();
+    for i in 1..=3u64 {
+        let id = emit_one(b, &t, Message::new(format!("e{i}"), "x")).await?;
+        ensure!(!id.is_nil(), "emit returned a nil id");
+        sent.push(id);
+        ensure_eq!(topic_len(b, &t).await?, i, "topic_len after {i} emits");
+    }
+    let g = cx.name("g");
+    let got = recv_n(b, &t, &g, 3, cx.prompt()).await?;
+    ensure_eq!(ids(&got), sent, "the group reads what was appended");
+    ack_all(b, &t, &g, &got).await?;
+    ensure_eq!(
+        topic_len(b, &t).await?,
+        3,
+        "acking in a group does not remove events from the log"
+    );
+    // A nil id is assigned at emit.
+    let mut m = Message::new("nil", "x");
+    m.id = MessageId::nil();
+    let id = emit_one(b, &t, m).await?;
+    ensure!(!id.is_nil(), "a nil id is assigned at emit");
+    let d = recv_one(b, &t, &g, cx.prompt()).await?;
+    ensure_eq!(
+        d.message.id,
+        id,
+        "the delivered event carries the assigned id"
+    );
+    Ok(())
+}
+
+async fn emit_batch_in_order(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let first = emit_n(b, &t, "a", 10).await?;
+    let second = emit_n(b, &t, "b", 10).await?;
+    ensure_eq!(topic_len(b, &t).await?, 20, "topic_len");
+    let empty = within(cx.prompt(), "emit_batch", b.emit_batch(&t, Vec::new())).await??;
+    ensure!(empty.is_empty(), "an empty batch returns no ids");
+    ensure_eq!(
+        topic_len(b, &t).await?,
+        20,
+        "an empty batch appends nothing"
+    );
+    let g = cx.name("g");
+    let got = recv_n(b, &t, &g, 20, cx.prompt()).await?;
+    let want: Vec<MessageId> = first.into_iter().chain(second).collect();
+    ensure_eq!(ids(&got), want, "batches are appended in order");
+    Ok(())
+}
+
+async fn emit_fields(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let payload: Vec<u8> = (0u8..=255).rev().collect();
+    let m = Message::new("meeting.created", Bytes::from(payload.clone()))
+        .with_priority(Priority::Critical)
+        .with_header("correlation_id", "c-42")
+        .with_header("source", "conformance");
+    let id = m.id;
+    let before = b.clock().now_ms();
+    emit_one(b, &t, m).await?;
+    let d = recv_one(b, &t, &cx.name("g"), cx.prompt()).await?;
+    ensure_eq!(d.message.id, id, "id");
+    ensure_eq!(d.message.kind, "meeting.created", "kind");
+    ensure_eq!(d.message.payload.as_ref(), payload.as_slice(), "payload");
+    ensure_eq!(d.message.priority, Priority::Critical, "priority");
+    ensure_eq!(
+        d.message.headers.get("correlation_id").map(String::as_str),
+        Some("c-42"),
+        "header"
+    );
+    ensure_eq!(d.message.headers.len(), 2, "headers");
+    ensure_eq!(d.message.attempt, 1, "attempt of the first delivery");
+    ensure_eq!(d.lease.attempt, 1, "lease attempt");
+    ensure_eq!(d.lease.id, id, "lease id");
+    ensure!(
+        d.message.created_at + 1_000 >= before,
+        "created_at {} set at emit (clock {before})",
+        d.message.created_at
+    );
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! EventBus cases, E5 Replay and retention: `events::retention::*`.
+
+use std::time::{Duration, Instant};
+
+use courier_core::{MessageId, ReplayFrom, Retention};
+
+use super::{TOL, ack_all, bus, emit_n, expect_none, ids, recv_n, reset, topic_len};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!(
+            "events::retention::max_len_trims_oldest",
+            ["E5"],
+            retention_max_len
+        ),
+        case!(
+            "events::retention::max_age_expires_old_events",
+            ["E5"],
+            retention_max_age
+        ),
+        case!(
+            "events::retention::lagging_group_continues_at_oldest_retained",
+            ["E5", "E2"],
+            retention_lagging_group
+        ),
+    ]
+}
+
+async fn retention_max_len(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    b.set_retention(
+        &t,
+        Retention {
+            max_len: Some(5),
+            max_age: None,
+        },
+    )?;
+    let sent = emit_n(b, &t, "e", 12).await?;
+    ensure_eq!(topic_len(b, &t).await?, 5, "topic_len with max_len 5");
+    let g = cx.name("g");
+    let got = recv_n(b, &t, &g, 5, cx.prompt()).await?;
+    ensure_eq!(
+        ids(&got),
+        sent[7..].to_vec(),
+        "a new group reads the 5 newest (oldest trimmed first)"
+    );
+    ack_all(b, &t, &g, &got).await?;
+    expect_none(b, &t, &g, Duration::from_millis(100)).await?;
+    reset(b, &t, &g, ReplayFrom::Start).await?;
+    let again = recv_n(b, &t, &g, 5, cx.prompt()).await?;
+    ensure_eq!(
+        ids(&again),
+        sent[7..].to_vec(),
+        "replay from the start begins at the oldest retained event"
+    );
+    // Trimmed ids are gone from the log; emitting more keeps trimming.
+    let more = emit_n(b, &t, "more", 3).await?;
+    ensure_eq!(topic_len(b, &t).await?, 5, "still at most 5");
+    let g2 = cx.name("g2");
+    let got2 = recv_n(b, &t, &g2, 5, cx.prompt()).await?;
+    let want: Vec<MessageId> = sent[10..].iter().copied().chain(more).collect();
+    ensure_eq!(ids(&got2), want, "the newest 5 after more emits");
+    Ok(())
+}
+
+async fn retention_max_age(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let age = Duration::from_millis(400);
+    b.set_retention(
+        &t,
+        Retention {
+            max_len: None,
+            max_age: Some(age),
+        },
+    )?;
+    let start = Instant::now();
+    emit_n(b, &t, "old", 3).await?;
+    let n = topic_len(b, &t).await?;
+    if start.elapsed() + Duration::from_millis(50) < age {
+        ensure_eq!(n, 3, "young events are retained");
+    }
+    let deadline = Instant::now() + age + cx.prompt();
+    let gone_at = loop {
+        if topic_len(b, &t).await? == 0 {
+            break start.elapsed();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "events older than {age:?} still retained after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    ensure!(
+        gone_at + TOL >= age,
+        "events dropped after {gone_at:?}, before max_age {age:?}"
+    );
+    let new = emit_n(b, &t, "new", 2).await?;
+    let g = cx.name("g");
+    let got = recv_n(b, &t, &g, 2, cx.prompt()).await?;
+    ensure_eq!(ids(&got), new, "a new group reads only retained events");
+    expect_none(b, &t, &g, Duration::from_millis(100)).await
+}
+
+async fn retention_lagging_group(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let sent = emit_n(b, &t, "e", 10).await?;
+    let first = recv_n(b, &t, &g, 2, cx.prompt()).await?;
+    ensure_eq!(ids(&first), sent[..2].to_vec(), "first two");
+    ack_all(b, &t, &g, &first).await?;
+    b.set_retention(
+        &t,
+        Retention {
+            max_len: Some(3),
+            max_age: None,
+        },
+    )?;
+    ensure_eq!(topic_len(b, &t).await?, 3, "trimmed to 3");
+    let rest = recv_n(b, &t, &g, 3, cx.prompt()).await?;
+    ensure_eq!(
+        ids(&rest),
+        sent[7..].to_vec(),
+        "a group behind the retained log continues at the oldest retained event"
+    );
+    ack_all(b, &t, &g, &rest).await?;
+    expect_none(b, &t, &g, Duration::from_millis(100)).await
+}

@@ -1,0 +1,86 @@
+//! EventBus cases, stats: `events::stats::*`.
+
+use std::time::Duration;
+
+use courier_core::Settle;
+
+use super::{ack_all, bus, emit_n, gstats, kinds, recv_n, settle};
+use crate::{Case, Ctx, Outcome, case, ensure_eq, plain_config};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![case!(
+        "events::stats::lag_in_flight_and_dead",
+        ["E2", "E3"],
+        stats_lag
+    )]
+}
+
+async fn stats_lag(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    b.configure_group(&t, &g, plain_config())?;
+    emit_n(b, &t, "e", 10).await?;
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.in_flight, s.queue.dead),
+        (10, 0, 0),
+        "(lag, in_flight, dead) of a group that has read nothing"
+    );
+    let ds = recv_n(b, &t, &g, 4, cx.prompt()).await?;
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.in_flight),
+        (6, 4),
+        "(lag, in_flight) after 4 received"
+    );
+    ack_all(b, &t, &g, &ds[..2]).await?;
+    settle(
+        b,
+        &t,
+        &g,
+        Settle::Bury {
+            lease: ds[2].lease,
+            error: "x".into(),
+        },
+    )
+    .await?;
+    settle(
+        b,
+        &t,
+        &g,
+        Settle::Retry {
+            lease: ds[3].lease,
+            delay: Duration::from_secs(30),
+            error: "x".into(),
+        },
+    )
+    .await?;
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (
+            s.lag,
+            s.queue.in_flight,
+            s.queue.delayed,
+            s.queue.dead,
+            s.queue.acked,
+            s.queue.retried,
+            s.queue.dead_lettered
+        ),
+        (6, 0, 1, 1, 2, 1, 1),
+        "(lag, in_flight, delayed, dead, acked, retried, dead_lettered)"
+    );
+    let rest = recv_n(b, &t, &g, 6, cx.prompt()).await?;
+    ensure_eq!(
+        kinds(&rest),
+        (4..10).map(|i| format!("e{i}")).collect::<Vec<_>>(),
+        "the unread events"
+    );
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.in_flight),
+        (0, 6),
+        "(lag, in_flight) at the head"
+    );
+    Ok(())
+}

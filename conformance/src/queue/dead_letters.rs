@@ -1,0 +1,333 @@
+//! Queue cases, Q6 dead letters: `queue::dead_letters::*`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_core::{
+    ErrorKind, FailureAction, Message, MessageId, Page, QueueExt, RetryPolicy, Selection, Settle,
+};
+
+use super::{LIMIT, SHORT, config_with, kinds, one, publish, publish_all, queue, settle};
+use crate::{
+    Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, receive_n, summary,
+    within,
+};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!(
+            "queue::dead_letters::out_of_attempts_recorded",
+            ["Q6"],
+            dead_recorded
+        ),
+        case!(
+            "queue::dead_letters::permanent_failure_skips_retries",
+            ["Q6"],
+            permanent_skips
+        ),
+        case!(
+            "queue::dead_letters::listed_oldest_first_and_paged",
+            ["Q6"],
+            dead_paged
+        ),
+        case!("queue::dead_letters::fetched_by_id", ["Q6"], dead_by_id),
+        case!(
+            "queue::dead_letters::unknown_id_is_not_found",
+            ["Q6"],
+            dead_unknown
+        ),
+        case!(
+            "queue::dead_letters::requeue_all_resets_attempts_keeps_id",
+            ["Q6"],
+            requeue_all
+        ),
+        case!("queue::dead_letters::requeue_some", ["Q6"], requeue_some),
+        case!("queue::dead_letters::purge_some_and_all", ["Q6"], purge),
+        case!(
+            "queue::dead_letters::disabled_discards",
+            ["Q6", "Q9"],
+            dead_disabled
+        ),
+    ]
+}
+
+/// Publish `n` messages and fail each permanently, in order; returns their ids.
+async fn bury_n(cx: &Ctx, q: &str, n: usize) -> Result<Vec<MessageId>, crate::Failure> {
+    let ids = publish_all(cx, q, kinds(n, "d")).await?;
+    for (i, id) in ids.iter().enumerate() {
+        let d = one(cx, q, LIMIT).await?;
+        ensure_eq!(d.message.id, *id, "fifo");
+        settle(
+            cx,
+            q,
+            Settle::Bury {
+                lease: d.lease,
+                error: format!("error {i}"),
+            },
+        )
+        .await?;
+    }
+    Ok(ids)
+}
+
+async fn dead_recorded(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "dead",
+        config_with(
+            RetryPolicy::exact(1, Duration::ZERO, 2.0, Duration::ZERO),
+            Duration::from_secs(30),
+        ),
+    )?;
+    let before = cx.q().clock().now_ms();
+    let id = publish(
+        &cx,
+        &q,
+        Message::new("bad", "payload").with_header("h", "v"),
+    )
+    .await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let action = within(LIMIT, "nack", cx.q().nack(&q, &d, "invalid input: no user")).await??;
+    ensure_eq!(action, FailureAction::Dead, "out of attempts");
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
+    ensure_eq!(dl.error, "invalid input: no user", "last error");
+    ensure_eq!(dl.attempts, 1, "attempts");
+    ensure!(
+        dl.failed_at + 5_000 >= before && dl.failed_at <= cx.q().clock().now_ms() + 5_000,
+        "failed_at {} not near now {before}",
+        dl.failed_at
+    );
+    ensure_eq!(
+        dl.message.payload,
+        Bytes::from_static(b"payload"),
+        "payload kept"
+    );
+    ensure_eq!(dl.message.header("h"), Some("v"), "headers kept");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.dead_lettered, s.in_flight), (1, 1, 0), "stats");
+    Ok(())
+}
+
+async fn permanent_skips(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "perm",
+        config_with(
+            RetryPolicy::exact(10, Duration::ZERO, 2.0, Duration::ZERO),
+            Duration::from_secs(30),
+        ),
+    )?;
+    let id = publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let action = within(
+        LIMIT,
+        "fail",
+        cx.q()
+            .fail(&q, &d, "malformed", courier_core::FailureMode::Permanent),
+    )
+    .await??;
+    ensure_eq!(
+        action,
+        FailureAction::Dead,
+        "permanent failures are not retried"
+    );
+    expect_nothing(cx.q(), &q, SHORT).await?;
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
+    ensure_eq!(
+        (dl.attempts, dl.error.as_str()),
+        (1, "malformed"),
+        "dead letter"
+    );
+    Ok(())
+}
+
+async fn dead_paged(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "paged", plain_config())?;
+    let ids = bury_n(&cx, &q, 7).await?;
+    let p1 = within(
+        LIMIT,
+        "dead_letters",
+        cx.q().dead_letters(
+            &q,
+            Page {
+                offset: 0,
+                limit: 3,
+            },
+        ),
+    )
+    .await??;
+    let p2 = within(
+        LIMIT,
+        "dead_letters",
+        cx.q().dead_letters(
+            &q,
+            Page {
+                offset: 3,
+                limit: 3,
+            },
+        ),
+    )
+    .await??;
+    let p3 = within(
+        LIMIT,
+        "dead_letters",
+        cx.q().dead_letters(
+            &q,
+            Page {
+                offset: 6,
+                limit: 3,
+            },
+        ),
+    )
+    .await??;
+    let p4 = within(
+        LIMIT,
+        "dead_letters",
+        cx.q().dead_letters(
+            &q,
+            Page {
+                offset: 9,
+                limit: 3,
+            },
+        ),
+    )
+    .await??;
+    let got: Vec<MessageId> = p1
+        .iter()
+        .chain(&p2)
+        .chain(&p3)
+        .map(|d| d.message.id)
+        .collect();
+    ensure_eq!(
+        (p1.len(), p2.len(), p3.len(), p4.len()),
+        (3, 3, 1, 0),
+        "page sizes"
+    );
+    ensure_eq!(got, ids, "oldest first");
+    ensure_eq!(p2[0].error, "error 3", "each keeps its error");
+    Ok(())
+}
+
+async fn dead_by_id(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "byid", plain_config())?;
+    let ids = bury_n(&cx, &q, 3).await?;
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, ids[1])).await??;
+    ensure_eq!(
+        (dl.message.id, dl.message.kind.as_str(), dl.error.as_str()),
+        (ids[1], "d1", "error 1"),
+        "fetched"
+    );
+    Ok(())
+}
+
+async fn dead_unknown(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "unknown", plain_config())?;
+    bury_n(&cx, &q, 1).await?;
+    let r = within(
+        LIMIT,
+        "dead_letter",
+        cx.q().dead_letter(&q, MessageId::new()),
+    )
+    .await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "unknown id"
+    );
+    let live = publish(&cx, &q, Message::new("live", "")).await?;
+    let r = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, live)).await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "a live message is not a dead letter"
+    );
+    Ok(())
+}
+
+async fn requeue_all(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "requeue", plain_config())?;
+    let ids = bury_n(&cx, &q, 3).await?;
+    let n = within(LIMIT, "requeue", cx.q().requeue_dead(&q, Selection::All)).await??;
+    ensure_eq!(n, 3, "requeued");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.ready_total()), (0, 3), "stats after requeue");
+    let got = receive_n(cx.q(), &q, 3, LIMIT).await?;
+    let mut got_ids: Vec<MessageId> = got.iter().map(|d| d.message.id).collect();
+    got_ids.sort();
+    let mut want = ids.clone();
+    want.sort();
+    ensure_eq!(got_ids, want, "ids kept");
+    ensure!(
+        got.iter().all(|d| d.message.attempt == 1),
+        "attempts reset: {:?}",
+        summary(&got)
+    );
+    Ok(())
+}
+
+async fn requeue_some(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "rsome", plain_config())?;
+    let ids = bury_n(&cx, &q, 4).await?;
+    let n = within(
+        LIMIT,
+        "requeue",
+        cx.q()
+            .requeue_dead(&q, Selection::Ids(vec![ids[0], ids[2], MessageId::new()])),
+    )
+    .await??;
+    ensure_eq!(n, 2, "only existing dead letters count");
+    let left: Vec<MessageId> = within(LIMIT, "list", cx.q().dead_letters(&q, Page::first(10)))
+        .await??
+        .iter()
+        .map(|d| d.message.id)
+        .collect();
+    ensure_eq!(left, vec![ids[1], ids[3]], "the others stay dead, in order");
+    let got = receive_n(cx.q(), &q, 2, LIMIT).await?;
+    let mut got_ids: Vec<MessageId> = got.iter().map(|d| d.message.id).collect();
+    got_ids.sort();
+    let mut want = vec![ids[0], ids[2]];
+    want.sort();
+    ensure_eq!(got_ids, want, "requeued ones delivered");
+    Ok(())
+}
+
+async fn purge(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "purge", plain_config())?;
+    let ids = bury_n(&cx, &q, 4).await?;
+    let n = within(
+        LIMIT,
+        "purge",
+        cx.q().purge_dead(&q, Selection::Ids(vec![ids[1]])),
+    )
+    .await??;
+    ensure_eq!(n, 1, "purged one");
+    let r = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, ids[1])).await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "purged is gone"
+    );
+    let n = within(LIMIT, "purge", cx.q().purge_dead(&q, Selection::All)).await??;
+    ensure_eq!(n, 3, "purged the rest");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.stored()), (0, 0), "empty");
+    expect_nothing(cx.q(), &q, SHORT).await
+}
+
+async fn dead_disabled(cx: Ctx) -> Outcome {
+    let mut config = config_with(
+        RetryPolicy::exact(1, Duration::ZERO, 2.0, Duration::ZERO),
+        Duration::from_secs(30),
+    );
+    config.dead_letter = false;
+    let q = queue(&cx, "nodlq", config)?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    within(LIMIT, "nack", cx.q().nack(&q, &d, "fail")).await??;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.stored()), (0, 0), "discarded, not stored");
+    ensure_eq!(s.dead_lettered, 1, "the final failure is still counted");
+    let listed = within(LIMIT, "list", cx.q().dead_letters(&q, Page::first(10))).await??;
+    ensure!(listed.is_empty(), "no dead letters kept");
+    expect_nothing(cx.q(), &q, SHORT).await
+}

@@ -1,0 +1,146 @@
+//! Queue cases, Q3 delay: `queue::delay::*`.
+
+use std::time::{Duration, Instant};
+
+use courier_core::{Message, Priority};
+
+use super::{LIMIT, SHORT, one, publish, publish_all, queue};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, within};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!("queue::delay::not_before_due", ["Q3"], delay_not_before_due),
+        case!(
+            "queue::delay::promptly_after_due",
+            ["Q3"],
+            delay_promptly_after
+        ),
+        case!(
+            "queue::delay::counted_as_delayed",
+            ["Q3", "Q8"],
+            delay_counted
+        ),
+        case!(
+            "queue::delay::does_not_block_ready_messages",
+            ["Q3"],
+            delay_does_not_block
+        ),
+        case!("queue::delay::absolute_not_before", ["Q3"], delay_absolute),
+        case!(
+            "queue::delay::due_messages_keep_priority",
+            ["Q3", "Q2"],
+            delay_keeps_priority
+        ),
+    ]
+}
+
+async fn delay_not_before_due(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "delay", plain_config())?;
+    let delay = Duration::from_millis(400);
+    let t0 = Instant::now();
+    publish(&cx, &q, Message::new("later", "").with_delay(delay)).await?;
+    let d = one(&cx, &q, delay + cx.prompt()).await?;
+    let took = t0.elapsed();
+    ensure!(
+        took + Duration::from_millis(5) >= delay,
+        "delivered after {took:?}, before its {delay:?} delay"
+    );
+    ensure_eq!(d.message.attempt, 1, "attempt");
+    Ok(())
+}
+
+async fn delay_promptly_after(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "prompt", plain_config())?;
+    let delay = Duration::from_millis(300);
+    // A consumer already waiting when the message falls due.
+    let t0 = Instant::now();
+    publish(&cx, &q, Message::new("later", "").with_delay(delay)).await?;
+    let got = within(LIMIT, "receive", cx.q().receive(&q, 1, delay + cx.prompt())).await??;
+    let took = t0.elapsed();
+    ensure_eq!(got.len(), 1, "delivered within delay + {:?}", cx.prompt());
+    ensure!(
+        took + Duration::from_millis(5) >= delay,
+        "too early: {took:?}"
+    );
+    println!(
+        "delay {delay:?} delivered after {took:?} (tick {:?})",
+        cx.tick
+    );
+    Ok(())
+}
+
+async fn delay_counted(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "dstats", plain_config())?;
+    publish_all(
+        &cx,
+        &q,
+        vec![
+            Message::new("a", "").with_delay(Duration::from_secs(60)),
+            Message::new("b", "").with_delay(Duration::from_secs(60)),
+            Message::new("c", ""),
+        ],
+    )
+    .await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.delayed, 2, "delayed");
+    ensure_eq!(s.ready_total(), 1, "ready");
+    ensure_eq!(s.stored(), 3, "stored");
+    Ok(())
+}
+
+async fn delay_does_not_block(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "noblock", plain_config())?;
+    publish(
+        &cx,
+        &q,
+        Message::new("later", "").with_delay(Duration::from_secs(60)),
+    )
+    .await?;
+    publish(&cx, &q, Message::new("now", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    ensure_eq!(
+        d.message.kind,
+        "now",
+        "the ready message behind a delayed one is delivered"
+    );
+    expect_nothing(cx.q(), &q, SHORT).await
+}
+
+async fn delay_absolute(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "abs", plain_config())?;
+    let now = cx.q().clock().now_ms();
+    let at = now + 400;
+    let t0 = Instant::now();
+    publish(&cx, &q, Message::new("at", "").with_not_before(at)).await?;
+    let d = one(&cx, &q, Duration::from_millis(400) + cx.prompt()).await?;
+    let took = t0.elapsed();
+    ensure!(
+        took + Duration::from_millis(10) >= Duration::from_millis(400),
+        "delivered {took:?} after publish, before its time"
+    );
+    ensure_eq!(d.message.kind, "at", "kind");
+    Ok(())
+}
+
+async fn delay_keeps_priority(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "dprio", plain_config())?;
+    let delay = Duration::from_millis(200);
+    publish_all(
+        &cx,
+        &q,
+        vec![
+            Message::new("low", "")
+                .with_priority(Priority::Low)
+                .with_delay(delay),
+            Message::new("crit", "")
+                .with_priority(Priority::Critical)
+                .with_delay(delay),
+        ],
+    )
+    .await?;
+    // Let both fall due (time passing is what is tested here), then one receive orders them.
+    tokio::time::sleep(delay + cx.tick + Duration::from_millis(50)).await;
+    let first = one(&cx, &q, cx.prompt()).await?;
+    ensure_eq!(first.message.kind, "crit", "the due Critical message first");
+    Ok(())
+}

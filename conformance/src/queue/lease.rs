@@ -1,0 +1,364 @@
+//! Queue cases, Q4 lease: `queue::lease::*`.
+
+use std::time::{Duration, Instant};
+
+use courier_core::{ErrorKind, Message, RetryPolicy, Settle};
+
+use super::{LIMIT, config_with, kinds, one, publish, publish_all, queue, settle};
+use crate::{
+    Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, receive_n,
+    stats_until, summary, within,
+};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!(
+            "queue::lease::invisible_while_leased",
+            ["Q4"],
+            invisible_while_leased
+        ),
+        case!("queue::lease::ack_removes_for_good", ["Q4"], ack_removes),
+        case!(
+            "queue::lease::expired_lease_redelivers_next_attempt",
+            ["Q4", "Q5"],
+            expiry_redelivers
+        ),
+        case!(
+            "queue::lease::expired_lease_counts_as_attempt",
+            ["Q4", "Q6"],
+            expiry_counts
+        ),
+        case!(
+            "queue::lease::extend_pushes_deadline",
+            ["Q4"],
+            extend_pushes
+        ),
+        case!("queue::lease::double_ack_is_lease_lost", ["Q4"], double_ack),
+        case!(
+            "queue::lease::stale_token_changes_nothing",
+            ["Q4", "Q9"],
+            stale_token
+        ),
+        case!(
+            "queue::lease::extend_after_expiry_is_lease_lost",
+            ["Q4"],
+            extend_after_expiry
+        ),
+        case!(
+            "queue::lease::release_does_not_count_attempt",
+            ["Q4", "Q5"],
+            release_no_attempt
+        ),
+        case!(
+            "queue::lease::settle_batch_reports_each_result",
+            ["Q4"],
+            settle_batch_results
+        ),
+    ]
+}
+
+async fn invisible_while_leased(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "inv", plain_config())?;
+    publish(&cx, &q, Message::new("only", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    expect_nothing(cx.q(), &q, Duration::from_millis(300)).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.in_flight, 1, "in flight");
+    ensure_eq!(s.ready_total(), 0, "ready");
+    settle(&cx, &q, Settle::Ack(d.lease)).await?;
+    Ok(())
+}
+
+async fn ack_removes(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "ack",
+        config_with(
+            RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO),
+            Duration::from_millis(300),
+        ),
+    )?;
+    publish(&cx, &q, Message::new("once", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    settle(&cx, &q, Settle::Ack(d.lease)).await?;
+    // Past the (short) lease, an acked message must not come back.
+    expect_nothing(cx.q(), &q, Duration::from_millis(300) + cx.tick * 3).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.acked, 1, "acked");
+    ensure_eq!(s.stored(), 0, "nothing stored");
+    Ok(())
+}
+
+async fn expiry_redelivers(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(300);
+    let q = queue(
+        &cx,
+        "exp",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    let id = publish(&cx, &q, Message::new("slow", "")).await?;
+    let t0 = Instant::now();
+    let first = one(&cx, &q, LIMIT).await?;
+    let again = one(&cx, &q, vis + cx.prompt()).await?;
+    let took = t0.elapsed();
+    ensure!(
+        took + Duration::from_millis(5) >= vis,
+        "redelivered after {took:?}, before the {vis:?} lease ended"
+    );
+    ensure_eq!(again.message.id, id, "same message");
+    ensure_eq!(
+        again.message.attempt,
+        2,
+        "an expired lease counts as an attempt"
+    );
+    ensure!(again.lease.token != first.lease.token, "a new lease token");
+    let r = settle(&cx, &q, Settle::Ack(first.lease)).await;
+    ensure_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "the old lease cannot ack"
+    );
+    settle(&cx, &q, Settle::Ack(again.lease)).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.acked, 1, "acked once");
+    ensure_eq!(s.retried, 1, "the expiry counted as a retry");
+    Ok(())
+}
+
+async fn expiry_counts(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(250);
+    let q = queue(
+        &cx,
+        "expdead",
+        config_with(
+            RetryPolicy::exact(2, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    let id = publish(&cx, &q, Message::new("abandoned", "")).await?;
+    let _first = one(&cx, &q, LIMIT).await?;
+    let second = one(&cx, &q, vis + cx.prompt()).await?;
+    ensure_eq!(second.message.attempt, 2, "attempt 2 after one expiry");
+    // The second lease expires too: out of attempts, it must end in dead letters.
+    let (s, ok) = stats_until(cx.q(), &q, vis + cx.prompt() * 2, |s| s.dead == 1).await?;
+    if !ok {
+        // Backends that reclaim expired leases on receive: drive one.
+        let got = within(LIMIT, "receive", cx.q().receive(&q, 1, cx.prompt())).await??;
+        ensure!(
+            got.is_empty(),
+            "delivered a 3rd time with max_attempts 2: {:?}",
+            summary(&got)
+        );
+    }
+    let (s2, ok) = stats_until(cx.q(), &q, cx.prompt(), |s| s.dead == 1).await?;
+    ensure!(
+        ok,
+        "the message out of attempts by expiry is not dead: {s:?} / {s2:?}"
+    );
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
+    ensure_eq!(dl.attempts, 2, "dead letter attempts");
+    ensure!(!dl.error.is_empty(), "the dead letter says why");
+    Ok(())
+}
+
+async fn extend_pushes(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(300);
+    let q = queue(
+        &cx,
+        "ext",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish(&cx, &q, Message::new("long", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let mut lease = d.lease;
+    let t0 = Instant::now();
+    // Keep the lease alive for 3 lease lengths by extending every third of it.
+    while t0.elapsed() < vis * 3 {
+        lease = within(LIMIT, "extend", cx.q().extend(&q, &lease, vis)).await??;
+        let got = within(LIMIT, "receive", cx.q().receive(&q, 1, vis / 3)).await??;
+        ensure!(
+            got.is_empty(),
+            "redelivered while its lease was being extended: {:?}",
+            summary(&got)
+        );
+    }
+    ensure!(
+        lease.deadline_ms >= d.lease.deadline_ms,
+        "the deadline moved forward"
+    );
+    settle(&cx, &q, Settle::Ack(lease)).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.acked, s.retried), (1, 0), "acked on the first attempt");
+    Ok(())
+}
+
+async fn double_ack(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "dack", plain_config())?;
+    publish_all(&cx, &q, kinds(2, "m")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    settle(&cx, &q, Settle::Ack(d.lease)).await?;
+    let r = settle(&cx, &q, Settle::Ack(d.lease)).await;
+    ensure_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "second ack"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.acked, 1, "acked counted once");
+    ensure_eq!(s.ready_total(), 1, "the other message untouched");
+    Ok(())
+}
+
+async fn stale_token(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "stale", plain_config())?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let mut forged = d.lease;
+    forged.token = forged.token.wrapping_add(7919);
+    for op in [
+        Settle::Ack(forged),
+        Settle::Retry {
+            lease: forged,
+            delay: Duration::ZERO,
+            error: "x".into(),
+        },
+        Settle::Bury {
+            lease: forged,
+            error: "x".into(),
+        },
+        Settle::Release(forged),
+    ] {
+        let r = settle(&cx, &q, op.clone()).await;
+        ensure_eq!(
+            r.map_err(|e| e.kind()),
+            Err(ErrorKind::LeaseLost),
+            "{op:?} with a wrong token"
+        );
+    }
+    let r = within(
+        LIMIT,
+        "extend",
+        cx.q().extend(&q, &forged, Duration::from_secs(5)),
+    )
+    .await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "extend with a wrong token"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.in_flight, s.acked, s.retried, s.dead),
+        (1, 0, 0, 0),
+        "nothing changed"
+    );
+    settle(&cx, &q, Settle::Ack(d.lease)).await?;
+    Ok(())
+}
+
+async fn extend_after_expiry(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(250);
+    let q = queue(
+        &cx,
+        "extexp",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let first = one(&cx, &q, LIMIT).await?;
+    let second = one(&cx, &q, vis + cx.prompt()).await?;
+    ensure_eq!(second.message.attempt, 2, "redelivered after expiry");
+    let r = within(
+        LIMIT,
+        "extend",
+        cx.q().extend(&q, &first.lease, Duration::from_secs(5)),
+    )
+    .await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "extending the expired lease"
+    );
+    let r = settle(
+        &cx,
+        &q,
+        Settle::Retry {
+            lease: first.lease,
+            delay: Duration::ZERO,
+            error: "late".into(),
+        },
+    )
+    .await;
+    ensure_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "nacking the expired lease"
+    );
+    settle(&cx, &q, Settle::Ack(second.lease)).await?;
+    Ok(())
+}
+
+async fn release_no_attempt(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "rel",
+        config_with(
+            RetryPolicy::exact(1, Duration::ZERO, 2.0, Duration::ZERO),
+            Duration::from_secs(30),
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    for round in 0..3 {
+        let d = one(&cx, &q, LIMIT).await?;
+        ensure_eq!(d.message.attempt, 1, "attempt after {round} releases");
+        settle(&cx, &q, Settle::Release(d.lease)).await?;
+    }
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.ready_total(), s.dead, s.retried),
+        (1, 0, 0),
+        "releases are not failures"
+    );
+    Ok(())
+}
+
+async fn settle_batch_results(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "sbatch", plain_config())?;
+    publish_all(&cx, &q, kinds(3, "m")).await?;
+    let ds = receive_n(cx.q(), &q, 3, LIMIT).await?;
+    let ops = vec![
+        Settle::Ack(ds[0].lease),
+        Settle::Ack(ds[0].lease),
+        Settle::Retry {
+            lease: ds[1].lease,
+            delay: Duration::ZERO,
+            error: "e".into(),
+        },
+        Settle::Ack(ds[2].lease),
+    ];
+    let rs = within(LIMIT, "settle", cx.q().settle(&q, ops)).await??;
+    let kinds: Vec<Option<ErrorKind>> = rs
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind()))
+        .collect();
+    ensure_eq!(
+        kinds,
+        vec![None, Some(ErrorKind::LeaseLost), None, None],
+        "one result per op, in order"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.acked, s.retried, s.ready_total()),
+        (2, 1, 1),
+        "stats after the batch"
+    );
+    Ok(())
+}

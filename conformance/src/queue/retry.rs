@@ -1,0 +1,261 @@
+//! Queue cases, Q5 retry: `queue::retry::*`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use courier_core::{FailureAction, Message, QueueExt, RetryPolicy};
+
+use super::{LIMIT, SHORT, config_with, kinds, one, publish, publish_all, queue};
+use crate::{
+    Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, receive_n, summary,
+    within,
+};
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case!("queue::retry::nack_waits_for_backoff", ["Q5"], nack_backoff),
+        case!(
+            "queue::retry::backoff_grows_exponentially",
+            ["Q5"],
+            backoff_grows
+        ),
+        case!(
+            "queue::retry::backoff_capped_by_max_delay",
+            ["Q5"],
+            backoff_capped
+        ),
+        case!(
+            "queue::retry::explicit_delay_honoured",
+            ["Q5"],
+            explicit_delay
+        ),
+        case!(
+            "queue::retry::max_attempts_counts_first_delivery",
+            ["Q5", "Q6"],
+            max_attempts_exact
+        ),
+        case!(
+            "queue::retry::per_message_max_attempts",
+            ["Q5"],
+            per_message_max_attempts
+        ),
+        case!("queue::retry::jitter_stays_in_range", ["Q5"], jitter_range),
+    ]
+}
+
+async fn nack_backoff(cx: Ctx) -> Outcome {
+    let base = Duration::from_millis(300);
+    let q = queue(
+        &cx,
+        "backoff",
+        config_with(
+            RetryPolicy::exact(3, base, 2.0, Duration::from_secs(5)),
+            Duration::from_secs(30),
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let t0 = Instant::now();
+    let action = within(LIMIT, "nack", cx.q().nack(&q, &d, "first failure")).await??;
+    ensure_eq!(
+        action,
+        FailureAction::Retry(base),
+        "backoff for attempt 1 is base"
+    );
+    let again = one(&cx, &q, base + cx.prompt()).await?;
+    let took = t0.elapsed();
+    ensure!(
+        took + Duration::from_millis(5) >= base,
+        "retried after {took:?}, before the {base:?} backoff"
+    );
+    ensure_eq!(again.message.attempt, 2, "attempt");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.retried, 1, "retried counter");
+    Ok(())
+}
+
+async fn backoff_grows(cx: Ctx) -> Outcome {
+    let base = Duration::from_millis(100);
+    let q = queue(
+        &cx,
+        "grow",
+        config_with(
+            RetryPolicy::exact(4, base, 3.0, Duration::from_secs(5)),
+            Duration::from_secs(30),
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let mut d = one(&cx, &q, LIMIT).await?;
+    for (attempt, want) in [(1u32, 100u64), (2, 300), (3, 900)] {
+        ensure_eq!(d.message.attempt, attempt, "attempt");
+        let t0 = Instant::now();
+        let action = within(LIMIT, "nack", cx.q().nack(&q, &d, "again")).await??;
+        ensure_eq!(
+            action,
+            FailureAction::Retry(Duration::from_millis(want)),
+            "backoff after attempt {attempt}"
+        );
+        d = one(&cx, &q, Duration::from_millis(want) + cx.prompt()).await?;
+        let took = t0.elapsed();
+        ensure!(
+            took + Duration::from_millis(5) >= Duration::from_millis(want),
+            "attempt {} after {took:?} < {want} ms",
+            attempt + 1
+        );
+    }
+    ensure_eq!(d.message.attempt, 4, "last attempt");
+    Ok(())
+}
+
+async fn backoff_capped(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "cap",
+        config_with(
+            RetryPolicy::exact(
+                5,
+                Duration::from_millis(100),
+                10.0,
+                Duration::from_millis(250),
+            ),
+            Duration::from_secs(30),
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let mut d = one(&cx, &q, LIMIT).await?;
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let action = within(LIMIT, "nack", cx.q().nack(&q, &d, "again")).await??;
+        delays.push(action);
+        d = one(&cx, &q, Duration::from_millis(250) + cx.prompt()).await?;
+    }
+    let ms = |n| FailureAction::Retry(Duration::from_millis(n));
+    ensure_eq!(
+        delays,
+        vec![ms(100), ms(250), ms(250)],
+        "min(max_delay, base * factor^(attempt-1))"
+    );
+    Ok(())
+}
+
+async fn explicit_delay(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "explicit", plain_config())?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let want = Duration::from_millis(400);
+    let t0 = Instant::now();
+    let action = within(
+        LIMIT,
+        "fail",
+        cx.q().fail(
+            &q,
+            &d,
+            "rate limited",
+            courier_core::FailureMode::RetryAfter(want),
+        ),
+    )
+    .await??;
+    ensure_eq!(action, FailureAction::Retry(want), "the requested delay");
+    let again = one(&cx, &q, want + cx.prompt()).await?;
+    ensure!(
+        t0.elapsed() + Duration::from_millis(5) >= want,
+        "retried after {:?}",
+        t0.elapsed()
+    );
+    ensure_eq!(again.message.attempt, 2, "attempt");
+    Ok(())
+}
+
+async fn max_attempts_exact(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "maxatt", plain_config())?;
+    let id = publish(&cx, &q, Message::new("doomed", "")).await?;
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let d = one(&cx, &q, LIMIT).await?;
+        attempts.push(d.message.attempt);
+        within(LIMIT, "nack", cx.q().nack(&q, &d, "always fails")).await??;
+    }
+    ensure_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "delivered exactly max_attempts = 3 times"
+    );
+    expect_nothing(cx.q(), &q, SHORT).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.dead, s.dead_lettered, s.retried),
+        (1, 1, 2),
+        "2 retries then dead"
+    );
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
+    ensure_eq!(dl.attempts, 3, "attempts recorded");
+    Ok(())
+}
+
+async fn per_message_max_attempts(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "permsg", plain_config())?;
+    publish_all(
+        &cx,
+        &q,
+        vec![
+            Message::new("one_shot", "").with_max_attempts(1),
+            Message::new("five", "").with_max_attempts(5),
+        ],
+    )
+    .await?;
+    let mut deliveries: HashMap<String, u32> = HashMap::new();
+    for _ in 0..20 {
+        let got = within(LIMIT, "receive", cx.q().receive(&q, 2, SHORT)).await??;
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            *deliveries.entry(d.message.kind.clone()).or_default() += 1;
+            within(LIMIT, "nack", cx.q().nack(&q, &d, "fail")).await??;
+        }
+    }
+    ensure_eq!(
+        deliveries.get("one_shot").copied(),
+        Some(1),
+        "max_attempts 1"
+    );
+    ensure_eq!(
+        deliveries.get("five").copied(),
+        Some(5),
+        "max_attempts 5 overrides the queue's 3"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(s.dead, 2, "both dead");
+    Ok(())
+}
+
+async fn jitter_range(cx: Ctx) -> Outcome {
+    let base = Duration::from_millis(400);
+    let mut retry = RetryPolicy::exact(2, base, 2.0, Duration::from_secs(5));
+    retry.jitter = 0.5;
+    let q = queue(&cx, "jitter", config_with(retry, Duration::from_secs(30)))?;
+    publish_all(&cx, &q, kinds(8, "j")).await?;
+    let ds = receive_n(cx.q(), &q, 8, LIMIT).await?;
+    let t0 = Instant::now();
+    for d in &ds {
+        let action = within(LIMIT, "nack", cx.q().nack(&q, d, "jitter")).await??;
+        match action {
+            FailureAction::Retry(delay) => ensure!(
+                delay >= Duration::from_millis(200) && delay <= Duration::from_millis(600),
+                "delay {delay:?} outside base ± 50%"
+            ),
+            FailureAction::Dead => return Err(crate::Failure("dead on attempt 1 of 2".into())),
+        }
+    }
+    let again = receive_n(cx.q(), &q, 8, Duration::from_millis(600) + cx.prompt()).await?;
+    ensure!(
+        t0.elapsed() + Duration::from_millis(5) >= Duration::from_millis(200),
+        "a retry came before the lowest jittered delay"
+    );
+    ensure!(
+        again.iter().all(|d| d.message.attempt == 2),
+        "attempts {:?}",
+        summary(&again)
+    );
+    Ok(())
+}
