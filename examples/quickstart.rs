@@ -28,16 +28,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let q = "quickstart.tasks";
     courier.queue().configure(
         q,
-        QueueConfig {
-            visibility_timeout: Duration::from_secs(5),
-            retry: RetryPolicy::exact(
+        QueueConfig::default()
+            .with_visibility_timeout(Duration::from_secs(5))
+            .with_retry(RetryPolicy::exact(
                 3,
                 Duration::from_millis(20),
                 2.0,
                 Duration::from_millis(200),
-            ),
-            ..QueueConfig::default()
-        },
+            )),
     )?;
     courier.dispatcher().route("transcode", q)?;
     courier.dispatcher().route("notify", q)?;

@@ -92,10 +92,7 @@ fn payload(n: usize) -> Bytes {
 }
 
 fn bench_config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(60),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default().with_visibility_timeout(Duration::from_secs(60))
 }
 
 fn backend_err(msg: impl Into<String>) -> courier::Error {

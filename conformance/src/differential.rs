@@ -51,11 +51,9 @@ const MARGIN: Duration = Duration::from_millis(80);
 const STEPS: usize = 160;
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(30),
-        retry: RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(30))
+        .with_retry(RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO))
 }
 
 /// A lease both backends hold on the same message.

@@ -241,11 +241,9 @@ impl Ctx {
 /// A queue configuration with a long lease (nothing expires by accident) and immediate,
 /// exact retries.
 pub fn plain_config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(30),
-        retry: RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(30))
+        .with_retry(RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO))
 }
 
 /// Await `fut` for at most `limit`, failing the case with `what` when it takes longer.

@@ -189,6 +189,17 @@ impl Kit {
         )))
     }
 
+    /// The error for a variant of a growing operation enum ([`crate::Settle`],
+    /// [`crate::Selection`], [`crate::ReplayFrom`] are `#[non_exhaustive]`) that this backend
+    /// does not implement: a backend built against an older core refuses it instead of
+    /// guessing. Nothing was changed.
+    pub fn unsupported(self, operation: &'static str, what: impl std::fmt::Debug) -> Error {
+        self.tag(operation)(Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("{what:?} is not supported by the {} backend", self.backend),
+        ))
+    }
+
     /// Prepare a batch for storing, before anything is sent (Q7, Q10): check the name, check
     /// every message against `config` (payload size, `max_attempts` override), then give each
     /// its id and due time at `now` and hand it to `encode`, in order. Returns the ids and the

@@ -17,6 +17,7 @@ use crate::queue::{DeadLetter, Delivery, Lease, Page, QueueStats, Selection, Set
 
 /// Where a group (re)starts reading (E5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReplayFrom {
     /// The oldest retained event.
     Start,

@@ -158,6 +158,7 @@ pub mod headers {
 
 /// The envelope every backend stores and delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Unique, time-ordered id; assigned at construction (nil means "assign at publish").
     pub id: MessageId,

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 /// delay is exactly `d`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Deliveries in total, the first included. `3` means: delivered at most 3 times.
     pub max_attempts: u32,
@@ -53,6 +54,7 @@ pub enum FailureAction {
 
 /// How a failure asks to be treated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailureMode {
     /// Retry with the policy's backoff.
     #[default]
@@ -73,6 +75,36 @@ impl RetryPolicy {
             max_delay,
             jitter: 0.0,
         }
+    }
+
+    /// This policy with `max_attempts` deliveries in total (the first included).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// This policy with `base` as the delay after the first failed attempt.
+    pub fn with_base(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// This policy with `factor` as the growth per attempt.
+    pub fn with_factor(mut self, factor: f64) -> Self {
+        self.factor = factor;
+        self
+    }
+
+    /// This policy with `max_delay` as the bound of the computed delay.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// This policy with `jitter` (a fraction in `[0, 1]`) around each delay.
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
     }
 
     /// Check the policy.
@@ -164,6 +196,7 @@ impl RetryPolicy {
 /// Per-queue configuration (DESIGN §3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct QueueConfig {
     /// How long a received message stays invisible to others. Default 30 s.
     #[serde(with = "duration_ms")]
@@ -189,6 +222,30 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
+    /// This configuration with `visibility_timeout` as the lease length.
+    pub fn with_visibility_timeout(mut self, visibility_timeout: Duration) -> Self {
+        self.visibility_timeout = visibility_timeout;
+        self
+    }
+
+    /// This configuration with `retry` as the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// This configuration keeping (`true`) or discarding (`false`) messages out of attempts.
+    pub fn with_dead_letter(mut self, dead_letter: bool) -> Self {
+        self.dead_letter = dead_letter;
+        self
+    }
+
+    /// This configuration with `max_payload` as the largest accepted payload, in bytes.
+    pub fn with_max_payload(mut self, max_payload: usize) -> Self {
+        self.max_payload = max_payload;
+        self
+    }
+
     /// Check the configuration.
     ///
     /// # Errors

@@ -36,6 +36,7 @@ pub struct Delivery {
 /// How to settle a delivery. The policy (retry or bury, which delay) is decided by the caller
 /// from [`QueueConfig`]; the backend only executes it atomically.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Settle {
     /// Remove for good.
     Ack(Lease),
@@ -71,6 +72,7 @@ impl Settle {
 
 /// A snapshot of a queue (Q8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct QueueStats {
     /// Ready now, per priority (index 0 = Critical).
     pub ready: [u64; 4],
@@ -138,6 +140,7 @@ impl Page {
 
 /// Which dead letters an operation acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Selection {
     /// All of them.
     All,
@@ -494,21 +497,6 @@ pub trait QueueExt: Queue {
 }
 
 impl<Q: Queue + ?Sized> QueueExt for Q {}
-
-/// Checks shared by backends before a publish: name, per-message limits.
-///
-/// # Errors
-/// The first invalid input, naming the message's index in the batch.
-pub fn validate_publish(queue: &str, config: &QueueConfig, messages: &[Message]) -> Result<()> {
-    crate::names::validate_name("queue", queue)?;
-    for (i, m) in messages.iter().enumerate() {
-        config.check_message(m).map_err(|e| {
-            let msg = format!("message {i} of the batch: {}", e.message());
-            Error::new(e.kind(), msg)
-        })?;
-    }
-    Ok(())
-}
 
 // Compile-time proof that the trait stays dyn-compatible.
 const _: Option<&dyn Queue> = None;

@@ -349,18 +349,17 @@ impl Settings {
     pub fn queue_config(&self) -> QueueConfig {
         let mq = &self.message_queue;
         let base = Duration::from_millis(mq.retry_base_ms);
-        QueueConfig {
-            visibility_timeout: Duration::from_millis(mq.visibility_timeout_ms),
-            retry: RetryPolicy {
-                max_attempts: mq.max_retries.saturating_add(1),
-                base,
-                factor: 2.0,
-                max_delay: Duration::from_millis(mq.retry_max_delay_ms).max(base),
-                jitter: 0.1,
-            },
-            dead_letter: mq.dead_letter,
-            ..QueueConfig::default()
-        }
+        QueueConfig::default()
+            .with_visibility_timeout(Duration::from_millis(mq.visibility_timeout_ms))
+            .with_retry(
+                RetryPolicy::default()
+                    .with_max_attempts(mq.max_retries.saturating_add(1))
+                    .with_base(base)
+                    .with_factor(2.0)
+                    .with_max_delay(Duration::from_millis(mq.retry_max_delay_ms).max(base))
+                    .with_jitter(0.1),
+            )
+            .with_dead_letter(mq.dead_letter)
     }
 
     /// The retention of every topic (domain events and the audit topic).

@@ -338,6 +338,7 @@ impl EventBus for MemoryBackend {
                         ))));
                     }
                 },
+                other => return Err(KIT.unsupported("reset_group", other)),
             };
             v.group.state.clear_pending();
             v.group.cursor = cursor;
@@ -372,12 +373,12 @@ impl EventBus for MemoryBackend {
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
         self.on_group(topic, group, "requeue_dead", |v, _| {
             v.group.state.requeue_dead(&which)
-        })
+        })?
     }
 
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
         self.on_group(topic, group, "purge_dead", |v, _| {
             v.group.state.purge_dead(&which)
-        })
+        })?
     }
 }

@@ -166,10 +166,10 @@ impl Queue for MemoryBackend {
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
-        self.on_queue(queue, "requeue_dead", |st, _| st.requeue_dead(&which))
+        self.on_queue(queue, "requeue_dead", |st, _| st.requeue_dead(&which))?
     }
 
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
-        self.on_queue(queue, "purge_dead", |st, _| st.purge_dead(&which))
+        self.on_queue(queue, "purge_dead", |st, _| st.purge_dead(&which))?
     }
 }

@@ -366,6 +366,7 @@ impl QueueState {
                 let l = self.level(&entry.message);
                 self.ready[l].push_front(entry);
             }
+            other => return Err(KIT.unsupported("settle", other)),
         }
         Ok(())
     }
@@ -420,16 +421,16 @@ impl QueueState {
 
     /// A consistent snapshot (the caller has run [`QueueState::tick`]).
     pub(crate) fn stats(&self) -> QueueStats {
-        QueueStats {
-            ready: [0, 1, 2, 3].map(|l| self.ready[l].len() as u64),
-            delayed: self.delayed.len() as u64,
-            in_flight: self.in_flight.len() as u64,
-            dead: self.dead.len() as u64,
-            published: self.published,
-            acked: self.acked,
-            retried: self.retried,
-            dead_lettered: self.dead_lettered,
-        }
+        let mut st = QueueStats::default();
+        st.ready = [0, 1, 2, 3].map(|l| self.ready[l].len() as u64);
+        st.delayed = self.delayed.len() as u64;
+        st.in_flight = self.in_flight.len() as u64;
+        st.dead = self.dead.len() as u64;
+        st.published = self.published;
+        st.acked = self.acked;
+        st.retried = self.retried;
+        st.dead_lettered = self.dead_lettered;
+        st
     }
 
     /// Dead letters, oldest first.
@@ -457,8 +458,8 @@ impl QueueState {
             .collect()
     }
 
-    fn selected(&self, which: &Selection) -> Vec<(u64, u64)> {
-        match which {
+    fn selected(&self, which: &Selection, operation: &'static str) -> Result<Vec<(u64, u64)>> {
+        Ok(match which {
             Selection::All => self.dead.keys().copied().collect(),
             Selection::Ids(ids) => {
                 let mut keys: Vec<(u64, u64)> =
@@ -467,7 +468,8 @@ impl QueueState {
                 keys.dedup();
                 keys
             }
-        }
+            other => return Err(KIT.unsupported(operation, other)),
+        })
     }
 
     fn take_dead(&mut self, key: (u64, u64)) -> Option<DeadLetter> {
@@ -478,9 +480,9 @@ impl QueueState {
 
     /// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
     /// kept. Returns how many.
-    pub(crate) fn requeue_dead(&mut self, which: &Selection) -> u64 {
+    pub(crate) fn requeue_dead(&mut self, which: &Selection) -> Result<u64> {
         let mut n = 0;
-        for key in self.selected(which) {
+        for key in self.selected(which, "requeue_dead")? {
             if let Some(d) = self.take_dead(key) {
                 let mut message = d.message;
                 message.attempt = 0;
@@ -488,24 +490,24 @@ impl QueueState {
                 n += 1;
             }
         }
-        n
+        Ok(n)
     }
 
     /// Delete dead letters. Returns how many.
-    pub(crate) fn purge_dead(&mut self, which: &Selection) -> u64 {
+    pub(crate) fn purge_dead(&mut self, which: &Selection) -> Result<u64> {
         if matches!(which, Selection::All) {
             let n = self.dead.len() as u64;
             self.dead.clear();
             self.dead_ids.clear();
-            return n;
+            return Ok(n);
         }
         let mut n = 0;
-        for key in self.selected(which) {
+        for key in self.selected(which, "purge_dead")? {
             if self.take_dead(key).is_some() {
                 n += 1;
             }
         }
-        n
+        Ok(n)
     }
 
     /// Drop everything ready, delayed and in flight (a consumer group reset). Dead letters and
@@ -526,11 +528,14 @@ mod tests {
     use courier_core::RetryPolicy;
 
     fn config() -> QueueConfig {
-        QueueConfig {
-            visibility_timeout: Duration::from_millis(100),
-            retry: RetryPolicy::exact(2, Duration::from_millis(10), 2.0, Duration::from_secs(1)),
-            ..QueueConfig::default()
-        }
+        QueueConfig::default()
+            .with_visibility_timeout(Duration::from_millis(100))
+            .with_retry(RetryPolicy::exact(
+                2,
+                Duration::from_millis(10),
+                2.0,
+                Duration::from_secs(1),
+            ))
     }
 
     fn msg(kind: &str) -> Message {

@@ -19,11 +19,16 @@ const NO_WAIT: Duration = Duration::ZERO;
 fn backend() -> MemoryBackend {
     MemoryBackend::builder()
         .clock(Arc::new(TokioClock::new()))
-        .default_config(QueueConfig {
-            visibility_timeout: Duration::from_millis(200),
-            retry: RetryPolicy::exact(3, Duration::from_millis(50), 2.0, Duration::from_secs(1)),
-            ..QueueConfig::default()
-        })
+        .default_config(
+            QueueConfig::default()
+                .with_visibility_timeout(Duration::from_millis(200))
+                .with_retry(RetryPolicy::exact(
+                    3,
+                    Duration::from_millis(50),
+                    2.0,
+                    Duration::from_secs(1),
+                )),
+        )
         .build()
 }
 
@@ -288,14 +293,8 @@ async fn bad_input_is_rejected_before_anything_is_stored() {
         .await
         .expect_err("name");
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    q.configure(
-        "small",
-        QueueConfig {
-            max_payload: 4,
-            ..QueueConfig::default()
-        },
-    )
-    .expect("configure");
+    q.configure("small", QueueConfig::default().with_max_payload(4))
+        .expect("configure");
     assert_eq!(q.queue_config("small").max_payload, 4);
     let batch = vec![Message::new("ok", "1234"), Message::new("big", "12345")];
     let e = q
@@ -307,10 +306,7 @@ async fn bad_input_is_rejected_before_anything_is_stored() {
     assert_eq!(q.stats("small").await.expect("s").stored(), 0);
     let e = q.receive("small", 0, NO_WAIT).await.expect_err("max 0");
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    let bad = QueueConfig {
-        visibility_timeout: Duration::ZERO,
-        ..QueueConfig::default()
-    };
+    let bad = QueueConfig::default().with_visibility_timeout(Duration::ZERO);
     assert!(q.configure("small", bad).is_err());
 }
 

@@ -281,6 +281,7 @@ impl EventBus for RedisBackend {
                     ))));
                 }
             },
+            other => return Err(KIT.unsupported("reset_group", other)),
         };
         let config = self.group_config(topic, group);
         let mode = Mode::Group {

@@ -224,16 +224,15 @@ fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<
         return Err(bad_reply(operation, "stats reply is too short"));
     }
     let n = |i: usize| uint(&items[i]).unwrap_or(0);
-    let stats = QueueStats {
-        ready: [n(0), n(1), n(2), n(3)],
-        delayed: n(4),
-        in_flight: n(5),
-        dead: n(6),
-        published: n(7),
-        acked: n(8),
-        retried: n(9),
-        dead_lettered: n(10),
-    };
+    let mut stats = QueueStats::default();
+    stats.ready = [n(0), n(1), n(2), n(3)];
+    stats.delayed = n(4);
+    stats.in_flight = n(5);
+    stats.dead = n(6);
+    stats.published = n(7);
+    stats.acked = n(8);
+    stats.retried = n(9);
+    stats.dead_lettered = n(10);
     Ok((stats, items.into_iter().skip(11).collect()))
 }
 
@@ -385,21 +384,24 @@ impl RedisBackend {
         ops: Vec<Settle>,
     ) -> Result<Vec<Result<()>>> {
         let script = &self.inner.scripts.settle;
+        // One letter per operation (settle.lua); an operation this backend does not know
+        // refuses the whole call before anything is sent.
+        let kinds = ops
+            .iter()
+            .map(|op| match op {
+                Settle::Ack(_) => Ok('a'),
+                Settle::Retry { .. } => Ok('r'),
+                Settle::Bury { .. } => Ok('b'),
+                Settle::Release(_) => Ok('l'),
+                other => Err(KIT.unsupported("settle", other)),
+            })
+            .collect::<Result<Vec<char>>>()?;
         let mut out = Vec::with_capacity(ops.len());
-        for chunk in ops.chunks(SETTLE_CHUNK) {
+        for (chunk, kinds) in ops.chunks(SETTLE_CHUNK).zip(kinds.chunks(SETTLE_CHUNK)) {
             let mut cmd = script.call(keys);
             common_args(&mut cmd, config, mode);
             // Layout: see settle.lua (kinds as one string, the members, then the extras).
-            let kinds: String = chunk
-                .iter()
-                .map(|op| match op {
-                    Settle::Ack(_) => 'a',
-                    Settle::Retry { .. } => 'r',
-                    Settle::Bury { .. } => 'b',
-                    Settle::Release(_) => 'l',
-                })
-                .collect();
-            cmd.arg(chunk.len()).arg(kinds);
+            cmd.arg(chunk.len()).arg(kinds.iter().collect::<String>());
             for op in chunk {
                 cmd.arg(op.lease().token);
             }
@@ -551,6 +553,7 @@ impl RedisBackend {
                     total += uint(&reply).unwrap_or(0);
                 }
             }
+            other => return Err(KIT.unsupported(operation, other)),
         }
         Ok(total)
     }

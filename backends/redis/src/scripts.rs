@@ -423,10 +423,7 @@ mod tests {
         ];
         let attempts = 40u32;
         for policy in policies {
-            let config = QueueConfig {
-                retry: policy,
-                ..QueueConfig::default()
-            };
+            let config = QueueConfig::default().with_retry(policy);
             let mut cmd = lua.call(&keys);
             common_args(&mut cmd, &config, Mode::Queue);
             cmd.arg(attempts);
@@ -442,14 +439,10 @@ mod tests {
             assert_eq!(got, want, "{policy:?}");
         }
         // With jitter: within [d(1-j), d(1+j)] (rounded up to whole ms), and varying.
-        let policy = RetryPolicy {
-            jitter: 0.25,
-            ..RetryPolicy::exact(10, Duration::from_millis(100), 2.0, Duration::from_secs(10))
-        };
-        let config = QueueConfig {
-            retry: policy,
-            ..QueueConfig::default()
-        };
+        let policy =
+            RetryPolicy::exact(10, Duration::from_millis(100), 2.0, Duration::from_secs(10))
+                .with_jitter(0.25);
+        let config = QueueConfig::default().with_retry(policy);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
             let mut cmd = lua.call(&keys);

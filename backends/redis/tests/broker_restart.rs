@@ -46,18 +46,14 @@ struct Ledger {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(3),
-        // Enough attempts that a message whose leases expire across both crashes is never
-        // dead-lettered; short backoff so redeliveries come quickly.
-        retry: RetryPolicy::exact(
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(3))
+        .with_retry(RetryPolicy::exact(
             50,
             Duration::from_millis(20),
             2.0,
             Duration::from_millis(200),
-        ),
-        ..QueueConfig::default()
-    }
+        ))
 }
 
 async fn backend(url: &str, prefix: &str) -> RedisBackend {

@@ -34,11 +34,14 @@ fn url() -> String {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: VISIBILITY,
-        retry: RetryPolicy::exact(5, Duration::from_millis(50), 1.0, Duration::from_millis(50)),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(VISIBILITY)
+        .with_retry(RetryPolicy::exact(
+            5,
+            Duration::from_millis(50),
+            1.0,
+            Duration::from_millis(50),
+        ))
 }
 
 async fn connect(prefix: &str) -> courier_core::Result<RedisBackend> {

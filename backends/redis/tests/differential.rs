@@ -20,11 +20,9 @@ fn url() -> String {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(60),
-        retry: RetryPolicy::exact(3, Duration::ZERO, 1.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(60))
+        .with_retry(RetryPolicy::exact(3, Duration::ZERO, 1.0, Duration::ZERO))
 }
 
 fn summary(ds: &[Delivery]) -> Vec<(MessageId, u32, String)> {

@@ -25,11 +25,9 @@ fn url() -> String {
 }
 
 fn config(visibility: Duration) -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: visibility,
-        retry: RetryPolicy::exact(5, Duration::ZERO, 1.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(visibility)
+        .with_retry(RetryPolicy::exact(5, Duration::ZERO, 1.0, Duration::ZERO))
 }
 
 /// A backend under a fresh prefix, its raw connection, and the prefix; `None` (skipped

@@ -66,16 +66,14 @@ impl Drop for Cleanup {
 }
 
 fn quick() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_millis(300),
-        retry: RetryPolicy::exact(
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_millis(300))
+        .with_retry(RetryPolicy::exact(
             3,
             Duration::from_millis(50),
             2.0,
             Duration::from_millis(1000),
-        ),
-        ..QueueConfig::default()
-    }
+        ))
 }
 
 #[tokio::test]
@@ -510,11 +508,14 @@ async fn undecodable_entries_go_to_dead_letters_and_consumers_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_leases_follow_the_backoff_then_dead_letter() {
-    let config = QueueConfig {
-        visibility_timeout: Duration::from_millis(200),
-        retry: RetryPolicy::exact(3, Duration::from_millis(100), 2.0, Duration::from_secs(1)),
-        ..QueueConfig::default()
-    };
+    let config = QueueConfig::default()
+        .with_visibility_timeout(Duration::from_millis(200))
+        .with_retry(RetryPolicy::exact(
+            3,
+            Duration::from_millis(100),
+            2.0,
+            Duration::from_secs(1),
+        ));
     let Some((backend, _c)) = backend(config).await else {
         return;
     };

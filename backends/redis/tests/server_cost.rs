@@ -252,10 +252,9 @@ async fn redis_server_cost_per_message() {
             RedisBackend::builder()
                 .url(server.url())
                 .redis_functions(functions)
-                .default_config(QueueConfig {
-                    visibility_timeout: Duration::from_secs(600),
-                    ..QueueConfig::default()
-                })
+                .default_config(
+                    QueueConfig::default().with_visibility_timeout(Duration::from_secs(600)),
+                )
                 .build(),
         )
     };

@@ -46,10 +46,7 @@ fn temp_dir() -> PathBuf {
 async fn open(path: &Path) -> SqliteBackend {
     SqliteBackend::builder()
         .path(path)
-        .default_config(QueueConfig {
-            visibility_timeout: Duration::from_secs(60),
-            ..QueueConfig::default()
-        })
+        .default_config(QueueConfig::default().with_visibility_timeout(Duration::from_secs(60)))
         .build()
         .await
         .expect("open")

@@ -457,6 +457,7 @@ impl EventBus for SqliteBackend {
                             "event {id} is not retained in topic {name:?}"
                         )))
                     })?,
+                other => return Err(KIT.unsupported("reset_group", other)),
             };
             store::clear_pending(ctx, q)?;
             q.set_cursor(cursor);

@@ -725,6 +725,8 @@ fn settle_held(
                 .map_err(ctx.err("settle"))?;
             q.readied = true;
         }
+        // Only read so far: nothing changed.
+        other => return Ok(Err(KIT.unsupported("settle", other))),
     }
     Ok(Ok(()))
 }
@@ -755,13 +757,11 @@ pub(crate) fn extend(
 
 /// A snapshot of the queue (the caller ran [`tick`]).
 pub(crate) fn stats(ctx: &Ctx<'_>, q: &Q) -> Result<QueueStats> {
-    let mut st = QueueStats {
-        published: u(q.published),
-        acked: u(q.acked),
-        retried: u(q.retried),
-        dead_lettered: u(q.dead_lettered),
-        ..QueueStats::default()
-    };
+    let mut st = QueueStats::default();
+    st.published = u(q.published);
+    st.acked = u(q.acked);
+    st.retried = u(q.retried);
+    st.dead_lettered = u(q.dead_lettered);
     for level in 0..4i64 {
         st.ready[level as usize] = count(
             ctx,
@@ -892,6 +892,7 @@ fn selected(ctx: &Ctx<'_>, q: &Q, which: &Selection) -> Result<Vec<i64>> {
             keys.dedup();
             Ok(keys.into_iter().map(|(_, _, rid)| rid).collect())
         }
+        other => Err(KIT.unsupported("dead_letters", other)),
     }
 }
 

@@ -40,11 +40,14 @@ impl Drop for TempDir {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_millis(200),
-        retry: RetryPolicy::exact(3, Duration::from_millis(50), 2.0, Duration::from_secs(1)),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_millis(200))
+        .with_retry(RetryPolicy::exact(
+            3,
+            Duration::from_millis(50),
+            2.0,
+            Duration::from_secs(1),
+        ))
 }
 
 async fn open(path: &Path) -> SqliteBackend {
@@ -776,10 +779,7 @@ async fn undecodable_entry_goes_to_dead_letters() {
 async fn dropped_receive_releases_its_lease() {
     let b = SqliteBackend::builder()
         .in_memory()
-        .default_config(QueueConfig {
-            visibility_timeout: Duration::from_secs(30),
-            ..config()
-        })
+        .default_config(config().with_visibility_timeout(Duration::from_secs(30)))
         .build()
         .await
         .expect("open");
@@ -997,11 +997,16 @@ async fn runs_on_paused_tokio_time() {
     let b = SqliteBackend::builder()
         .in_memory()
         .clock(Arc::new(courier_core::TokioClock::new()))
-        .default_config(QueueConfig {
-            visibility_timeout: Duration::from_secs(60),
-            retry: RetryPolicy::exact(2, Duration::from_secs(600), 2.0, Duration::from_secs(3600)),
-            ..QueueConfig::default()
-        })
+        .default_config(
+            QueueConfig::default()
+                .with_visibility_timeout(Duration::from_secs(60))
+                .with_retry(RetryPolicy::exact(
+                    2,
+                    Duration::from_secs(600),
+                    2.0,
+                    Duration::from_secs(3600),
+                )),
+        )
         .build()
         .await
         .expect("open");

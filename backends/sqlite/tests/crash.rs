@@ -42,16 +42,14 @@ fn log_path(db: &Path) -> PathBuf {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(2),
-        retry: RetryPolicy::exact(
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(2))
+        .with_retry(RetryPolicy::exact(
             10,
             Duration::from_millis(10),
             1.0,
             Duration::from_millis(10),
-        ),
-        ..QueueConfig::default()
-    }
+        ))
 }
 
 async fn open(path: &Path) -> SqliteBackend {

@@ -14,11 +14,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(600),
-        retry: RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(600))
+        .with_retry(RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO))
 }
 
 /// Run the workload on one backend and return a trace of everything observable.

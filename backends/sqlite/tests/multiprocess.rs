@@ -30,10 +30,7 @@ fn temp_db() -> PathBuf {
 }
 
 fn config() -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_secs(30),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default().with_visibility_timeout(Duration::from_secs(30))
 }
 
 async fn open(path: &Path) -> SqliteBackend {
@@ -290,19 +287,18 @@ const ABANDON_P: f64 = 0.001;
 const CHILD_BUDGET: Duration = Duration::from_secs(180);
 
 fn jepsen_config() -> QueueConfig {
-    QueueConfig {
-        // Short enough that abandoned leases come back quickly, long enough that a settle
-        // normally arrives in time even on a loaded machine.
-        visibility_timeout: Duration::from_secs(1),
-        retry: courier_core::RetryPolicy {
-            max_attempts: 4,
-            base: Duration::from_millis(5),
-            factor: 2.0,
-            max_delay: Duration::from_millis(40),
-            jitter: 0.5,
-        },
-        ..QueueConfig::default()
-    }
+    // Short enough that abandoned leases come back quickly, long enough that a settle
+    // normally arrives in time even on a loaded machine.
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(1))
+        .with_retry(
+            courier_core::RetryPolicy::default()
+                .with_max_attempts(4)
+                .with_base(Duration::from_millis(5))
+                .with_factor(2.0)
+                .with_max_delay(Duration::from_millis(40))
+                .with_jitter(0.5),
+        )
 }
 
 /// Await `f` for at most 10 s.

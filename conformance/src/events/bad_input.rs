@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_core::{ErrorKind, EventBusExt, Message, MessageId, QueueConfig, ReplayFrom};
+use courier_core::{ErrorKind, EventBusExt, Message, MessageId, ReplayFrom};
 
 use super::{ack_all, bus, emit_n, ids, recv_n, short_lease, topic_len};
 use crate::{Case, Ctx, Outcome, case, ensure_eq, expect_kind, plain_config, within};
@@ -137,10 +137,7 @@ async fn bad_group_config(cx: Ctx) -> Outcome {
         ErrorKind::InvalidInput,
         "max_attempts 0",
     )?;
-    let c = QueueConfig {
-        visibility_timeout: Duration::ZERO,
-        ..plain_config()
-    };
+    let c = plain_config().with_visibility_timeout(Duration::ZERO);
     expect_kind(
         b.configure_group(&t, &g, c),
         ErrorKind::InvalidInput,

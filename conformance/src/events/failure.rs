@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_core::{
-    ErrorKind, EventBusExt, GroupConsumer, HandlerError, Message, MessageId, Page, QueueConfig,
-    RetryPolicy, Selection, Settle,
+    ErrorKind, EventBusExt, GroupConsumer, HandlerError, Message, MessageId, Page, RetryPolicy,
+    Selection, Settle,
 };
 use parking_lot::Mutex;
 
@@ -447,10 +447,7 @@ async fn consumer_backoff(cx: Ctx) -> Outcome {
     b.configure_group(
         &t,
         &g,
-        QueueConfig {
-            retry: RetryPolicy::exact(3, base, 2.0, Duration::from_secs(5)),
-            ..plain_config()
-        },
+        plain_config().with_retry(RetryPolicy::exact(3, base, 2.0, Duration::from_secs(5))),
     )?;
     let calls = Arc::new(Mutex::new(Vec::<(u32, Instant)>::new()));
     let c = calls.clone();

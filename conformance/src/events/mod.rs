@@ -59,11 +59,14 @@ fn kinds(ds: &[Delivery]) -> Vec<String> {
 
 /// A group configuration with a short lease and exact, immediate retries.
 fn short_lease(visibility_ms: u64, max_attempts: u32) -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: Duration::from_millis(visibility_ms),
-        retry: RetryPolicy::exact(max_attempts, Duration::ZERO, 2.0, Duration::ZERO),
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_millis(visibility_ms))
+        .with_retry(RetryPolicy::exact(
+            max_attempts,
+            Duration::ZERO,
+            2.0,
+            Duration::ZERO,
+        ))
 }
 
 /// Emit `n` events of kinds `{prefix}{i}` in one batch.

@@ -51,11 +51,9 @@ fn queue(cx: &Ctx, what: &str, config: QueueConfig) -> Result<String, crate::Fai
 }
 
 fn config_with(retry: RetryPolicy, visibility: Duration) -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: visibility,
-        retry,
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(visibility)
+        .with_retry(retry)
 }
 
 async fn publish(cx: &Ctx, q: &str, m: Message) -> Result<MessageId, crate::Failure> {

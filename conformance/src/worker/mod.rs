@@ -70,11 +70,9 @@ fn log<T>() -> Log<T> {
 }
 
 fn cfg(retry: RetryPolicy, visibility: Duration) -> QueueConfig {
-    QueueConfig {
-        visibility_timeout: visibility,
-        retry,
-        ..QueueConfig::default()
-    }
+    QueueConfig::default()
+        .with_visibility_timeout(visibility)
+        .with_retry(retry)
 }
 
 /// A fresh queue of this case, configured.
