@@ -4,7 +4,51 @@
 use std::path::Path;
 use std::sync::Arc;
 
-pub use courier_core::*;
+// The user API, explicitly: what an application names to publish, consume and configure.
+// What only a backend author needs lives under [`backend`].
+
+// The handle of one backend and the runtimes built on it.
+pub use courier_core::{Courier, CourierConfig, Dispatcher, Every, ScheduleHandle, Scheduler};
+
+// The message envelope (the same on every backend).
+pub use courier_core::{Event, Headers, Message, MessageId, Priority};
+
+/// Standard header names (`source`, `traceparent`, `correlation_id`).
+pub use courier_core::message::headers;
+
+// Work queues: the trait, its conveniences, configuration and what they return.
+pub use courier_core::{
+    DeadLetter, Delivery, FailureAction, FailureMode, Lease, Page, Queue, QueueConfig, QueueExt,
+    QueueStats, RetryPolicy, Selection, Settle,
+};
+
+// Pub/sub: live broadcast with patterns.
+pub use courier_core::{Pattern, PubSub, SubscribeOptions, Subscription};
+
+// The event bus: durable topics read by consumer groups.
+pub use courier_core::{EventBus, EventBusExt, GroupStats, ReplayFrom, Retention};
+
+// Runtimes that run handlers: workers, group consumers and subscribers.
+pub use courier_core::{
+    BoxHandler, GroupConsumer, HandlerError, HandlerResult, Subscriber, SubscriberHandle,
+    SubscriberStats, Worker, WorkerBuilder, WorkerHandle, WorkerReport, WorkerStats,
+};
+
+/// Building handlers from closures ([`handler::boxed`], [`handler::json`]).
+pub use courier_core::handler;
+
+// Errors, and the helpers to show names and URLs safely.
+pub use courier_core::{BoxError, Error, ErrorKind, Result, redact_url, validate_name};
+
+// Clocks: real time, or tokio's virtual time in tests.
+pub use courier_core::{Clock, SharedClock, SystemClock, TokioClock};
+
+/// For backend authors: the backend kit, the wire format, the subscription buffer a pub/sub
+/// backend fills and the worker's [`backend::Source`]. An application does not need these;
+/// `docs/backend-guide.md` walks through writing a backend with them.
+pub mod backend {
+    pub use courier_core::backend::*;
+}
 
 /// The in-memory backend (feature `memory`, on by default).
 #[cfg(feature = "memory")]

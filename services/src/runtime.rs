@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier::message::headers::SOURCE;
+use courier::headers::SOURCE;
 use courier::{
     BoxHandler, Courier, FailureMode, GroupConsumer, HandlerError, HandlerResult, Message,
     QueueConfig, Result, WorkerHandle, WorkerStats,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use courier::message::headers::SOURCE;
+use courier::headers::SOURCE;
 use courier::{Courier, Message, QueueExt, QueueStats, Subscriber, SubscriberHandle};
 use serde::Serialize;
 

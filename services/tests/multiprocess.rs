@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use courier::message::headers::SOURCE;
+use courier::headers::SOURCE;
 use courier::{ErrorKind, EventBusExt, GroupConsumer, Message, QueueExt, WorkerHandle};
 use meeting_system::Settings;
 use meeting_system::config::Overrides;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use courier::message::headers::SOURCE;
+use courier::headers::SOURCE;
 use courier::{Courier, EventBusExt, HandlerError, Message};
 use serde::Serialize;
 
