@@ -539,6 +539,39 @@ mod tests {
         }
     }
 
+    /// `docs/contract.md` (the contract users read) and the registry name the same rules: each
+    /// rule id has exactly one `- **<ID> Title.**` bullet there, and nothing else is a rule.
+    #[test]
+    fn contract_md_names_every_rule_once() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/contract.md");
+        let text = std::fs::read_to_string(path).expect("docs/contract.md is readable");
+        let mut found: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.trim_start().strip_prefix("- **") else {
+                continue;
+            };
+            let Some((id, _)) = rest.split_once(' ') else {
+                continue;
+            };
+            if id.len() <= 3
+                && id.starts_with(['Q', 'P', 'E', 'W'])
+                && id[1..].chars().all(|c| c.is_ascii_digit())
+            {
+                found.push(id);
+            }
+        }
+        for rule in RULES {
+            let n = found.iter().filter(|id| *id == rule).count();
+            assert_eq!(n, 1, "rule {rule} appears {n} times as a bullet in docs/contract.md");
+        }
+        for id in &found {
+            assert!(
+                RULES.contains(id),
+                "docs/contract.md names rule {id}, which has no cases in the registry"
+            );
+        }
+    }
+
     /// RULES.md must match the registry; regenerate with
     /// `COURIER_WRITE_RULES=1 cargo test -p courier-conformance --lib`.
     #[test]
