@@ -57,6 +57,12 @@ pub fn expired_lease<R: Rng + ?Sized>(
     policy.decide(attempt, max_override, FailureMode::Backoff, rng)
 }
 
+/// The dead-letter reason of a stored entry that cannot be decoded (Q10), from the decode
+/// error. The same wording on every backend, so the same junk gives the same dead letter.
+pub fn undecodable_reason(decode_error: &Error) -> String {
+    format!("undecodable message: {}", decode_error.message())
+}
+
 /// Whether a next wake-up `after` comes earlier than `before` (a waiter may need to re-arm
 /// its timer). `None` means "nothing scheduled".
 pub fn earlier_wake(after: Option<u64>, before: Option<u64>) -> bool {

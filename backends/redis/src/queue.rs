@@ -145,7 +145,7 @@ pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claime
                     attempt: 1,
                     deadline_ms: deadline,
                 };
-                undecodable.push((lease, format!("undecodable message: {}", e.message())));
+                undecodable.push((lease, courier_core::backend::undecodable_reason(&e)));
             }
         }
     }

@@ -571,7 +571,7 @@ pub(crate) fn claim(
                 });
             }
             Err(e) => {
-                let error = format!("undecodable message: {}", e.message());
+                let error = courier_core::backend::undecodable_reason(&e);
                 tracing::warn!(id = %id_of(&id), error = %format_args!("{error:#}"), "courier sqlite: stored message cannot be decoded; moving it to dead letters");
                 bury(ctx, q, rid, &error, now, config)?;
             }
