@@ -20,7 +20,8 @@
 --   MAX_ATTEMPTS, DELAYS: upvalues declared in lib.lua, reset to nil by setup(), filled here
 --            on first need, so calls that retry nothing parse nothing.
 --
--- Checked against core on a real server (src/scripts.rs, `expiry_on_redis_matches_core`).
+-- Checked against core without Redis (src/scripts.rs, `expiry_lua_matches_core`, Lua 5.1 as
+-- Redis embeds) and on a real server (`expiry_on_redis_matches_core`).
 
 -- Parse the policy (once per call, on first need).
 local function retry_policy()
