@@ -376,6 +376,11 @@ pub(crate) fn max_len_arg(retention: &Retention) -> i64 {
 /// still tells a whole ms plus 1 ns from the whole ms); beyond that it can be 1 ms low. Every
 /// draw, jitter or not, lies within `[floor(lo), ceil(hi)]` ms.
 ///
+/// Size: one pair per attempt until the delay stops changing. The default policy (1 s doubling
+/// to 300 s, jitter 0.2) is 10 pairs, 115 bytes. A policy that keeps growing for hundreds of
+/// attempts (factor 1.01 from 1 ms to an hour) reaches the cap of 1001 pairs, about 20 KB sent
+/// with every script call: the price of Lua not knowing the formula.
+///
 /// Building it costs one `base_delay` per attempt up to 1001, so each policy's text is made
 /// once and kept: in a process that uses more than [`DELAY_TABLES_MAX`] policies the cache
 /// starts over.
