@@ -170,6 +170,31 @@ impl RetryPolicy {
         )
     }
 
+    /// The jitter range of every delay this policy can produce, precomputed for code that
+    /// cannot call [`RetryPolicy::delay_bounds`] itself (a server-side script).
+    ///
+    /// Entry `i` is `delay_bounds(i + 1)`. The table stops at the first attempt `n` from which
+    /// [`RetryPolicy::base_delay`] no longer changes (it reached `max_delay`, or `factor == 1`),
+    /// and at 1001 at most (`base_delay` caps the exponent at 1000, so attempt 1001 and every
+    /// later one have the same delay). It is never empty.
+    ///
+    /// Contract: for every attempt `a`, `delay_bounds(a) == table[min(max(a, 1), len) - 1]`,
+    /// that is, beyond the table the last entry applies. This holds exactly, by construction:
+    /// `n` is found by comparing the computed delays themselves, not by predicting when the
+    /// formula saturates, so float rounding cannot break it.
+    ///
+    /// A script then only picks a value uniformly within the entry's `(low, high)`; the formula
+    /// stays here, in one place.
+    pub fn delay_bounds_table(&self) -> Vec<(Duration, Duration)> {
+        /// `base_delay` is the same for every attempt from this one on.
+        const LAST: u32 = 1_001;
+        let delays: Vec<Duration> = (1..=LAST).map(|a| self.base_delay(a)).collect();
+        let last = delays[delays.len() - 1];
+        // The first attempt from which the delay stays `last` up to LAST (and so for ever).
+        let n = delays.iter().rposition(|d| *d != last).map_or(1, |i| i + 2);
+        (1..=n as u32).map(|a| self.delay_bounds(a)).collect()
+    }
+
     /// The effective attempt limit for a message with an optional override.
     pub fn limit(&self, message_override: Option<u32>) -> u32 {
         message_override.unwrap_or(self.max_attempts).max(1)
@@ -362,6 +387,77 @@ mod tests {
             (1..5).map(|n| p.delay(n, &mut r)).collect()
         };
         assert_eq!(a, b);
+    }
+
+    /// The table lookup (the last entry beyond the table) gives `delay_bounds` exactly.
+    #[test]
+    fn delay_bounds_table_matches_delay_bounds() {
+        let ms = Duration::from_millis;
+        let policies = [
+            // (policy, expected table length)
+            (RetryPolicy::default(), Some(10)),
+            (exact(), Some(5)),
+            (RetryPolicy::exact(5, ms(100), 1.0, ms(1000)), Some(1)),
+            (RetryPolicy::exact(5, ms(1000), 3.0, ms(1000)), Some(1)),
+            (
+                RetryPolicy::exact(5, ms(1), 10.0, Duration::from_secs(300)),
+                Some(7),
+            ),
+            (
+                RetryPolicy {
+                    jitter: 0.25,
+                    ..RetryPolicy::exact(5, ms(33), 1.1, Duration::from_secs(300))
+                },
+                None,
+            ),
+            (
+                RetryPolicy {
+                    jitter: 1.0,
+                    ..RetryPolicy::exact(5, Duration::from_micros(1500), 1.5, ms(7001))
+                },
+                None,
+            ),
+            // Never reaches max_delay within 1000 doublings of the exponent: capped.
+            // Steps below 1 ns: the delay stalls for a while, then moves on again.
+            (
+                RetryPolicy::exact(5, ms(1), 1.000_000_1, Duration::from_secs(3600)),
+                None,
+            ),
+            (
+                RetryPolicy::exact(5, Duration::from_nanos(10), 1.001, Duration::from_secs(1)),
+                None,
+            ),
+            (
+                RetryPolicy::exact(5, ms(1), 1.01, Duration::from_secs(3600)),
+                Some(1001),
+            ),
+            (
+                RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+                Some(1),
+            ),
+        ];
+        for (p, len) in policies {
+            let table = p.delay_bounds_table();
+            assert!(!table.is_empty(), "{p:?}");
+            if let Some(len) = len {
+                assert_eq!(table.len(), len, "{p:?}");
+            }
+            if p.base == Duration::from_nanos(10) {
+                // A plateau inside the table: stopping at the first repeat would be wrong.
+                assert!(
+                    table[0] == table[1] && table.len() > 100,
+                    "{p:?}: {}",
+                    table.len()
+                );
+            }
+            for (i, b) in table.iter().enumerate() {
+                assert_eq!(*b, p.delay_bounds(i as u32 + 1), "{p:?} entry {i}");
+            }
+            let lookup = |a: u32| table[(a.max(1) as usize).min(table.len()) - 1];
+            for a in (0..=2000).chain([10_000, u32::MAX]) {
+                assert_eq!(lookup(a), p.delay_bounds(a), "{p:?} attempt {a}");
+            }
+        }
     }
 
     #[test]

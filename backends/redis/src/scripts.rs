@@ -1,7 +1,7 @@
 //! The Lua scripts (one file each under `src/scripts/`) and how they are called.
 //!
-//! Every queue and group script is `lib.lua` and `lib_more.lua` followed by its own body. They
-//! run in one of two ways, chosen per server on first use:
+//! Every queue and group script is `lib.lua`, `expiry.lua` and `lib_more.lua` followed by its
+//! own body. They run in one of two ways, chosen per server on first use:
 //!
 //! - **Redis Functions** (Redis >= 7): all scripts form one library, loaded once with
 //!   `FUNCTION LOAD` and called with `FCALL`. The shared part runs once at load; a call runs
@@ -17,13 +17,18 @@
 //! carries a hash of its text, so several Courier versions can share a server. When the server
 //! lost the library or script (first use, restart, failover, `FUNCTION FLUSH`), it is loaded
 //! and the call repeated once.
+//!
+//! Retry policy: the scripts never compute a backoff. [`common_args`] passes core's
+//! [`RetryPolicy::delay_bounds_table`] (see [`delay_table`]) and `expiry.lua` only checks the
+//! attempt limit and draws within the bounds for the attempt.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use courier_core::clock::ms_ceil;
-use courier_core::{QueueConfig, Retention};
+use courier_core::{QueueConfig, Retention, RetryPolicy};
+use parking_lot::RwLock;
 use redis::aio::ConnectionLike;
 use redis::{Arg, Cmd, RedisResult, Value};
 
@@ -190,6 +195,7 @@ pub(crate) async fn retry_refused<C: ConnectionLike + Send, T: redis::FromRedisV
 }
 
 const LIB: &str = include_str!("scripts/lib.lua");
+const EXPIRY: &str = include_str!("scripts/expiry.lua");
 const LIB_MORE: &str = include_str!("scripts/lib_more.lua");
 
 /// How a script's body gets its keys and arguments.
@@ -206,7 +212,7 @@ fn eval_body(kind: Kind, body: &str) -> String {
     match kind {
         // The globals are captured before lib.lua declares its own KEYS / ARGV upvalues.
         Kind::Lib => format!(
-            "local EVAL_KEYS, EVAL_ARGV = KEYS, ARGV\n{LIB}{LIB_MORE}setup(EVAL_KEYS, EVAL_ARGV)\n{body}"
+            "local EVAL_KEYS, EVAL_ARGV = KEYS, ARGV\n{LIB}{EXPIRY}{LIB_MORE}setup(EVAL_KEYS, EVAL_ARGV)\n{body}"
         ),
         Kind::Plain => body.to_string(),
     }
@@ -284,7 +290,7 @@ impl Scripts {
                 "redis.register_function('courier_@@_{name}', {wrapped})\n"
             ));
         }
-        let text = format!("{LIB}{LIB_MORE}{registrations}");
+        let text = format!("{LIB}{EXPIRY}{LIB_MORE}{registrations}");
         let version = redis::Script::new(&text).get_hash()[..12].to_string();
         let code = format!(
             "#!lua name=courier_{version}\n{}",
@@ -332,15 +338,12 @@ pub(crate) enum Mode<'a> {
     },
 }
 
-/// Append the arguments every lib-based script starts with (`ARGV[1..12]`, see lib.lua).
+/// Append the arguments every lib-based script starts with (`ARGV[1..9]`, see lib.lua).
 pub(crate) fn common_args(cmd: &mut Cmd, config: &QueueConfig, mode: Mode<'_>) {
     let r = &config.retry;
     cmd.arg(ms_ceil(config.visibility_timeout))
         .arg(r.max_attempts)
-        .arg(ms_f64(r.base))
-        .arg(r.factor)
-        .arg(ms_f64(r.max_delay))
-        .arg(r.jitter)
+        .arg(&*delay_table(r))
         .arg(rand::random::<u32>())
         .arg(if config.dead_letter { "1" } else { "0" });
     match mode {
@@ -363,28 +366,247 @@ pub(crate) fn max_len_arg(retention: &Retention) -> i64 {
         .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-fn ms_f64(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// A retry policy's delays as one script argument (`ARGV[3]`, read by expiry.lua): core's
+/// [`RetryPolicy::delay_bounds_table`] as `lo1 hi1 lo2 hi2 ...`, each bound in ms as a decimal
+/// with up to 6 places, that is its exact nanoseconds (`1500`, `0.000001`, `799.999999`).
+///
+/// Lua reads each bound into a double (nearest to the decimal), draws within the pair and
+/// rounds up with `math.ceil(d - 1e-9)`. With no jitter (`lo == hi`) that is exactly
+/// [`ms_ceil`] of core's delay for any delay below 2^33 ms, about 99 days (where a double
+/// still tells a whole ms plus 1 ns from the whole ms); beyond that it can be 1 ms low. Every
+/// draw, jitter or not, lies within `[floor(lo), ceil(hi)]` ms.
+///
+/// Size: one pair per attempt until the delay stops changing. The default policy (1 s doubling
+/// to 300 s, jitter 0.2) is 10 pairs, 115 bytes. A policy that keeps growing for hundreds of
+/// attempts (factor 1.01 from 1 ms to an hour) reaches the cap of 1001 pairs, about 20 KB sent
+/// with every script call: the price of Lua not knowing the formula.
+///
+/// Building it costs one `base_delay` per attempt up to 1001, so each policy's text is made
+/// once and kept: in a process that uses more than [`DELAY_TABLES_MAX`] policies the cache
+/// starts over.
+pub(crate) fn delay_table(policy: &RetryPolicy) -> Arc<str> {
+    // max_attempts is not part of the table: key by what is.
+    let key = |p: &RetryPolicy| (p.base, p.factor.to_bits(), p.max_delay, p.jitter.to_bits());
+    let k = key(policy);
+    if let Some((_, text)) = DELAY_TABLES.read().iter().find(|(p, _)| key(p) == k) {
+        return text.clone();
+    }
+    let mut text = String::new();
+    for (lo, hi) in policy.delay_bounds_table() {
+        for d in [lo, hi] {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            let ns = d.as_nanos();
+            let _ = write!(text, "{}", ns / 1_000_000);
+            let frac = ns % 1_000_000;
+            if frac != 0 {
+                let _ = write!(text, ".{:06}", frac);
+                text.truncate(text.trim_end_matches('0').len());
+            }
+        }
+    }
+    let text: Arc<str> = text.into();
+    let mut tables = DELAY_TABLES.write();
+    if tables.len() >= DELAY_TABLES_MAX {
+        tables.clear();
+    }
+    tables.push((*policy, text.clone()));
+    text
 }
+
+/// How many policies' delay tables [`delay_table`] keeps.
+const DELAY_TABLES_MAX: usize = 64;
+
+/// The delay tables made so far, with the policy each was made for.
+static DELAY_TABLES: RwLock<Vec<(RetryPolicy, Arc<str>)>> = RwLock::new(Vec::new());
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use courier_core::RetryPolicy;
+    use courier_core::{FailureAction, FailureMode};
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
+    use std::time::Duration;
 
-    /// The Lua backoff (lib.lua `backoff_ms`) and core's `RetryPolicy::delay` agree exactly
-    /// with jitter 0, and Lua's jitter stays within core's documented range.
-    #[tokio::test]
-    async fn lua_backoff_mirrors_core() {
+    /// Attempts compared per policy and override.
+    const ATTEMPTS: u32 = 40;
+    /// Per-message max_attempts overrides compared (`None` is 0 in the wire header).
+    const OVERRIDES: [Option<u32>; 4] = [None, Some(1), Some(3), Some(50)];
+
+    /// The policies the expiry tests compare with core, all with no jitter: factor 1, 1.1, 1.5,
+    /// 2, 3 and 10; max_delay reached at once, early, late and never within 40 attempts;
+    /// delays with fractions of a ms and of a µs.
+    fn policies() -> Vec<RetryPolicy> {
+        let ms = Duration::from_millis;
+        vec![
+            RetryPolicy::exact(10, ms(100), 2.0, Duration::from_secs(1)),
+            RetryPolicy::exact(10, ms(50), 1.5, Duration::from_secs(60)),
+            RetryPolicy::exact(10, ms(7), 3.0, ms(5000)),
+            RetryPolicy::exact(10, Duration::from_secs(1), 1.0, Duration::from_secs(1)),
+            RetryPolicy::exact(10, ms(250), 1.0, Duration::from_secs(300)),
+            RetryPolicy::exact(10, ms(1), 10.0, Duration::from_secs(300)),
+            RetryPolicy::exact(10, ms(2), 10.0, ms(2)),
+            RetryPolicy::exact(10, ms(33), 1.1, Duration::from_secs(300)),
+            RetryPolicy::exact(10, ms(33), 1.1, Duration::from_secs(86_400)),
+            RetryPolicy::exact(10, Duration::from_micros(1500), 1.7, ms(10_001)),
+            RetryPolicy::exact(10, Duration::from_nanos(333), 2.5, ms(3)),
+            RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO),
+            RetryPolicy::default().with_max_attempts(1).with_jitter(0.0),
+            RetryPolicy::default().with_jitter(0.0),
+        ]
+    }
+
+    /// The arguments a script gets for this policy (what [`common_args`] sends: `ARGV`),
+    /// with the seed replaced by `seed`.
+    fn argv(policy: RetryPolicy, seed: u32) -> Vec<Vec<u8>> {
+        let config = QueueConfig::default().with_retry(policy);
+        let mut cmd = redis::cmd("FCALL");
+        common_args(&mut cmd, &config, Mode::Queue);
+        let mut argv: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .skip(1)
+            .map(|a| match a {
+                Arg::Simple(b) => b.to_vec(),
+                _ => panic!("common_args sends plain arguments only"),
+            })
+            .collect();
+        assert_eq!(argv.len(), 9, "ARGV[1..9], see lib.lua");
+        argv[3] = seed.to_string().into_bytes();
+        argv
+    }
+
+    /// One run of expiry.lua for attempts 1..=n: the delay in ms, or -1 for dead.
+    type Run<'a> = dyn FnMut(RetryPolicy, u32, Option<u32>, u32) -> Vec<f64> + 'a;
+
+    /// Compare expiry.lua, run by `run(policy, seed, override, attempts)`, with core:
+    /// (a) retry or dead as `RetryPolicy::decide` says, for every policy, override and attempt;
+    /// (b) with no jitter, the delay is exactly `ms_ceil` of core's;
+    /// (c) with jitter 0.25, every draw over many seeds lies within `delay_bounds` (low
+    ///     rounded down, high rounded up, to whole ms), and draws vary.
+    fn compare_with_core(run: &mut Run<'_>, seeds: u32) {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for policy in policies() {
+            for over in OVERRIDES {
+                let got = run(policy, 7, over, ATTEMPTS);
+                assert_eq!(got.len(), ATTEMPTS as usize);
+                for (a, got) in (1..=ATTEMPTS).zip(got) {
+                    let want = match policy.decide(a, over, FailureMode::Backoff, &mut rng) {
+                        FailureAction::Dead => -1.0,
+                        FailureAction::Retry(d) => ms_ceil(d) as f64,
+                    };
+                    assert_eq!(got, want, "{policy:?}, override {over:?}, attempt {a}");
+                }
+            }
+        }
+        for policy in policies() {
+            let policy = policy.with_jitter(0.25).with_max_attempts(ATTEMPTS + 1);
+            let mut seen = vec![std::collections::HashSet::new(); ATTEMPTS as usize];
+            for seed in 1..=seeds {
+                let got = run(policy, seed, None, ATTEMPTS);
+                for (a, got) in (1..=ATTEMPTS).zip(got) {
+                    let (lo, hi) = policy.delay_bounds(a);
+                    let (lo, hi) = (lo.as_millis() as f64, ms_ceil(hi) as f64);
+                    assert!(
+                        got.fract() == 0.0 && lo <= got && got <= hi,
+                        "{policy:?}, seed {seed}, attempt {a}: {got} not in [{lo}, {hi}]"
+                    );
+                    seen[a as usize - 1].insert(got as u64);
+                }
+            }
+            for (a, seen) in (1..=ATTEMPTS).zip(seen) {
+                // Half the range's width in whole ms, at most 3 distinct values wanted.
+                let (lo, hi) = policy.delay_bounds(a);
+                let width = ms_ceil(hi) - lo.as_millis() as u64;
+                let want = (width as usize / 2).clamp(1, 3);
+                assert!(
+                    seen.len() >= want,
+                    "{policy:?}, attempt {a}: draws should vary, saw {seen:?}"
+                );
+            }
+        }
+    }
+
+    /// The golden test: expiry.lua (its real text) in Lua 5.1 (as Redis embeds), with no
+    /// Redis, against core's `RetryPolicy` (see [`compare_with_core`]).
+    #[test]
+    fn expiry_lua_matches_core() -> mlua::Result<()> {
+        let lua = mlua::Lua::new();
+        // What lib.lua provides: the ARGV upvalue and the policy state, reset as setup() does.
+        let chunk = format!(
+            "local ARGV, MAX_ATTEMPTS, DELAYS\n{EXPIRY}\n\
+             return function(argv, override, n)\n\
+               ARGV, MAX_ATTEMPTS, DELAYS = argv, nil, nil\n\
+               local out = {{}}\n\
+               for a = 1, n do out[a] = expiry_delay(a, override) or -1 end\n\
+               return out\n\
+             end\n"
+        );
+        let call: mlua::Function = lua.load(chunk).set_name("expiry.lua").eval()?;
+        compare_with_core(
+            &mut |policy, seed, over, n| {
+                lua.create_sequence_from(
+                    argv(policy, seed)
+                        .into_iter()
+                        .map(|a| lua.create_string(a).expect("lua string")),
+                )
+                .and_then(|args| call.call((args, over.unwrap_or(0), n)))
+                .unwrap_or_else(|e| panic!("expiry.lua failed: {e}"))
+            },
+            300,
+        );
+        Ok(())
+    }
+
+    /// The delay table argument is core's table, exactly (nanoseconds), and cached.
+    #[test]
+    fn delay_table_is_cores_table() {
+        let mut fractions = false;
+        for policy in policies()
+            .into_iter()
+            .chain([RetryPolicy::default(), policies()[9].with_jitter(0.3)])
+        {
+            let text = delay_table(&policy);
+            let parsed: Vec<Duration> = text
+                .split(' ')
+                .map(|x| {
+                    let (ms, frac) = x.split_once('.').unwrap_or((x, ""));
+                    assert!(frac.len() <= 6 && !frac.ends_with('0'), "{x}");
+                    let ms: u64 = ms.parse().expect("ms");
+                    let frac: u64 = format!("{frac:0<6}").parse().expect("fraction");
+                    Duration::from_millis(ms) + Duration::from_nanos(frac)
+                })
+                .collect();
+            let want: Vec<Duration> = policy
+                .delay_bounds_table()
+                .into_iter()
+                .flat_map(|(lo, hi)| [lo, hi])
+                .collect();
+            assert_eq!(parsed, want, "{policy:?}: {text}");
+            fractions |= text.contains('.');
+            assert!(Arc::ptr_eq(&text, &delay_table(&policy)), "cached");
+        }
+        assert!(fractions, "some bounds are not whole ms");
+        assert_eq!(&*delay_table(&RetryPolicy::default()), {
+            "800 1200 1600 2400 3200 4800 6400 9600 12800 19200 25600 38400 51200 76800 \
+             102400 153600 204800 307200 240000 360000"
+        });
+    }
+
+    /// The same comparison on a real server, through the library as Redis runs it (lib.lua's
+    /// setup, then expiry.lua). Needs Redis; [`expiry_lua_matches_core`] does not.
+    #[test]
+    fn expiry_on_redis_matches_core() {
         let url = std::env::var("COURIER_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let Ok(client) = redis::Client::open(url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-            eprintln!("SKIPPED lua_backoff_mirrors_core: Redis unreachable");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let conn = redis::Client::open(url.as_str())
+            .and_then(|c| rt.block_on(c.get_multiplexed_async_connection()));
+        let Ok(mut conn) = conn else {
+            eprintln!("SKIPPED expiry_on_redis_matches_core: Redis unreachable");
             if std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1") {
                 panic!("Redis unreachable and COURIER_REQUIRE_BACKENDS=1");
             }
@@ -392,77 +614,38 @@ mod tests {
         };
         let code = eval_body(
             Kind::Lib,
-            "local out = {}\nfor a = 1, tonumber(ARGV[A]) do out[a] = backoff_ms(a) end\nreturn out\n",
+            "local out = {}\nlocal over = tonumber(ARGV[A])\n\
+             for a = 1, tonumber(ARGV[A + 1]) do out[a] = expiry_delay(a, over) or -1 end\n\
+             return out\n",
         );
         let library = Arc::new(Library {
             code: String::new(),
             functions: AtomicBool::new(false),
         });
         let lua = Lua {
-            name: "backoff_test.lua",
+            name: "expiry_test.lua",
             hash: redis::Script::new(&code).get_hash().to_string(),
             code,
             function: String::new(),
             library,
         };
-        let keys: Vec<String> = (0..13)
-            .map(|i| format!("{{courier-test-backoff}}:{i}"))
+        let keys: Vec<String> = (0..16)
+            .map(|i| format!("{{courier-test-expiry}}:{i}"))
             .collect();
-        let policies = [
-            RetryPolicy::exact(10, Duration::from_millis(100), 2.0, Duration::from_secs(1)),
-            RetryPolicy::exact(10, Duration::from_millis(50), 1.5, Duration::from_secs(60)),
-            RetryPolicy::exact(
-                10,
-                Duration::from_millis(7),
-                3.0,
-                Duration::from_millis(5000),
-            ),
-            RetryPolicy::exact(10, Duration::from_secs(1), 1.0, Duration::from_secs(1)),
-            RetryPolicy::exact(10, Duration::from_millis(1), 10.0, Duration::from_secs(300)),
-            RetryPolicy::exact(10, Duration::from_millis(33), 1.1, Duration::from_secs(300)),
-        ];
-        let attempts = 40u32;
-        for policy in policies {
-            let config = QueueConfig::default().with_retry(policy);
-            let mut cmd = lua.call(&keys);
-            common_args(&mut cmd, &config, Mode::Queue);
-            cmd.arg(attempts);
-            let got: Vec<u64> = lua
-                .run(&mut conn, &cmd)
-                .await
-                .and_then(|v| Ok(redis::from_redis_value(v)?))
-                .expect("script");
-            let mut rng = SmallRng::seed_from_u64(1);
-            let want: Vec<u64> = (1..=attempts)
-                .map(|a| ms_ceil(policy.delay(a, &mut rng)))
-                .collect();
-            assert_eq!(got, want, "{policy:?}");
-        }
-        // With jitter: within [d(1-j), d(1+j)] (rounded up to whole ms), and varying.
-        let policy =
-            RetryPolicy::exact(10, Duration::from_millis(100), 2.0, Duration::from_secs(10))
-                .with_jitter(0.25);
-        let config = QueueConfig::default().with_retry(policy);
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..20 {
-            let mut cmd = lua.call(&keys);
-            common_args(&mut cmd, &config, Mode::Queue);
-            cmd.arg(6);
-            let got: Vec<u64> = lua
-                .run(&mut conn, &cmd)
-                .await
-                .and_then(|v| Ok(redis::from_redis_value(v)?))
-                .expect("script");
-            for (i, d) in got.iter().enumerate() {
-                let (lo, hi) = policy.delay_bounds(i as u32 + 1);
-                assert!(
-                    *d >= lo.as_millis() as u64 && *d <= ms_ceil(hi),
-                    "attempt {}: {d} not in {lo:?}..{hi:?}",
-                    i + 1
-                );
-            }
-            seen.insert(got[0]);
-        }
-        assert!(seen.len() > 3, "jitter should vary: {seen:?}");
+        compare_with_core(
+            &mut |policy, seed, over, n| {
+                let mut cmd = lua.call(&keys);
+                for a in argv(policy, seed) {
+                    cmd.arg(a);
+                }
+                cmd.arg(over.unwrap_or(0)).arg(n);
+                let got: Vec<i64> = rt
+                    .block_on(lua.run(&mut conn, &cmd))
+                    .and_then(|v| Ok(redis::from_redis_value(v)?))
+                    .expect("script");
+                got.into_iter().map(|d| d as f64).collect()
+            },
+            40,
+        );
     }
 }

@@ -1,4 +1,5 @@
--- lib.lua: the shared part of every queue and consumer-group script, followed by lib_more.lua.
+-- lib.lua: the shared part of every queue and consumer-group script, followed by expiry.lua
+-- and lib_more.lua.
 -- src/scripts.rs makes two things of them: one Redis Functions library (the shared part once,
 -- then one registered function per script; Redis >= 7) and, for older servers, one
 -- self-contained EVAL body per script (the shared part, then the script).
@@ -49,11 +50,11 @@
 -- purpose is wrapped as 0xC7 0xFF, the 16-byte id, then the raw bytes, so its dead letter keeps
 -- an id; the dead letter holds the raw bytes.
 --
--- ARGV[1..12] (every script):
---   visibility_ms, max_attempts, base_ms, factor, max_delay_ms, jitter, seed,
+-- ARGV[1..9] (every script):
+--   visibility_ms, max_attempts, delay table (core's retry delays, see expiry.lua), seed,
 --   dead_letter (1/0), mode ('q' queue, 'g' group), group name, retention max_len (-1 = none),
 --   retention max_age_ms (0 = none).
--- The script's own arguments start at ARGV[13] (`A`).
+-- The script's own arguments start at ARGV[10] (`A`).
 
 -- The state of one call. A script is run in one of two ways (see src/scripts.rs): as a Redis
 -- Function (Redis >= 7: this library is loaded once and each call only runs its function) or
@@ -64,12 +65,12 @@ local KEYS, ARGV
 local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASED, K_DEAD, K_DEADIDX, K_DEADINFO
 local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG
 local VIS, DEAD_LETTER, GROUP_MODE, GROUP
-local A = 13
+local A = 10
 
--- The retry policy (ARGV[2..7]) is parsed only by calls that retry something (see
--- retry_policy() in lib_more.lua), and retention (ARGV[11..12]) only by trim_log(): most calls
+-- The retry policy (ARGV[2..4]) is parsed only by calls that retry something (see
+-- retry_policy() in expiry.lua), and retention (ARGV[8..9]) only by trim_log(): most calls
 -- need neither, and every tonumber is paid on every call.
-local MAX_ATTEMPTS, BASE, FACTOR, MAX_DELAY, JITTER
+local MAX_ATTEMPTS, DELAYS
 
 -- String functions, set by setup(): a Redis Functions library may not read the `string`
 -- global while it loads, only when a function runs.
@@ -91,10 +92,10 @@ local function setup(keys, argv)
   K_BATCHES = keys[15]
   K_LOG = keys[16]
   VIS = tonumber(argv[1])
-  DEAD_LETTER = argv[8] == '1'
-  GROUP_MODE = argv[9] == 'g'
-  GROUP = argv[10]
-  MAX_ATTEMPTS = nil
+  DEAD_LETTER = argv[5] == '1'
+  GROUP_MODE = argv[6] == 'g'
+  GROUP = argv[7]
+  MAX_ATTEMPTS, DELAYS = nil, nil
   byte, char, sub, format = string.byte, string.char, string.sub, string.format
 end
 

@@ -9,38 +9,6 @@ local function max_override(e)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
--- The retry delay after failed attempt `attempt` (1-based), in whole ms (rounded up).
--- This mirrors courier_core::RetryPolicy::delay, a pure function:
---   d = min(max_delay, base * factor^(attempt-1)), then uniform within [d(1-j), d(1+j)].
--- With jitter 0 both give exactly the same delay (tested in src/scripts.rs).
--- Parse the retry policy (once per call, on first need).
-local function retry_policy()
-  if MAX_ATTEMPTS then return end
-  MAX_ATTEMPTS = tonumber(ARGV[2])
-  BASE = tonumber(ARGV[3])
-  FACTOR = tonumber(ARGV[4])
-  MAX_DELAY = tonumber(ARGV[5])
-  JITTER = tonumber(ARGV[6])
-  -- Scripts are effect-replicated (Redis >= 5), so a seeded generator is allowed; the client
-  -- passes a fresh random seed with every call.
-  math.randomseed(tonumber(ARGV[7]))
-end
-
-local function backoff_ms(attempt)
-  retry_policy()
-  local exp = attempt - 1
-  if exp < 0 then exp = 0 end
-  if exp > 1000 then exp = 1000 end
-  local d = BASE * (FACTOR ^ exp)
-  if d ~= d or d >= MAX_DELAY then d = MAX_DELAY end
-  if JITTER > 0 and d > 0 then
-    local spread = (math.random() * 2 - 1) * JITTER
-    d = d * (1 + spread)
-    if d < 0 then d = 0 end
-  end
-  return math.ceil(d - 1e-9)
-end
-
 -- A group's stream entries are acknowledged when the group is done with them for good
 -- (acked, buried, discarded): the group's pending entries list then holds exactly the events
 -- it still owes. Takes the entries.
@@ -197,7 +165,8 @@ local function unbatch(tokens, skip)
 end
 
 -- Expired leases count as failed attempts: retry after the policy's backoff, or dead letter
--- "lease expired" when out of attempts. Bounded per call. Must run before promote().
+-- "lease expired" when out of attempts (expiry.lua decides which). Bounded per call. Must run
+-- before promote().
 local function reclaim(now)
   local members = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, RECLAIM_MAX)
   if #members == 0 then return 0 end
@@ -245,17 +214,14 @@ local function reclaim(now)
       gone[#gone + 1] = toks[i]
       local _, a = entry_info(e)
       a = a + 1
-      retry_policy()
-      local limit = MAX_ATTEMPTS
-      local max = max_override(e)
-      if max > 0 then limit = max end
-      if limit < 1 then limit = 1 end
-      if a >= limit or not is_wire(e) then
+      -- Bytes that are not Courier's are buried whatever the policy (Q10).
+      local delay = is_wire(e) and expiry_delay(a, max_override(e))
+      if delay then
+        local k = #r_ents + 1
+        r_ents[k], r_delays[k] = with_attempts(e, a), delay
+      else
         local k = #d_ents + 1
         d_ents[k], d_atts[k], d_errs[k] = e, a, 'lease expired'
-      else
-        local k = #r_ents + 1
-        r_ents[k], r_delays[k] = with_attempts(e, a), backoff_ms(a)
       end
     end
   end
@@ -427,8 +393,8 @@ end
 -- catches retention changed since, and age passing without appends.
 local function trim_log(now)
   if not GROUP_MODE then return end
-  local max_len = tonumber(ARGV[11])
-  local max_age = tonumber(ARGV[12])
+  local max_len = tonumber(ARGV[8])
+  local max_age = tonumber(ARGV[9])
   if max_len >= 0 then redis.call('XTRIM', K_LOG, 'MAXLEN', '=', max_len) end
   if max_age > 0 and now - max_age > 0 then
     redis.call('XTRIM', K_LOG, 'MINID', '=', (now - max_age) .. '-0')
