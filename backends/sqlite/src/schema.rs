@@ -60,6 +60,32 @@ fn foreign(path: &Path, id: i32) -> Error {
     .with_operation("open")
 }
 
+/// For a read-only connection, which cannot migrate: the schema must be [`LATEST`].
+pub(crate) fn check_current(conn: &Connection, path: &Path) -> Result<()> {
+    let found = version(conn, path)?;
+    if found > LATEST {
+        return Err(newer(path, found));
+    }
+    if found < LATEST {
+        let what = if found == 0 {
+            "has no Courier schema yet".to_string()
+        } else {
+            format!("needs a schema migration from version {found} to {LATEST}")
+        };
+        return Err(Error::new(
+            ErrorKind::Backend,
+            format!(
+                "SQLite database {} is opened read-only (mode=ro) but {what}, which needs \
+                 writing; open it read-write once first",
+                path.display()
+            ),
+        )
+        .with_backend(BACKEND_NAME)
+        .with_operation("open"));
+    }
+    Ok(())
+}
+
 /// Bring the database up to [`LATEST`], or refuse a newer or foreign one.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let found = version(conn, path)?;

@@ -10,6 +10,7 @@
 //!
 //! Blocking SQLite calls therefore never run on the async runtime's worker threads.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,8 +24,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::OpenMode;
 use crate::consts::BACKEND_NAME;
-use crate::error::{copy, map_err, read_only, writer_gone};
+use crate::error::{copy, map_err, read_only as read_only_error, writer_gone};
 use crate::hub::Hub;
 use crate::schema;
 
@@ -256,6 +258,7 @@ pub(crate) struct Settings {
     pub(crate) path: PathBuf,
     pub(crate) clock: SharedClock,
     pub(crate) busy_timeout: Duration,
+    pub(crate) mode: OpenMode,
     pub(crate) poll_interval: Duration,
     pub(crate) hub: Arc<Hub>,
     /// Run whenever another connection committed.
@@ -267,27 +270,81 @@ pub(crate) struct Settings {
 /// the layer above delivers other processes' pub/sub messages to the hub's subscriptions.
 pub(crate) type Relay = fn(&Connection, &Hub, &Path);
 
-/// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations.
-pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Result<Connection> {
+/// How [`open`] opens the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpenOptions {
+    pub(crate) mode: OpenMode,
+    pub(crate) busy_timeout: Duration,
+}
+
+/// The name to hand SQLite for `p`. This build of SQLite takes a name that starts with
+/// `file:` as a URI with parameters of its own (`?mode=memory`, `?vfs=…`), so a relative
+/// path that starts so is made `./file:…`: a file name is always just a file name.
+pub(crate) fn sqlite_path(p: &Path) -> Cow<'_, Path> {
+    if p.is_relative() && p.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        Cow::Owned(Path::new(".").join(p))
+    } else {
+        Cow::Borrowed(p)
+    }
+}
+
+/// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations (read-only:
+/// no journal change and no migration, the schema must be current).
+pub(crate) fn open(target: &Target, path: &Path, opts: OpenOptions) -> Result<Connection> {
     let me = |e| map_err("open", path, e);
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let read_only = opts.mode == OpenMode::ReadOnly;
+    if let Target::File(p) = target
+        && opts.mode != OpenMode::ReadWriteCreate
+        && let Err(e) = std::fs::metadata(p)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "SQLite database {} does not exist (mode={} opens an existing file only; \
+                 mode=rwc creates it)",
+                path.display(),
+                opts.mode.as_str()
+            ),
+        )
+        .with_backend(BACKEND_NAME)
+        .with_operation("open"));
+    }
+    let access = match opts.mode {
+        OpenMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        OpenMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+        OpenMode::ReadWriteCreate => {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        }
+    };
     let mut conn = match target {
-        Target::File(p) => Connection::open_with_flags(p, flags),
-        Target::Memory => Connection::open_in_memory_with_flags(flags),
+        Target::File(p) => {
+            Connection::open_with_flags(sqlite_path(p), access | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        }
+        Target::Memory => Connection::open_in_memory_with_flags(
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ),
     }
     .map_err(me)?;
-    conn.busy_timeout(busy_timeout).map_err(me)?;
-    // The first statement that reads the file: a corrupt or foreign file fails here.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(me)?;
-    if matches!(target, Target::File(_)) && !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(path = %path.display(), mode, "courier sqlite: WAL mode unavailable");
+    conn.busy_timeout(opts.busy_timeout).map_err(me)?;
+    // SQLite decides at open whether it could get write access (a file it may not write is
+    // opened read-only): refuse before the first read, which would create `-wal` and `-shm`.
+    if !read_only && conn.is_readonly("main").map_err(me)? {
+        return Err(read_only_error(path));
     }
-    if conn.is_readonly("main").map_err(me)? {
-        return Err(read_only(path));
+    if read_only {
+        // The first statement that reads the file: a corrupt or foreign file fails here.
+        schema::check_current(&conn, path)?;
+    } else {
+        // The first statement that reads the file: a corrupt or foreign file fails here.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(me)?;
+        if matches!(target, Target::File(_)) && !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "courier sqlite: WAL mode unavailable");
+        }
     }
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(me)?;
@@ -315,7 +372,9 @@ pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Resu
     // process's reader keeping it from finishing).
     conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
         .map_err(me)?;
-    schema::migrate(&mut conn, path)?;
+    if !read_only {
+        schema::migrate(&mut conn, path)?;
+    }
     Ok(conn)
 }
 
@@ -341,7 +400,7 @@ fn checkpointer(file: PathBuf) -> Option<mpsc::Sender<()>> {
         .name("courier-sqlite-checkpoint".into())
         .spawn(move || {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = match Connection::open_with_flags(&path, flags).and_then(|c| {
+            let conn = match Connection::open_with_flags(sqlite_path(&path), flags).and_then(|c| {
                 c.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
                 Ok(c)
             }) {
@@ -382,7 +441,11 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
     std::thread::Builder::new()
         .name("courier-sqlite-writer".into())
         .spawn(move || {
-            let conn = match open(&settings.target, &settings.path, settings.busy_timeout) {
+            let options = OpenOptions {
+                mode: settings.mode,
+                busy_timeout: settings.busy_timeout,
+            };
+            let conn = match open(&settings.target, &settings.path, options) {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -391,9 +454,10 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
             };
             let _ = ready_tx.send(Ok(()));
             // Dropped when this thread ends, which stops the checkpointer.
+            // A read-only handle writes nothing, checkpoints included.
             let _checkpoints = match &settings.target {
-                Target::File(p) => checkpointer(p.clone()),
-                Target::Memory => None,
+                Target::File(p) if settings.mode != OpenMode::ReadOnly => checkpointer(p.clone()),
+                _ => None,
             };
             run(conn, rx, settings);
         })
