@@ -28,13 +28,18 @@
 //!   |---|---|---|---|
 //!   | `mode` | `ro` (existing file, read-only, schema must be current), `rw` (existing file), `rwc` (created when missing) | [`SqliteBackendBuilder::mode`] | `rwc` |
 //!   | `busy_timeout` | milliseconds, 0 to 2147483647 | [`SqliteBackendBuilder::busy_timeout`] | 5000 |
+//!   | `foreign` | `allow`, `refuse` | [`SqliteBackendBuilder::allow_foreign_database`] | `refuse` |
 //!
 //!   An unknown, repeated or malformed parameter, an invalid percent-escape, a fragment
 //!   (`#`) or a user name/password is refused with `InvalidInput` naming what is wrong
 //!   (never a password; see [`SqliteUrl::parse`]).
 //! - The file is created when missing (mode `rwc`), but its directory must exist: a missing
-//!   directory, a read-only, locked, corrupt or foreign file gives a clear error naming the
-//!   path.
+//!   directory, a read-only, locked or corrupt file gives a clear error naming the path.
+//! - Courier marks its files (`PRAGMA application_id`). A database that is not Courier's —
+//!   tables of its own, another application id — is refused with `InvalidInput` naming the
+//!   path, before anything in it changes (not even its journal mode), unless allowed
+//!   explicitly ([`SqliteBackendBuilder::allow_foreign_database`], `?foreign=allow`). An
+//!   empty file or a new one becomes Courier's.
 //! - WAL journal, `synchronous=NORMAL` (a committed publish survives a crash of the process;
 //!   the last commits may be lost on power loss), a busy timeout (default 5 s).
 //! - The schema is versioned (`PRAGMA user_version`) and migrated on open; a database from a
@@ -266,6 +271,7 @@ pub struct SqliteBackendBuilder {
     poll_interval: Duration,
     busy_timeout: Duration,
     mode: OpenMode,
+    allow_foreign_database: bool,
 }
 
 impl Default for SqliteBackendBuilder {
@@ -277,6 +283,7 @@ impl Default for SqliteBackendBuilder {
             poll_interval: DEFAULT_POLL_INTERVAL,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             mode: OpenMode::default(),
+            allow_foreign_database: false,
         }
     }
 }
@@ -313,7 +320,27 @@ impl SqliteBackendBuilder {
         if let Some(timeout) = parsed.busy_timeout {
             self.busy_timeout = timeout;
         }
+        if let Some(allow) = parsed.allow_foreign_database {
+            self.allow_foreign_database = allow;
+        }
         Ok(self)
+    }
+
+    /// Whether to open a database that is not Courier's (default `false`; URL parameter
+    /// `foreign=allow`).
+    ///
+    /// A database is Courier's when Courier created it (its `PRAGMA application_id` is
+    /// Courier's) or it is empty. Any other database — tables of its own, another application
+    /// id, or a `user_version` of its own — is refused with
+    /// [`courier_core::ErrorKind::InvalidInput`] before anything in it is changed. With
+    /// `true`, Courier adds its tables (all named `courier_*`) next to the others, switches
+    /// the file to WAL, and records its schema version in `PRAGMA user_version`, which the
+    /// other application therefore must not use (a database whose `user_version` is already
+    /// taken is refused even then). The file is not marked as Courier's: every open needs the
+    /// permission again.
+    pub fn allow_foreign_database(mut self, allow: bool) -> Self {
+        self.allow_foreign_database = allow;
+        self
     }
 
     /// How the file is opened (default [`OpenMode::ReadWriteCreate`]; URL parameter `mode`).
@@ -393,6 +420,7 @@ impl SqliteBackendBuilder {
             clock: clock.clone(),
             busy_timeout: self.busy_timeout,
             mode: self.mode,
+            allow_foreign_database: self.allow_foreign_database,
             poll_interval: self.poll_interval,
             hub: hub.clone(),
             relay: pubsub::relay,

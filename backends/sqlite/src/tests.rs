@@ -530,7 +530,181 @@ async fn foreign_database_is_refused() {
         .build()
         .await
         .expect_err("foreign");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.message().contains("another application"), "{e}");
+    assert_eq!(
+        journal_mode(&path),
+        "delete",
+        "refused before the WAL switch"
+    );
+}
+
+/// A plain SQLite database of another program: a table with a row, rollback journal, no
+/// application id.
+fn foreign_file(path: &Path) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users (name) VALUES ('ada');")
+        .expect("foreign schema");
+}
+
+fn journal_mode(path: &Path) -> String {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("journal_mode")
+}
+
+fn table_names(path: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).expect("open");
+    let mut s = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .expect("prepare");
+    s.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("names")
+}
+
+#[tokio::test]
+async fn a_foreign_database_is_refused_and_left_untouched() {
+    let dir = TempDir::new("foreign-plain");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    let bytes = std::fs::read(&path).expect("read");
+    for how in ["builder", "url", "url foreign=refuse"] {
+        let r = match how {
+            "builder" => SqliteBackend::builder().path(&path).build().await,
+            "url" => SqliteBackend::from_url(&format!("sqlite://{}", path.display())).await,
+            _ => {
+                SqliteBackend::from_url(&format!("sqlite://{}?foreign=refuse", path.display()))
+                    .await
+            }
+        };
+        let e = r.expect_err("a foreign database must be refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{how}: {e}");
+        assert!(e.message().contains(&path.display().to_string()), "{e}");
+        assert!(e.message().contains("users"), "names what it found: {e}");
+        assert!(e.message().contains("allow_foreign_database(true)"), "{e}");
+        assert!(e.message().contains("foreign=allow"), "{e}");
+    }
+    // Refused before anything changed: same bytes, still a rollback journal, no Courier
+    // tables, no -wal or -shm.
+    assert!(
+        std::fs::read(&path).expect("read") == bytes,
+        "the file was changed"
+    );
+    assert_eq!(journal_mode(&path), "delete");
+    assert_eq!(table_names(&path), ["users"]);
+    assert_eq!(listing(&dir.0), ["app.db"]);
+    // Read-only handles refuse it too.
+    let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect_err("foreign, read-only");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[tokio::test]
+async fn a_foreign_database_is_shared_only_when_allowed() {
+    let dir = TempDir::new("foreign-allowed");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    {
+        let b = SqliteBackend::builder()
+            .path(&path)
+            .allow_foreign_database(true)
+            .build()
+            .await
+            .expect("allowed explicitly");
+        let q: &dyn Queue = &b;
+        q.publish("jobs", Message::new("k", "shared"))
+            .await
+            .expect("publish");
+    }
+    let tables = table_names(&path);
+    assert!(tables.contains(&"users".to_string()), "{tables:?}");
+    assert!(tables.contains(&"courier_queues".to_string()), "{tables:?}");
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let name: String = c
+            .query_row("SELECT name FROM users", [], |r| r.get(0))
+            .expect("their row");
+        assert_eq!(name, "ada");
+        let app: i32 = c
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("app id");
+        assert_eq!(app, 0, "not marked as Courier's own file");
+    }
+    // Still not Courier's own: each open says so again.
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("still foreign");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let b = SqliteBackend::from_url(&format!("sqlite://{}?foreign=allow", path.display()))
+        .await
+        .expect("allowed by URL");
+    let q: &dyn Queue = &b;
+    let d = q
+        .receive_one("jobs", Duration::ZERO)
+        .await
+        .expect("receive")
+        .expect("the message");
+    assert_eq!(&d.message.payload[..], b"shared");
+}
+
+#[tokio::test]
+async fn a_foreign_database_using_user_version_cannot_be_shared() {
+    let dir = TempDir::new("foreign-version");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    set_user_version(&path, 1);
+    let bytes = std::fs::read(&path).expect("read");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .allow_foreign_database(true)
+        .build()
+        .await
+        .expect_err("its user_version is not Courier's schema version");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("user_version"), "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(
+        std::fs::read(&path).expect("read") == bytes,
+        "the file was changed"
+    );
+    assert_eq!(listing(&dir.0), ["app.db"]);
+}
+
+#[tokio::test]
+async fn empty_and_new_files_become_courier_databases() {
+    let dir = TempDir::new("empty");
+    // A zero-byte file, a SQLite database with no tables, and no file at all.
+    let zero = dir.file("zero.db");
+    std::fs::write(&zero, b"").expect("touch");
+    let blank = dir.file("blank.db");
+    {
+        let c = rusqlite::Connection::open(&blank).expect("open");
+        c.execute_batch("CREATE TABLE t (x); DROP TABLE t;")
+            .expect("blank");
+    }
+    let new = dir.file("new.db");
+    for path in [&zero, &blank, &new] {
+        drop(open(path).await);
+        assert_eq!(
+            user_version(path),
+            i64::from(SCHEMA_VERSION),
+            "{}",
+            path.display()
+        );
+        let c = rusqlite::Connection::open(path).expect("open");
+        let app: i32 = c
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("app id");
+        assert_eq!(app, schema::APPLICATION_ID, "{}", path.display());
+        drop(c);
+        // ... and open again as Courier's own, without any opt-in.
+        drop(open(path).await);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

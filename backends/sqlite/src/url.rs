@@ -12,6 +12,7 @@
 //! params = param *( "&" param )
 //! param  = "mode=" ( "ro" | "rw" | "rwc" )            default rwc
 //!        | "busy_timeout=" milliseconds               default 5000
+//!        | "foreign=" ( "allow" | "refuse" )          default refuse
 //! ```
 //!
 //! Everything else is refused with [`ErrorKind::InvalidInput`](courier_core::ErrorKind):
@@ -79,13 +80,15 @@ pub struct SqliteUrl {
     pub mode: Option<OpenMode>,
     /// `busy_timeout=<ms>`.
     pub busy_timeout: Option<Duration>,
+    /// `foreign=allow|refuse`: whether a database of another application may be shared.
+    pub allow_foreign_database: Option<bool>,
 }
 
 /// The largest busy timeout SQLite accepts (milliseconds in a C `int`).
 pub(crate) const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// The URL parameters this backend understands, for error messages.
-const PARAMS: &str = "mode, busy_timeout";
+const PARAMS: &str = "mode, busy_timeout, foreign";
 
 fn invalid(message: String) -> Error {
     KIT.tag("open")(Error::invalid(message))
@@ -113,6 +116,7 @@ impl SqliteUrl {
             location: SqliteLocation::Memory,
             mode: None,
             busy_timeout: None,
+            allow_foreign_database: None,
         };
         if rest == ":memory:" {
             return Ok(parsed);
@@ -198,7 +202,7 @@ impl SqliteUrl {
                     "SQLite URL parameter {name:?} has an invalid percent-escape in its value"
                 ))
             })?;
-            let known = matches!(name.as_str(), "mode" | "busy_timeout");
+            let known = matches!(name.as_str(), "mode" | "busy_timeout" | "foreign");
             if !known {
                 // The value is not shown: an unknown parameter may carry anything.
                 return Err(invalid(format!(
@@ -207,7 +211,8 @@ impl SqliteUrl {
             }
             let repeated = match name.as_str() {
                 "mode" => self.mode.is_some(),
-                _ => self.busy_timeout.is_some(),
+                "busy_timeout" => self.busy_timeout.is_some(),
+                _ => self.allow_foreign_database.is_some(),
             };
             if repeated {
                 return Err(invalid(format!(
@@ -227,7 +232,7 @@ impl SqliteUrl {
                         }
                     });
                 }
-                _ => {
+                "busy_timeout" => {
                     let ms = value
                         .parse::<u64>()
                         .ok()
@@ -243,6 +248,18 @@ impl SqliteUrl {
                         })?;
                     self.busy_timeout = Some(ms);
                 }
+                _ => {
+                    self.allow_foreign_database = Some(match value.as_str() {
+                        "allow" => true,
+                        "refuse" => false,
+                        _ => {
+                            return Err(invalid(format!(
+                                "SQLite URL parameter foreign={value:?} is not one of allow, \
+                                 refuse"
+                            )));
+                        }
+                    });
+                }
             }
         }
         Ok(())
@@ -253,7 +270,8 @@ impl SqliteUrl {
 /// [`SqliteUrl::parse`] for them).
 ///
 /// Accepted: `sqlite::memory:`, `sqlite://:memory:`, `sqlite://relative/path.db`,
-/// `sqlite:///absolute/path.db`, each optionally followed by `?mode=…&busy_timeout=…`; the scheme in any case; percent-escapes in the path are decoded.
+/// `sqlite:///absolute/path.db`, each optionally followed by
+/// `?mode=…&busy_timeout=…&foreign=…`; the scheme in any case; percent-escapes in the path are decoded.
 ///
 /// # Errors
 /// As [`SqliteUrl::parse`].

@@ -259,6 +259,7 @@ pub(crate) struct Settings {
     pub(crate) clock: SharedClock,
     pub(crate) busy_timeout: Duration,
     pub(crate) mode: OpenMode,
+    pub(crate) allow_foreign_database: bool,
     pub(crate) poll_interval: Duration,
     pub(crate) hub: Arc<Hub>,
     /// Run whenever another connection committed.
@@ -275,6 +276,7 @@ pub(crate) type Relay = fn(&Connection, &Hub, &Path);
 pub(crate) struct OpenOptions {
     pub(crate) mode: OpenMode,
     pub(crate) busy_timeout: Duration,
+    pub(crate) allow_foreign_database: bool,
 }
 
 /// The name to hand SQLite for `p`. This build of SQLite takes a name that starts with
@@ -335,10 +337,13 @@ pub(crate) fn open(target: &Target, path: &Path, opts: OpenOptions) -> Result<Co
         return Err(read_only_error(path));
     }
     if read_only {
-        // The first statement that reads the file: a corrupt or foreign file fails here.
-        schema::check_current(&conn, path)?;
+        schema::check_current(&conn, path, opts.allow_foreign_database)?;
     } else {
-        // The first statement that reads the file: a corrupt or foreign file fails here.
+        // Nothing in the file changes before it is known to be Courier's (or shared on
+        // purpose): the WAL switch below is persistent, and the file's application would
+        // find it changed.
+        let found = schema::inspect(&conn, path)?;
+        schema::admit(&found, path, opts.allow_foreign_database)?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(me)?;
@@ -373,7 +378,7 @@ pub(crate) fn open(target: &Target, path: &Path, opts: OpenOptions) -> Result<Co
     conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
         .map_err(me)?;
     if !read_only {
-        schema::migrate(&mut conn, path)?;
+        schema::migrate(&mut conn, path, opts.allow_foreign_database)?;
     }
     Ok(conn)
 }
@@ -444,6 +449,7 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
             let options = OpenOptions {
                 mode: settings.mode,
                 busy_timeout: settings.busy_timeout,
+                allow_foreign_database: settings.allow_foreign_database,
             };
             let conn = match open(&settings.target, &settings.path, options) {
                 Ok(c) => c,
