@@ -855,8 +855,7 @@ async fn exclusively_locked_database_at_open_is_unavailable_naming_the_path() {
 async fn read_only_file_is_an_error_naming_the_path() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("readonly");
-    let path = dir.file("q.db");
-    drop(open(&path).await);
+    let path = courier_file_at_version(&dir, i64::from(SCHEMA_VERSION)).await;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
     // A file this process may not write is opened read-only by SQLite, and refused. Root
     // ignores permission bits, so as root a read-only handle (`mode=ro`) on a file that needs
@@ -878,7 +877,89 @@ async fn read_only_file_is_an_error_naming_the_path() {
     assert_eq!(e.kind(), ErrorKind::Backend);
     assert!(e.message().contains("read-only"), "{e}");
     assert!(e.message().contains(&path.display().to_string()), "{e}");
+    // ... without leaving an empty -wal and a -shm next to it.
+    assert_eq!(listing(&dir.0), ["q.db"], "writable: {writable}");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// Wait (up to 5 s) until the directory holds exactly `names`: a dropped backend's threads
+/// close their connections by themselves, shortly after.
+async fn settles(dir: &Path, names: &[&str]) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while listing(dir) != names {
+        assert!(
+            std::time::Instant::now() < end,
+            "{:?} never became {names:?}",
+            listing(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A closed Courier database (WAL) at schema version `version`, alone in its directory.
+async fn courier_file_at_version(dir: &TempDir, version: i64) -> PathBuf {
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    settles(&dir.0, &["q.db"]).await;
+    set_user_version(&path, version);
+    assert_eq!(journal_mode(&path), "wal");
+    settles(&dir.0, &["q.db"]).await;
+    path
+}
+
+#[tokio::test]
+async fn a_failed_open_removes_the_wal_and_shm_it_created() {
+    // Root ignores permission bits, so a `chmod 444` file does not fail here; a read-only
+    // handle (`mode=ro`) on a file that needs writing fails the same way for every user: an
+    // older schema (needs a migration) and a newer one (refused). SQLite's read-only
+    // connection creates `-wal` and `-shm` on its first read and leaves them when it closes.
+    for version in [1, i64::from(SCHEMA_VERSION) + 1] {
+        let dir = TempDir::new("failed-open-litter");
+        let path = courier_file_at_version(&dir, version).await;
+        let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+            .await
+            .expect_err("needs writing");
+        assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+        assert!(e.message().contains(&path.display().to_string()), "{e}");
+        assert_eq!(listing(&dir.0), ["q.db"], "version {version}: {e}");
+        assert_eq!(user_version(&path), version, "left as it was");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_open_keeps_the_wal_and_shm_of_others() {
+    let dir = TempDir::new("failed-open-others");
+    let path = courier_file_at_version(&dir, 1).await;
+    // Another connection has the database open: its -wal and -shm existed before the
+    // attempt and must survive it (with what they hold).
+    let other = rusqlite::Connection::open(&path).expect("open");
+    other
+        .execute_batch("CREATE TABLE courier_note (x); INSERT INTO courier_note VALUES (1);")
+        .expect("write");
+    assert_eq!(listing(&dir.0), ["q.db", "q.db-shm", "q.db-wal"]);
+    let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect_err("needs a migration");
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert_eq!(listing(&dir.0), ["q.db", "q.db-shm", "q.db-wal"]);
+    let n: i64 = other
+        .query_row("SELECT count(*) FROM courier_note", [], |r| r.get(0))
+        .expect("still works");
+    assert_eq!(n, 1);
+    drop(other);
+    assert_eq!(listing(&dir.0), ["q.db"]);
+}
+
+#[tokio::test]
+async fn a_read_only_handle_leaves_no_wal_or_shm_behind() {
+    let dir = TempDir::new("ro-litter");
+    let path = courier_file_at_version(&dir, i64::from(SCHEMA_VERSION)).await;
+    let b = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect("read-only open");
+    assert!(b.queue_names().await.expect("names").is_empty());
+    drop(b);
+    settles(&dir.0, &["q.db"]).await;
 }
 
 #[tokio::test]

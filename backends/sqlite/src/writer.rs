@@ -290,9 +290,89 @@ pub(crate) fn sqlite_path(p: &Path) -> Cow<'_, Path> {
     }
 }
 
+/// The `-wal` and `-shm` files of a database file that did not exist before an open, so
+/// that a failed open (or a read-only handle, which SQLite leaves them behind for) can take
+/// away what it created, and nothing else.
+pub(crate) struct Companions {
+    file: PathBuf,
+    absent: Vec<PathBuf>,
+}
+
+impl Companions {
+    /// Note which companions of `target`'s file do not exist yet (`None`: in memory).
+    pub(crate) fn before(target: &Target) -> Option<Companions> {
+        let Target::File(file) = target else {
+            return None;
+        };
+        let absent = ["-wal", "-shm"]
+            .into_iter()
+            .map(|suffix| {
+                let mut name = file.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            })
+            .filter(|c| std::fs::symlink_metadata(c).is_err())
+            .collect();
+        Some(Companions {
+            file: file.clone(),
+            absent,
+        })
+    }
+
+    /// Remove the companions that appeared since [`Companions::before`], if no other
+    /// connection uses them. Call once this process's connections to the file are closed.
+    ///
+    /// Only SQLite can tell whether another connection (of any process) has the database
+    /// open, so this asks it: a read-write connection that closes as the last one on a WAL
+    /// database checkpoints and deletes `-wal` and `-shm`, and leaves them while another
+    /// connection is open. The probe opens the existing file without creating anything and
+    /// reads the schema; a file it may not write keeps its companions (logged).
+    pub(crate) fn clean_up(&self) {
+        let created: Vec<&PathBuf> = self.absent.iter().filter(|c| c.exists()).collect();
+        if created.is_empty() {
+            return;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match Connection::open_with_flags(sqlite_path(&self.file), flags) {
+            Ok(probe) if !probe.is_readonly("main").unwrap_or(true) => {
+                let _ = probe.busy_timeout(Duration::from_millis(100));
+                let _ = probe.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()));
+                drop(probe);
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let left: Vec<String> = created
+            .iter()
+            .filter(|c| c.exists())
+            .map(|c| c.display().to_string())
+            .collect();
+        if !left.is_empty() {
+            tracing::debug!(
+                path = %self.file.display(),
+                ?left,
+                "courier sqlite: -wal/-shm left in place (another connection uses them, or no write access)"
+            );
+        }
+    }
+}
+
 /// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations (read-only:
-/// no journal change and no migration, the schema must be current).
+/// no journal change and no migration, the schema must be current). A failed open removes
+/// the `-wal` and `-shm` files it created (see [`Companions::clean_up`]); the database file
+/// itself is kept even if this open created it, as another process may be creating it at
+/// the same moment (an empty file is a new database to the next open).
 pub(crate) fn open(target: &Target, path: &Path, opts: OpenOptions) -> Result<Connection> {
+    let companions = Companions::before(target);
+    let opened = open_connection(target, path, opts);
+    if opened.is_err()
+        && let Some(c) = companions
+    {
+        c.clean_up();
+    }
+    opened
+}
+
+fn open_connection(target: &Target, path: &Path, opts: OpenOptions) -> Result<Connection> {
     let me = |e| map_err("open", path, e);
     let read_only = opts.mode == OpenMode::ReadOnly;
     if let Target::File(p) = target
@@ -451,6 +531,12 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
                 busy_timeout: settings.busy_timeout,
                 allow_foreign_database: settings.allow_foreign_database,
             };
+            // SQLite leaves the -wal and -shm a read-only connection created behind when it
+            // closes: a read-only handle takes them away when it stops.
+            let read_only_companions = match settings.mode {
+                OpenMode::ReadOnly => Companions::before(&settings.target),
+                _ => None,
+            };
             let conn = match open(&settings.target, &settings.path, options) {
                 Ok(c) => c,
                 Err(e) => {
@@ -466,6 +552,9 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
                 _ => None,
             };
             run(conn, rx, settings);
+            if let Some(c) = read_only_companions {
+                c.clean_up();
+            }
         })
         .map_err(|e| {
             Error::new(ErrorKind::Backend, "cannot start the SQLite writer thread")
