@@ -72,16 +72,18 @@ pub use courier_redis as redis;
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp` (planned) |
 /// | `nats://` | NATS JetStream | `nats` (planned) |
 ///
-/// Each `memory://` URL makes a new, independent in-process store; share it by cloning the
-/// returned [`Courier`].
+/// Schemes are case-insensitive (`SQLite://…`, `MEMORY://`, `Redis://…`). Each `memory://`
+/// URL makes a new, independent in-process store; share it by cloning the returned
+/// [`Courier`].
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] for a malformed URL or unknown scheme,
 /// [`ErrorKind::Unsupported`] when the backend is not compiled into this build. Passwords in
 /// the URL never appear in the error.
 pub async fn connect(url: &str) -> Result<Courier> {
-    let scheme = scheme_of(url)?;
-    match scheme {
+    let (scheme, normalized) = scheme_of(url)?;
+    let url = normalized.as_str();
+    match scheme.as_str() {
         #[cfg(feature = "memory")]
         "memory" => {
             let b = courier_memory::MemoryBackend::new();
@@ -116,7 +118,7 @@ pub async fn connect(url: &str) -> Result<Courier> {
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
         "amqp" | "amqps" | "nats" => {
-            let feature = match scheme {
+            let feature = match scheme.as_str() {
                 "amqps" => "amqp",
                 s => s,
             };
@@ -153,13 +155,31 @@ fn not_compiled(url: &str, feature: &str) -> Error {
     )
 }
 
-fn scheme_of(url: &str) -> Result<&str> {
-    if url == "sqlite::memory:" {
-        return Ok("sqlite");
+/// The URL's scheme in lower case, and the URL with its scheme in lower case: schemes are
+/// case-insensitive (RFC 3986, section 3.1), and backends match them exactly.
+fn scheme_of(url: &str) -> Result<(String, String)> {
+    if let Some((scheme, ":memory:")) = url.split_once(':')
+        && scheme.eq_ignore_ascii_case("sqlite")
+    {
+        return Ok(("sqlite".to_string(), "sqlite::memory:".to_string()));
     }
     match url.split_once("://") {
-        Some((scheme, _)) if !scheme.is_empty() => Ok(scheme),
-        _ => Err(Error::invalid(format!(
+        Some((scheme, rest))
+            if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            let scheme = scheme.to_ascii_lowercase();
+            let normalized = format!("{scheme}://{rest}");
+            Ok((scheme, normalized))
+        }
+        // Not shown: what stands before "://" is no scheme and may hold a password.
+        Some(_) => Err(Error::invalid(
+            "not a backend URL: a scheme is a letter followed by letters, digits, '+', '-' or \
+             '.' (expected scheme://…, e.g. memory:// or redis://127.0.0.1:6379)",
+        )),
+        None => Err(Error::invalid(format!(
             "not a backend URL: {} (expected scheme://…, e.g. memory:// or redis://127.0.0.1:6379)",
             redact_url(url)
         ))),
@@ -229,6 +249,79 @@ mod tests {
         assert!(e.to_string().contains("feature `nats`"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(connect("nonsense").await.is_err());
+    }
+
+    #[test]
+    fn schemes_are_case_insensitive() {
+        for (url, scheme, normalized) in [
+            ("MEMORY://", "memory", "memory://"),
+            ("Memory://", "memory", "memory://"),
+            ("SQLite:///tmp/Q.db", "sqlite", "sqlite:///tmp/Q.db"),
+            ("SQLITE::memory:", "sqlite", "sqlite::memory:"),
+            (
+                "Redis://user:pw@Host:6379/0",
+                "redis",
+                "redis://user:pw@Host:6379/0",
+            ),
+            ("REDISS://h", "rediss", "rediss://h"),
+        ] {
+            let (s, n) = scheme_of(url).expect(url);
+            assert_eq!((s.as_str(), n.as_str()), (scheme, normalized), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_matches_schemes_in_any_case() {
+        #[cfg(feature = "memory")]
+        {
+            let c = connect("MEMORY://").await.expect("memory");
+            c.queue()
+                .publish("q", Message::new("k", "v"))
+                .await
+                .expect("publish");
+        }
+        #[cfg(feature = "sqlite")]
+        {
+            let c = connect("SQLite::memory:").await.expect("sqlite memory");
+            c.queue()
+                .publish("q", Message::new("k", "v"))
+                .await
+                .expect("publish");
+            let dir = std::env::temp_dir().join(format!(
+                "courier-facade-scheme-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let r = connect(&format!("SQLite://{}/q.db", dir.display())).await;
+            let created = dir.join("q.db").is_file();
+            drop(r);
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(created, "SQLite://… opens the file");
+        }
+        // Redis is routed to its backend (here: not compiled in), not refused as unknown.
+        #[cfg(not(feature = "redis"))]
+        {
+            let e = connect("Redis://user:secret@127.0.0.1:6379")
+                .await
+                .expect_err("off");
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        let e = connect("AMQPS://user:secret@h").await.expect_err("off");
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_password_before_the_scheme_separator_is_not_shown() {
+        let e = connect("user:secret@host://x")
+            .await
+            .expect_err("no scheme");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[cfg(feature = "sqlite")]

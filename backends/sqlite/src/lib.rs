@@ -21,8 +21,25 @@
 //!
 //! - URLs: `sqlite://path/to/file.db` (relative), `sqlite:///abs/path.db` (absolute) and
 //!   `sqlite::memory:` (a private in-memory database that lives as long as the backend).
-//!   The file is created when missing, but its directory must exist: a missing directory,
-//!   a read-only, locked, corrupt or foreign file gives a clear error naming the path.
+//!   The scheme is case-insensitive; the path is percent-decoded (`%20` is a space, `%3F` a
+//!   `?`). Parameters after `?`, joined by `&`:
+//!
+//!   | parameter | values | builder | default |
+//!   |---|---|---|---|
+//!   | `mode` | `ro` (existing file, read-only, schema must be current), `rw` (existing file), `rwc` (created when missing) | [`SqliteBackendBuilder::mode`] | `rwc` |
+//!   | `busy_timeout` | milliseconds, 0 to 2147483647 | [`SqliteBackendBuilder::busy_timeout`] | 5000 |
+//!   | `foreign` | `allow`, `refuse` | [`SqliteBackendBuilder::allow_foreign_database`] | `refuse` |
+//!
+//!   An unknown, repeated or malformed parameter, an invalid percent-escape, a fragment
+//!   (`#`) or a user name/password is refused with `InvalidInput` naming what is wrong
+//!   (never a password; see [`SqliteUrl::parse`]).
+//! - The file is created when missing (mode `rwc`), but its directory must exist: a missing
+//!   directory, a read-only, locked or corrupt file gives a clear error naming the path.
+//! - Courier marks its files (`PRAGMA application_id`). A database that is not Courier's —
+//!   tables of its own, another application id — is refused with `InvalidInput` naming the
+//!   path, before anything in it changes (not even its journal mode), unless allowed
+//!   explicitly ([`SqliteBackendBuilder::allow_foreign_database`], `?foreign=allow`). An
+//!   empty file or a new one becomes Courier's.
 //! - WAL journal, `synchronous=NORMAL` (a committed publish survives a crash of the process;
 //!   the last commits may be lost on power loss), a busy timeout (default 5 s).
 //! - The schema is versioned (`PRAGMA user_version`) and migrated on open; a database from a
@@ -75,6 +92,7 @@ mod pubsub;
 mod queue;
 mod schema;
 mod store;
+mod url;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -86,6 +104,7 @@ use courier_core::{Error, EventBus, PubSub, Queue, QueueConfig, Result, SharedCl
 pub use backend::SqliteBackend;
 pub use consts::BACKEND_NAME;
 pub use schema::LATEST as SCHEMA_VERSION;
+pub use url::{OpenMode, SqliteLocation, SqliteUrl, parse_url};
 
 use courier_core::backend::ConfigStore;
 
@@ -102,11 +121,12 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SqliteBackend {
     /// Open the database named by a URL: `sqlite://path/to/file.db`, `sqlite:///abs/file.db`
-    /// or `sqlite::memory:`, with default settings.
+    /// or `sqlite::memory:`, optionally with parameters (`?mode=ro`, `?busy_timeout=500`;
+    /// see [`SqliteUrl::parse`]), otherwise default settings.
     ///
     /// # Errors
-    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL or an empty path; the
-    /// errors of [`SqliteBackendBuilder::build`].
+    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL, an empty path or a bad
+    /// parameter; the errors of [`SqliteBackendBuilder::build`].
     pub async fn from_url(url: &str) -> Result<Self> {
         Self::builder().url(url)?.build().await
     }
@@ -250,6 +270,8 @@ pub struct SqliteBackendBuilder {
     default_config: Option<QueueConfig>,
     poll_interval: Duration,
     busy_timeout: Duration,
+    mode: OpenMode,
+    allow_foreign_database: bool,
 }
 
 impl Default for SqliteBackendBuilder {
@@ -260,46 +282,10 @@ impl Default for SqliteBackendBuilder {
             default_config: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            mode: OpenMode::default(),
+            allow_foreign_database: false,
         }
     }
-}
-
-/// Parse a SQLite URL into where the database lives.
-///
-/// Accepted: `sqlite::memory:`, `sqlite://:memory:`, `sqlite://relative/path.db`,
-/// `sqlite:///absolute/path.db`.
-///
-/// # Errors
-/// [`courier_core::ErrorKind::InvalidInput`] for another scheme or an empty path.
-pub fn parse_url(url: &str) -> Result<SqliteLocation> {
-    if url == "sqlite::memory:" {
-        return Ok(SqliteLocation::Memory);
-    }
-    let Some(rest) = url.strip_prefix("sqlite://") else {
-        return Err(KIT.tag("open")(Error::invalid(format!(
-            "not a SQLite URL: {} (expected sqlite://path/to/file.db or sqlite::memory:)",
-            courier_core::redact_url(url)
-        ))));
-    };
-    if rest == ":memory:" {
-        return Ok(SqliteLocation::Memory);
-    }
-    if rest.is_empty() {
-        return Err(KIT.tag("open")(Error::invalid(
-            "SQLite URL sqlite:// has an empty path (expected sqlite://path/to/file.db or \
-             sqlite::memory:)",
-        )));
-    }
-    Ok(SqliteLocation::File(PathBuf::from(rest)))
-}
-
-/// Where a SQLite database lives, as parsed from a URL by [`parse_url`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SqliteLocation {
-    /// A database file.
-    File(PathBuf),
-    /// A private in-memory database.
-    Memory,
 }
 
 impl SqliteBackendBuilder {
@@ -315,16 +301,52 @@ impl SqliteBackendBuilder {
         self
     }
 
-    /// Use the database named by a URL (see [`parse_url`]).
+    /// Use the database named by a URL (see [`SqliteUrl::parse`]). Its parameters
+    /// (`mode`, `busy_timeout`) replace the settings made before this call; settings made
+    /// after it replace the URL's.
     ///
     /// # Errors
-    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL or an empty path.
+    /// [`courier_core::ErrorKind::InvalidInput`] for a malformed URL, an empty path, or an
+    /// unknown, repeated or malformed parameter.
     pub fn url(mut self, url: &str) -> Result<Self> {
-        self.target = Some(match parse_url(url)? {
+        let parsed = SqliteUrl::parse(url)?;
+        self.target = Some(match parsed.location {
             SqliteLocation::File(p) => Target::File(p),
             SqliteLocation::Memory => Target::Memory,
         });
+        if let Some(mode) = parsed.mode {
+            self.mode = mode;
+        }
+        if let Some(timeout) = parsed.busy_timeout {
+            self.busy_timeout = timeout;
+        }
+        if let Some(allow) = parsed.allow_foreign_database {
+            self.allow_foreign_database = allow;
+        }
         Ok(self)
+    }
+
+    /// Whether to open a database that is not Courier's (default `false`; URL parameter
+    /// `foreign=allow`).
+    ///
+    /// A database is Courier's when Courier created it (its `PRAGMA application_id` is
+    /// Courier's) or it is empty. Any other database — tables of its own, another application
+    /// id, or a `user_version` of its own — is refused with
+    /// [`courier_core::ErrorKind::InvalidInput`] before anything in it is changed. With
+    /// `true`, Courier adds its tables (all named `courier_*`) next to the others, switches
+    /// the file to WAL, and records its schema version in `PRAGMA user_version`, which the
+    /// other application therefore must not use (a database whose `user_version` is already
+    /// taken is refused even then). The file is not marked as Courier's: every open needs the
+    /// permission again.
+    pub fn allow_foreign_database(mut self, allow: bool) -> Self {
+        self.allow_foreign_database = allow;
+        self
+    }
+
+    /// How the file is opened (default [`OpenMode::ReadWriteCreate`]; URL parameter `mode`).
+    pub fn mode(mut self, mode: OpenMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Use this clock (default: [`SystemClock`]). Every process sharing a file should use the
@@ -348,20 +370,23 @@ impl SqliteBackendBuilder {
     }
 
     /// How long a write waits for another process's lock before failing with
-    /// [`courier_core::ErrorKind::Unavailable`] (default 5 s).
+    /// [`courier_core::ErrorKind::Unavailable`] (default 5 s, at most `i32::MAX` ms — about
+    /// 24.8 days — which is SQLite's limit; URL parameter `busy_timeout`).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+        self.busy_timeout = timeout.min(url::MAX_BUSY_TIMEOUT);
         self
     }
 
     /// Open the database (creating and migrating it as needed) and start the writer thread.
     ///
     /// # Errors
-    /// [`courier_core::ErrorKind::InvalidInput`] when no path was given, the path is empty or
-    /// the default configuration is invalid; [`courier_core::ErrorKind::Backend`] naming the
-    /// file when it cannot be opened (missing directory, read-only, corrupt, not a database,
-    /// from a newer Courier); [`courier_core::ErrorKind::Unavailable`] when it stays locked
-    /// beyond the busy timeout.
+    /// [`courier_core::ErrorKind::InvalidInput`] when no path was given, the path is empty,
+    /// an in-memory database is asked to be read-only, or the default configuration is
+    /// invalid; [`courier_core::ErrorKind::NotFound`] naming the file when it is missing in
+    /// [`OpenMode::ReadOnly`] or [`OpenMode::ReadWrite`]; [`courier_core::ErrorKind::Backend`]
+    /// naming the file when it cannot be opened (missing directory, read-only, corrupt, not a
+    /// database, from a newer Courier, in need of a migration in [`OpenMode::ReadOnly`]);
+    /// [`courier_core::ErrorKind::Unavailable`] when it stays locked beyond the busy timeout.
     pub async fn build(self) -> Result<SqliteBackend> {
         let target = self.target.ok_or_else(|| {
             KIT.tag("open")(Error::invalid(
@@ -375,6 +400,11 @@ impl SqliteBackendBuilder {
                 )));
             }
             Target::File(p) => p.clone(),
+            Target::Memory if self.mode == OpenMode::ReadOnly => {
+                return Err(KIT.tag("open")(Error::invalid(
+                    "a private in-memory SQLite database cannot be opened read-only",
+                )));
+            }
             Target::Memory => PathBuf::from(":memory:"),
         };
         let default_config = self.default_config.unwrap_or_default();
@@ -389,6 +419,8 @@ impl SqliteBackendBuilder {
             path: path.clone(),
             clock: clock.clone(),
             busy_timeout: self.busy_timeout,
+            mode: self.mode,
+            allow_foreign_database: self.allow_foreign_database,
             poll_interval: self.poll_interval,
             hub: hub.clone(),
             relay: pubsub::relay,

@@ -3,8 +3,15 @@
 //! Migration `n` (1-based) is `MIGRATIONS[n - 1]`; a database at version `v` gets migrations
 //! `v + 1 ..= LATEST`, all in one `BEGIN IMMEDIATE` transaction that re-reads the version
 //! first, so two processes opening a new file at once migrate it exactly once. A database
-//! from a newer Courier (version above [`LATEST`]) is refused with a clear message, and so is
-//! a database of another application (`PRAGMA application_id`).
+//! from a newer Courier (version above [`LATEST`]) is refused with a clear message.
+//!
+//! Courier marks its files with `PRAGMA application_id` ([`APPLICATION_ID`]). Before anything
+//! in a file is changed (its journal mode included), [`inspect`] reads what it holds and
+//! [`admit`] refuses a database that is not Courier's: another application id, tables of its
+//! own (any name not starting with `courier_` or `sqlite_`), or a `user_version` without
+//! Courier's tables. An empty database (or a new file) becomes Courier's. A foreign database
+//! is opened only with the explicit permission of the builder (`allow_foreign_database`) or
+//! the URL (`foreign=allow`), and is then never marked as Courier's.
 
 use std::path::Path;
 
@@ -47,21 +54,140 @@ fn newer(path: &Path, found: u32) -> Error {
     .with_operation("open")
 }
 
-fn foreign(path: &Path, id: i32) -> Error {
-    Error::new(
-        ErrorKind::Backend,
-        format!(
-            "SQLite database {} belongs to another application (application_id {id:#x}); \
-             refusing to add Courier tables to it",
-            path.display()
-        ),
-    )
-    .with_backend(BACKEND_NAME)
-    .with_operation("open")
+/// What a database holds, read before Courier changes anything in it.
+#[derive(Debug)]
+pub(crate) struct Found {
+    /// `PRAGMA application_id`.
+    app: i32,
+    /// `PRAGMA user_version`.
+    version: u32,
+    /// Whether Courier's main table exists.
+    courier_tables: bool,
+    /// Names of the schema objects that are neither Courier's nor SQLite's own, sorted.
+    foreign: Vec<String>,
 }
 
-/// Bring the database up to [`LATEST`], or refuse a newer or foreign one.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+impl Found {
+    /// Courier's own file: marked with its application id, or unmarked with nothing but
+    /// Courier's objects (and, if any version, Courier's tables).
+    fn is_courier(&self) -> bool {
+        self.app == APPLICATION_ID
+            || (self.app == 0
+                && self.foreign.is_empty()
+                && (self.version == 0 || self.courier_tables))
+    }
+}
+
+/// Read what the database holds: the first statement that reads the file, so a corrupt or
+/// locked file fails here, before anything is written.
+pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Found> {
+    let me = |e| map_err("open", path, e);
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(me)?;
+    let version = version(conn, path)?;
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(me)?;
+    let courier_tables = names.iter().any(|n| n == "courier_queues");
+    let foreign = names
+        .into_iter()
+        .filter(|n| !n.starts_with("courier_"))
+        .collect();
+    Ok(Found {
+        app,
+        version,
+        courier_tables,
+        foreign,
+    })
+}
+
+fn refused(message: String) -> Error {
+    Error::invalid(message)
+        .with_backend(BACKEND_NAME)
+        .with_operation("open")
+}
+
+/// Refuse a database that is not Courier's unless `allow_foreign`; refuse one whose
+/// `user_version` Courier cannot share even then.
+pub(crate) fn admit(found: &Found, path: &Path, allow_foreign: bool) -> Result<()> {
+    if found.is_courier() {
+        return Ok(());
+    }
+    let db = path.display();
+    if !allow_foreign {
+        let what = if found.app != 0 && found.app != APPLICATION_ID {
+            format!(
+                "belongs to another application (application_id {:#x})",
+                found.app
+            )
+        } else if !found.foreign.is_empty() {
+            const SHOWN: usize = 5;
+            let mut names = found.foreign[..found.foreign.len().min(SHOWN)].join(", ");
+            if found.foreign.len() > SHOWN {
+                names.push_str(&format!(" and {} more", found.foreign.len() - SHOWN));
+            }
+            format!(
+                "is not a Courier database: it looks like another application's, with tables \
+                 of its own ({names}) and no Courier application id"
+            )
+        } else {
+            format!(
+                "is not a Courier database: it looks like another application's, with a \
+                 user_version of its own ({}) and no Courier tables",
+                found.version
+            )
+        };
+        return Err(refused(format!(
+            "SQLite database {db} {what}; refusing to add Courier's tables to it or switch \
+                 it to WAL. To share this file with its application on purpose, allow it \
+                 explicitly: SqliteBackend::builder().allow_foreign_database(true) or the URL \
+                 parameter ?foreign=allow"
+        )));
+    }
+    if found.version != 0 && !found.courier_tables {
+        return Err(refused(format!(
+            "SQLite database {db} has a PRAGMA user_version of its own ({}) and no Courier \
+                 tables; Courier records its schema version there, so it cannot share this \
+                 file even with allow_foreign_database: use a separate file for Courier",
+            found.version
+        )));
+    }
+    Ok(())
+}
+
+/// For a read-only connection, which cannot migrate: the database must be admitted (see
+/// [`admit`]) and its schema must be [`LATEST`].
+pub(crate) fn check_current(conn: &Connection, path: &Path, allow_foreign: bool) -> Result<()> {
+    admit(&inspect(conn, path)?, path, allow_foreign)?;
+    let found = version(conn, path)?;
+    if found > LATEST {
+        return Err(newer(path, found));
+    }
+    if found < LATEST {
+        let what = if found == 0 {
+            "has no Courier schema yet".to_string()
+        } else {
+            format!("needs a schema migration from version {found} to {LATEST}")
+        };
+        return Err(Error::new(
+            ErrorKind::Backend,
+            format!(
+                "SQLite database {} is opened read-only (mode=ro) but {what}, which needs \
+                 writing; open it read-write once first",
+                path.display()
+            ),
+        )
+        .with_backend(BACKEND_NAME)
+        .with_operation("open"));
+    }
+    Ok(())
+}
+
+/// Bring the database up to [`LATEST`], or refuse a newer one; a foreign one is refused
+/// again under the write lock (see [`admit`]; the caller checked it before its first write).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, allow_foreign: bool) -> Result<()> {
     let found = version(conn, path)?;
     if found > LATEST {
         return Err(newer(path, found));
@@ -79,14 +205,15 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         return Err(newer(path, current));
     }
     if current == 0 {
-        let app: i32 = tx
-            .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(me)?;
-        if app != 0 && app != APPLICATION_ID {
-            return Err(foreign(path, app));
+        // Another process may have created tables since the caller looked.
+        let found = inspect(&tx, path)?;
+        admit(&found, path, allow_foreign)?;
+        // An empty database becomes Courier's; a foreign one shared on purpose stays its
+        // application's.
+        if found.is_courier() {
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(me)?;
         }
-        tx.pragma_update(None, "application_id", APPLICATION_ID)
-            .map_err(me)?;
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let target = i as u32 + 1;

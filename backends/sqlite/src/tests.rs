@@ -65,6 +65,13 @@ fn user_version(path: &Path) -> i64 {
         .expect("user_version")
 }
 
+/// Set `PRAGMA user_version` of a closed database (an older or newer schema).
+fn set_user_version(path: &Path, v: i64) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_update(None, "user_version", v)
+        .expect("user_version");
+}
+
 // ---------------------------------------------------------------------------------------
 // URLs and opening
 
@@ -90,6 +97,255 @@ fn urls_parse() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     let e = parse_url("redis://x").expect_err("scheme");
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+/// The `InvalidInput` error of parsing `url`.
+fn url_error(url: &str) -> courier_core::Error {
+    let e = SqliteUrl::parse(url).expect_err(url);
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url}: {e}");
+    e
+}
+
+#[test]
+fn url_parameters_are_supported_or_refused_by_name() {
+    let u = SqliteUrl::parse("sqlite:///var/q.db?mode=ro&busy_timeout=250").expect("params");
+    assert_eq!(u.location, SqliteLocation::File(PathBuf::from("/var/q.db")));
+    assert_eq!(u.mode, Some(OpenMode::ReadOnly));
+    assert_eq!(u.busy_timeout, Some(Duration::from_millis(250)));
+    for (url, mode) in [
+        ("sqlite://q.db?mode=rw", OpenMode::ReadWrite),
+        ("sqlite://q.db?mode=rwc", OpenMode::ReadWriteCreate),
+    ] {
+        assert_eq!(SqliteUrl::parse(url).expect(url).mode, Some(mode));
+    }
+    let u = SqliteUrl::parse("sqlite://q.db").expect("none");
+    assert_eq!((u.mode, u.busy_timeout), (None, None));
+    // An empty query and empty pairs are nothing.
+    assert_eq!(
+        parse_url("sqlite://q.db?").expect("?"),
+        parse_url("sqlite://q.db").expect("q")
+    );
+    assert_eq!(
+        SqliteUrl::parse("sqlite://:memory:?busy_timeout=10")
+            .expect("memory")
+            .location,
+        SqliteLocation::Memory
+    );
+    // The finding: a query string was part of the file name.
+    let e = url_error("sqlite://?mode=ro");
+    assert!(e.message().contains("empty path"), "{e}");
+    for (url, named) in [
+        ("sqlite:///var/q.db?cache=shared", "\"cache\""),
+        ("sqlite:///var/q.db?mode=memory", "mode"),
+        ("sqlite:///var/q.db?mode=RO", "mode"),
+        ("sqlite:///var/q.db?mode", "mode"),
+        ("sqlite:///var/q.db?mode=ro&mode=rw", "more than once"),
+        ("sqlite:///var/q.db?busy_timeout=soon", "busy_timeout"),
+        ("sqlite:///var/q.db?busy_timeout=-1", "busy_timeout"),
+        ("sqlite:///var/q.db?busy_timeout=+5", "busy_timeout"),
+        (
+            "sqlite:///var/q.db?busy_timeout=99999999999",
+            "busy_timeout",
+        ),
+        ("sqlite:///var/q.db?busy_timeout=", "busy_timeout"),
+        ("sqlite://:memory:?mode=ro", "mode=ro"),
+    ] {
+        let e = url_error(url);
+        assert!(e.message().contains(named), "{url}: {e}");
+    }
+    // A fragment is not silently part of the name either.
+    url_error("sqlite:///var/q.db#x");
+}
+
+#[test]
+fn url_paths_are_percent_decoded() {
+    assert_eq!(
+        parse_url("sqlite:///tmp/x-%20y.db").expect("space"),
+        SqliteLocation::File(PathBuf::from("/tmp/x- y.db"))
+    );
+    assert_eq!(
+        parse_url("sqlite://a%3Fb%23c%25d%40e.db").expect("escapes"),
+        SqliteLocation::File(PathBuf::from("a?b#c%d@e.db"))
+    );
+    assert_eq!(
+        SqliteUrl::parse("sqlite:///q.db?mode=r%6F")
+            .expect("escaped value")
+            .mode,
+        Some(OpenMode::ReadOnly)
+    );
+    for url in [
+        "sqlite:///tmp/x-%2.db",
+        "sqlite:///tmp/x-%zz.db",
+        "sqlite:///tmp/x-%",
+        "sqlite:///tmp/x-%00.db",
+        "sqlite:///q.db?mode=r%6",
+    ] {
+        url_error(url);
+    }
+}
+
+#[test]
+fn url_scheme_is_case_insensitive() {
+    assert_eq!(
+        parse_url("SQLite:///var/q.db").expect("mixed"),
+        SqliteLocation::File(PathBuf::from("/var/q.db"))
+    );
+    assert_eq!(
+        parse_url("SQLITE::memory:").expect("upper"),
+        SqliteLocation::Memory
+    );
+    assert_eq!(
+        parse_url("Sqlite://:memory:").expect("upper"),
+        SqliteLocation::Memory
+    );
+    url_error("sqlites:///var/q.db");
+    url_error("sqlite:/var/q.db");
+}
+
+#[test]
+fn url_errors_never_show_a_secret() {
+    for url in [
+        "sqlite://user:hunter2@localhost/q.db",
+        "sqlite://user:hunter2@/q.db",
+        "postgres://user:hunter2@localhost/db",
+        "sqlite:///q.db?password=hunter2",
+        "sqlite:///q.db?token=hunter2&mode=ro",
+    ] {
+        let e = url_error(url);
+        assert!(!format!("{e:#}").contains("hunter2"), "{url}: {e:#}");
+    }
+}
+
+#[test]
+fn a_relative_path_starting_with_file_colon_is_a_file_name() {
+    // SQLite would read `file:q.db?mode=memory` as a URI with parameters of its own.
+    assert_eq!(
+        writer::sqlite_path(Path::new("file:q.db?mode=memory")),
+        Path::new("./file:q.db?mode=memory")
+    );
+    assert_eq!(
+        writer::sqlite_path(Path::new("data/q.db")),
+        Path::new("data/q.db")
+    );
+    assert_eq!(
+        writer::sqlite_path(Path::new("/abs/file:q.db")),
+        Path::new("/abs/file:q.db")
+    );
+}
+
+#[tokio::test]
+async fn url_query_never_becomes_part_of_the_file_name() {
+    // Before: `sqlite://?mode=ro` opened (and created) a file named `?mode=ro` here.
+    let r = SqliteBackend::from_url("sqlite://?mode=ro").await;
+    let litter = Path::new("?mode=ro").exists();
+    let _ = std::fs::remove_file("?mode=ro");
+    assert!(!litter, "a file named ?mode=ro was created");
+    assert_eq!(r.expect_err("empty path").kind(), ErrorKind::InvalidInput);
+
+    let dir = TempDir::new("url-query");
+    let url = format!("sqlite://{}?busy_timeout=250", dir.file("q.db").display());
+    let b = SqliteBackend::from_url(&url).await.expect("open");
+    assert_eq!(b.path(), dir.file("q.db"));
+    drop(b);
+    let url = format!("sqlite://{}?journal=off", dir.file("r.db").display());
+    let e = SqliteBackend::from_url(&url)
+        .await
+        .expect_err("unknown parameter");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.message().contains("journal"), "{e}");
+    assert!(
+        listing(&dir.0).iter().all(|n| n.starts_with("q.db")),
+        "{:?}",
+        listing(&dir.0)
+    );
+}
+
+#[tokio::test]
+async fn url_percent_escapes_open_the_decoded_file() {
+    let dir = TempDir::new("url-escape");
+    let url = format!("sqlite://{}/x-%20y.db", dir.0.display());
+    let b = SqliteBackend::from_url(&url).await.expect("open");
+    assert_eq!(b.path(), dir.file("x- y.db"));
+    let q: &dyn Queue = &b;
+    q.publish("q", Message::new("k", "v"))
+        .await
+        .expect("publish");
+    assert!(dir.file("x- y.db").is_file());
+    assert!(!dir.file("x-%20y.db").exists());
+    let e = SqliteBackend::from_url(&format!("sqlite://{}/x-%2.db", dir.0.display()))
+        .await
+        .expect_err("bad escape");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+#[tokio::test]
+async fn mode_rw_and_ro_refuse_a_missing_file_and_create_nothing() {
+    let dir = TempDir::new("mode-missing");
+    let path = dir.file("q.db");
+    for mode in ["ro", "rw"] {
+        let url = format!("sqlite://{}?mode={mode}", path.display());
+        let e = SqliteBackend::from_url(&url).await.expect_err("missing");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(e.message().contains(&path.display().to_string()), "{e}");
+        assert!(e.message().contains("does not exist"), "{e}");
+        assert!(listing(&dir.0).is_empty(), "{:?}", listing(&dir.0));
+    }
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    drop(SqliteBackend::from_url(&url).await.expect("rwc creates"));
+    let url = format!("sqlite://{}?mode=rw", path.display());
+    drop(
+        SqliteBackend::from_url(&url)
+            .await
+            .expect("rw opens what exists"),
+    );
+}
+
+#[tokio::test]
+async fn mode_ro_reads_and_refuses_writes_naming_the_path() {
+    let dir = TempDir::new("mode-ro");
+    let path = dir.file("q.db");
+    {
+        let b = open(&path).await;
+        let q: &dyn Queue = &b;
+        q.publish("jobs", Message::new("k", "v"))
+            .await
+            .expect("publish");
+    }
+    let b = SqliteBackend::builder()
+        .url(&format!("sqlite://{}?mode=ro", path.display()))
+        .expect("url")
+        .build()
+        .await
+        .expect("read-only open");
+    assert_eq!(b.queue_names().await.expect("names"), ["jobs"]);
+    let q: &dyn Queue = &b;
+    let e = q
+        .publish("jobs", Message::new("k", "w"))
+        .await
+        .expect_err("read-only");
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert!(e.message().contains("read-only"), "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    drop(b);
+    // Nothing was written: the message is still there, once.
+    let b = open(&path).await;
+    let q: &dyn Queue = &b;
+    assert_eq!(q.stats("jobs").await.expect("stats").published, 1);
+}
+
+#[tokio::test]
+async fn huge_busy_timeout_is_clamped_not_a_panic() {
+    let dir = TempDir::new("huge-busy");
+    let b = SqliteBackend::builder()
+        .path(dir.file("q.db"))
+        .busy_timeout(Duration::MAX)
+        .build()
+        .await
+        .expect("open");
+    let q: &dyn Queue = &b;
+    q.publish("q", Message::new("k", "v"))
+        .await
+        .expect("publish");
 }
 
 #[tokio::test]
@@ -274,7 +530,181 @@ async fn foreign_database_is_refused() {
         .build()
         .await
         .expect_err("foreign");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.message().contains("another application"), "{e}");
+    assert_eq!(
+        journal_mode(&path),
+        "delete",
+        "refused before the WAL switch"
+    );
+}
+
+/// A plain SQLite database of another program: a table with a row, rollback journal, no
+/// application id.
+fn foreign_file(path: &Path) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users (name) VALUES ('ada');")
+        .expect("foreign schema");
+}
+
+fn journal_mode(path: &Path) -> String {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("journal_mode")
+}
+
+fn table_names(path: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).expect("open");
+    let mut s = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .expect("prepare");
+    s.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("names")
+}
+
+#[tokio::test]
+async fn a_foreign_database_is_refused_and_left_untouched() {
+    let dir = TempDir::new("foreign-plain");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    let bytes = std::fs::read(&path).expect("read");
+    for how in ["builder", "url", "url foreign=refuse"] {
+        let r = match how {
+            "builder" => SqliteBackend::builder().path(&path).build().await,
+            "url" => SqliteBackend::from_url(&format!("sqlite://{}", path.display())).await,
+            _ => {
+                SqliteBackend::from_url(&format!("sqlite://{}?foreign=refuse", path.display()))
+                    .await
+            }
+        };
+        let e = r.expect_err("a foreign database must be refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{how}: {e}");
+        assert!(e.message().contains(&path.display().to_string()), "{e}");
+        assert!(e.message().contains("users"), "names what it found: {e}");
+        assert!(e.message().contains("allow_foreign_database(true)"), "{e}");
+        assert!(e.message().contains("foreign=allow"), "{e}");
+    }
+    // Refused before anything changed: same bytes, still a rollback journal, no Courier
+    // tables, no -wal or -shm.
+    assert!(
+        std::fs::read(&path).expect("read") == bytes,
+        "the file was changed"
+    );
+    assert_eq!(journal_mode(&path), "delete");
+    assert_eq!(table_names(&path), ["users"]);
+    assert_eq!(listing(&dir.0), ["app.db"]);
+    // Read-only handles refuse it too.
+    let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect_err("foreign, read-only");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[tokio::test]
+async fn a_foreign_database_is_shared_only_when_allowed() {
+    let dir = TempDir::new("foreign-allowed");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    {
+        let b = SqliteBackend::builder()
+            .path(&path)
+            .allow_foreign_database(true)
+            .build()
+            .await
+            .expect("allowed explicitly");
+        let q: &dyn Queue = &b;
+        q.publish("jobs", Message::new("k", "shared"))
+            .await
+            .expect("publish");
+    }
+    let tables = table_names(&path);
+    assert!(tables.contains(&"users".to_string()), "{tables:?}");
+    assert!(tables.contains(&"courier_queues".to_string()), "{tables:?}");
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let name: String = c
+            .query_row("SELECT name FROM users", [], |r| r.get(0))
+            .expect("their row");
+        assert_eq!(name, "ada");
+        let app: i32 = c
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("app id");
+        assert_eq!(app, 0, "not marked as Courier's own file");
+    }
+    // Still not Courier's own: each open says so again.
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .build()
+        .await
+        .expect_err("still foreign");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let b = SqliteBackend::from_url(&format!("sqlite://{}?foreign=allow", path.display()))
+        .await
+        .expect("allowed by URL");
+    let q: &dyn Queue = &b;
+    let d = q
+        .receive_one("jobs", Duration::ZERO)
+        .await
+        .expect("receive")
+        .expect("the message");
+    assert_eq!(&d.message.payload[..], b"shared");
+}
+
+#[tokio::test]
+async fn a_foreign_database_using_user_version_cannot_be_shared() {
+    let dir = TempDir::new("foreign-version");
+    let path = dir.file("app.db");
+    foreign_file(&path);
+    set_user_version(&path, 1);
+    let bytes = std::fs::read(&path).expect("read");
+    let e = SqliteBackend::builder()
+        .path(&path)
+        .allow_foreign_database(true)
+        .build()
+        .await
+        .expect_err("its user_version is not Courier's schema version");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("user_version"), "{e}");
+    assert!(e.message().contains(&path.display().to_string()), "{e}");
+    assert!(
+        std::fs::read(&path).expect("read") == bytes,
+        "the file was changed"
+    );
+    assert_eq!(listing(&dir.0), ["app.db"]);
+}
+
+#[tokio::test]
+async fn empty_and_new_files_become_courier_databases() {
+    let dir = TempDir::new("empty");
+    // A zero-byte file, a SQLite database with no tables, and no file at all.
+    let zero = dir.file("zero.db");
+    std::fs::write(&zero, b"").expect("touch");
+    let blank = dir.file("blank.db");
+    {
+        let c = rusqlite::Connection::open(&blank).expect("open");
+        c.execute_batch("CREATE TABLE t (x); DROP TABLE t;")
+            .expect("blank");
+    }
+    let new = dir.file("new.db");
+    for path in [&zero, &blank, &new] {
+        drop(open(path).await);
+        assert_eq!(
+            user_version(path),
+            i64::from(SCHEMA_VERSION),
+            "{}",
+            path.display()
+        );
+        let c = rusqlite::Connection::open(path).expect("open");
+        let app: i32 = c
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("app id");
+        assert_eq!(app, schema::APPLICATION_ID, "{}", path.display());
+        drop(c);
+        // ... and open again as Courier's own, without any opt-in.
+        drop(open(path).await);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,25 +855,111 @@ async fn exclusively_locked_database_at_open_is_unavailable_naming_the_path() {
 async fn read_only_file_is_an_error_naming_the_path() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("readonly");
-    let path = dir.file("q.db");
-    drop(open(&path).await);
-    // Make the file read-only. Root ignores permission bits, so fall back to opening the
-    // database read-only through SQLite's URI parameter, which SQLite treats the same way.
+    let path = courier_file_at_version(&dir, i64::from(SCHEMA_VERSION)).await;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    // A file this process may not write is opened read-only by SQLite, and refused. Root
+    // ignores permission bits, so as root a read-only handle (`mode=ro`) on a file that needs
+    // writing (an older schema version) stands in for it: SQLite treats both the same way.
     let writable = std::fs::OpenOptions::new().write(true).open(&path).is_ok();
-    let target = if writable {
-        Target::File(PathBuf::from(format!("file:{}?mode=ro", path.display())))
+    let builder = if writable {
+        set_user_version(&path, 1);
+        SqliteBackend::builder()
+            .url(&format!("sqlite://{}?mode=ro", path.display()))
+            .expect("url")
     } else {
-        Target::File(path.clone())
+        SqliteBackend::builder().path(&path)
     };
-    let e = match writer::open(&target, &path, Duration::from_millis(100)) {
-        Ok(_) => panic!("a read-only database must be refused"),
-        Err(e) => e,
-    };
+    let e = builder
+        .busy_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect_err("a read-only database must be refused");
     assert_eq!(e.kind(), ErrorKind::Backend);
     assert!(e.message().contains("read-only"), "{e}");
     assert!(e.message().contains(&path.display().to_string()), "{e}");
+    // ... without leaving an empty -wal and a -shm next to it.
+    assert_eq!(listing(&dir.0), ["q.db"], "writable: {writable}");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// Wait (up to 5 s) until the directory holds exactly `names`: a dropped backend's threads
+/// close their connections by themselves, shortly after.
+async fn settles(dir: &Path, names: &[&str]) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while listing(dir) != names {
+        assert!(
+            std::time::Instant::now() < end,
+            "{:?} never became {names:?}",
+            listing(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A closed Courier database (WAL) at schema version `version`, alone in its directory.
+async fn courier_file_at_version(dir: &TempDir, version: i64) -> PathBuf {
+    let path = dir.file("q.db");
+    drop(open(&path).await);
+    settles(&dir.0, &["q.db"]).await;
+    set_user_version(&path, version);
+    assert_eq!(journal_mode(&path), "wal");
+    settles(&dir.0, &["q.db"]).await;
+    path
+}
+
+#[tokio::test]
+async fn a_failed_open_removes_the_wal_and_shm_it_created() {
+    // Root ignores permission bits, so a `chmod 444` file does not fail here; a read-only
+    // handle (`mode=ro`) on a file that needs writing fails the same way for every user: an
+    // older schema (needs a migration) and a newer one (refused). SQLite's read-only
+    // connection creates `-wal` and `-shm` on its first read and leaves them when it closes.
+    for version in [1, i64::from(SCHEMA_VERSION) + 1] {
+        let dir = TempDir::new("failed-open-litter");
+        let path = courier_file_at_version(&dir, version).await;
+        let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+            .await
+            .expect_err("needs writing");
+        assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+        assert!(e.message().contains(&path.display().to_string()), "{e}");
+        assert_eq!(listing(&dir.0), ["q.db"], "version {version}: {e}");
+        assert_eq!(user_version(&path), version, "left as it was");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_open_keeps_the_wal_and_shm_of_others() {
+    let dir = TempDir::new("failed-open-others");
+    let path = courier_file_at_version(&dir, 1).await;
+    // Another connection has the database open: its -wal and -shm existed before the
+    // attempt and must survive it (with what they hold).
+    let other = rusqlite::Connection::open(&path).expect("open");
+    other
+        .execute_batch("CREATE TABLE courier_note (x); INSERT INTO courier_note VALUES (1);")
+        .expect("write");
+    assert_eq!(listing(&dir.0), ["q.db", "q.db-shm", "q.db-wal"]);
+    let e = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect_err("needs a migration");
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+    assert_eq!(listing(&dir.0), ["q.db", "q.db-shm", "q.db-wal"]);
+    let n: i64 = other
+        .query_row("SELECT count(*) FROM courier_note", [], |r| r.get(0))
+        .expect("still works");
+    assert_eq!(n, 1);
+    drop(other);
+    assert_eq!(listing(&dir.0), ["q.db"]);
+}
+
+#[tokio::test]
+async fn a_read_only_handle_leaves_no_wal_or_shm_behind() {
+    let dir = TempDir::new("ro-litter");
+    let path = courier_file_at_version(&dir, i64::from(SCHEMA_VERSION)).await;
+    let b = SqliteBackend::from_url(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect("read-only open");
+    assert!(b.queue_names().await.expect("names").is_empty());
+    drop(b);
+    settles(&dir.0, &["q.db"]).await;
 }
 
 #[tokio::test]

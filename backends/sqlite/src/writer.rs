@@ -10,6 +10,7 @@
 //!
 //! Blocking SQLite calls therefore never run on the async runtime's worker threads.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,8 +24,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::OpenMode;
 use crate::consts::BACKEND_NAME;
-use crate::error::{copy, map_err, read_only, writer_gone};
+use crate::error::{copy, map_err, read_only as read_only_error, writer_gone};
 use crate::hub::Hub;
 use crate::schema;
 
@@ -256,6 +258,8 @@ pub(crate) struct Settings {
     pub(crate) path: PathBuf,
     pub(crate) clock: SharedClock,
     pub(crate) busy_timeout: Duration,
+    pub(crate) mode: OpenMode,
+    pub(crate) allow_foreign_database: bool,
     pub(crate) poll_interval: Duration,
     pub(crate) hub: Arc<Hub>,
     /// Run whenever another connection committed.
@@ -267,27 +271,165 @@ pub(crate) struct Settings {
 /// the layer above delivers other processes' pub/sub messages to the hub's subscriptions.
 pub(crate) type Relay = fn(&Connection, &Hub, &Path);
 
-/// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations.
-pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Result<Connection> {
+/// How [`open`] opens the connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpenOptions {
+    pub(crate) mode: OpenMode,
+    pub(crate) busy_timeout: Duration,
+    pub(crate) allow_foreign_database: bool,
+}
+
+/// The name to hand SQLite for `p`. This build of SQLite takes a name that starts with
+/// `file:` as a URI with parameters of its own (`?mode=memory`, `?vfs=…`), so a relative
+/// path that starts so is made `./file:…`: a file name is always just a file name.
+pub(crate) fn sqlite_path(p: &Path) -> Cow<'_, Path> {
+    if p.is_relative() && p.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        Cow::Owned(Path::new(".").join(p))
+    } else {
+        Cow::Borrowed(p)
+    }
+}
+
+/// The `-wal` and `-shm` files of a database file that did not exist before an open, so
+/// that a failed open (or a read-only handle, which SQLite leaves them behind for) can take
+/// away what it created, and nothing else.
+pub(crate) struct Companions {
+    file: PathBuf,
+    absent: Vec<PathBuf>,
+}
+
+impl Companions {
+    /// Note which companions of `target`'s file do not exist yet (`None`: in memory).
+    pub(crate) fn before(target: &Target) -> Option<Companions> {
+        let Target::File(file) = target else {
+            return None;
+        };
+        let absent = ["-wal", "-shm"]
+            .into_iter()
+            .map(|suffix| {
+                let mut name = file.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            })
+            .filter(|c| std::fs::symlink_metadata(c).is_err())
+            .collect();
+        Some(Companions {
+            file: file.clone(),
+            absent,
+        })
+    }
+
+    /// Remove the companions that appeared since [`Companions::before`], if no other
+    /// connection uses them. Call once this process's connections to the file are closed.
+    ///
+    /// Only SQLite can tell whether another connection (of any process) has the database
+    /// open, so this asks it: a read-write connection that closes as the last one on a WAL
+    /// database checkpoints and deletes `-wal` and `-shm`, and leaves them while another
+    /// connection is open. The probe opens the existing file without creating anything and
+    /// reads the schema; a file it may not write keeps its companions (logged).
+    pub(crate) fn clean_up(&self) {
+        let created: Vec<&PathBuf> = self.absent.iter().filter(|c| c.exists()).collect();
+        if created.is_empty() {
+            return;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match Connection::open_with_flags(sqlite_path(&self.file), flags) {
+            Ok(probe) if !probe.is_readonly("main").unwrap_or(true) => {
+                let _ = probe.busy_timeout(Duration::from_millis(100));
+                let _ = probe.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()));
+                drop(probe);
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let left: Vec<String> = created
+            .iter()
+            .filter(|c| c.exists())
+            .map(|c| c.display().to_string())
+            .collect();
+        if !left.is_empty() {
+            tracing::debug!(
+                path = %self.file.display(),
+                ?left,
+                "courier sqlite: -wal/-shm left in place (another connection uses them, or no write access)"
+            );
+        }
+    }
+}
+
+/// Open the connection: WAL, `synchronous=NORMAL`, busy timeout, migrations (read-only:
+/// no journal change and no migration, the schema must be current). A failed open removes
+/// the `-wal` and `-shm` files it created (see [`Companions::clean_up`]); the database file
+/// itself is kept even if this open created it, as another process may be creating it at
+/// the same moment (an empty file is a new database to the next open).
+pub(crate) fn open(target: &Target, path: &Path, opts: OpenOptions) -> Result<Connection> {
+    let companions = Companions::before(target);
+    let opened = open_connection(target, path, opts);
+    if opened.is_err()
+        && let Some(c) = companions
+    {
+        c.clean_up();
+    }
+    opened
+}
+
+fn open_connection(target: &Target, path: &Path, opts: OpenOptions) -> Result<Connection> {
     let me = |e| map_err("open", path, e);
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let read_only = opts.mode == OpenMode::ReadOnly;
+    if let Target::File(p) = target
+        && opts.mode != OpenMode::ReadWriteCreate
+        && let Err(e) = std::fs::metadata(p)
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "SQLite database {} does not exist (mode={} opens an existing file only; \
+                 mode=rwc creates it)",
+                path.display(),
+                opts.mode.as_str()
+            ),
+        )
+        .with_backend(BACKEND_NAME)
+        .with_operation("open"));
+    }
+    let access = match opts.mode {
+        OpenMode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        OpenMode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+        OpenMode::ReadWriteCreate => {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        }
+    };
     let mut conn = match target {
-        Target::File(p) => Connection::open_with_flags(p, flags),
-        Target::Memory => Connection::open_in_memory_with_flags(flags),
+        Target::File(p) => {
+            Connection::open_with_flags(sqlite_path(p), access | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        }
+        Target::Memory => Connection::open_in_memory_with_flags(
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ),
     }
     .map_err(me)?;
-    conn.busy_timeout(busy_timeout).map_err(me)?;
-    // The first statement that reads the file: a corrupt or foreign file fails here.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-        .map_err(me)?;
-    if matches!(target, Target::File(_)) && !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(path = %path.display(), mode, "courier sqlite: WAL mode unavailable");
+    conn.busy_timeout(opts.busy_timeout).map_err(me)?;
+    // SQLite decides at open whether it could get write access (a file it may not write is
+    // opened read-only): refuse before the first read, which would create `-wal` and `-shm`.
+    if !read_only && conn.is_readonly("main").map_err(me)? {
+        return Err(read_only_error(path));
     }
-    if conn.is_readonly("main").map_err(me)? {
-        return Err(read_only(path));
+    if read_only {
+        schema::check_current(&conn, path, opts.allow_foreign_database)?;
+    } else {
+        // Nothing in the file changes before it is known to be Courier's (or shared on
+        // purpose): the WAL switch below is persistent, and the file's application would
+        // find it changed.
+        let found = schema::inspect(&conn, path)?;
+        schema::admit(&found, path, opts.allow_foreign_database)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(me)?;
+        if matches!(target, Target::File(_)) && !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "courier sqlite: WAL mode unavailable");
+        }
     }
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(me)?;
@@ -315,7 +457,9 @@ pub(crate) fn open(target: &Target, path: &Path, busy_timeout: Duration) -> Resu
     // process's reader keeping it from finishing).
     conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
         .map_err(me)?;
-    schema::migrate(&mut conn, path)?;
+    if !read_only {
+        schema::migrate(&mut conn, path, opts.allow_foreign_database)?;
+    }
     Ok(conn)
 }
 
@@ -341,7 +485,7 @@ fn checkpointer(file: PathBuf) -> Option<mpsc::Sender<()>> {
         .name("courier-sqlite-checkpoint".into())
         .spawn(move || {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = match Connection::open_with_flags(&path, flags).and_then(|c| {
+            let conn = match Connection::open_with_flags(sqlite_path(&path), flags).and_then(|c| {
                 c.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
                 Ok(c)
             }) {
@@ -382,7 +526,18 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
     std::thread::Builder::new()
         .name("courier-sqlite-writer".into())
         .spawn(move || {
-            let conn = match open(&settings.target, &settings.path, settings.busy_timeout) {
+            let options = OpenOptions {
+                mode: settings.mode,
+                busy_timeout: settings.busy_timeout,
+                allow_foreign_database: settings.allow_foreign_database,
+            };
+            // SQLite leaves the -wal and -shm a read-only connection created behind when it
+            // closes: a read-only handle takes them away when it stops.
+            let read_only_companions = match settings.mode {
+                OpenMode::ReadOnly => Companions::before(&settings.target),
+                _ => None,
+            };
+            let conn = match open(&settings.target, &settings.path, options) {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -391,11 +546,15 @@ pub(crate) async fn start(settings: Settings) -> Result<Writer> {
             };
             let _ = ready_tx.send(Ok(()));
             // Dropped when this thread ends, which stops the checkpointer.
+            // A read-only handle writes nothing, checkpoints included.
             let _checkpoints = match &settings.target {
-                Target::File(p) => checkpointer(p.clone()),
-                Target::Memory => None,
+                Target::File(p) if settings.mode != OpenMode::ReadOnly => checkpointer(p.clone()),
+                _ => None,
             };
             run(conn, rx, settings);
+            if let Some(c) = read_only_companions {
+                c.clean_up();
+            }
         })
         .map_err(|e| {
             Error::new(ErrorKind::Backend, "cannot start the SQLite writer thread")
