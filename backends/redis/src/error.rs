@@ -48,6 +48,15 @@ pub(crate) fn map_err(operation: &'static str, e: RedisError) -> Error {
         .with_source(e)
 }
 
+/// A connect that did not finish within the connection timeout, as redis-rs reports its own
+/// (an I/O timeout: [`map_err`] makes it [`ErrorKind::Unavailable`]).
+pub(crate) fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within the connection timeout",
+    ))
+}
+
 /// An error for a reply that does not have the shape a script promises.
 pub(crate) fn bad_reply(operation: &'static str, what: &str) -> Error {
     Error::new(

@@ -305,7 +305,11 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How long connecting may take (default 2 s).
+    /// How long connecting may take (default 2 s). It bounds the whole of
+    /// [`RedisBackendBuilder::build`] (connect attempts, the retry of a refused connection,
+    /// the start-up checks): against a server that accepts connections and never answers,
+    /// `build` fails with [`ErrorKind::Unavailable`] once it has passed. Later connects (a
+    /// reconnect, a new waiting or pub/sub connection) are each bounded by it as well.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
         self
@@ -349,17 +353,36 @@ impl RedisBackendBuilder {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| {
-                let e = map_err("connect", e);
-                Error::new(e.kind(), format!("cannot connect to {shown}"))
+        // One deadline for everything `build` waits on. redis-rs applies the connection
+        // timeout to each attempt, and the retry (there for a server that is restarting and
+        // refuses for a moment) would otherwise double it against a server that accepts but
+        // never answers.
+        let deadline = tokio::time::Instant::now() + self.connection_timeout;
+        let connecting = ConnectionManager::new_with_config(client.clone(), config);
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let kind = map_err("connect", e.clone()).kind();
+                return Err(Error::new(kind, format!("cannot connect to {shown}"))
                     .with_backend(BACKEND_NAME)
                     .with_operation("connect")
-                    .with_source(e)
-            })?;
-        check_eviction_policy(&conn, &shown).await;
-        let hub = pubsub::Hub::new(client.clone(), prefix.clone());
+                    .with_source(e));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "cannot connect to {shown}: no answer within the connection timeout \
+                         ({:?})",
+                        self.connection_timeout
+                    ),
+                )
+                .with_backend(BACKEND_NAME)
+                .with_operation("connect"));
+            }
+        };
+        check_eviction_policy(&conn, &shown, deadline).await;
+        let hub = pubsub::Hub::new(client.clone(), prefix.clone(), self.connection_timeout);
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 url: shown,
@@ -461,15 +484,23 @@ mod tls {
     }
 }
 
-/// Warn once per process when Redis may evict keys: an evicted key is a lost message.
-async fn check_eviction_policy(conn: &ConnectionManager, shown: &str) {
+/// Warn once per process when Redis may evict keys: an evicted key is a lost message. The check
+/// is advisory: when the server has not answered by `deadline` (the end of the connection
+/// timeout), it is skipped rather than holding up `build`.
+async fn check_eviction_policy(
+    conn: &ConnectionManager,
+    shown: &str,
+    deadline: tokio::time::Instant,
+) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let mut conn = conn.clone();
-    let reply = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async::<Vec<String>>(&mut conn)
-        .await;
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
+    let query = cmd.query_async::<Vec<String>>(&mut conn);
+    let Ok(reply) = tokio::time::timeout_at(deadline, query).await else {
+        tracing::debug!(url = %shown, "courier redis: no answer to CONFIG GET maxmemory-policy within the connection timeout; not checked");
+        return;
+    };
     match reply {
         Ok(v) => {
             if let Some(policy) = v.get(1)

@@ -30,7 +30,7 @@ use redis::Client;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{KIT, map_err};
+use crate::error::{KIT, map_err, timed_out};
 use crate::{BACKEND_NAME, RedisBackend, keys};
 
 /// What the subscriber connection is subscribed to (Redis-side names, prefixed).
@@ -49,15 +49,18 @@ enum Command {
 pub(crate) struct Hub {
     client: Client,
     prefix: String,
+    /// Bounds each connect of the subscriber connection (redis-rs sets none for it).
+    connection_timeout: Duration,
     registry: Mutex<HashMap<Target, Vec<Arc<SubscriptionBuffer>>>>,
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
 }
 
 impl Hub {
-    pub(crate) fn new(client: Client, prefix: String) -> Arc<Hub> {
+    pub(crate) fn new(client: Client, prefix: String, connection_timeout: Duration) -> Arc<Hub> {
         Arc::new(Hub {
             client,
             prefix,
+            connection_timeout,
             registry: Mutex::new(HashMap::new()),
             commands: Mutex::new(None),
         })
@@ -134,10 +137,11 @@ async fn unsubscribe_on(sink: &mut PubSubSink, target: &Target) -> redis::RedisR
 
 /// Connect and subscribe to every target that has a subscriber.
 async fn connect(client: &Client, hub: &Hub) -> Result<(Connection, HashSet<Target>)> {
-    let pubsub = client
-        .get_async_pubsub()
-        .await
-        .map_err(|e| map_err("subscribe", e))?;
+    let pubsub = match tokio::time::timeout(hub.connection_timeout, client.get_async_pubsub()).await
+    {
+        Ok(r) => r.map_err(|e| map_err("subscribe", e))?,
+        Err(_) => return Err(map_err("subscribe", timed_out())),
+    };
     let (mut sink, stream) = pubsub.split();
     let mut active = HashSet::new();
     for t in hub.targets() {

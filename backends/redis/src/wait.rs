@@ -20,7 +20,7 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Cmd, Value};
 
 use crate::BACKEND_NAME;
-use crate::error::map_err;
+use crate::error::{map_err, timed_out};
 
 /// Idle blocking connections kept for reuse.
 const MAX_IDLE: usize = 32;
@@ -37,6 +37,7 @@ struct Waiter {
 pub(crate) struct Waiters {
     client: Client,
     config: AsyncConnectionConfig,
+    connection_timeout: Duration,
     idle: Mutex<Vec<Waiter>>,
 }
 
@@ -47,22 +48,29 @@ impl Waiters {
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connection_timeout))
                 .set_response_timeout(None),
+            connection_timeout,
             idle: Mutex::new(Vec::new()),
         }
     }
 
+    /// A new blocking connection and its `CLIENT ID`, within the connection timeout (the
+    /// connection has no response timeout, so an unanswered `CLIENT ID` would hang).
     async fn connect(&self, operation: &'static str) -> Result<Waiter> {
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(|e| map_err(operation, e))?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_err(operation, e))?;
-        Ok(Waiter { conn, id })
+        let connecting = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await?;
+            Ok(Waiter { conn, id })
+        };
+        match tokio::time::timeout(self.connection_timeout, connecting).await {
+            Ok(r) => r.map_err(|e| map_err(operation, e)),
+            Err(_) => Err(map_err(operation, timed_out())),
+        }
     }
 
     /// Run a blocking command for at most `block` (its own server-side timeout must be
