@@ -33,7 +33,11 @@
 //! - **Connection loss**: calls fail with [`ErrorKind::Unavailable`] (retryable) while Redis is
 //!   away and work again as soon as it is back (a call whose connection was refused, so never
 //!   sent, is tried once more). With `appendonly yes` and `appendfsync always`, a publish that
-//!   returned `Ok` survives a crash of Redis (`tests/broker_restart.rs`).
+//!   returned `Ok` survives a crash of Redis (`tests/broker_restart.rs`). Each outage is logged
+//!   once per pool of connections (`commands`, `waits`, `pubsub`): a WARN when a call finds
+//!   the connection gone, an INFO with `outage_ms` when one gets an answer again.
+//! - **Connect timeout**: [`RedisBackendBuilder::connection_timeout`] bounds all of `build`,
+//!   even against a server that accepts connections and never answers.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -84,7 +88,7 @@ use courier_core::{
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::{KIT, map_err};
+use crate::error::{Health, KIT, map_err};
 
 /// The backend's short name, used in errors.
 pub const BACKEND_NAME: &str = "redis";
@@ -104,6 +108,8 @@ pub(crate) struct Inner {
     url: String,
     prefix: String,
     conn: ConnectionManager,
+    /// Whether `conn` is up, for logging its outages once (pool `commands`).
+    health: Arc<Health>,
     waiters: wait::Waiters,
     scripts: scripts::Scripts,
     clock: SharedClock,
@@ -159,7 +165,7 @@ impl RedisBackend {
     /// # Errors
     /// [`ErrorKind::Unavailable`] when it does not.
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn("ping");
         scripts::retry_refused::<_, redis::Value>(&mut conn, &redis::cmd("PING"))
             .await
             .map(|_| ())
@@ -186,7 +192,7 @@ impl RedisBackend {
             )
             .hincr(&k[keys::QUEUE_COUNTERS], "published", 1)
             .lpush(&k[keys::QUEUE_WAKE], "1");
-        let mut conn = self.conn();
+        let mut conn = self.conn("inject_raw");
         pipe.query_async::<redis::Value>(&mut conn)
             .await
             .map_err(|e| map_err("inject_raw", e))?;
@@ -206,7 +212,7 @@ impl RedisBackend {
     ) -> Result<courier_core::MessageId> {
         KIT.check_name("topic", topic, "inject_raw")?;
         let id = courier_core::MessageId::new();
-        let mut conn = self.conn();
+        let mut conn = self.conn("inject_raw");
         redis::cmd("XADD")
             .arg(keys::log(&self.inner.prefix, topic))
             .arg("*")
@@ -220,8 +226,56 @@ impl RedisBackend {
         Ok(id)
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    /// The shared connection, for a call of `operation`; its outcomes keep the `commands`
+    /// pool's [`Health`].
+    fn conn(&self, operation: &'static str) -> Conn {
+        Conn {
+            conn: self.inner.conn.clone(),
+            health: self.inner.health.clone(),
+            operation,
+        }
+    }
+}
+
+/// The shared, multiplexed connection (a [`ConnectionManager`], which reconnects by itself)
+/// with every request's outcome reported to the pool's [`Health`], so an outage is logged once
+/// when a request finds the connection gone and once when a request gets an answer again.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    conn: ConnectionManager,
+    health: Arc<Health>,
+    operation: &'static str,
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let start = self.health.begin();
+            let outcome = self.conn.req_packed_command(cmd).await;
+            self.health.observe(start, self.operation, &outcome);
+            outcome
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let start = self.health.begin();
+            let outcome = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.health.observe(start, self.operation, &outcome);
+            outcome
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
@@ -382,13 +436,23 @@ impl RedisBackendBuilder {
             }
         };
         check_eviction_policy(&conn, &shown, deadline).await;
-        let hub = pubsub::Hub::new(client.clone(), prefix.clone(), self.connection_timeout);
+        let hub = pubsub::Hub::new(
+            client.clone(),
+            prefix.clone(),
+            self.connection_timeout,
+            Health::new("pubsub", &shown),
+        );
         Ok(RedisBackend {
             inner: Arc::new(Inner {
+                health: Arc::new(Health::new("commands", &shown)),
+                waiters: wait::Waiters::new(
+                    client,
+                    self.connection_timeout,
+                    Health::new("waits", &shown),
+                ),
                 url: shown,
                 prefix,
                 conn,
-                waiters: wait::Waiters::new(client, self.connection_timeout),
                 scripts: scripts::Scripts::new(self.functions),
                 clock: Arc::new(SystemClock),
                 configs: ConfigStore::new(self.default_config),
