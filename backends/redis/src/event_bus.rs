@@ -75,7 +75,7 @@ impl RedisBackend {
             .arg(last_wake);
         self.inner
             .waiters
-            .run("receive", &cmd, block, &self.inner.conn)
+            .run("receive", &cmd, block, self.conn("receive"))
             .await?;
         Ok(())
     }
@@ -103,7 +103,7 @@ impl RedisBackend {
         end: &str,
         wanted: &str,
     ) -> Result<Option<String>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn("reset_group");
         let mut from = start.to_string();
         loop {
             let mut cmd = redis::cmd("XRANGE");
@@ -186,7 +186,7 @@ impl EventBus for RedisBackend {
             for (id, delay, bytes) in chunk {
                 cmd.arg(id.to_string()).arg(*delay).arg(&bytes[..]);
             }
-            let mut conn = self.conn();
+            let mut conn = self.conn("emit");
             if let Err(e) = script.run(&mut conn, &cmd).await {
                 return Err(map_err("emit", e).with_stored(stored));
             }
@@ -292,7 +292,7 @@ impl EventBus for RedisBackend {
         let mut cmd = script.call(&keys);
         crate::scripts::common_args(&mut cmd, &config, mode);
         cmd.arg(position).arg(id);
-        let mut conn = self.conn();
+        let mut conn = self.conn("reset_group");
         script
             .run(&mut conn, &cmd)
             .await
@@ -325,7 +325,7 @@ impl EventBus for RedisBackend {
         let mut cmd = script.call(&log);
         cmd.arg(retention.max_age.map_or(0, ms_ceil))
             .arg(max_len_arg(&retention));
-        let mut conn = self.conn();
+        let mut conn = self.conn("topic_len");
         let reply = script
             .run(&mut conn, &cmd)
             .await

@@ -33,7 +33,11 @@
 //! - **Connection loss**: calls fail with [`ErrorKind::Unavailable`] (retryable) while Redis is
 //!   away and work again as soon as it is back (a call whose connection was refused, so never
 //!   sent, is tried once more). With `appendonly yes` and `appendfsync always`, a publish that
-//!   returned `Ok` survives a crash of Redis (`tests/broker_restart.rs`).
+//!   returned `Ok` survives a crash of Redis (`tests/broker_restart.rs`). Each outage is logged
+//!   once per pool of connections (`commands`, `waits`, `pubsub`): a WARN when a call finds
+//!   the connection gone, an INFO with `outage_ms` when one gets an answer again.
+//! - **Connect timeout**: [`RedisBackendBuilder::connection_timeout`] bounds all of `build`,
+//!   even against a server that accepts connections and never answers.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -84,7 +88,7 @@ use courier_core::{
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::{KIT, map_err};
+use crate::error::{Health, KIT, map_err};
 
 /// The backend's short name, used in errors.
 pub const BACKEND_NAME: &str = "redis";
@@ -104,6 +108,8 @@ pub(crate) struct Inner {
     url: String,
     prefix: String,
     conn: ConnectionManager,
+    /// Whether `conn` is up, for logging its outages once (pool `commands`).
+    health: Arc<Health>,
     waiters: wait::Waiters,
     scripts: scripts::Scripts,
     clock: SharedClock,
@@ -159,7 +165,7 @@ impl RedisBackend {
     /// # Errors
     /// [`ErrorKind::Unavailable`] when it does not.
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn("ping");
         scripts::retry_refused::<_, redis::Value>(&mut conn, &redis::cmd("PING"))
             .await
             .map(|_| ())
@@ -186,7 +192,7 @@ impl RedisBackend {
             )
             .hincr(&k[keys::QUEUE_COUNTERS], "published", 1)
             .lpush(&k[keys::QUEUE_WAKE], "1");
-        let mut conn = self.conn();
+        let mut conn = self.conn("inject_raw");
         pipe.query_async::<redis::Value>(&mut conn)
             .await
             .map_err(|e| map_err("inject_raw", e))?;
@@ -206,7 +212,7 @@ impl RedisBackend {
     ) -> Result<courier_core::MessageId> {
         KIT.check_name("topic", topic, "inject_raw")?;
         let id = courier_core::MessageId::new();
-        let mut conn = self.conn();
+        let mut conn = self.conn("inject_raw");
         redis::cmd("XADD")
             .arg(keys::log(&self.inner.prefix, topic))
             .arg("*")
@@ -220,8 +226,56 @@ impl RedisBackend {
         Ok(id)
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    /// The shared connection, for a call of `operation`; its outcomes keep the `commands`
+    /// pool's [`Health`].
+    fn conn(&self, operation: &'static str) -> Conn {
+        Conn {
+            conn: self.inner.conn.clone(),
+            health: self.inner.health.clone(),
+            operation,
+        }
+    }
+}
+
+/// The shared, multiplexed connection (a [`ConnectionManager`], which reconnects by itself)
+/// with every request's outcome reported to the pool's [`Health`], so an outage is logged once
+/// when a request finds the connection gone and once when a request gets an answer again.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    conn: ConnectionManager,
+    health: Arc<Health>,
+    operation: &'static str,
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let start = self.health.begin();
+            let outcome = self.conn.req_packed_command(cmd).await;
+            self.health.observe(start, self.operation, &outcome);
+            outcome
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let start = self.health.begin();
+            let outcome = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.health.observe(start, self.operation, &outcome);
+            outcome
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
@@ -305,7 +359,11 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How long connecting may take (default 2 s).
+    /// How long connecting may take (default 2 s). It bounds the whole of
+    /// [`RedisBackendBuilder::build`] (connect attempts, the retry of a refused connection,
+    /// the start-up checks): against a server that accepts connections and never answers,
+    /// `build` fails with [`ErrorKind::Unavailable`] once it has passed. Later connects (a
+    /// reconnect, a new waiting or pub/sub connection) are each bounded by it as well.
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
         self
@@ -349,23 +407,52 @@ impl RedisBackendBuilder {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| {
-                let e = map_err("connect", e);
-                Error::new(e.kind(), format!("cannot connect to {shown}"))
+        // One deadline for everything `build` waits on. redis-rs applies the connection
+        // timeout to each attempt, and the retry (there for a server that is restarting and
+        // refuses for a moment) would otherwise double it against a server that accepts but
+        // never answers.
+        let deadline = tokio::time::Instant::now() + self.connection_timeout;
+        let connecting = ConnectionManager::new_with_config(client.clone(), config);
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let kind = map_err("connect", e.clone()).kind();
+                return Err(Error::new(kind, format!("cannot connect to {shown}"))
                     .with_backend(BACKEND_NAME)
                     .with_operation("connect")
-                    .with_source(e)
-            })?;
-        check_eviction_policy(&conn, &shown).await;
-        let hub = pubsub::Hub::new(client.clone(), prefix.clone());
+                    .with_source(e));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "cannot connect to {shown}: no answer within the connection timeout \
+                         ({:?})",
+                        self.connection_timeout
+                    ),
+                )
+                .with_backend(BACKEND_NAME)
+                .with_operation("connect"));
+            }
+        };
+        check_eviction_policy(&conn, &shown, deadline).await;
+        let hub = pubsub::Hub::new(
+            client.clone(),
+            prefix.clone(),
+            self.connection_timeout,
+            Health::new("pubsub", &shown),
+        );
         Ok(RedisBackend {
             inner: Arc::new(Inner {
+                health: Arc::new(Health::new("commands", &shown)),
+                waiters: wait::Waiters::new(
+                    client,
+                    self.connection_timeout,
+                    Health::new("waits", &shown),
+                ),
                 url: shown,
                 prefix,
                 conn,
-                waiters: wait::Waiters::new(client, self.connection_timeout),
                 scripts: scripts::Scripts::new(self.functions),
                 clock: Arc::new(SystemClock),
                 configs: ConfigStore::new(self.default_config),
@@ -461,15 +548,23 @@ mod tls {
     }
 }
 
-/// Warn once per process when Redis may evict keys: an evicted key is a lost message.
-async fn check_eviction_policy(conn: &ConnectionManager, shown: &str) {
+/// Warn once per process when Redis may evict keys: an evicted key is a lost message. The check
+/// is advisory: when the server has not answered by `deadline` (the end of the connection
+/// timeout), it is skipped rather than holding up `build`.
+async fn check_eviction_policy(
+    conn: &ConnectionManager,
+    shown: &str,
+    deadline: tokio::time::Instant,
+) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let mut conn = conn.clone();
-    let reply = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async::<Vec<String>>(&mut conn)
-        .await;
+    let mut cmd = redis::cmd("CONFIG");
+    cmd.arg("GET").arg("maxmemory-policy");
+    let query = cmd.query_async::<Vec<String>>(&mut conn);
+    let Ok(reply) = tokio::time::timeout_at(deadline, query).await else {
+        tracing::debug!(url = %shown, "courier redis: no answer to CONFIG GET maxmemory-policy within the connection timeout; not checked");
+        return;
+    };
     match reply {
         Ok(v) => {
             if let Some(policy) = v.get(1)

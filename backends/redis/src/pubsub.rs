@@ -11,7 +11,8 @@
 //!   subscribe of the same channel.
 //! - When the connection drops, the task reconnects with capped backoff and subscribes again to
 //!   everything that still has a subscriber (P6). Messages published meanwhile are lost: pub/sub
-//!   is at most once (P2).
+//!   is at most once (P2). The loss is logged once (WARN) and the return once (INFO, with the
+//!   outage's length), see [`Health`]; failed reconnect attempts in between only at debug.
 //! - Messages land in core's bounded, drop-oldest [`SubscriptionBuffer`] (P7).
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +31,7 @@ use redis::Client;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{KIT, map_err};
+use crate::error::{Health, KIT, map_err, timed_out};
 use crate::{BACKEND_NAME, RedisBackend, keys};
 
 /// What the subscriber connection is subscribed to (Redis-side names, prefixed).
@@ -49,15 +50,26 @@ enum Command {
 pub(crate) struct Hub {
     client: Client,
     prefix: String,
+    /// Bounds each connect of the subscriber connection (redis-rs sets none for it).
+    connection_timeout: Duration,
+    /// Whether the subscriber connection is up, for logging its outages once (pool `pubsub`).
+    health: Health,
     registry: Mutex<HashMap<Target, Vec<Arc<SubscriptionBuffer>>>>,
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
 }
 
 impl Hub {
-    pub(crate) fn new(client: Client, prefix: String) -> Arc<Hub> {
+    pub(crate) fn new(
+        client: Client,
+        prefix: String,
+        connection_timeout: Duration,
+        health: Health,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             client,
             prefix,
+            connection_timeout,
+            health,
             registry: Mutex::new(HashMap::new()),
             commands: Mutex::new(None),
         })
@@ -132,21 +144,25 @@ async fn unsubscribe_on(sink: &mut PubSubSink, target: &Target) -> redis::RedisR
     }
 }
 
-/// Connect and subscribe to every target that has a subscriber.
+/// Connect and subscribe to every target that has a subscriber; the outcome is reported to the
+/// hub's [`Health`].
 async fn connect(client: &Client, hub: &Hub) -> Result<(Connection, HashSet<Target>)> {
-    let pubsub = client
-        .get_async_pubsub()
-        .await
-        .map_err(|e| map_err("subscribe", e))?;
-    let (mut sink, stream) = pubsub.split();
-    let mut active = HashSet::new();
-    for t in hub.targets() {
-        subscribe_on(&mut sink, &t)
+    let start = hub.health.begin();
+    let connected = async {
+        let pubsub = tokio::time::timeout(hub.connection_timeout, client.get_async_pubsub())
             .await
-            .map_err(|e| map_err("subscribe", e))?;
-        active.insert(t);
+            .unwrap_or_else(|_| Err(timed_out()))?;
+        let (mut sink, stream) = pubsub.split();
+        let mut active = HashSet::new();
+        for t in hub.targets() {
+            subscribe_on(&mut sink, &t).await?;
+            active.insert(t);
+        }
+        Ok(((sink, stream), active))
     }
-    Ok(((sink, stream), active))
+    .await;
+    hub.health.observe(start, "subscribe", &connected);
+    connected.map_err(|e| map_err("subscribe", e))
 }
 
 /// The subscriber task: serves commands in order, delivers messages, and reconnects.
@@ -154,7 +170,6 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
     let mut conn: Option<Connection> = None;
     let mut active: HashSet<Target> = HashSet::new();
     let mut backoff = Duration::from_millis(50);
-    let mut lost = false;
     loop {
         let wanted = hub.upgrade().is_some_and(|h| !h.registry.lock().is_empty());
         let reconnect = conn.is_none() && wanted;
@@ -177,16 +192,13 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                 let Some(h) = hub.upgrade() else { return };
                 match connect(&client, &h).await {
                     Ok((c, a)) => {
-                        if lost {
-                            tracing::info!(
-                                subscriptions = a.len(),
-                                "courier redis: pub/sub connection is back; subscriptions restored"
-                            );
-                        }
+                        tracing::debug!(
+                            subscriptions = a.len(),
+                            "courier redis: pub/sub connection is back; subscriptions restored"
+                        );
                         conn = Some(c);
                         active = a;
                         backoff = Duration::from_millis(50);
-                        lost = false;
                     }
                     Err(e) => {
                         tracing::debug!(error = %format_args!("{e:#}"), "courier redis: pub/sub reconnect failed");
@@ -203,7 +215,6 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                             conn = Some(c);
                             active = a;
                             backoff = Duration::from_millis(50);
-                            lost = false;
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e));
@@ -218,7 +229,10 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                 let Some((sink, _)) = conn.as_mut() else {
                     continue;
                 };
-                match subscribe_on(sink, &target).await {
+                let start = h.health.begin();
+                let subscribed = subscribe_on(sink, &target).await;
+                h.health.observe(start, "subscribe", &subscribed);
+                match subscribed {
                     Ok(()) => {
                         active.insert(target);
                         let _ = reply.send(Ok(()));
@@ -228,7 +242,6 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                         if e.is_retryable() {
                             conn = None;
                             active.clear();
-                            lost = true;
                         }
                         let _ = reply.send(Err(e));
                     }
@@ -251,12 +264,20 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
                 }
             }
             Some(Err(None)) => {
-                tracing::warn!(
-                    "courier redis: pub/sub connection lost; reconnecting (messages published meanwhile are not delivered)"
-                );
+                // The server closed the connection (or it broke): messages published until it
+                // is back are not delivered.
+                if let Some(h) = hub.upgrade() {
+                    let e = Error::new(
+                        ErrorKind::Unavailable,
+                        "the pub/sub connection was closed; reconnecting (messages published \
+                         meanwhile are not delivered)",
+                    )
+                    .with_backend(BACKEND_NAME)
+                    .with_operation("subscribe");
+                    h.health.down(h.health.begin(), &e);
+                }
                 conn = None;
                 active.clear();
-                lost = true;
                 backoff = Duration::from_millis(50);
             }
         }
@@ -325,7 +346,7 @@ impl PubSub for RedisBackend {
         KIT.check_name("channel", channel, "publish")?;
         message.prepare_for_publish(self.inner.clock.now_ms());
         let bytes = wire::encode(&message).map_err(KIT.tag("publish"))?;
-        let mut conn = self.conn();
+        let mut conn = self.conn("publish");
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(keys::channel(&self.inner.prefix, channel))
             .arg(&bytes[..]);

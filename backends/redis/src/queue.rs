@@ -239,7 +239,7 @@ fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<
 /// The operations that act on a queue or on a consumer group alike.
 impl RedisBackend {
     async fn run(&self, operation: &'static str, script: &Lua, cmd: &Cmd) -> Result<Value> {
-        let mut conn = self.conn();
+        let mut conn = self.conn(operation);
         script.run(&mut conn, cmd).await.map_err(|e| {
             let e = map_err(operation, e);
             tracing::debug!(script = script.name(), error = %format_args!("{e:#}"), "courier redis: script failed");
@@ -565,7 +565,7 @@ impl RedisBackend {
         cmd.arg(wake_key).arg(format!("{secs:.3}"));
         self.inner
             .waiters
-            .run("receive", &cmd, block, &self.inner.conn)
+            .run("receive", &cmd, block, self.conn("receive"))
             .await?;
         Ok(())
     }

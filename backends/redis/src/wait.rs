@@ -11,16 +11,19 @@
 //!   `CLIENT UNBLOCK` from the shared connection, so the blocking connection can be reused.
 //! - A wait whose future is dropped drops its connection with it (the server then ends the
 //!   blocked command), so cancelling a receive never leaves a busy connection in the pool.
+//! - The pool (`waits`) logs its outages once each (see [`Health`]): a wait that cannot get a
+//!   connection, or loses it, starts one; the next wait that gets an answer ends it. A pooled
+//!   connection found broken and replaced at once is not an outage.
 
 use std::time::Duration;
 
 use courier_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Value};
 
-use crate::BACKEND_NAME;
-use crate::error::map_err;
+use crate::error::{Health, map_err, timed_out};
+use crate::{BACKEND_NAME, Conn};
 
 /// Idle blocking connections kept for reuse.
 const MAX_IDLE: usize = 32;
@@ -37,32 +40,42 @@ struct Waiter {
 pub(crate) struct Waiters {
     client: Client,
     config: AsyncConnectionConfig,
+    connection_timeout: Duration,
     idle: Mutex<Vec<Waiter>>,
+    /// Whether these connections can be had, for logging their outages once (pool `waits`).
+    health: Health,
 }
 
 impl Waiters {
-    pub(crate) fn new(client: Client, connection_timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, connection_timeout: Duration, health: Health) -> Self {
         Waiters {
             client,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connection_timeout))
                 .set_response_timeout(None),
+            connection_timeout,
             idle: Mutex::new(Vec::new()),
+            health,
         }
     }
 
-    async fn connect(&self, operation: &'static str) -> Result<Waiter> {
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
+    /// A new blocking connection and its `CLIENT ID`, within the connection timeout (the
+    /// connection has no response timeout, so an unanswered `CLIENT ID` would hang).
+    async fn connect(&self) -> redis::RedisResult<Waiter> {
+        let connecting = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await?;
+            Ok(Waiter { conn, id })
+        };
+        tokio::time::timeout(self.connection_timeout, connecting)
             .await
-            .map_err(|e| map_err(operation, e))?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_err(operation, e))?;
-        Ok(Waiter { conn, id })
+            .unwrap_or_else(|_| Err(timed_out()))
     }
 
     /// Run a blocking command for at most `block` (its own server-side timeout must be
@@ -74,15 +87,23 @@ impl Waiters {
         operation: &'static str,
         cmd: &Cmd,
         block: Duration,
-        shared: &ConnectionManager,
+        shared: Conn,
     ) -> Result<Value> {
+        // Each step reports against the state when it began: a wait that connected during an
+        // outage (ending it) and then lost its connection in the next one starts that one.
+        let mut start = self.health.begin();
         for _ in 0..2 {
             let pooled = self.idle.lock().pop();
             let reused = pooled.is_some();
             let mut waiter = match pooled {
                 Some(w) => w,
-                None => self.connect(operation).await?,
+                None => {
+                    let connected = self.connect().await;
+                    self.health.observe(start, operation, &connected);
+                    connected.map_err(|e| map_err(operation, e))?
+                }
             };
+            start = self.health.begin();
             let id = waiter.id;
             let outcome = {
                 let fut = cmd.query_async::<Value>(&mut waiter.conn);
@@ -106,6 +127,11 @@ impl Waiters {
                     }
                 }
             };
+            if let Some(r) = &outcome
+                && !(reused && r.as_ref().is_err_and(stale))
+            {
+                self.health.observe(start, operation, r);
+            }
             match outcome {
                 Some(Ok(v)) => {
                     let mut idle = self.idle.lock();
@@ -115,21 +141,30 @@ impl Waiters {
                     return Ok(v);
                 }
                 None => return Ok(Value::Nil),
-                Some(Err(e)) if reused && (e.is_io_error() || e.is_unrecoverable_error()) => {
+                Some(Err(e)) if reused && stale(&e) => {
                     // The idle connections were made to the same server, so after a restart
                     // they are all broken: drop them, and the retry connects afresh instead of
                     // failing on the next stale one.
                     self.idle.lock().clear();
+                    start = self.health.begin();
                     continue;
                 }
                 Some(Err(e)) => return Err(map_err(operation, e)),
             }
         }
-        Err(Error::new(
+        let e = Error::new(
             ErrorKind::Unavailable,
             "Redis connection lost during a wait",
         )
         .with_backend(BACKEND_NAME)
-        .with_operation(operation))
+        .with_operation(operation);
+        self.health.down(start, &e);
+        Err(e)
     }
+}
+
+/// An error of a pooled connection that may only be stale (made before Redis restarted): the
+/// wait is tried again on a new connection, and only that one's outcome counts for [`Health`].
+fn stale(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_unrecoverable_error()
 }
