@@ -238,6 +238,67 @@ pub fn apply_env(config: &mut CourierConfig) {
 mod tests {
     use super::*;
 
+    /// The scheme parser every `connect` goes through, fuzzed (the URL parsers of the
+    /// backends have their own: `backends/sqlite/tests/fuzz_url.rs`): it never panics, refuses
+    /// with `InvalidInput` only, and never shows a password, wherever in the text it stands.
+    #[test]
+    fn scheme_parsing_fuzzed() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        const TOKENS: &[&str] = &[
+            "redis",
+            "REDIS",
+            "sqlite",
+            "memory",
+            "nats",
+            "amqps",
+            "://",
+            ":",
+            "/",
+            "@",
+            "+",
+            "-",
+            ".",
+            "?",
+            ":memory:",
+            "user:s3cr3tPW@",
+            "é",
+            " ",
+            "1",
+        ];
+        let seed: u64 = rand::random();
+        let mut rng = SmallRng::seed_from_u64(seed);
+        for i in 0..300_000 {
+            let url: String = (0..rng.random_range(0..8))
+                .map(|_| {
+                    if rng.random_bool(0.8) {
+                        TOKENS[rng.random_range(0..TOKENS.len())].to_string()
+                    } else {
+                        char::from_u32(rng.random_range(0..0x2FF))
+                            .unwrap_or('?')
+                            .to_string()
+                    }
+                })
+                .collect();
+            let Ok(result) = std::panic::catch_unwind(|| scheme_of(&url)) else {
+                panic!("seed {seed}, input {i} {url:?}: scheme_of panicked");
+            };
+            match result {
+                Ok((scheme, normalized)) => {
+                    assert!(normalized.starts_with(&scheme), "{url:?} -> {normalized:?}");
+                    assert_eq!(scheme, scheme.to_ascii_lowercase());
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{url:?}: {e:#}");
+                    assert!(
+                        !format!("{e:#} {e:?}").contains("s3cr3tPW"),
+                        "seed {seed}, {url:?} leaks: {e:#}"
+                    );
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn unknown_scheme_is_invalid_and_redacted() {
         let e = connect("foo://user:secret@h").await.expect_err("unknown");

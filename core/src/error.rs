@@ -229,10 +229,23 @@ impl std::error::Error for Error {
 
 /// Remove the password from a connection URL so it can be logged or shown.
 ///
-/// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`.
+/// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`; in text that is
+/// not `scheme://…` (a mistyped URL), everything before the last `@` is hidden.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let scheme_end = url.find("://").filter(|&end| {
+        let scheme = &url[..end];
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let Some(scheme_end) = scheme_end else {
+        // Not `scheme://…`: a mistyped URL (`user:pw@host`, `redis:pw@host://…`). Whatever
+        // stands before its last '@' may be a password, so none of it is shown.
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_string(),
+        };
     };
     let rest_start = scheme_end + 3;
     let rest = &url[rest_start..];
@@ -319,5 +332,10 @@ mod tests {
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("sqlite://a@b.db"), "sqlite://***@b.db");
         assert_eq!(redact_url("memory://"), "memory://");
+        // Mistyped URLs: no password survives before the last '@'.
+        assert_eq!(redact_url("user:secret@host"), "***@host");
+        assert_eq!(redact_url("redis:secret@h:6379"), "***@h:6379");
+        assert_eq!(redact_url("user:secret@%://x@://y"), "***@://y");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }
