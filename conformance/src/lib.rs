@@ -562,7 +562,10 @@ mod tests {
         }
         for rule in RULES {
             let n = found.iter().filter(|id| *id == rule).count();
-            assert_eq!(n, 1, "rule {rule} appears {n} times as a bullet in docs/contract.md");
+            assert_eq!(
+                n, 1,
+                "rule {rule} appears {n} times as a bullet in docs/contract.md"
+            );
         }
         for id in &found {
             assert!(

@@ -37,6 +37,15 @@ use crate::queue::{Delivery, Lease, Queue, Settle};
 pub trait Source: Send + Sync + 'static {
     /// A short description for logs (`"queue tasks"`, `"topic t / group g"`).
     fn describe(&self) -> String;
+    /// Check what the source reads (its queue, topic or group names) before a worker starts
+    /// on it, so that bad input is refused at `start` instead of failing every receive.
+    /// The default accepts everything.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] naming what is wrong.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
     /// The failure rules in force.
     fn config(&self) -> QueueConfig;
     /// "Now" on the backend's clock (ms since the epoch), to judge lease deadlines.
@@ -90,6 +99,12 @@ impl Source for QueueSource {
     fn describe(&self) -> String {
         format!("queue {}", self.name)
     }
+    fn check(&self) -> Result<()> {
+        crate::names::validate_name("queue", &self.name).map_err(|e| {
+            e.with_backend(self.queue.backend_name())
+                .with_operation("start")
+        })
+    }
     fn config(&self) -> QueueConfig {
         self.queue.queue_config(&self.name)
     }
@@ -129,6 +144,14 @@ impl GroupSource {
 impl Source for GroupSource {
     fn describe(&self) -> String {
         format!("topic {} / group {}", self.topic, self.group)
+    }
+    fn check(&self) -> Result<()> {
+        crate::names::validate_name("topic", &self.topic)
+            .and_then(|()| crate::names::validate_name("group", &self.group))
+            .map_err(|e| {
+                e.with_backend(self.bus.backend_name())
+                    .with_operation("start")
+            })
     }
     fn config(&self) -> QueueConfig {
         self.bus.group_config(&self.topic, &self.group)
@@ -318,11 +341,16 @@ impl WorkerBuilder {
     /// Start the worker on the current tokio runtime.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] when no handler is bound.
+    /// [`crate::ErrorKind::InvalidInput`] (the kind a publish to that name returns) when the
+    /// queue name is invalid ([`Source::check`]), or when no handler is bound. Nothing is
+    /// started.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start(self) -> Result<WorkerHandle> {
+        for (source, _) in &self.sources {
+            source.check()?;
+        }
         let per_source = self.sources.iter().all(|(_, h)| h.is_some());
         if self.handlers.is_empty() && self.fallback.is_none() && !per_source {
             return Err(Error::invalid("a worker needs at least one handler"));
