@@ -108,29 +108,44 @@ async fn group_names(cx: Ctx) -> Outcome {
     let topic = cx.name("t");
     let group = cx.name("g");
     for name in bad_names() {
-        let r = GroupConsumer::builder(cx.backend.events.clone(), &name)
-            .on(&topic, |_m: Message| async { Ok(()) })
-            .start();
+        let r = within(
+            cx.prompt(),
+            "group consumer start",
+            GroupConsumer::builder(cx.backend.events.clone(), &name)
+                .on(&topic, |_m: Message| async { Ok(()) })
+                .start(),
+        )
+        .await?;
         expect_kind(
             started(r),
             ErrorKind::InvalidInput,
             &format!("group_consumer({name:?}).start()"),
         )?;
-        let r = courier
-            .group_consumer(&group)
-            .on(&topic, |_m: Message| async { Ok(()) })
-            .on(&name, |_m: Message| async { Ok(()) })
-            .start();
+        let r = within(
+            cx.prompt(),
+            "group consumer start",
+            courier
+                .group_consumer(&group)
+                .on(&topic, |_m: Message| async { Ok(()) })
+                .on(&name, |_m: Message| async { Ok(()) })
+                .start(),
+        )
+        .await?;
         expect_kind(
             started(r),
             ErrorKind::InvalidInput,
             &format!("group_consumer(..).on({name:?}).start()"),
         )?;
     }
-    let h = courier
-        .group_consumer(&group)
-        .on(&topic, |_m: Message| async { Ok(()) })
-        .start()?;
+    let h = within(
+        cx.prompt(),
+        "group consumer start",
+        courier
+            .group_consumer(&group)
+            .on(&topic, |_m: Message| async { Ok(()) })
+            .start(),
+    )
+    .await??;
     stop(h, GRACE).await?;
     Ok(())
 }
