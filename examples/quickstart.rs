@@ -169,7 +169,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(())
                 }
             })
-            .start()?;
+            .start()
+            .await?;
         wait_for(|| seen.len() >= 3).await?;
         consumer.stop(Duration::from_secs(1)).await;
         println!("  group {group:<6} got {:?}", seen.take());

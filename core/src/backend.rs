@@ -155,6 +155,24 @@ impl Kit {
         self.check_name("group", group, operation)
     }
 
+    /// The prologue of `PubSub::publish` (P1, Q10): the channel name is valid and the message
+    /// passes `config` — the backend's default configuration — as a queue publish or an emit
+    /// would: a payload within its `max_payload`, a `max_attempts` override of at least 1. One
+    /// limit for every abstraction.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] or [`crate::ErrorKind::PayloadTooLarge`], tagged
+    /// `publish`. Nothing has been sent.
+    pub fn check_publish(
+        self,
+        channel: &str,
+        config: &QueueConfig,
+        message: &Message,
+    ) -> Result<()> {
+        self.check_name("channel", channel, "publish")?;
+        config.check_message(message).map_err(self.tag("publish"))
+    }
+
     /// The `max` of a receive must be at least 1.
     ///
     /// # Errors
@@ -391,6 +409,36 @@ mod tests {
             })
             .expect_err("encode failure");
         assert_eq!(e.message(), "message 0 of the batch: cannot encode");
+    }
+
+    #[test]
+    fn publish_checks_name_and_limit() {
+        let config = QueueConfig::default().with_max_payload(4);
+        KIT.check_publish(
+            "c",
+            &config,
+            &Message::new("k", Bytes::from_static(b"1234")),
+        )
+        .expect("exactly max_payload");
+        let e = KIT
+            .check_publish(
+                "c",
+                &config,
+                &Message::new("k", Bytes::from_static(b"12345")),
+            )
+            .expect_err("oversize");
+        assert_eq!(
+            (e.kind(), e.backend(), e.operation()),
+            (ErrorKind::PayloadTooLarge, "test", "publish")
+        );
+        let e = KIT
+            .check_publish("a*b", &config, &Message::new("k", ""))
+            .expect_err("bad channel");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let e = KIT
+            .check_publish("c", &config, &Message::new("k", "").with_max_attempts(0))
+            .expect_err("max_attempts 0");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub trait EventBus: Send + Sync + 'static {
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>>;
 
     /// Lease up to `max` events for `group` (creating the group at the start of the retained
-    /// log on first use), waiting up to `wait`.
+    /// log on first use, see [`EventBus::create_group`]), waiting up to `wait`.
     ///
     /// # Errors
     /// - [`crate::ErrorKind::InvalidInput`]: an invalid topic or group name, or `max` is 0.
@@ -161,6 +161,44 @@ pub trait EventBus: Send + Sync + 'static {
     /// Dropping the future may or may not have reset the group; a reset is applied whole or
     /// not at all.
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()>;
+
+    /// Create `group` on `topic` reading from `from`, unless the group exists (E2, E5).
+    /// Returns whether this call created it. An existing group is left exactly as it is: its
+    /// position, pending and leased events and dead letters (use [`EventBus::reset_group`] to
+    /// move it).
+    ///
+    /// A group exists once it has been read ([`EventBus::receive`] creates it at the start of
+    /// the retained log), reset ([`EventBus::reset_group`]) or created here, by any handle or
+    /// process. Configuring it ([`EventBus::configure_group`]), reading its stats or dead
+    /// letters, settling or extending do not create it. This is how a consumer starts a new
+    /// group "from now" ([`ReplayFrom::End`]) without moving a group that already exists
+    /// (`GroupConsumer::start_from`).
+    ///
+    /// The default implementation refuses with [`crate::ErrorKind::Unsupported`]; every
+    /// backend of this workspace implements it.
+    ///
+    /// # Errors
+    /// - [`crate::ErrorKind::NotFound`] for [`ReplayFrom::Id`] when the group does not exist
+    ///   and that event is not retained in the topic; nothing was created.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid name,
+    ///   [`crate::ErrorKind::Unsupported`] for a [`ReplayFrom`] variant the backend does not
+    ///   know, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have created the group. Calling again is safe: if
+    /// the first call landed, the second returns `false` and changes nothing.
+    async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
+        let _ = (topic, group, from);
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!(
+                "create_group is not supported by the {} backend",
+                self.backend_name()
+            ),
+        )
+        .with_backend(self.backend_name())
+        .with_operation("create_group"))
+    }
 
     /// The group's state.
     ///

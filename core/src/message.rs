@@ -253,7 +253,14 @@ impl Message {
         self
     }
 
-    /// Use a specific id (idempotent publishing, tests).
+    /// Use a specific id (to tie a message to a record of yours, or in tests).
+    ///
+    /// This only sets the id: Courier does **not** deduplicate by id (not yet; it is not part
+    /// of the contract). Publishing two messages with the same id to a queue stores both and
+    /// delivers both, each with its own payload and lease, and so does emitting two events with
+    /// the same id; this holds on every backend. For "at most one effect per id", make the
+    /// handler idempotent. Dead letters that share an id are all acted on by
+    /// [`crate::Selection::Ids`].
     pub fn with_id(mut self, id: MessageId) -> Self {
         self.id = id;
         self

@@ -37,10 +37,15 @@ pub trait PubSub: Send + Sync + 'static {
     /// subscriber the message is dropped (P2). Returns how many local subscriptions received it
     /// where the backend can tell, else 0.
     ///
+    /// The message is checked against the backend's default [`crate::QueueConfig`] first, as
+    /// a queue publish and an emit are: one `max_payload` for every abstraction.
+    ///
     /// # Errors
+    /// - [`crate::ErrorKind::PayloadTooLarge`] for a payload over the `max_payload` of the
+    ///   backend's default configuration. Nothing is sent.
     /// - [`crate::ErrorKind::InvalidInput`] for an invalid channel name (patterns are not
-    ///   channels), or, where messages travel as bytes (SQLite files, Redis), a message the
-    ///   wire format cannot carry. Nothing is sent.
+    ///   channels), a `max_attempts` override of 0, or, where messages travel as bytes (SQLite
+    ///   files, Redis), a message the wire format cannot carry. Nothing is sent.
     /// - Redis: [`crate::ErrorKind::Unavailable`] (retryable) or [`crate::ErrorKind::Backend`]
     ///   when `PUBLISH` fails. SQLite delivers to this process's subscriptions at once and
     ///   writes the copy for other processes in the background: a failure there is logged, not

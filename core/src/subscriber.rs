@@ -111,6 +111,11 @@ impl Subscriber {
     /// # Cancel safety
     /// Dropping the future before it returns leaves no subscription and starts nothing.
     pub async fn start(self) -> Result<SubscriberHandle> {
+        // Checked here too, so the refusal does not depend on the backend's subscribe.
+        crate::names::Pattern::parse(&self.pattern).map_err(|e| {
+            e.with_backend(self.pubsub.backend_name())
+                .with_operation("subscribe")
+        })?;
         self.retry.validate()?;
         let handler = self
             .handler

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::event_bus::EventBus;
+use crate::event_bus::{EventBus, ReplayFrom};
 use crate::handler::{BoxHandler, HandlerResult};
 use crate::message::Message;
 use crate::policy::{FailureAction, FailureMode, QueueConfig};
@@ -37,6 +37,15 @@ use crate::queue::{Delivery, Lease, Queue, Settle};
 pub trait Source: Send + Sync + 'static {
     /// A short description for logs (`"queue tasks"`, `"topic t / group g"`).
     fn describe(&self) -> String;
+    /// Check what the source reads (its queue, topic or group names) before a worker starts
+    /// on it, so that bad input is refused at `start` instead of failing every receive.
+    /// The default accepts everything.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] naming what is wrong.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
     /// The failure rules in force.
     fn config(&self) -> QueueConfig;
     /// "Now" on the backend's clock (ms since the epoch), to judge lease deadlines.
@@ -90,6 +99,12 @@ impl Source for QueueSource {
     fn describe(&self) -> String {
         format!("queue {}", self.name)
     }
+    fn check(&self) -> Result<()> {
+        crate::names::validate_name("queue", &self.name).map_err(|e| {
+            e.with_backend(self.queue.backend_name())
+                .with_operation("start")
+        })
+    }
     fn config(&self) -> QueueConfig {
         self.queue.queue_config(&self.name)
     }
@@ -129,6 +144,14 @@ impl GroupSource {
 impl Source for GroupSource {
     fn describe(&self) -> String {
         format!("topic {} / group {}", self.topic, self.group)
+    }
+    fn check(&self) -> Result<()> {
+        crate::names::validate_name("topic", &self.topic)
+            .and_then(|()| crate::names::validate_name("group", &self.group))
+            .map_err(|e| {
+                e.with_backend(self.bus.backend_name())
+                    .with_operation("start")
+            })
     }
     fn config(&self) -> QueueConfig {
         self.bus.group_config(&self.topic, &self.group)
@@ -318,11 +341,16 @@ impl WorkerBuilder {
     /// Start the worker on the current tokio runtime.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] when no handler is bound.
+    /// [`crate::ErrorKind::InvalidInput`] (the kind a publish to that name returns) when the
+    /// queue name is invalid ([`Source::check`]), or when no handler is bound. Nothing is
+    /// started.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn start(self) -> Result<WorkerHandle> {
+        for (source, _) in &self.sources {
+            source.check()?;
+        }
         let per_source = self.sources.iter().all(|(_, h)| h.is_some());
         if self.handlers.is_empty() && self.fallback.is_none() && !per_source {
             return Err(Error::invalid("a worker needs at least one handler"));
@@ -864,12 +892,19 @@ fn far_future() -> Instant {
 
 /// A consumer group reading one or more topics of an [`EventBus`], one handler per topic
 /// (E2, E3): the worker runtime over [`GroupSource`]s.
+///
+/// A group that does not exist yet is created reading from the **start of the retained log**
+/// (E2): it gets the retained history. [`GroupConsumer::start_from`] chooses another place
+/// for a new group, e.g. [`ReplayFrom::End`] for "only events emitted from now on"; a group
+/// that already exists always continues where it is.
 pub struct GroupConsumer {
     bus: Arc<dyn EventBus>,
     group: String,
     topics: Vec<(String, BoxHandler)>,
     concurrency: usize,
+    prefetch: Option<usize>,
     idle_wait: Duration,
+    start_from: Option<ReplayFrom>,
 }
 
 impl GroupConsumer {
@@ -880,7 +915,9 @@ impl GroupConsumer {
             group: group.to_string(),
             topics: Vec::new(),
             concurrency: 8,
+            prefetch: None,
             idle_wait: Duration::from_secs(1),
+            start_from: None,
         }
     }
 
@@ -913,34 +950,83 @@ impl GroupConsumer {
         self
     }
 
+    /// Events leased ahead of free handler slots, per topic (default: equal to
+    /// `concurrency`). At most `concurrency + prefetch` events of a topic are leased at once,
+    /// as for [`WorkerBuilder::prefetch`].
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
     /// How long one receive waits when idle (default 1 s).
     pub fn idle_wait(mut self, d: Duration) -> Self {
         self.idle_wait = d;
         self
     }
 
-    /// Start one driver per topic.
+    /// Where the group starts reading each topic **if the group does not exist yet** (E2, E5).
+    /// Default: the start of the retained log, so a new group gets the retained history.
+    /// [`ReplayFrom::End`] makes a new group see only the events emitted after
+    /// [`GroupConsumer::start`] returns; `Time` and `Id` are as for
+    /// [`EventBus::reset_group`].
+    ///
+    /// It is applied by [`GroupConsumer::start`] through [`EventBus::create_group`]. A group
+    /// that already exists on a topic (it was read, reset or created before, by any process)
+    /// keeps its position and everything pending: restarting a consumer never skips or
+    /// replays events. Configuring a group ([`EventBus::configure_group`]) does not create
+    /// it. To move an existing group, use [`EventBus::reset_group`].
+    pub fn start_from(mut self, from: ReplayFrom) -> Self {
+        self.start_from = Some(from);
+        self
+    }
+
+    /// Start one driver per topic. With [`GroupConsumer::start_from`], every topic's group is
+    /// created first (where it does not exist), so this returns once the group reads from the
+    /// chosen place.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] for invalid names or no topic.
-    pub fn start(self) -> Result<WorkerHandle> {
-        crate::names::validate_name("group", &self.group)?;
-        if self.topics.is_empty() {
-            return Err(Error::invalid("a group consumer needs at least one topic"));
-        }
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid group or topic name, or no topic.
+    ///   Nothing is started.
+    /// - With `start_from`: the errors of [`EventBus::create_group`] (`NotFound` for an event
+    ///   id that is not retained, a backend failure). Nothing is started; the groups created
+    ///   for the topics before the failing one stay created.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it returns starts nothing; some groups may have been
+    /// created (starting again is safe: an existing group is not moved).
+    pub async fn start(self) -> Result<WorkerHandle> {
         let mut sources = Vec::new();
+        let mut topics: Vec<String> = Vec::new();
         for (topic, handler) in self.topics {
-            crate::names::validate_name("topic", &topic)?;
             let source: Arc<dyn Source> = Arc::new(GroupSource::new(
                 self.bus.clone(),
-                topic,
+                topic.clone(),
                 self.group.clone(),
             ));
+            source.check()?;
             sources.push((source, Some(handler)));
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
         }
-        WorkerBuilder::from_sources(sources)
+        if sources.is_empty() {
+            crate::names::validate_name("group", &self.group)?;
+            return Err(Error::invalid("a group consumer needs at least one topic"));
+        }
+        if let Some(from) = self.start_from {
+            for topic in &topics {
+                self.bus.create_group(topic, &self.group, from).await?;
+            }
+        }
+        let mut builder = WorkerBuilder::from_sources(sources)
             .concurrency(self.concurrency)
-            .idle_wait(self.idle_wait)
-            .start()
+            .idle_wait(self.idle_wait);
+        if let Some(n) = self.prefetch {
+            builder = builder.prefetch(n);
+        }
+        builder.start()
     }
 }

@@ -139,7 +139,7 @@ impl Platform {
             );
             group = group.on(&self.names.topic(topic), move |m| h(m));
         }
-        let events = group.start()?;
+        let events = group.start().await?;
 
         let mut locals = Vec::new();
         for (topic, component) in service.local_topics() {
@@ -162,7 +162,8 @@ impl Platform {
                 .concurrency(1)
                 .idle_wait(self.poll)
                 .on(topic, move |m| h(m))
-                .start()?;
+                .start()
+                .await?;
             locals.push(consumer);
         }
         Ok(RunningService {

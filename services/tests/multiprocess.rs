@@ -228,7 +228,7 @@ impl Drop for Procs {
 }
 
 /// The test's own consumer group: every domain event, plus the services' delivery records.
-fn observe(platform: &Platform, ledger: &Ledger) -> WorkerHandle {
+async fn observe(platform: &Platform, ledger: &Ledger) -> WorkerHandle {
     let names = platform.names();
     let mut group = GroupConsumer::builder(platform.courier().events().clone(), "observer")
         .concurrency(1)
@@ -260,7 +260,7 @@ fn observe(platform: &Platform, ledger: &Ledger) -> WorkerHandle {
             }
         });
     }
-    group.start().expect("observer group")
+    group.start().await.expect("observer group")
 }
 
 async fn phase(scenario: &mut Scenario, procs: &Procs, ledger: &Ledger, p: Phase) {
@@ -326,7 +326,7 @@ async fn five_processes(url: &str) {
     let platform = Platform::connect(&settings, ledger.clone())
         .await
         .expect("connect the test's own handle");
-    let observer = observe(&platform, &ledger);
+    let observer = observe(&platform, &ledger).await;
     let mut procs = Procs {
         exe: env!("CARGO_BIN_EXE_meeting-system"),
         args,

@@ -1,8 +1,11 @@
 //! [`EventBus`] for [`MemoryBackend`]: per topic an in-memory log, and per consumer group a
 //! cursor into it plus a [`QueueState`] for the group's leases, retries and dead letters.
 //!
-//! - A group is created on first use with its cursor at the start of the retained log, so
-//!   events emitted before a group first reads are delivered to it while they are retained.
+//! - A group is created by its first receive with its cursor at the start of the retained log,
+//!   so events emitted before a group first reads are delivered to it while they are retained;
+//!   `create_group` creates it elsewhere, `reset_group` moves it. Configuring a group or reading
+//!   its stats or dead letters keeps its settings but does not place its cursor: until it is
+//!   placed, the group counts as not created (as on every backend).
 //! - A receive moves events from the log at the cursor into the group's ready list only as
 //!   many as it can lease, so `lag` (events at or after the cursor) stays meaningful.
 //! - Events are delivered in emit order (E4): a group ignores `priority`. An event emitted with
@@ -58,6 +61,9 @@ struct Topic {
 struct Group {
     /// Next sequence number to take from the log (`base <= cursor <= next`).
     cursor: u64,
+    /// Whether the group exists for `create_group`: it was read (receive), reset or created.
+    /// Until then the cursor follows the start of the retained log.
+    placed: bool,
     state: QueueState,
 }
 
@@ -98,11 +104,13 @@ impl Topic {
         }
     }
 
-    /// Create the group (cursor at the start of the retained log) unless it exists.
+    /// Make room for the group's state (cursor at the start of the retained log, not placed)
+    /// unless it is there.
     fn ensure_group(&mut self, name: &str) {
         if !self.groups.contains_key(name) {
             let group = Group {
                 cursor: self.base,
+                placed: false,
                 state: QueueState::new(self.default_config, false),
             };
             self.groups.insert(name.to_owned(), group);
@@ -131,6 +139,24 @@ impl View<'_> {
 
     fn lag(&self) -> u64 {
         self.next - self.group.cursor
+    }
+
+    /// The sequence number `from` designates (E5).
+    fn position(&self, from: ReplayFrom, topic: &str, operation: &'static str) -> Result<u64> {
+        Ok(match from {
+            ReplayFrom::Start => self.base,
+            ReplayFrom::End => self.next,
+            ReplayFrom::Time(ms) => self.base + self.log.partition_point(|e| e.at < ms) as u64,
+            ReplayFrom::Id(id) => match self.log.iter().position(|e| e.message.id == id) {
+                Some(i) => self.base + i as u64,
+                None => {
+                    return Err(KIT.tag(operation)(Error::not_found(format!(
+                        "event {id} is not retained in topic {topic:?}"
+                    ))));
+                }
+            },
+            other => return Err(KIT.unsupported(operation, other)),
+        })
     }
 }
 
@@ -286,6 +312,7 @@ impl EventBus for MemoryBackend {
         let got = crate::wait_for(&t.wakeup, wait, || {
             let now = self.now();
             t.with_group(group, now, |v| {
+                v.group.placed = true;
                 v.pull(max, now);
                 let mut out = Vec::new();
                 v.group.state.lease(now, max, &mut out);
@@ -326,27 +353,28 @@ impl EventBus for MemoryBackend {
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
         self.on_group(topic, group, "reset_group", |v, _| {
-            let cursor = match from {
-                ReplayFrom::Start => v.base,
-                ReplayFrom::End => v.next,
-                ReplayFrom::Time(ms) => v.base + v.log.partition_point(|e| e.at < ms) as u64,
-                ReplayFrom::Id(id) => match v.log.iter().position(|e| e.message.id == id) {
-                    Some(i) => v.base + i as u64,
-                    None => {
-                        return Err(KIT.tag("reset_group")(Error::not_found(format!(
-                            "event {id} is not retained in topic {topic:?}"
-                        ))));
-                    }
-                },
-                other => return Err(KIT.unsupported("reset_group", other)),
-            };
+            let cursor = v.position(from, topic, "reset_group")?;
             v.group.state.clear_pending();
             v.group.cursor = cursor;
+            v.group.placed = true;
             Ok(())
         })??;
         // Waiters of this group may now have events to read.
         self.topic(topic).wakeup.wake();
         Ok(())
+    }
+
+    /// A group that was only configured or looked at (stats, dead letters) is created here
+    /// too: nothing placed its cursor yet.
+    async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
+        self.on_group(topic, group, "create_group", |v, _| {
+            if v.group.placed {
+                return Ok(false);
+            }
+            v.group.cursor = v.position(from, topic, "create_group")?;
+            v.group.placed = true;
+            Ok(true)
+        })?
     }
 
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {

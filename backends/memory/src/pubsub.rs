@@ -70,7 +70,7 @@ impl PubSub for MemoryBackend {
     /// in this process and returns how many took it. Messages from one caller reach each
     /// subscription in call order (P3).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        KIT.check_name("channel", channel, "publish")?;
+        KIT.check_publish(channel, &self.inner.default_config, &message)?;
         message.prepare_for_publish(self.now());
         let registry = self.inner.pubsub.read();
         let mut n = 0;

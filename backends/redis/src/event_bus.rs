@@ -3,9 +3,11 @@
 //! - A topic is a stream (`{<prefix>:t:<topic>}:log`); each entry holds the event's id (`i`),
 //!   its due time when emitted with a delay (`d`, server clock) and its wire bytes (`m`). Retention is applied exactly (`MAXLEN =`, `MINID =`) on every append and
 //!   read; age is measured from the server time of the append (the entry id).
-//! - A consumer group is a Redis consumer group on that stream, created on first use at the
-//!   start of the retained log. `XREADGROUP` moves its cursor; the entries it read stay in its
-//!   pending entries list until the group is done with them (ack, dead letter).
+//! - A consumer group is a Redis consumer group on that stream, created by its first receive
+//!   at the start of the retained log (or by `create_group` where asked, or by `reset_group`);
+//!   configuring it or reading its stats does not create it. `XREADGROUP` moves its cursor;
+//!   the entries it read stay in its pending entries list until the group is done with them
+//!   (ack, dead letter).
 //! - Leases, retries and dead letters of a group use the queue's scripts on the group's own
 //!   keys: one FIFO ready list (events ignore priority, E4), the delayed set, the lease set
 //!   with tokens. Lease expiry is found through the lease set rather than through the pending
@@ -81,7 +83,12 @@ impl RedisBackend {
     }
 
     /// The stream id of the retained event `id`, if any.
-    async fn find_event(&self, log: &str, id: MessageId) -> Result<Option<String>> {
+    async fn find_event(
+        &self,
+        log: &str,
+        id: MessageId,
+        operation: &'static str,
+    ) -> Result<Option<String>> {
         let wanted = id.to_string();
         // UUIDv7 ids start with their creation time (ms): look around it first.
         let ms = (id.as_u128() >> 80) as u64;
@@ -90,10 +97,13 @@ impl RedisBackend {
             format!("{}-0", ms.saturating_sub(window)),
             format!("{}-18446744073709551615", ms.saturating_add(window)),
         );
-        if let Some(sid) = self.scan_log(log, &near.0, &near.1, &wanted).await? {
+        if let Some(sid) = self
+            .scan_log(log, &near.0, &near.1, &wanted, operation)
+            .await?
+        {
             return Ok(Some(sid));
         }
-        self.scan_log(log, "-", "+", &wanted).await
+        self.scan_log(log, "-", "+", &wanted, operation).await
     }
 
     async fn scan_log(
@@ -102,6 +112,7 @@ impl RedisBackend {
         start: &str,
         end: &str,
         wanted: &str,
+        operation: &'static str,
     ) -> Result<Option<String>> {
         let mut conn = self.conn("reset_group");
         let mut from = start.to_string();
@@ -110,7 +121,7 @@ impl RedisBackend {
             cmd.arg(log).arg(&from).arg(end).arg("COUNT").arg(500);
             let reply: redis::Value = crate::scripts::retry_refused(&mut conn, &cmd)
                 .await
-                .map_err(|e| map_err("reset_group", e))?;
+                .map_err(|e| map_err(operation, e))?;
             let entries = array(reply).unwrap_or_default();
             let n = entries.len();
             let mut last = None;
@@ -133,6 +144,46 @@ impl RedisBackend {
                 Some(sid) if n == 500 => from = format!("({sid}"),
                 _ => return Ok(None),
             }
+        }
+    }
+}
+
+impl RedisBackend {
+    /// The stream id of the last log entry strictly before `sid`, or `0` when there is none:
+    /// a group whose last delivered id it is reads from `sid` on (as `group_reset.lua` places
+    /// a reset group).
+    async fn last_before(&self, log: &str, sid: &str, operation: &'static str) -> Result<String> {
+        if sid == "0-0" {
+            return Ok("0".into());
+        }
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(log)
+            .arg(format!("({sid}"))
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let mut conn = self.conn();
+        let reply: redis::Value = crate::scripts::retry_refused(&mut conn, &cmd)
+            .await
+            .map_err(|e| map_err(operation, e))?;
+        let entry = array(reply).unwrap_or_default().into_iter().next();
+        let id = entry
+            .and_then(|e| array(e).unwrap_or_default().into_iter().next())
+            .and_then(|v| string(&v));
+        Ok(id.unwrap_or_else(|| "0".into()))
+    }
+
+    /// Whether the consumer group exists on the topic's log.
+    async fn group_exists(&self, log: &str, group: &str, operation: &'static str) -> Result<bool> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("CONSUMERS").arg(log).arg(group);
+        let mut conn = self.conn();
+        match crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(false),
+            // No log yet, so no group on it.
+            Err(e) if e.to_string().contains("no such key") => Ok(false),
+            Err(e) => Err(map_err(operation, e)),
         }
     }
 }
@@ -273,7 +324,10 @@ impl EventBus for RedisBackend {
             ReplayFrom::Start => ("start", String::new()),
             ReplayFrom::End => ("end", String::new()),
             ReplayFrom::Time(ms) => ("before", format!("{ms}-0")),
-            ReplayFrom::Id(id) => match self.find_event(&keys[keys::GROUP_LOG], id).await? {
+            ReplayFrom::Id(id) => match self
+                .find_event(&keys[keys::GROUP_LOG], id, "reset_group")
+                .await?
+            {
                 Some(sid) => ("before", sid),
                 None => {
                     return Err(KIT.tag("reset_group")(Error::not_found(format!(
@@ -298,6 +352,41 @@ impl EventBus for RedisBackend {
             .await
             .map_err(|e| map_err("reset_group", e))?;
         Ok(())
+    }
+
+    /// One `XGROUP CREATE ... MKSTREAM`: Redis creates the group atomically or answers
+    /// `BUSYGROUP` when it exists, whoever created it.
+    async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
+        const OP: &str = "create_group";
+        self.check_group(topic, group, OP)?;
+        let log = keys::log(&self.inner.prefix, topic);
+        let last_delivered = match from {
+            ReplayFrom::Start => "0".to_string(),
+            ReplayFrom::End => "$".to_string(),
+            ReplayFrom::Time(ms) => self.last_before(&log, &format!("{ms}-0"), OP).await?,
+            ReplayFrom::Id(id) => match self.find_event(&log, id, OP).await? {
+                Some(sid) => self.last_before(&log, &sid, OP).await?,
+                None if self.group_exists(&log, group, OP).await? => return Ok(false),
+                None => {
+                    return Err(KIT.tag(OP)(Error::not_found(format!(
+                        "event {id} is not retained in topic {topic:?}"
+                    ))));
+                }
+            },
+            other => return Err(KIT.unsupported(OP, other)),
+        };
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&log)
+            .arg(group)
+            .arg(&last_delivered)
+            .arg("MKSTREAM");
+        let mut conn = self.conn();
+        match crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+            Err(e) => Err(map_err(OP, e)),
+        }
     }
 
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {

@@ -57,8 +57,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Limits: message ids must be unique per queue (re-publishing an id replaces the stored body of
-//! the first); the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
+//! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages);
+//! the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
 //! key in `KEYS`) but the client connects to one node (no cluster client yet).
 //!
 //! Run Redis with `maxmemory-policy noeviction` (evicted keys are lost messages; the backend

@@ -343,7 +343,7 @@ impl PubSub for RedisBackend {
     /// Publishes with `PUBLISH`. Returns how many subscriptions of *this* backend handle match
     /// the channel (other processes' subscribers are not counted).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        KIT.check_name("channel", channel, "publish")?;
+        KIT.check_publish(channel, &self.inner.configs.default_config(), &message)?;
         message.prepare_for_publish(self.inner.clock.now_ms());
         let bytes = wire::encode(&message).map_err(KIT.tag("publish"))?;
         let mut conn = self.conn("publish");

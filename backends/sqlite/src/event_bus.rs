@@ -2,8 +2,11 @@
 //! group a cursor into it plus delivery rows that follow the queue state machine
 //! ([`crate::store`]) for leases, retries and dead letters.
 //!
-//! - A group is created on first use with its cursor at the start of the retained log, so
-//!   events emitted before a group first reads are delivered to it while they are retained.
+//! - A group is created by its first receive with its cursor at the start of the retained log,
+//!   so events emitted before a group first reads are delivered to it while they are retained;
+//!   `create_group` creates it elsewhere, `reset_group` moves it. Other operations (configure,
+//!   stats, dead letters, settle, extend) do not create the row: they see a group that does
+//!   not exist as empty ([`Q::absent`]).
 //! - A receive materialises events from the log at the cursor into the group's ready rows
 //!   only as many as it can lease, so `lag` (events at or after the cursor) stays meaningful.
 //! - Events are delivered in emit order (E4): a group ignores `priority`. An event emitted with
@@ -167,12 +170,73 @@ pub(crate) fn append(ctx: &mut Ctx<'_>, topic: &str, events: &[EventRow]) -> Res
     Ok(())
 }
 
-/// The group's row (created at the start of the retained log on first use), loaded.
-fn open_group(ctx: &mut Ctx<'_>, topic: &str, group: &str, t: &Topic) -> Result<Q> {
-    let key = format!("g:{topic}\u{0}{group}");
+/// The key of a group in the writer's caches.
+fn group_key(topic: &str, group: &str) -> String {
+    format!("g:{topic}\u{0}{group}")
+}
+
+/// Whether an operation creates the group's row when it does not exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// Receive and reset: create it (a receive at the start of the retained log).
+    Create,
+    /// Everything else: a group that does not exist is seen as empty and stays absent.
+    Existing,
+}
+
+/// The group's row, loaded; created at the start of the retained log when `open` says so,
+/// else [`Q::absent`] when there is none.
+fn open_group(ctx: &mut Ctx<'_>, topic: &str, group: &str, t: &Topic, open: Open) -> Result<Q> {
+    let key = group_key(topic, group);
     let base = t.base;
-    let qid = store::qid(ctx, &key, "group", topic, group, |_| Ok(base))?;
+    let qid = match open {
+        Open::Create => store::qid(ctx, &key, "group", topic, group, |_| Ok(base))?,
+        Open::Existing => match store::find_qid(ctx, &key, "group", topic, group)? {
+            Some(qid) => qid,
+            None => return Ok(Q::absent(base)),
+        },
+    };
     store::load(ctx, qid)
+}
+
+/// The log position `from` designates (E5): the sequence number of the first event to read.
+fn position(
+    ctx: &Ctx<'_>,
+    topic: &str,
+    t: &Topic,
+    from: ReplayFrom,
+    operation: &'static str,
+) -> Result<i64> {
+    Ok(match from {
+        ReplayFrom::Start => t.base,
+        ReplayFrom::End => t.next,
+        ReplayFrom::Time(ms) => ctx
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM courier_events WHERE topic = ?1 AND created_at >= ?2 \
+                 ORDER BY created_at, seq LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row(params![topic, i(ms)], |r| r.get(0)).optional())
+            .map_err(ctx.err(operation))?
+            .unwrap_or(t.next),
+        ReplayFrom::Id(id) => ctx
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM courier_events WHERE topic = ?1 AND id = ?2 \
+                 ORDER BY seq LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![topic, &id.as_bytes()[..]], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(ctx.err(operation))?
+            .ok_or_else(|| {
+                KIT.tag(operation)(Error::not_found(format!(
+                    "event {id} is not retained in topic {topic:?}"
+                )))
+            })?,
+        other => return Err(KIT.unsupported(operation, other)),
+    })
 }
 
 /// Run `f` on a group brought up to now (retention applied, leases and delays processed),
@@ -182,12 +246,13 @@ fn with_group<T>(
     ctx: &mut Ctx<'_>,
     topic: &str,
     group: &str,
+    open: Open,
     config: &QueueConfig,
     f: impl FnOnce(&mut Ctx<'_>, &mut Q, &Topic, u64) -> Result<T>,
 ) -> Result<T> {
     let now = ctx.now();
     let t = trim(ctx, topic, now)?;
-    let mut q = open_group(ctx, topic, group, &t)?;
+    let mut q = open_group(ctx, topic, group, &t, open)?;
     let wake_before = store::next_wake(ctx, q.qid)?;
     store::tick(ctx, &mut q, now, config)?;
     let r = f(ctx, &mut q, &t, now)?;
@@ -259,6 +324,7 @@ impl SqliteBackend {
         topic: &str,
         group: &str,
         operation: &'static str,
+        open: Open,
         f: impl FnOnce(&mut Ctx<'_>, &mut Q, &Topic, u64, &QueueConfig) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         KIT.check_group(topic, group, operation)?;
@@ -267,7 +333,7 @@ impl SqliteBackend {
         self.inner
             .writer
             .call(operation, move |ctx| {
-                with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {
+                with_group(ctx, &t, &g, open, &config, |ctx, q, tp, now| {
                     f(ctx, q, tp, now, &config)
                 })
             })
@@ -288,7 +354,7 @@ impl SqliteBackend {
         let writer = self.inner.writer.clone();
         let release = move |leases: Vec<Lease>| {
             writer.fire("release", move |ctx| {
-                with_group(ctx, &ot, &og, &config, |ctx, q, _, now| {
+                with_group(ctx, &ot, &og, Open::Existing, &config, |ctx, q, _, now| {
                     for l in &leases {
                         let _ = store::settle(ctx, q, now, &Settle::Release(*l), &config)?;
                     }
@@ -299,7 +365,7 @@ impl SqliteBackend {
         claim(
             &self.inner.writer,
             move |ctx| {
-                with_group(ctx, &t, &g, &config, |ctx, q, tp, now| {
+                with_group(ctx, &t, &g, Open::Create, &config, |ctx, q, tp, now| {
                     pull(ctx, q, &t, tp, max, now)?;
                     store::poll(ctx, q, now, max, &config)
                 })
@@ -321,15 +387,10 @@ impl EventBus for SqliteBackend {
     }
 
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
+        // Kept in this handle; the group is not created (see `create_group`).
         self.inner
             .configs
-            .configure_group(KIT, topic, group, config)?;
-        // The group exists from now on (its cursor at the start of the retained log).
-        let (t, g) = (topic.to_owned(), group.to_owned());
-        self.inner.writer.fire("configure_group", move |ctx| {
-            with_group(ctx, &t, &g, &config, |_, _, _, _| Ok(()))
-        });
-        Ok(())
+            .configure_group(KIT, topic, group, config)
     }
 
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
@@ -401,13 +462,19 @@ impl EventBus for SqliteBackend {
             KIT.check_group(topic, group, "settle")?;
             return Ok(Vec::new());
         }
-        self.on_group(topic, group, "settle", move |ctx, q, _, now, config| {
-            let mut out = Vec::with_capacity(ops.len());
-            for op in &ops {
-                out.push(store::settle(ctx, q, now, op, config)?);
-            }
-            Ok(out)
-        })
+        self.on_group(
+            topic,
+            group,
+            "settle",
+            Open::Existing,
+            move |ctx, q, _, now, config| {
+                let mut out = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    out.push(store::settle(ctx, q, now, op, config)?);
+                }
+                Ok(out)
+            },
+        )
         .await
     }
 
@@ -419,62 +486,70 @@ impl EventBus for SqliteBackend {
         visibility: Duration,
     ) -> Result<Lease> {
         let l = *lease;
-        self.on_group(topic, group, "extend", move |ctx, q, _, now, _| {
-            store::extend(ctx, q, now, &l, visibility)
-        })
+        self.on_group(
+            topic,
+            group,
+            "extend",
+            Open::Existing,
+            move |ctx, q, _, now, _| store::extend(ctx, q, now, &l, visibility),
+        )
         .await?
         .map_err(|_| KIT.lease_lost("extend", lease))
     }
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
         let name = topic.to_owned();
-        self.on_group(topic, group, "reset_group", move |ctx, q, t, _, _| {
-            let cursor = match from {
-                ReplayFrom::Start => t.base,
-                ReplayFrom::End => t.next,
-                ReplayFrom::Time(ms) => ctx
-                    .conn
-                    .prepare_cached(
-                        "SELECT seq FROM courier_events WHERE topic = ?1 AND created_at >= ?2 \
-                         ORDER BY created_at, seq LIMIT 1",
-                    )
-                    .and_then(|mut s| s.query_row(params![name, i(ms)], |r| r.get(0)).optional())
-                    .map_err(ctx.err("reset_group"))?
-                    .unwrap_or(t.next),
-                ReplayFrom::Id(id) => ctx
-                    .conn
-                    .prepare_cached(
-                        "SELECT seq FROM courier_events WHERE topic = ?1 AND id = ?2 \
-                         ORDER BY seq LIMIT 1",
-                    )
-                    .and_then(|mut s| {
-                        s.query_row(params![name, &id.as_bytes()[..]], |r| r.get(0))
-                            .optional()
-                    })
-                    .map_err(ctx.err("reset_group"))?
-                    .ok_or_else(|| {
-                        KIT.tag("reset_group")(Error::not_found(format!(
-                            "event {id} is not retained in topic {name:?}"
-                        )))
-                    })?,
-                other => return Err(KIT.unsupported("reset_group", other)),
-            };
-            store::clear_pending(ctx, q)?;
-            q.set_cursor(cursor);
-            // Waiters of this group may now have events to read.
-            ctx.wake(store::topic_key(&name));
-            Ok(())
-        })
+        self.on_group(
+            topic,
+            group,
+            "reset_group",
+            Open::Create,
+            move |ctx, q, t, _, _| {
+                let cursor = position(ctx, &name, t, from, "reset_group")?;
+                store::clear_pending(ctx, q)?;
+                q.set_cursor(cursor);
+                // Waiters of this group may now have events to read.
+                ctx.wake(store::topic_key(&name));
+                Ok(())
+            },
+        )
         .await
     }
 
-    async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
-        self.on_group(topic, group, "group_stats", |ctx, q, t, _, _| {
-            Ok(GroupStats {
-                queue: store::stats(ctx, q)?,
-                lag: u(t.next - q.cursor),
+    async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
+        KIT.check_group(topic, group, "create_group")?;
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        // One writer transaction: the look-up and the insert cannot be split by another
+        // handle or process.
+        self.inner
+            .writer
+            .call("create_group", move |ctx| {
+                let now = ctx.now();
+                let tp = trim(ctx, &t, now)?;
+                let key = group_key(&t, &g);
+                if store::find_qid(ctx, &key, "group", &t, &g)?.is_some() {
+                    return Ok(false);
+                }
+                let cursor = position(ctx, &t, &tp, from, "create_group")?;
+                store::qid(ctx, &key, "group", &t, &g, |_| Ok(cursor))?;
+                Ok(true)
             })
-        })
+            .await
+    }
+
+    async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.on_group(
+            topic,
+            group,
+            "group_stats",
+            Open::Existing,
+            |ctx, q, t, _, _| {
+                Ok(GroupStats {
+                    queue: store::stats(ctx, q)?,
+                    lag: u(t.next - q.cursor),
+                })
+            },
+        )
         .await
     }
 
@@ -492,23 +567,35 @@ impl EventBus for SqliteBackend {
     }
 
     async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>> {
-        self.on_group(topic, group, "dead_letters", move |ctx, q, _, _, _| {
-            store::dead_letters(ctx, q, page)
-        })
+        self.on_group(
+            topic,
+            group,
+            "dead_letters",
+            Open::Existing,
+            move |ctx, q, _, _, _| store::dead_letters(ctx, q, page),
+        )
         .await
     }
 
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
-        self.on_group(topic, group, "requeue_dead", move |ctx, q, _, _, _| {
-            store::requeue_dead(ctx, q, &which)
-        })
+        self.on_group(
+            topic,
+            group,
+            "requeue_dead",
+            Open::Existing,
+            move |ctx, q, _, _, _| store::requeue_dead(ctx, q, &which),
+        )
         .await
     }
 
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
-        self.on_group(topic, group, "purge_dead", move |ctx, q, _, _, _| {
-            store::purge_dead(ctx, q, &which)
-        })
+        self.on_group(
+            topic,
+            group,
+            "purge_dead",
+            Open::Existing,
+            move |ctx, q, _, _, _| store::purge_dead(ctx, q, &which),
+        )
         .await
     }
 }

@@ -130,7 +130,7 @@ impl PubSub for SqliteBackend {
     /// of this process and returns how many took it; other processes get it through the
     /// relay table. Messages from one caller arrive in call order (P3).
     async fn publish(&self, channel: &str, mut message: Message) -> Result<usize> {
-        KIT.check_name("channel", channel, "publish")?;
+        KIT.check_publish(channel, &self.inner.configs.default_config(), &message)?;
         let now = self.now();
         message.prepare_for_publish(now);
         let body = if self.inner.target == Target::Memory {

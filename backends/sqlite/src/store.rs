@@ -103,6 +103,25 @@ impl Q {
         self.front_seq
     }
 
+    /// A group that does not exist (yet), seen as empty with its cursor at `cursor`: every
+    /// query on it matches no row (no row has qid [`ABSENT_QID`]), and saving it writes
+    /// nothing. Operations that do not create a group (stats, dead letters, settle, extend)
+    /// run on it.
+    pub(crate) fn absent(cursor: i64) -> Q {
+        Q {
+            qid: ABSENT_QID,
+            next_seq: 1,
+            front_seq: 0,
+            cursor,
+            published: 0,
+            acked: 0,
+            retried: 0,
+            dead_lettered: 0,
+            dirty: false,
+            readied: false,
+        }
+    }
+
     /// Move the group's cursor.
     pub(crate) fn set_cursor(&mut self, cursor: i64) {
         if cursor != self.cursor {
@@ -110,6 +129,36 @@ impl Q {
             self.dirty = true;
         }
     }
+}
+
+/// The qid of [`Q::absent`]: SQLite never gives a row a negative rowid of its own.
+const ABSENT_QID: i64 = -1;
+
+/// The row id of a queue or group if it exists (in any process), without creating it.
+pub(crate) fn find_qid(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    kind: &str,
+    topic: &str,
+    name: &str,
+) -> Result<Option<i64>> {
+    if let Some(q) = ctx.qids.get(key) {
+        return Ok(Some(*q));
+    }
+    let found: Option<i64> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT qid FROM courier_queues WHERE kind = ?1 AND topic = ?2 AND name = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![kind, topic, name], |r| r.get(0))
+                .optional()
+        })
+        .map_err(ctx.err("open queue"))?;
+    if let Some(q) = found {
+        ctx.qids.insert(key.to_owned(), q);
+    }
+    Ok(found)
 }
 
 /// The row id of a queue or group, created on first use. `cursor` is the initial cursor of a
@@ -122,20 +171,7 @@ pub(crate) fn qid(
     name: &str,
     cursor: impl FnOnce(&mut Ctx<'_>) -> Result<i64>,
 ) -> Result<i64> {
-    if let Some(q) = ctx.qids.get(key) {
-        return Ok(*q);
-    }
-    let found: Option<i64> = ctx
-        .conn
-        .prepare_cached(
-            "SELECT qid FROM courier_queues WHERE kind = ?1 AND topic = ?2 AND name = ?3",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![kind, topic, name], |r| r.get(0))
-                .optional()
-        })
-        .map_err(ctx.err("open queue"))?;
-    let q = match found {
+    let q = match find_qid(ctx, key, kind, topic, name)? {
         Some(q) => q,
         None => {
             let c = cursor(ctx)?;

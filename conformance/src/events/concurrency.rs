@@ -48,7 +48,8 @@ async fn competing_consumers_jepsen(cx: Ctx) -> Outcome {
                 })
                 .concurrency(4)
                 .idle_wait(Duration::from_millis(100))
-                .start()?,
+                .start()
+                .await?,
         );
     }
     // A second group with a single, sequential consumer sees the same events in emit order.
@@ -64,7 +65,8 @@ async fn competing_consumers_jepsen(cx: Ctx) -> Outcome {
         })
         .concurrency(1)
         .idle_wait(Duration::from_millis(100))
-        .start()?;
+        .start()
+        .await?;
     let mut acc = Accounting::default();
     let mut sent = Vec::with_capacity(n);
     for batch in 0..10 {

@@ -15,6 +15,11 @@ pub(super) fn cases() -> Vec<Case> {
             emit_batch_in_order
         ),
         case!("events::emit::fields_round_trip", ["E1"], emit_fields),
+        case!(
+            "events::emit::same_id_emitted_twice_is_two_events",
+            ["E1"],
+            same_id_twice
+        ),
     ]
 }
 
@@ -101,6 +106,35 @@ async fn emit_fields(cx: Ctx) -> Outcome {
         d.message.created_at + 1_000 >= before,
         "created_at {} set at emit (clock {before})",
         d.message.created_at
+    );
+    Ok(())
+}
+
+/// No deduplication by id on the event bus either: an id emitted twice is two events, each
+/// delivered to a group with its own payload.
+async fn same_id_twice(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let id = MessageId::new();
+    emit_one(b, &t, Message::new("dup", "first").with_id(id)).await?;
+    emit_one(b, &t, Message::new("dup", "second").with_id(id)).await?;
+    ensure_eq!(topic_len(b, &t).await?, 2, "both events are appended");
+    let got = recv_n(b, &t, &g, 2, cx.prompt()).await?;
+    ensure_eq!(ids(&got), vec![id, id], "both deliveries carry the id");
+    ensure_eq!(
+        got.iter()
+            .map(|d| d.message.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![Bytes::from_static(b"first"), Bytes::from_static(b"second")],
+        "each event keeps its own payload, in emit order"
+    );
+    ack_all(b, &t, &g, &got).await?;
+    let s = super::gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.queue.acked, s.queue.in_flight, s.lag),
+        (2, 0, 0),
+        "(acked, in_flight, lag)"
     );
     Ok(())
 }

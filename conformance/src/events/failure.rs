@@ -461,7 +461,8 @@ async fn consumer_backoff(cx: Ctx) -> Outcome {
         })
         .idle_wait(Duration::from_millis(100))
         .concurrency(1)
-        .start()?;
+        .start()
+        .await?;
     let id = emit_one(&*b, &t, Message::new("e", "x")).await?;
     let (s, ok) = gstats_until(&*b, &t, &g, base * 3 + cx.prompt(), |s| s.queue.dead == 1).await?;
     stop_worker(h).await?;

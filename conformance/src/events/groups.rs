@@ -3,11 +3,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{EventBus, MessageId, Settle};
+use courier_core::{EventBus, GroupConsumer, Message, MessageId, ReplayFrom, Settle, WorkerHandle};
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
-use super::{ack_all, bus, emit_n, expect_none, gstats, ids, recv_n, recv_one, topic_len};
-use crate::{Accounting, Case, Ctx, Failure, Outcome, case, ensure_eq, within};
+use super::{
+    ack_all, bus, emit_n, expect_none, gstats, gstats_until, ids, recv_n, recv_one, settle,
+    stop_worker, topic_len, until,
+};
+use crate::{
+    Accounting, Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, plain_config, within,
+};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -40,6 +46,21 @@ pub(super) fn cases() -> Vec<Case> {
             "events::groups::same_group_on_two_topics_is_independent",
             ["E2"],
             group_per_topic
+        ),
+        case!(
+            "events::groups::start_from_end_sees_only_events_after_start",
+            ["E2", "E5"],
+            start_from_end
+        ),
+        case!(
+            "events::groups::start_from_keeps_an_existing_group",
+            ["E2", "E5"],
+            start_from_existing
+        ),
+        case!(
+            "events::groups::group_consumer_prefetch_bounds_leases",
+            ["E2", "W"],
+            consumer_prefetch
         ),
     ]
 }
@@ -216,4 +237,159 @@ async fn group_per_topic(cx: Ctx) -> Outcome {
     let got2 = recv_n(b, &t2, &g, 2, cx.prompt()).await?;
     ensure_eq!(ids(&got2), c, "topic 2 for the group");
     Ok(())
+}
+
+/// A one-topic consumer recording the ids it handles, one at a time, in order.
+async fn recording_consumer(
+    cx: &Ctx,
+    topic: &str,
+    group: &str,
+    from: ReplayFrom,
+) -> Result<(WorkerHandle, Arc<Mutex<Vec<MessageId>>>), Failure> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let h = within(
+        cx.prompt(),
+        "group consumer start",
+        GroupConsumer::builder(cx.backend.events.clone(), group)
+            .on(topic, move |m: Message| {
+                let s = s.clone();
+                async move {
+                    s.lock().push(m.id);
+                    Ok(())
+                }
+            })
+            .concurrency(1)
+            .idle_wait(Duration::from_millis(100))
+            .start_from(from)
+            .start(),
+    )
+    .await??;
+    Ok((h, seen))
+}
+
+async fn start_from_end(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    emit_n(b, &t, "old", 5).await?;
+    // Configuring the group and looking at it does not create it: it is still new.
+    b.configure_group(&t, &g, plain_config())?;
+    ensure_eq!(
+        gstats(b, &t, &g).await?.lag,
+        5,
+        "lag of a group that has not read yet"
+    );
+    let (h, seen) = recording_consumer(&cx, &t, &g, ReplayFrom::End).await?;
+    // Emitted once start returned: all of these, and none of the old ones.
+    let new = emit_n(b, &t, "new", 3).await?;
+    let done = until(cx.prompt(), || seen.lock().len() >= 3).await;
+    let (s, acked) = gstats_until(b, &t, &g, cx.prompt(), |s| s.queue.acked >= 3).await?;
+    // Nothing more comes (an old event would arrive within this window).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_worker(h).await?;
+    ensure!(done && acked, "handled {:?}; stats {s:?}", seen.lock());
+    ensure_eq!(
+        seen.lock().clone(),
+        new,
+        "a new group started from the end sees only the events emitted after start"
+    );
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.in_flight, s.queue.acked),
+        (0, 0, 3),
+        "(lag, in_flight, acked) of the group started from the end"
+    );
+    Ok(())
+}
+
+async fn start_from_existing(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let first = emit_n(b, &t, "first", 3).await?;
+    // The group exists: it read the three, acked two and gave the third back.
+    let got = recv_n(b, &t, &g, 3, cx.prompt()).await?;
+    ack_all(b, &t, &g, &got[..2]).await?;
+    settle(b, &t, &g, Settle::Release(got[2].lease)).await?;
+    // While no consumer runs, more events come.
+    let missed = emit_n(b, &t, "missed", 2).await?;
+    let (h, seen) = recording_consumer(&cx, &t, &g, ReplayFrom::End).await?;
+    let done = until(cx.prompt(), || seen.lock().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_worker(h).await?;
+    ensure!(done, "handled {:?}", seen.lock());
+    let want = [vec![first[2]], missed].concat();
+    ensure_eq!(
+        seen.lock().clone(),
+        want,
+        "an existing group keeps its position and pending event: start_from changes nothing"
+    );
+    // The primitive says so too, and changes nothing either.
+    let created = within(
+        cx.prompt(),
+        "create_group",
+        b.create_group(&t, &g, ReplayFrom::Start),
+    )
+    .await??;
+    ensure!(!created, "create_group on an existing group returned true");
+    expect_none(b, &t, &g, Duration::from_millis(150)).await
+}
+
+async fn consumer_prefetch(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    b.configure_group(&t, &g, plain_config())?;
+    // Default prefetch would lease concurrency * 2 = 4; prefetch(1) bounds it at 3.
+    let (concurrency, prefetch) = (2u64, 1u64);
+    let bound = concurrency + prefetch;
+    let (open, gate) = watch::channel(false);
+    let h = within(
+        cx.prompt(),
+        "group consumer start",
+        GroupConsumer::builder(cx.backend.events.clone(), &g)
+            .on(&t, move |_m: Message| {
+                let mut g = gate.clone();
+                async move {
+                    let _ = g.wait_for(|open| *open).await;
+                    Ok(())
+                }
+            })
+            .concurrency(concurrency as usize)
+            .prefetch(prefetch as usize)
+            .idle_wait(Duration::from_millis(100))
+            .start(),
+    )
+    .await??;
+    emit_n(b, &t, "e", 10).await?;
+    let (s, ok) = gstats_until(b, &t, &g, cx.prompt(), |s| s.queue.in_flight >= bound).await?;
+    ensure!(ok, "concurrency + prefetch = {bound} leased: {s:?}");
+    ensure_eq!(s.queue.in_flight, bound, "leased at once");
+    let window = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < window {
+        let s = gstats(b, &t, &g).await?;
+        ensure!(
+            s.queue.in_flight <= bound,
+            "{} leased with concurrency {concurrency} + prefetch {prefetch}",
+            s.queue.in_flight
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = open.send(true);
+    let deadline = Instant::now() + cx.prompt();
+    loop {
+        let s = gstats(b, &t, &g).await?;
+        ensure!(
+            s.queue.in_flight <= bound,
+            "{} leased while draining (bound {bound})",
+            s.queue.in_flight
+        );
+        if s.queue.acked == 10 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not drained in time: {s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop_worker(h).await
 }

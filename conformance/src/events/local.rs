@@ -91,7 +91,8 @@ async fn group_consumer_e2e(cx: Ctx) -> Outcome {
         })
         .concurrency(1)
         .idle_wait(Duration::from_millis(100))
-        .start()?;
+        .start()
+        .await?;
     let n = 20u64;
     for i in 0..n {
         within(cx.prompt(), "emit_typed", b.emit_typed(&order(i))).await??;
@@ -130,7 +131,8 @@ async fn typed_undecodable(cx: Ctx) -> Outcome {
             }
         })
         .idle_wait(Duration::from_millis(100))
-        .start()?;
+        .start()
+        .await?;
     let bad = emit_one(&*b, topic, Message::new(topic, "{\"not\": \"an order\"}")).await?;
     within(cx.prompt(), "emit_typed", b.emit_typed(&order(1))).await??;
     let done = until(cx.prompt(), || !got.lock().is_empty()).await;

@@ -2,10 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use courier_core::{ErrorKind, EventBus, EventBusExt, Page, ReplayFrom, Settle};
+use courier_core::{ErrorKind, EventBus, EventBusExt, MessageId, Page, ReplayFrom, Settle};
 
 use super::{ack_all, bus, emit_n, expect_none, gstats, ids, recv_n, reset, settle};
-use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, expect_kind, within};
+use crate::{
+    Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, expect_kind, plain_config, within,
+};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -17,6 +19,11 @@ pub(super) fn cases() -> Vec<Case> {
             "events::replay::reset_drops_pending_keeps_dead",
             ["E5", "E3"],
             reset_keeps_dead
+        ),
+        case!(
+            "events::replay::create_group_places_only_a_new_group",
+            ["E5", "E2"],
+            create_group
         ),
     ]
 }
@@ -176,5 +183,94 @@ async fn reset_keeps_dead(cx: Ctx) -> Outcome {
         vec![sent[0]],
         "dead letters kept across a reset"
     );
+    Ok(())
+}
+
+async fn create(b: &dyn EventBus, t: &str, g: &str, from: ReplayFrom) -> Result<bool, Failure> {
+    Ok(within(
+        Duration::from_secs(10),
+        "create_group",
+        b.create_group(t, g, from),
+    )
+    .await??)
+}
+
+async fn create_group(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let old = emit_n(b, &t, "old", 2).await?;
+    let t1 = b.clock().now_ms();
+    clock_past(b, t1 + 30).await?;
+    let at = b.clock().now_ms();
+    clock_past(b, at + 30).await?;
+    let new = emit_n(b, &t, "new", 2).await?;
+    let all = [old.clone(), new.clone()].concat();
+    let g = |what: &str| cx.name(what);
+
+    // Each position places a new group; a second call finds it and changes nothing.
+    for (name, from) in [
+        ("start", ReplayFrom::Start),
+        ("end", ReplayFrom::End),
+        ("id", ReplayFrom::Id(old[1])),
+        ("time", ReplayFrom::Time(at)),
+    ] {
+        ensure!(
+            create(b, &t, &g(name), from).await?,
+            "create_group({from:?}) of a new group returned false"
+        );
+        ensure!(
+            !create(b, &t, &g(name), ReplayFrom::Start).await?,
+            "a second create_group of {name} returned true"
+        );
+    }
+    // An id that is not retained: NotFound, and nothing was created.
+    let r = within(
+        cx.prompt(),
+        "create_group",
+        b.create_group(&t, &g("gone"), ReplayFrom::Id(MessageId::new())),
+    )
+    .await?;
+    expect_kind(r, ErrorKind::NotFound, "create_group at an id not retained")?;
+    ensure!(
+        create(b, &t, &g("gone"), ReplayFrom::End).await?,
+        "a failed create_group created the group"
+    );
+    // Configuring a group or reading its stats and dead letters does not create it.
+    b.configure_group(&t, &g("configured"), plain_config())?;
+    gstats(b, &t, &g("configured")).await?;
+    within(
+        cx.prompt(),
+        "dead_letters",
+        b.dead_letters(&t, &g("configured"), Page::first(10)),
+    )
+    .await??;
+    ensure!(
+        create(b, &t, &g("configured"), ReplayFrom::End).await?,
+        "a configured group that never read counted as existing"
+    );
+    // A group that read exists, wherever it is.
+    let read = recv_n(b, &t, &g("read"), 4, cx.prompt()).await?;
+    ack_all(b, &t, &g("read"), &read).await?;
+    ensure!(
+        !create(b, &t, &g("read"), ReplayFrom::Start).await?,
+        "create_group of a group that read returned true"
+    );
+    expect_none(b, &t, &g("read"), Duration::from_millis(100)).await?;
+
+    let late = emit_n(b, &t, "late", 1).await?;
+    for (name, want) in [
+        ("start", [all.clone(), late.clone()].concat()),
+        ("end", late.clone()),
+        ("id", [vec![old[1]], new.clone(), late.clone()].concat()),
+        ("time", [new.clone(), late.clone()].concat()),
+        ("gone", late.clone()),
+        ("configured", late.clone()),
+        ("read", late.clone()),
+    ] {
+        let got = recv_n(b, &t, &g(name), want.len(), cx.prompt()).await?;
+        ensure_eq!(ids(&got), want, "what group {name} reads");
+        ack_all(b, &t, &g(name), &got).await?;
+        expect_none(b, &t, &g(name), Duration::from_millis(100)).await?;
+    }
     Ok(())
 }

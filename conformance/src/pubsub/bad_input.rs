@@ -1,9 +1,10 @@
 //! PubSub cases, bad input: `pubsub::bad_input::*`.
 
+use bytes::Bytes;
 use courier_core::{ErrorKind, Message, SubscribeOptions};
 
 use super::{kinds, next, publish, sub, until_kind};
-use crate::{Case, Ctx, Outcome, case, ensure_eq, expect_kind, within};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, expect_kind, within};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -22,7 +23,25 @@ pub(super) fn cases() -> Vec<Case> {
             ["P4"],
             malformed_pattern
         ),
+        case!(
+            "pubsub::bad_input::oversize_payload_rejected",
+            ["P1", "Q10"],
+            oversize_payload
+        ),
+        case!(
+            "pubsub::bad_input::payload_of_max_payload_accepted",
+            ["P1", "Q10"],
+            payload_at_limit
+        ),
     ]
+}
+
+/// The `max_payload` of the backend's default configuration (what a queue nobody configured
+/// uses): the limit of every publish, emit and pub/sub publish.
+fn default_max_payload(cx: &Ctx) -> usize {
+    cx.q()
+        .queue_config(&cx.name("never-configured"))
+        .max_payload
 }
 
 fn bad_names() -> Vec<String> {
@@ -123,5 +142,72 @@ async fn malformed_pattern(cx: Ctx) -> Outcome {
             &format!("subscribe to malformed pattern {pat:?}"),
         )?;
     }
+    Ok(())
+}
+
+async fn oversize_payload(cx: Ctx) -> Outcome {
+    let max = default_max_payload(&cx);
+    let ch = cx.name("big");
+    let mut direct = sub(&cx, &ch).await?;
+    let mut witness = sub(&cx, &format!("{}.>", cx.name("big-root"))).await?;
+    let nested = format!("{}.x", cx.name("big-root"));
+    for channel in [&ch, &nested] {
+        let big = Message::new("big", Bytes::from(vec![7u8; max + 1]));
+        let r = within(
+            cx.prompt(),
+            "publish",
+            cx.backend.pubsub.publish(channel, big),
+        )
+        .await?;
+        let e = match r {
+            Ok(n) => {
+                return Err(crate::Failure(format!(
+                    "a pub/sub payload of max_payload + 1 = {} bytes was accepted (to {n} \
+                     subscriptions)",
+                    max + 1
+                )));
+            }
+            Err(e) => e,
+        };
+        ensure_eq!(e.kind(), ErrorKind::PayloadTooLarge, "kind of {e}");
+        ensure!(
+            e.to_string().contains(&(max + 1).to_string()),
+            "the error names the size: {e}"
+        );
+    }
+    // A max_attempts override of 0 is refused as a queue publish refuses it.
+    let r = within(
+        cx.prompt(),
+        "publish",
+        cx.backend
+            .pubsub
+            .publish(&ch, Message::new("zero", "x").with_max_attempts(0)),
+    )
+    .await?;
+    expect_kind(r, ErrorKind::InvalidInput, "a message with max_attempts 0")?;
+    // Nothing of the refused publishes was delivered.
+    publish(&cx, &ch, Message::new("ok", "x")).await?;
+    publish(&cx, &nested, Message::new("ok", "x")).await?;
+    for (s, what) in [(&mut direct, "the channel"), (&mut witness, "the pattern")] {
+        let got = until_kind(s, "ok", cx.prompt()).await?;
+        ensure_eq!(
+            kinds(&got),
+            vec!["ok".to_string()],
+            "only the fitting message reached {what}"
+        );
+    }
+    Ok(())
+}
+
+async fn payload_at_limit(cx: Ctx) -> Outcome {
+    let max = default_max_payload(&cx);
+    let ch = cx.name("limit");
+    let mut s = sub(&cx, &ch).await?;
+    let body = Bytes::from((0..max).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    publish(&cx, &ch, Message::new("limit", body.clone())).await?;
+    let m = next(&mut s, cx.prompt(), "the max_payload message").await?;
+    ensure_eq!(m.kind, "limit", "kind");
+    ensure_eq!(m.payload.len(), max, "payload length");
+    ensure!(m.payload == body, "the payload arrives intact");
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::{Message, QueueExt, RetryPolicy, Settle};
+use courier_core::{Message, MessageId, QueueExt, RetryPolicy, Settle};
 
 use super::{LIMIT, config_with, kinds, one, publish, publish_all, queue, settle};
 use crate::{
@@ -36,6 +36,11 @@ pub(super) fn cases() -> Vec<Case> {
             "queue::conservation::waiting_receive_wakes_on_publish",
             ["Q9"],
             waiting_receive_wakes
+        ),
+        case!(
+            "queue::conservation::same_id_published_twice_is_two_messages",
+            ["Q9"],
+            same_id_twice
         ),
     ]
 }
@@ -256,6 +261,44 @@ async fn waiting_receive_wakes(cx: Ctx) -> Outcome {
     ensure!(
         took < Duration::from_secs(4),
         "a waiting receive took {took:?}: it should wake on publish, not at the end of its 8 s wait"
+    );
+    Ok(())
+}
+
+/// Courier does not deduplicate by id (`Message::with_id`): two publishes of one id are two
+/// messages, each stored and delivered with its own payload and settled on its own lease.
+async fn same_id_twice(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "dup", plain_config())?;
+    let id = MessageId::new();
+    let a = publish(&cx, &q, Message::new("dup", "first").with_id(id)).await?;
+    let b = publish(&cx, &q, Message::new("dup", "second").with_id(id)).await?;
+    ensure_eq!((a, b), (id, id), "publish returns the given id both times");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.published, s.ready_total()),
+        (2, 2),
+        "(published, ready): both copies are stored"
+    );
+    let got = receive_n(cx.q(), &q, 2, cx.prompt()).await?;
+    ensure!(
+        got.iter().all(|d| d.message.id == id),
+        "both deliveries carry the id"
+    );
+    let mut payloads: Vec<&[u8]> = got.iter().map(|d| &d.message.payload[..]).collect();
+    payloads.sort();
+    ensure_eq!(
+        payloads,
+        vec![&b"first"[..], &b"second"[..]],
+        "each copy keeps its own payload"
+    );
+    for d in &got {
+        settle(&cx, &q, Settle::Ack(d.lease)).await?;
+    }
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.acked, s.stored()),
+        (2, 0),
+        "(acked, stored) after acking both"
     );
     Ok(())
 }

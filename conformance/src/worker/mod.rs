@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{Case, Ctx, Failure, Outcome, ensure, stats_until, within};
 
+mod bad_input;
 mod concurrency;
 mod delay;
 mod dispatcher;
@@ -47,6 +48,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(dispatcher::cases());
     all.extend(scheduler::cases());
     all.extend(delay::cases());
+    all.extend(bad_input::cases());
     all
 }
 
