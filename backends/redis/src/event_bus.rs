@@ -162,7 +162,7 @@ impl RedisBackend {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let mut conn = self.conn();
+        let mut conn = self.conn(operation);
         let reply: redis::Value = crate::scripts::retry_refused(&mut conn, &cmd)
             .await
             .map_err(|e| map_err(operation, e))?;
@@ -177,7 +177,7 @@ impl RedisBackend {
     async fn group_exists(&self, log: &str, group: &str, operation: &'static str) -> Result<bool> {
         let mut cmd = redis::cmd("XINFO");
         cmd.arg("CONSUMERS").arg(log).arg(group);
-        let mut conn = self.conn();
+        let mut conn = self.conn(operation);
         match crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd).await {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some("NOGROUP") => Ok(false),
@@ -381,7 +381,7 @@ impl EventBus for RedisBackend {
             .arg(group)
             .arg(&last_delivered)
             .arg("MKSTREAM");
-        let mut conn = self.conn();
+        let mut conn = self.conn("create_group");
         match crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd).await {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),

@@ -121,4 +121,13 @@ async fn a_refused_connection_fails_fast() {
     let text = format!("{e:#}");
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("pw-xyz"), "{text}");
+    // Each fact once: Display names the context and the address; the cause is `source()`,
+    // not folded into Display as well, so a chain printer shows it once.
+    let display = e.to_string();
+    let source = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(source.is_some(), "the redis-rs error is kept as the source");
+    let source = source.unwrap_or_default();
+    assert!(!display.contains(&source), "{display:?} repeats its source {source:?}");
+    assert_eq!(text.matches("[redis connect]").count(), 1, "{text}");
+    assert_eq!(text.matches("unavailable").count(), 1, "{text}");
 }
