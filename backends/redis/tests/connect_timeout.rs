@@ -127,7 +127,10 @@ async fn a_refused_connection_fails_fast() {
     let source = std::error::Error::source(&e).map(ToString::to_string);
     assert!(source.is_some(), "the redis-rs error is kept as the source");
     let source = source.unwrap_or_default();
-    assert!(!display.contains(&source), "{display:?} repeats its source {source:?}");
+    assert!(
+        !display.contains(&source),
+        "{display:?} repeats its source {source:?}"
+    );
     assert_eq!(text.matches("[redis connect]").count(), 1, "{text}");
     assert_eq!(text.matches("unavailable").count(), 1, "{text}");
 }

@@ -20,63 +20,15 @@ use courier_core::{
     ErrorKind, Message, PubSub, Queue, QueueExt, SubscribeOptions, Subscription, redact_url,
 };
 use courier_redis::RedisBackend;
-use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
 
-/// One captured event: its level and fields (`message` included) as text.
-#[derive(Clone, Debug)]
-struct Line {
-    level: tracing::Level,
-    fields: BTreeMap<String, String>,
-}
+use support::logs::{Line, LogRecorder};
 
-impl Line {
-    fn field(&self, name: &str) -> &str {
-        self.fields.get(name).map_or("", String::as_str)
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Line>>>);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl tracing::Subscriber for Recorder {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::INFO && metadata.target().starts_with("courier")
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().push(Line {
-            level: *event.metadata().level(),
-            fields,
-        });
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-fn recorder() -> &'static Recorder {
-    static R: OnceLock<Recorder> = OnceLock::new();
+fn recorder() -> &'static LogRecorder {
+    static R: OnceLock<LogRecorder> = OnceLock::new();
     R.get_or_init(|| {
-        let r = Recorder::default();
+        let r = LogRecorder::new(tracing::Level::INFO, "courier");
         tracing::subscriber::set_global_default(r.clone()).expect("the only global subscriber");
         r
     })
@@ -87,15 +39,13 @@ const POOLS: [&str; 3] = ["commands", "waits", "pubsub"];
 /// The lines about connections lost or restored, of one backend (by its shown URL) and pool.
 fn transitions(url: &str, pool: &str) -> Vec<Line> {
     recorder()
-        .0
-        .lock()
-        .iter()
+        .lines()
+        .into_iter()
         .filter(|l| l.field("url") == url && l.field("pool") == pool)
         .filter(|l| {
             let m = l.field("message");
             m.contains("connection lost") || m.contains("connection restored")
         })
-        .cloned()
         .collect()
 }
 
@@ -270,7 +220,7 @@ impl Load {
                 assert!(ms.is_ok_and(|ms| ms < 20_000), "outage_ms: {l:?}");
             }
         }
-        let everything = format!("{:?}", recorder().0.lock());
+        let everything = format!("{:?}", recorder().lines());
         assert!(
             !everything.contains("s3cr3t-pw"),
             "a password reached the log"

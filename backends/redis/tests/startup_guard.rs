@@ -5,52 +5,21 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use courier_redis::RedisBackend;
-use parking_lot::Mutex;
 use tokio::time::timeout;
 
-/// Records WARN events (their fields as text).
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
+use support::logs::{Line, LogRecorder};
 
-struct Fields(String);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!("{}={:?} ", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Warnings {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut f = Fields(String::new());
-        event.record(&mut f);
-        self.0.lock().push(f.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-impl Warnings {
-    fn about_eviction(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .iter()
-            .filter(|w| w.contains("maxmemory-policy"))
-            .cloned()
-            .collect()
-    }
+/// The WARN lines about the eviction policy.
+fn about_eviction(warnings: &LogRecorder) -> Vec<String> {
+    warnings
+        .lines()
+        .iter()
+        .map(Line::text)
+        .filter(|w| w.contains("maxmemory-policy"))
+        .collect()
 }
 
 async fn build(server: &support::PrivateRedis) -> RedisBackend {
@@ -66,7 +35,7 @@ async fn build(server: &support::PrivateRedis) -> RedisBackend {
 // One test in this binary: the warning is once per process.
 #[tokio::test(flavor = "current_thread")]
 async fn warns_once_when_redis_may_evict_and_ignores_a_disabled_config() {
-    let warnings = Warnings::default();
+    let warnings = LogRecorder::new(tracing::Level::WARN, "");
     // A current-thread runtime: the build futures run on this thread, under this subscriber.
     let _guard = tracing::subscriber::set_default(warnings.clone());
     let test = "warns_once_when_redis_may_evict_and_ignores_a_disabled_config";
@@ -77,9 +46,9 @@ async fn warns_once_when_redis_may_evict_and_ignores_a_disabled_config() {
     };
     build(&plain).await.ping().await.expect("ping");
     assert!(
-        warnings.about_eviction().is_empty(),
+        about_eviction(&warnings).is_empty(),
         "{:?}",
-        warnings.0.lock()
+        warnings.lines()
     );
 
     // CONFIG disabled (renamed away, as managed services do): the policy cannot be read; the
@@ -98,7 +67,7 @@ async fn warns_once_when_redis_may_evict_and_ignores_a_disabled_config() {
     )
     .expect("a second private server");
     build(&locked).await.ping().await.expect("ping");
-    assert!(warnings.0.lock().is_empty(), "{:?}", warnings.0.lock());
+    assert!(warnings.lines().is_empty(), "{:?}", warnings.lines());
 
     // An evicting policy: one warning naming the policy, however many backends are built.
     let evicting = support::start_or_skip(
@@ -116,7 +85,7 @@ async fn warns_once_when_redis_may_evict_and_ignores_a_disabled_config() {
     for _ in 0..3 {
         build(&evicting).await.ping().await.expect("ping");
     }
-    let w = warnings.about_eviction();
+    let w = about_eviction(&warnings);
     assert_eq!(w.len(), 1, "warned once: {w:?}");
     assert!(w[0].contains("allkeys-lru"), "{w:?}");
 }

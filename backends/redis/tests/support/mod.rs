@@ -2,6 +2,8 @@
 //! one). Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub(crate) mod logs;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
