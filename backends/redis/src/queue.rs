@@ -125,7 +125,8 @@ pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claime
             .ok_or_else(|| bad_reply(operation, "more entries than the batches name"))?;
         let token = base + (k % 1000) as u64;
         let raw = Bytes::from(take_bytes(&mut entry).unwrap_or_default());
-        match wire::decode(&raw) {
+        let decoded = wire::decode(&raw).or_else(|e| undecodable_entry(&raw, e));
+        match decoded {
             Ok(mut message) => {
                 // A stored entry counts the deliveries made before this one.
                 let attempt = message.attempt.saturating_add(1);
@@ -138,14 +139,15 @@ pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claime
                 };
                 deliveries.push(Delivery { message, lease });
             }
-            Err(e) => {
+            Err((id, error)) => {
+                // The one delivery of junk (see `scripts/lib.lua`): buried under `id`.
                 let lease = Lease {
-                    id: entry_id(&raw),
+                    id,
                     token,
                     attempt: 1,
                     deadline_ms: deadline,
                 };
-                undecodable.push((lease, courier_core::backend::undecodable_reason(&e)));
+                undecodable.push((lease, error));
             }
         }
     }
@@ -155,16 +157,50 @@ pub(crate) fn read_claim(operation: &'static str, reply: Value) -> Result<Claime
     })
 }
 
-/// The id an entry that does not decode carries (the nil id when it carries none): bytes 2..18
-/// after the 0xC7 marker, as the scripts read it (see `scripts/lib.lua`).
-fn entry_id(raw: &[u8]) -> MessageId {
-    match raw.get(2..18) {
-        Some(id) if raw[0] == 0xC7 => {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(id);
-            MessageId::from_bytes(b)
+/// The second byte of the wrapped form of junk (see [`wrap_undecodable`]).
+const WRAPPED: u8 = 0xFF;
+
+/// The bytes inside the wrapped form of junk, if `raw` is one.
+fn wrapped_bytes(raw: &Bytes) -> Option<Bytes> {
+    (raw.len() >= 18 && raw[0] == wire::MAGIC && raw[1] == WRAPPED).then(|| raw.slice(18..))
+}
+
+/// A stored entry that `wire::decode` refused with `error`: the message inside it after all
+/// (a wrapped entry whose inner bytes decode, e.g. requeued after the readers were upgraded),
+/// or junk to bury, with the id to file it under and the dead letter's reason.
+///
+/// The reason is the decode error of the bytes as they first came, also after a requeue: the
+/// bytes inside a wrap are decoded, not the wrap (which would always read as "version 255").
+/// The id is the one the entry carries if it can be trusted ([`carried_id`]), else a fresh one,
+/// so no two dead letters share an id: junk has no id of its own (shorter than an id, or bytes
+/// that merely sit where an id would be), and the same junk stored twice is two dead letters.
+fn undecodable_entry(
+    raw: &Bytes,
+    error: Error,
+) -> std::result::Result<Message, (MessageId, String)> {
+    let error = match wrapped_bytes(raw) {
+        Some(inner) => match wire::decode(&inner) {
+            Ok(message) => return Ok(message),
+            Err(e) => e,
+        },
+        None => error,
+    };
+    // Else a fresh id (`MessageId`'s default is `MessageId::new()`, never the nil id).
+    let id = carried_id(raw).unwrap_or_default();
+    Err((id, courier_core::backend::undecodable_reason(&error)))
+}
+
+/// The id an entry carries, if it can be trusted: the id field (bytes 2..18) of a version-1
+/// header (0xC7 0x01: a Courier message, though what follows may be damaged) or of the wrapped
+/// form (0xC7 0xFF: an id Courier gave the junk inside), unless it is the nil id. The scripts
+/// apply the same rule (`has_id` in `scripts/lib.lua`).
+fn carried_id(raw: &[u8]) -> Option<MessageId> {
+    match raw {
+        [wire::MAGIC, version, rest @ ..] if *version == wire::VERSION || *version == WRAPPED => {
+            let id = MessageId::from_bytes(rest.get(..16)?.try_into().ok()?);
+            (!id.is_nil()).then_some(id)
         }
-        _ => MessageId::nil(),
+        _ => None,
     }
 }
 
@@ -172,31 +208,27 @@ fn entry_id(raw: &[u8]) -> MessageId {
 /// 0xC7 0xFF, the 16-byte id, then the bytes (see `scripts/lib.lua`).
 pub(crate) fn wrap_undecodable(id: MessageId, bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(18 + bytes.len());
-    v.extend_from_slice(&[0xC7, 0xFF]);
+    v.extend_from_slice(&[wire::MAGIC, WRAPPED]);
     v.extend_from_slice(id.as_bytes());
     v.extend_from_slice(bytes);
     v
 }
 
-/// A dead letter from `(id, bytes, "attempts|failed_at|priority|error")`. A stored entry that cannot be
-/// decoded is shown as a message of kind `""` carrying the raw bytes as payload.
+/// A dead letter from `(id, bytes, "attempts|failed_at|priority|error")`. Junk (stored wrapped,
+/// see `scripts/lib.lua`; or raw, by a Courier before that) is shown as a message of kind `""`
+/// carrying the bytes as they were found as payload. The message's id is the dead letter's.
 fn read_dead(id: Value, mut bytes: Value, info: Value) -> Option<DeadLetter> {
     let id: MessageId = string(&id)?.parse().ok()?;
     let raw = Bytes::from(take_bytes(&mut bytes).unwrap_or_default());
+    let raw = wrapped_bytes(&raw).unwrap_or(raw);
     let info = string(&info).unwrap_or_default();
     let mut parts = info.splitn(4, '|');
     let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0u32);
     let failed_at = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0u64);
     let _priority = parts.next();
     let error = parts.next().unwrap_or("").to_string();
-    let mut message = match wire::decode(&raw) {
-        Ok(m) => m,
-        Err(_) => {
-            let mut m = Message::new("", raw);
-            m.id = id;
-            m
-        }
-    };
+    let mut message = wire::decode(&raw).unwrap_or_else(|_| Message::new("", raw));
+    message.id = id;
     message.attempt = attempts;
     Some(DeadLetter {
         message,
@@ -234,6 +266,67 @@ fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<
     stats.retried = n(9);
     stats.dead_lettered = n(10);
     Ok((stats, items.into_iter().skip(11).collect()))
+}
+
+/// One operation of a settle call (see `scripts/settle.lua`): its letter, its lease, and its
+/// extra arguments.
+pub(crate) trait SettleOp {
+    /// The operation's letter, or `Unsupported` for an operation this backend does not know.
+    fn kind(&self) -> Result<char>;
+    /// The lease it settles.
+    fn lease(&self) -> &Lease;
+    /// Append its extra arguments (after every operation's token).
+    fn extras(&self, cmd: &mut Cmd);
+}
+
+impl SettleOp for Settle {
+    fn kind(&self) -> Result<char> {
+        match self {
+            Settle::Ack(_) => Ok('a'),
+            Settle::Retry { .. } => Ok('r'),
+            Settle::Bury { .. } => Ok('b'),
+            Settle::Release(_) => Ok('l'),
+            other => Err(KIT.unsupported("settle", other)),
+        }
+    }
+
+    fn lease(&self) -> &Lease {
+        Settle::lease(self)
+    }
+
+    fn extras(&self, cmd: &mut Cmd) {
+        match self {
+            Settle::Retry { delay, .. } => {
+                cmd.arg(ms_ceil(*delay));
+            }
+            Settle::Bury { error, .. } => {
+                cmd.arg(error.as_str());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bury a stored entry that could not be decoded ('u'): filed under its lease's id, which the
+/// script wraps the bytes with (see `scripts/lib.lua`), with one attempt counted.
+pub(crate) struct BuryUndecodable {
+    lease: Lease,
+    error: String,
+}
+
+impl SettleOp for BuryUndecodable {
+    fn kind(&self) -> Result<char> {
+        Ok('u')
+    }
+
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    fn extras(&self, cmd: &mut Cmd) {
+        cmd.arg(&self.lease.id.as_bytes()[..])
+            .arg(self.error.as_str());
+    }
 }
 
 /// The operations that act on a queue or on a consumer group alike.
@@ -356,7 +449,8 @@ impl RedisBackend {
     }
 
     /// Bury stored entries that could not be decoded (Q10): they go to dead letters with the
-    /// decode error, and the consumer keeps running.
+    /// decode error, each under its lease's id (see [`undecodable_entry`]), with one attempt,
+    /// and the consumer keeps running.
     pub(crate) async fn bury_undecodable(
         &self,
         keys: &[String],
@@ -369,32 +463,26 @@ impl RedisBackend {
         }
         let ops = bad
             .into_iter()
-            .map(|(lease, error)| Settle::Bury { lease, error })
+            .map(|(lease, error)| BuryUndecodable { lease, error })
             .collect();
         if let Err(e) = self.settle_with(keys, config, mode, ops).await {
             tracing::warn!(error = %format_args!("{e:#}"), "courier redis: burying undecodable messages failed; their leases will expire");
         }
     }
 
-    pub(crate) async fn settle_with(
+    pub(crate) async fn settle_with<T: SettleOp>(
         &self,
         keys: &[String],
         config: &QueueConfig,
         mode: Mode<'_>,
-        ops: Vec<Settle>,
+        ops: Vec<T>,
     ) -> Result<Vec<Result<()>>> {
         let script = &self.inner.scripts.settle;
         // One letter per operation (settle.lua); an operation this backend does not know
         // refuses the whole call before anything is sent.
         let kinds = ops
             .iter()
-            .map(|op| match op {
-                Settle::Ack(_) => Ok('a'),
-                Settle::Retry { .. } => Ok('r'),
-                Settle::Bury { .. } => Ok('b'),
-                Settle::Release(_) => Ok('l'),
-                other => Err(KIT.unsupported("settle", other)),
-            })
+            .map(SettleOp::kind)
             .collect::<Result<Vec<char>>>()?;
         let mut out = Vec::with_capacity(ops.len());
         for (chunk, kinds) in ops.chunks(SETTLE_CHUNK).zip(kinds.chunks(SETTLE_CHUNK)) {
@@ -406,15 +494,7 @@ impl RedisBackend {
                 cmd.arg(op.lease().token);
             }
             for op in chunk {
-                match op {
-                    Settle::Retry { delay, .. } => {
-                        cmd.arg(ms_ceil(*delay));
-                    }
-                    Settle::Bury { error, .. } => {
-                        cmd.arg(error.as_str());
-                    }
-                    _ => {}
-                }
+                op.extras(&mut cmd);
             }
             let reply = self.run("settle", script, &cmd).await?;
             // All acks, all held: the count alone (see settle.lua).
@@ -754,5 +834,74 @@ impl Queue for RedisBackend {
         let config = self.queue_config(queue);
         self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, false, which)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn junk(raw: &[u8]) -> (MessageId, String) {
+        let raw = Bytes::copy_from_slice(raw);
+        let e = wire::decode(&raw).expect_err("junk");
+        undecodable_entry(&raw, e).expect_err("still junk")
+    }
+
+    #[test]
+    fn only_a_header_or_a_wrap_carries_an_id() {
+        let id = MessageId::new();
+        let with = |first: &[u8], tail: &[u8]| [first, id.as_bytes(), tail].concat();
+        assert_eq!(carried_id(&with(&[0xC7, 0x01], b"")), Some(id));
+        assert_eq!(carried_id(&with(&[0xC7, 0xFF], b"junk")), Some(id));
+        assert_eq!(
+            carried_id(&with(&[0xC7, 0x02], b"")),
+            None,
+            "unknown layout"
+        );
+        assert_eq!(carried_id(&with(&[0x00, 0x01], b"")), None, "not Courier's");
+        assert_eq!(
+            carried_id(&[0xC7, 0x01, 1, 2, 3]),
+            None,
+            "shorter than an id"
+        );
+        assert_eq!(
+            carried_id(&[[0xC7, 0x01].as_slice(), &[0; 20]].concat()),
+            None,
+            "nil"
+        );
+    }
+
+    #[test]
+    fn junk_without_an_id_gets_a_fresh_one_each_time() {
+        let (a, reason) = junk(&[0xAB; 16]);
+        let (b, _) = junk(&[0xAB; 16]);
+        assert!(a != b && !a.is_nil() && !b.is_nil());
+        assert!(
+            reason.starts_with("undecodable message: not a Courier message"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_wrap_reports_the_error_of_the_bytes_inside() {
+        let id = MessageId::new();
+        let (got, reason) = junk(&wrap_undecodable(id, b"\x00junk"));
+        assert_eq!(got, id);
+        assert_eq!(reason, junk(b"\x00junk").1);
+        let (got, reason) = junk(&wrap_undecodable(id, b""));
+        assert_eq!(got, id);
+        assert!(reason.contains("truncated message"), "{reason}");
+    }
+
+    #[test]
+    fn a_wrapped_message_that_decodes_is_that_message() {
+        let mut m = Message::new("k", "p");
+        m.id = MessageId::new();
+        let raw = Bytes::from(wrap_undecodable(
+            MessageId::new(),
+            &wire::encode(&m).expect("encode"),
+        ));
+        let e = wire::decode(&raw).expect_err("a wrap is not a message");
+        assert_eq!(undecodable_entry(&raw, e).expect("decodes"), m);
     }
 }

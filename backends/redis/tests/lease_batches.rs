@@ -297,7 +297,7 @@ async fn stale_and_repeated_tokens_in_one_settle_fail_alone() {
 }
 
 #[tokio::test]
-async fn an_entry_no_courier_wrote_is_buried_under_the_nil_id() {
+async fn an_entry_no_courier_wrote_is_buried_under_an_id_of_its_own() {
     let Some((b, mut raw, c)) = open("foreign", config(Duration::from_secs(30))).await else {
         return;
     };
@@ -325,9 +325,14 @@ async fn an_entry_no_courier_wrote_is_buried_under_the_nil_id() {
         .await
         .expect("dead letters");
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].message.id, MessageId::nil());
+    // It carries no id: it gets a fresh one, which finds it.
+    assert!(!dead[0].message.id.is_nil());
     assert_eq!(dead[0].message.payload.as_ref(), b"{\"job\":1}");
     assert!(dead[0].error.contains("undecodable"), "{}", dead[0].error);
+    let found = t("dead letter", q.dead_letter("fq", dead[0].message.id))
+        .await
+        .expect("dead letter by id");
+    assert_eq!(found.message.payload, dead[0].message.payload);
     let st = t("stats", q.stats("fq")).await.expect("stats");
     assert_eq!((st.dead, st.stored()), (1, 1), "{st:?}");
 }

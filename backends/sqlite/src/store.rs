@@ -608,7 +608,8 @@ pub(crate) fn claim(
             }
             Err(e) => {
                 let error = courier_core::backend::undecodable_reason(&e);
-                tracing::warn!(id = %id_of(&id), error = %format_args!("{error:#}"), "courier sqlite: stored message cannot be decoded; moving it to dead letters");
+                let id = dead_letter_id(ctx, rid, &id)?;
+                tracing::warn!(id = %id, error = %format_args!("{error:#}"), "courier sqlite: stored message cannot be decoded; moving it to dead letters");
                 bury(ctx, q, rid, &error, now, config)?;
             }
         }
@@ -620,6 +621,24 @@ pub(crate) fn claim(
         ctx.leased.insert((q.qid, token), rid);
     }
     Ok(out)
+}
+
+/// The id a row that does not decode is buried under: its own, or a fresh one (stored in the
+/// row) when it has none — an `id` that is not 16 bytes or is nil, as a foreign writer may
+/// leave it. Every dead letter then has an id of its own, which `dead_letter` and a requeue by
+/// id find exactly, as on every backend (the Redis backend applies the same rule to the id an
+/// entry carries).
+fn dead_letter_id(ctx: &Ctx<'_>, rid: i64, stored: &[u8]) -> Result<MessageId> {
+    let id = id_of(stored);
+    if !id.is_nil() {
+        return Ok(id);
+    }
+    let fresh = MessageId::new();
+    ctx.conn
+        .prepare_cached("UPDATE courier_messages SET id = ?2 WHERE rid = ?1")
+        .and_then(|mut s| s.execute(params![rid, &fresh.as_bytes()[..]]))
+        .map_err(ctx.err("receive"))?;
+    Ok(fresh)
 }
 
 /// One look by a receive: lease up to `max`, or say when to look again.

@@ -1292,6 +1292,68 @@ async fn undecodable_entry_goes_to_dead_letters() {
 }
 
 #[tokio::test]
+async fn junk_rows_without_an_id_get_dead_letters_of_their_own() {
+    let dir = TempDir::new("junk-ids");
+    let path = dir.file("q.db");
+    let b = open(&path).await;
+    let q: &dyn Queue = &b;
+    q.stats("jq").await.expect("stats creates the queue");
+    // A foreign writer inserts rows whose id column is not an id: empty, or nil (twice each).
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let qid: i64 = c
+            .query_row(
+                "SELECT qid FROM courier_queues WHERE kind = 'queue' AND name = 'jq'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("qid");
+        for (seq, id) in [(1, &[][..]), (2, &[0u8; 16][..]), (3, &[]), (4, &[0u8; 16])] {
+            c.execute(
+                "INSERT INTO courier_messages (qid, id, priority, state, seq, body) \
+                 VALUES (?1, ?2, 2, 0, ?3, ?4)",
+                rusqlite::params![qid, id, seq, &b"junk"[..]],
+            )
+            .expect("insert");
+        }
+    }
+    assert!(
+        q.receive("jq", 10, Duration::ZERO)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    let dead = q.dead_letters("jq", Page::first(10)).await.expect("dead");
+    assert_eq!(dead.len(), 4);
+    let ids: HashSet<_> = dead.iter().map(|d| d.message.id).collect();
+    assert_eq!(ids.len(), 4, "one id per dead letter: {ids:?}");
+    for d in &dead {
+        assert!(!d.message.id.is_nil());
+        assert_eq!(d.attempts, 1);
+        let found = q.dead_letter("jq", d.message.id).await.expect("by id");
+        assert_eq!(
+            (found.message.id, found.failed_at),
+            (d.message.id, d.failed_at)
+        );
+    }
+    // Requeued by id and delivered again: the same dead letter, under the same id.
+    let first = dead[0].message.id;
+    let n = q
+        .requeue_dead("jq", Selection::Ids(vec![first]))
+        .await
+        .expect("requeue");
+    assert_eq!(n, 1);
+    assert!(
+        q.receive("jq", 10, Duration::ZERO)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    let again = q.dead_letter("jq", first).await.expect("dead again");
+    assert_eq!((again.attempts, &again.error), (1, &dead[0].error));
+}
+
+#[tokio::test]
 async fn dropped_receive_releases_its_lease() {
     let b = SqliteBackend::builder()
         .in_memory()

@@ -1,10 +1,10 @@
 -- dead_move.lua: requeue or purge dead letters (Q6).
 --
 -- Atomic: each selected entry leaves the dead-letter store and (requeue) enters the back of
--- its priority's ready list with attempts reset and its id kept, or (purge) is deleted, in one
--- step: it is never in two places or in none. 'all' handles at most `limit` entries per call
--- (the oldest); the client repeats until fewer come back, so one call never blocks the server
--- for long.
+-- its priority's ready list with attempts reset and its id kept (junk: its wrapped form as it
+-- is, see lib.lua), or (purge) is deleted, in one step: it is never in two places or in none.
+-- 'all' handles at most `limit` entries per call (the oldest); the client repeats until fewer
+-- come back, so one call never blocks the server for long.
 --
 -- ARGV[A]: 'requeue' | 'purge', then 'all', limit  |  'ids', id, ... (every dead letter of
 -- each id; unknown ids are ignored).
@@ -36,9 +36,12 @@ for i = 1, n do
   local b = bytes[i] or ''
   if is_wire(b) then
     entries[i] = with_attempts(b, 0)
+  elseif is_wrapped(b) then
+    -- Junk (see lib.lua): back as it was stored, so the next delivery finds the same bytes,
+    -- fails with the same error and buries them under the same id.
+    entries[i] = b
   else
-    -- Bytes that never decoded: wrapped again with their id, so they are buried again (with
-    -- the same id) when claimed.
+    -- Bytes a Courier before the wrapped dead letters stored raw: wrapped with their id.
     entries[i] = char(199, 255) .. raw_id(dead_id(keys[i])) .. b
   end
   delays[i] = 0

@@ -45,10 +45,23 @@
 -- A claim makes one batch per 1000 messages. The client derives each token from the batch
 -- names in the claim reply, so no token is built or sent per message.
 --
--- An entry that is not Courier wire bytes (a corrupt or foreign writer) is still leased and
--- returned: the client finds it undecodable and buries it (Q10). One a test or tool stores on
--- purpose is wrapped as 0xC7 0xFF, the 16-byte id, then the raw bytes, so its dead letter keeps
--- an id; the dead letter holds the raw bytes.
+-- An entry that does not decode (a corrupt or foreign writer, a newer wire version) is still
+-- leased and returned: the client finds it undecodable and buries it (Q10) with settle's 'u'
+-- operation, which names the id to file it under. Such bytes are then kept wrapped: 0xC7 0xFF,
+-- a 16-byte id, then the raw bytes (inject_raw, a test hook, stores bytes wrapped too). The
+-- wrap is how junk keeps its dead letter's id and its bytes through a requeue: the dead letter
+-- stores the wrapped form, a requeue puts it back as it is, and the client decodes the bytes
+-- inside a wrap, so the same bytes fail with the same error on every delivery (never "version
+-- 255"). The id is the one the entry carries if it can be trusted (the id field of a version-1
+-- header or of a wrap, and not nil; see has_id), else a fresh one: the client's (a new
+-- MessageId), or, for junk buried here after its lease expired without the client burying it,
+-- one made from the time and the dead-letter sequence number (see dead_form). So every dead
+-- letter has an id of its own, and the attempts of junk are the deliveries Courier counted (one:
+-- junk is buried on the delivery that finds it), never a number read from the junk. (Junk whose
+-- lease expired is counted by reclaim() like any entry: bytes that look like wire bytes, a
+-- version-1 header and 51 bytes or more, cannot be told from a message there.)
+-- A wrapped entry whose inner bytes do decode (readers upgraded since it was buried) is
+-- delivered as that message; a settle unwraps it (see plain), an expired lease buries it.
 --
 -- ARGV[1..9] (every script):
 --   visibility_ms, max_attempts, delay table (core's retry delays, see expiry.lua), seed,
@@ -187,6 +200,27 @@ end
 -- The wrapped form of bytes that are not wire bytes (see the header): 0xC7 0xFF, id, bytes.
 local function is_wrapped(e)
   return #e >= 18 and byte(e, 1) == 199 and byte(e, 2) == 255
+end
+
+-- Whether an entry carries an id that can be trusted: the id field of a version-1 header or of
+-- a wrap, and not the nil id (no two entries may share the nil id as their dead letters' id).
+-- The same rule as the client's (carried_id in src/queue.rs).
+local NIL_ID = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
+local function has_id(e)
+  if #e < 18 or byte(e, 1) ~= 199 then return false end
+  local v = byte(e, 2)
+  return (v == 1 or v == 255) and sub(e, 3, 18) ~= NIL_ID
+end
+
+-- A delivered entry as it is settled: a wrapped entry whose inner bytes are wire bytes was
+-- delivered as that message (the client decoded it), so it is settled as the message itself
+-- (its attempts counted, its dead letter under its own id). Anything else as it is.
+local function plain(e)
+  if is_wrapped(e) then
+    local inner = sub(e, 19)
+    if is_wire(inner) then return inner end
+  end
+  return e
 end
 
 -- The message id of an entry as text (the nil id when the entry carries none).

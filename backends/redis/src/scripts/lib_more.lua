@@ -34,10 +34,42 @@ local function forget(entries)
   vcall('HDEL', K_INFO, rids)
 end
 
+-- The `n` low-order bytes of x (an integer, 0 <= x < 2^53), big-endian.
+local function be_bytes(x, n)
+  local t = {}
+  for k = n, 1, -1 do
+    t[k] = x % 256
+    x = math.floor(x / 256)
+  end
+  return char(unpack(t))
+end
+
+-- How a dead letter is stored (see lib.lua's header). `id`: the 16 bytes the client filed an
+-- undecodable entry under (settle's 'u'), or nil. Wire bytes with an id of their own are a
+-- message, stored as they are. Anything else is junk, stored wrapped: under the client's id,
+-- else the id the entry carries if it can be trusted (has_id), else a fresh one made here (junk
+-- whose lease expired before the client buried it): a UUIDv7 layout of the time in ms and the
+-- queue's dead-letter sequence number `seq`, which no other dead letter of the queue has.
+local function dead_form(e, id, seq, now)
+  if id and #id ~= 16 then id = nil end
+  if not id then
+    if is_wire(e) and has_id(e) then return e end
+    if is_wrapped(e) and has_id(e) then return e end
+    if has_id(e) then
+      id = sub(e, 3, 18)
+    else
+      id = be_bytes(now, 6) .. char(112, 0, 128, 0) .. be_bytes(seq, 6)
+    end
+  end
+  if is_wrapped(e) then e = sub(e, 19) end
+  return char(199, 255) .. id .. e
+end
+
 -- Move entries to the dead-letter store (or discard them when dead letters are off).
--- entries, atts (deliveries made), errs: parallel lists. Each dead letter gets its own key
+-- entries, atts (deliveries made), errs: parallel lists; ids (optional, sparse): the id the
+-- client filed an undecodable entry under (see dead_form). Each dead letter gets its own key
 -- "id#seq", so the same id may be dead more than once (as in the reference model).
-local function bury(entries, atts, errs, now)
+local function bury(entries, atts, errs, now, ids)
   local n = #entries
   if n == 0 then return end
   if DEAD_LETTER then
@@ -45,7 +77,8 @@ local function bury(entries, atts, errs, now)
     local z, x, h, m = {}, {}, {}, {}
     for i = 1, n do
       local e = entries[i]
-      local key = entry_id(e) .. '#' .. (seq + i)
+      local d = dead_form(e, ids and ids[i], seq + i, now)
+      local key = entry_id(d) .. '#' .. (seq + i)
       local p = entry_info(e)
       z[2 * i - 1] = seq + i
       z[2 * i] = key
@@ -54,7 +87,7 @@ local function bury(entries, atts, errs, now)
       h[2 * i - 1] = key
       h[2 * i] = atts[i] .. '|' .. now .. '|' .. p .. '|' .. errs[i]
       m[2 * i - 1] = key
-      if is_wrapped(e) then m[2 * i] = sub(e, 19) else m[2 * i] = e end
+      m[2 * i] = d
     end
     vcall('ZADD', K_DEAD, z)
     vcall('ZADD', K_DEADIDX, x)

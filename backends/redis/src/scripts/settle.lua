@@ -7,8 +7,11 @@
 -- trip and one variadic command per kind of change.
 --
 -- ARGV[A]: n; ARGV[A + 1]: the kinds, one character per operation ('a' ack, 'r' retry,
--- 'b' bury, 'l' release); ARGV[A + 2 .. A + 1 + n]: the lease tokens; then one extra per
--- retry (delay in ms) and per bury (error text), in operation order.
+-- 'b' bury, 'l' release, 'u' bury an entry the client could not decode); ARGV[A + 2 .. A + 1
+-- + n]: the lease tokens; then the extras in operation order: one per retry (delay in ms) and
+-- per bury (error text), two per 'u' (the 16-byte id to file it under, the error text).
+-- 'u' counts one attempt whatever the entry's bytes say: junk is buried on the delivery that
+-- found it (see lib.lua), and its bytes cannot be trusted to count anything.
 -- Reply: one integer per operation, 1 = done, 0 = lease lost; or, when the batch is all acks
 -- and every one is held (a worker's usual batch), the integer n alone.
 
@@ -36,16 +39,19 @@ local res = {}
 local gone, gk = {}, 0
 local acks = {}
 local r_ents, r_delays = {}, {}
-local b_ents, b_atts, b_errs = {}, {}, {}
+local b_ents, b_atts, b_errs, b_ids = {}, {}, {}, {}
 local front = { {}, {}, {}, {} }
 local nrelease = 0
 local x = last + 1
 for i = 1, n do
   local k = byte(kinds, i)
-  local extra
+  local extra, id
   if k == 114 or k == 98 then
     extra = ARGV[x]
     x = x + 1
+  elseif k == 117 then
+    id, extra = ARGV[x], ARGV[x + 1]
+    x = x + 2
   end
   if oks[i] then
     res[i] = 1
@@ -54,7 +60,11 @@ for i = 1, n do
     gone[gk] = ARGV[A + 1 + i]
     if k == 97 then
       acks[#acks + 1] = e
+    elseif k == 117 then
+      local j = #b_ents + 1
+      b_ents[j], b_atts[j], b_errs[j], b_ids[j] = e, 1, extra, id
     else
+      e = plain(e)
       local _, a = entry_info(e)
       if k == 114 then
         local j = #r_ents + 1
@@ -85,7 +95,7 @@ if #acks > 0 then
 end
 local nready, ndelayed = schedule(r_ents, r_delays, now)
 count('retried', #r_ents)
-bury(b_ents, b_atts, b_errs, now)
+bury(b_ents, b_atts, b_errs, now, b_ids)
 for p = 1, 4 do vcall('LPUSH', K_READY[p], front[p]) end
 if ndelayed > 0 then nready = nready + 1 end
 wake(nready + nrelease)
