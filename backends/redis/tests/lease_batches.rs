@@ -4,7 +4,8 @@
 //! an extended lease outliving its batch, mixed stale and held tokens in one settle, and
 //! entries no Courier wrote. Each test works under its own key prefix on the shared server.
 
-use std::future::Future;
+mod support;
+
 use std::time::Duration;
 
 use courier_core::{
@@ -12,17 +13,7 @@ use courier_core::{
 };
 use courier_redis::RedisBackend;
 
-const T: Duration = Duration::from_secs(10);
-
-async fn t<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(T, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {T:?}"))
-}
-
-fn url() -> String {
-    std::env::var("COURIER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use support::{T, shared_url as url, within as t};
 
 fn config(visibility: Duration) -> QueueConfig {
     QueueConfig::default()
@@ -57,10 +48,7 @@ async fn open(
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out".to_string(),
             };
-            if std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1") {
-                panic!("{test}: Redis unreachable and COURIER_REQUIRE_BACKENDS=1: {why}");
-            }
-            eprintln!("SKIPPED {test}: Redis unreachable: {why}");
+            support::unreachable(test, &why);
             return None;
         }
     };

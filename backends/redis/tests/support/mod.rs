@@ -4,6 +4,30 @@
 
 pub(crate) mod logs;
 
+/// The bound on every await of a test against the shared server.
+pub(crate) const T: Duration = Duration::from_secs(10);
+
+/// Await `f` for at most [`T`], naming it when it hangs.
+pub(crate) async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {T:?}"))
+}
+
+/// The shared server's URL (`COURIER_TEST_REDIS_URL`, default the standard local port).
+pub(crate) fn shared_url() -> String {
+    std::env::var("COURIER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The shared server is unreachable: skip loudly, or fail under
+/// `COURIER_REQUIRE_BACKENDS=1` (as CI sets).
+pub(crate) fn unreachable(test: &str, why: &dyn std::fmt::Display) {
+    if std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+        panic!("{test}: Redis unreachable and COURIER_REQUIRE_BACKENDS=1: {why}");
+    }
+    eprintln!("SKIPPED {test}: Redis unreachable: {why}");
+}
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
