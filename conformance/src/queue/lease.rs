@@ -45,6 +45,11 @@ pub(super) fn cases() -> Vec<Case> {
             extend_after_expiry
         ),
         case!(
+            "queue::lease::late_settle_before_redelivery_is_lease_lost",
+            ["Q4"],
+            late_settle_before_redelivery
+        ),
+        case!(
             "queue::lease::release_does_not_count_attempt",
             ["Q4", "Q5"],
             release_no_attempt
@@ -303,6 +308,87 @@ async fn extend_after_expiry(cx: Ctx) -> Outcome {
         "nacking the expired lease"
     );
     settle(&cx, &q, Settle::Ack(second.lease)).await?;
+    Ok(())
+}
+
+/// A lease ends at its deadline, not when someone next receives the message: an ack, nack,
+/// bury, release or extend that arrives after the deadline fails with `LeaseLost` even while
+/// the expired lease has not been reclaimed yet, and the expiry still counts as the attempt.
+/// (`extend_after_expiry_is_lease_lost` covers the same after a redelivery.)
+async fn late_settle_before_redelivery(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(250);
+    let ops = ["ack", "retry", "bury", "release", "extend"];
+    let mut held = Vec::new();
+    for op in ops {
+        let q = queue(
+            &cx,
+            &format!("late{op}"),
+            config_with(
+                RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+                vis,
+            ),
+        )?;
+        publish(&cx, &q, Message::new(op, "")).await?;
+        let d = one(&cx, &q, LIMIT).await?;
+        held.push((op, q, d));
+    }
+    // The passing of time is what is under test: wait past every deadline (the last lease
+    // was taken before now) without touching any of the queues.
+    tokio::time::sleep(vis + Duration::from_millis(150)).await;
+    for (op, q, d) in &held {
+        let lease = d.lease;
+        let error = "too late".to_string();
+        let r = match *op {
+            "ack" => settle(&cx, q, Settle::Ack(lease)).await,
+            "retry" => {
+                let delay = Duration::ZERO;
+                settle(
+                    &cx,
+                    q,
+                    Settle::Retry {
+                        lease,
+                        delay,
+                        error,
+                    },
+                )
+                .await
+            }
+            "bury" => settle(&cx, q, Settle::Bury { lease, error }).await,
+            "release" => settle(&cx, q, Settle::Release(lease)).await,
+            _ => within(
+                LIMIT,
+                "extend",
+                cx.q().extend(q, &lease, Duration::from_secs(5)),
+            )
+            .await?
+            .map(|_| ()),
+        };
+        ensure_eq!(
+            r.map_err(|e| e.kind()),
+            Err(ErrorKind::LeaseLost),
+            "{op} after the lease deadline, before any redelivery"
+        );
+    }
+    for (op, q, d) in &held {
+        let again = one(&cx, q, cx.prompt()).await?;
+        ensure_eq!(
+            again.message.id,
+            d.message.id,
+            "the same message after a late {op}"
+        );
+        ensure_eq!(
+            again.message.attempt,
+            2,
+            "after a late {op} the expiry counted as the failed attempt"
+        );
+        settle(&cx, q, Settle::Ack(again.lease)).await?;
+        let s = within(LIMIT, "stats", cx.q().stats(q)).await??;
+        ensure_eq!(
+            (s.acked, s.retried, s.dead, s.in_flight),
+            (1, 1, 0, 0),
+            "counters after a late {op}: only the expiry and the final ack count"
+        );
+    }
     Ok(())
 }
 
