@@ -44,6 +44,26 @@ pub(super) fn cases() -> Vec<Case> {
         case!("queue::dead_letters::requeue_some", ["Q6"], requeue_some),
         case!("queue::dead_letters::purge_some_and_all", ["Q6"], purge),
         case!(
+            "queue::dead_letters::requeued_joins_the_back_of_its_level",
+            ["Q6", "Q2"],
+            requeued_to_back
+        ),
+        case!(
+            "queue::dead_letters::error_text_kept_verbatim",
+            ["Q6"],
+            error_verbatim
+        ),
+        case!(
+            "queue::dead_letters::requeue_and_purge_all_beyond_a_page",
+            ["Q6"],
+            all_beyond_a_page
+        ),
+        case!(
+            "queue::dead_letters::repeated_ids_count_once",
+            ["Q6"],
+            repeated_ids
+        ),
+        case!(
             "queue::dead_letters::disabled_discards",
             ["Q6", "Q9"],
             dead_disabled
@@ -312,6 +332,152 @@ async fn purge(cx: Ctx) -> Outcome {
     let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
     ensure_eq!((s.dead, s.stored()), (0, 0), "empty");
     expect_nothing(cx.q(), &q, SHORT).await
+}
+
+/// A requeued dead letter keeps its priority and queues behind the messages already waiting
+/// at that level (Q6), ahead of lower levels (Q2).
+async fn requeued_to_back(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "rqback", plain_config())?;
+    let high = |k: &str| Message::new(k, "").with_priority(courier_core::Priority::High);
+    publish_all(&cx, &q, vec![high("h1"), Message::new("n1", "")]).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    ensure_eq!(d.message.kind, "h1", "High first");
+    settle(
+        &cx,
+        &q,
+        Settle::Bury {
+            lease: d.lease,
+            error: "bad".into(),
+        },
+    )
+    .await?;
+    publish(&cx, &q, high("h2")).await?;
+    let n = within(LIMIT, "requeue", cx.q().requeue_dead(&q, Selection::All)).await??;
+    ensure_eq!(n, 1, "requeued");
+    let got = receive_n(cx.q(), &q, 3, LIMIT).await?;
+    let kinds: Vec<&str> = got.iter().map(|d| d.message.kind.as_str()).collect();
+    ensure_eq!(
+        kinds,
+        vec!["h2", "h1", "n1"],
+        "the requeued High message behind h2, ahead of Normal"
+    );
+    ensure_eq!(
+        got[1].message.priority,
+        courier_core::Priority::High,
+        "priority kept"
+    );
+    Ok(())
+}
+
+/// An id named twice in a selection is one dead letter: it is moved or deleted once and
+/// counted once, and the other dead letters are untouched.
+async fn repeated_ids(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "rep", plain_config())?;
+    let ids = bury_n(&cx, &q, 3).await?;
+    let n = within(
+        LIMIT,
+        "requeue",
+        cx.q()
+            .requeue_dead(&q, Selection::Ids(vec![ids[0], ids[0], ids[0]])),
+    )
+    .await??;
+    ensure_eq!(n, 1, "one dead letter requeued, however often it is named");
+    let n = within(
+        LIMIT,
+        "purge",
+        cx.q().purge_dead(&q, Selection::Ids(vec![ids[2], ids[2]])),
+    )
+    .await??;
+    ensure_eq!(n, 1, "one dead letter purged, however often it is named");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.ready_total()), (1, 1), "stats after both");
+    let left = within(LIMIT, "list", cx.q().dead_letters(&q, Page::first(10))).await??;
+    let left: Vec<MessageId> = left.iter().map(|d| d.message.id).collect();
+    ensure_eq!(left, vec![ids[1]], "only the one not named is still dead");
+    let got = receive_n(cx.q(), &q, 1, LIMIT).await?;
+    ensure_eq!(got[0].message.id, ids[0], "the requeued one, once");
+    expect_nothing(cx.q(), &q, SHORT).await
+}
+
+/// The error is the caller's text, byte for byte: separators, quotes, new lines and non-ASCII
+/// are not cut or escaped, whether the message was buried or ran out of attempts.
+async fn error_verbatim(cx: Ctx) -> Outcome {
+    let q = queue(
+        &cx,
+        "errtext",
+        config_with(
+            RetryPolicy::exact(1, Duration::ZERO, 2.0, Duration::ZERO),
+            Duration::from_secs(30),
+        ),
+    )?;
+    let texts = [
+        "a|b|c; d,e\tf \"quoted\" 'single'\nsecond line\r\n",
+        "ünïcödé ✓ 🚀 |",
+    ];
+    let ids = publish_all(&cx, &q, kinds(2, "e")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let error = texts[0].to_string();
+    settle(
+        &cx,
+        &q,
+        Settle::Bury {
+            lease: d.lease,
+            error,
+        },
+    )
+    .await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let action = within(LIMIT, "nack", cx.q().nack(&q, &d, texts[1])).await??;
+    ensure_eq!(action, FailureAction::Dead, "out of attempts");
+    for (id, text) in ids.iter().zip(texts) {
+        let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, *id)).await??;
+        ensure_eq!(dl.error, text, "the error as given");
+    }
+    Ok(())
+}
+
+/// `Selection::All` means every dead letter, however many: more than any page or chunk a
+/// backend works in.
+async fn all_beyond_a_page(cx: Ctx) -> Outcome {
+    const N: usize = 2_100;
+    let q = queue(&cx, "allmany", plain_config())?;
+    let bury_all = |round: &'static str| {
+        let cx = &cx;
+        let q = &q;
+        async move {
+            let mut buried = 0;
+            while buried < N {
+                let got = receive_n(cx.q(), q, (N - buried).min(500), LIMIT).await?;
+                let ops = got
+                    .iter()
+                    .map(|d| Settle::Bury {
+                        lease: d.lease,
+                        error: round.into(),
+                    })
+                    .collect::<Vec<_>>();
+                let rs = within(LIMIT, "settle", cx.q().settle(q, ops)).await??;
+                ensure!(rs.iter().all(|r| r.is_ok()), "{round}: every bury settles");
+                buried += got.len();
+            }
+            Ok::<_, crate::Failure>(())
+        }
+    };
+    publish_all(&cx, &q, kinds(N, "m")).await?;
+    bury_all("first").await?;
+    let n = within(LIMIT, "requeue", cx.q().requeue_dead(&q, Selection::All)).await??;
+    ensure_eq!(n as usize, N, "requeued every dead letter");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.dead, s.ready_total()),
+        (0, N as u64),
+        "stats after requeue"
+    );
+    bury_all("second").await?;
+    let n = within(LIMIT, "purge", cx.q().purge_dead(&q, Selection::All)).await??;
+    ensure_eq!(n as usize, N, "purged every dead letter");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!((s.dead, s.stored()), (0, 0), "empty after the purge");
+    Ok(())
 }
 
 async fn dead_disabled(cx: Ctx) -> Outcome {

@@ -165,7 +165,11 @@ async fn expiry_counts(cx: Ctx) -> Outcome {
     );
     let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
     ensure_eq!(dl.attempts, 2, "dead letter attempts");
-    ensure!(!dl.error.is_empty(), "the dead letter says why");
+    ensure_eq!(
+        dl.error,
+        courier_core::backend::LEASE_EXPIRED,
+        "the dead letter says the lease expired"
+    );
     Ok(())
 }
 

@@ -31,6 +31,16 @@ pub(super) fn cases() -> Vec<Case> {
             retry_keeps_priority
         ),
         case!(
+            "queue::priority::retried_joins_the_back_of_its_level",
+            ["Q2", "Q5"],
+            retried_to_back
+        ),
+        case!(
+            "queue::priority::released_returns_to_the_front_of_its_level",
+            ["Q2", "Q4"],
+            released_to_front
+        ),
+        case!(
             "queue::priority::default_is_normal",
             ["Q2"],
             default_is_normal
@@ -168,6 +178,66 @@ async fn retry_keeps_priority(cx: Ctx) -> Outcome {
     );
     ensure_eq!(next.message.attempt, 2, "attempt");
     ensure_eq!(next.message.priority, Priority::Critical, "priority kept");
+    Ok(())
+}
+
+/// The kinds of `ds`, in delivery order.
+fn order(ds: &[courier_core::Delivery]) -> Vec<&str> {
+    ds.iter().map(|d| d.message.kind.as_str()).collect()
+}
+
+/// A retried message keeps its level and, once due, queues behind the messages already
+/// waiting there (Q2), whether the retry came from a nack or from an expired lease.
+async fn retried_to_back(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "rback", plain_config())?;
+    let high = |k: &str| Message::new(k, "").with_priority(Priority::High);
+    publish_all(
+        &cx,
+        &q,
+        vec![high("h1"), high("h2"), high("h3"), Message::new("n1", "")],
+    )
+    .await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    ensure_eq!(d.message.kind, "h1", "the oldest High first");
+    let action = within(LIMIT, "nack", cx.q().nack(&q, &d, "boom")).await??;
+    ensure_eq!(action, FailureAction::Retry(Duration::ZERO), "zero backoff");
+    let got = receive_n(cx.q(), &q, 4, LIMIT).await?;
+    ensure_eq!(
+        order(&got),
+        vec!["h2", "h3", "h1", "n1"],
+        "the retried h1 behind h2 and h3, still ahead of Normal"
+    );
+    ensure_eq!(got[2].message.attempt, 2, "the retried message's attempt");
+    Ok(())
+}
+
+/// A released message was never handled: it goes back to the front of its level, ahead of
+/// the messages published after it (Q2), without counting an attempt (Q4).
+async fn released_to_front(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "relfront", plain_config())?;
+    let high = |k: &str| Message::new(k, "").with_priority(Priority::High);
+    publish_all(
+        &cx,
+        &q,
+        vec![Message::new("n1", ""), high("h1"), high("h2"), high("h3")],
+    )
+    .await?;
+    let got = receive_n(cx.q(), &q, 2, LIMIT).await?;
+    ensure_eq!(order(&got), vec!["h1", "h2"], "High first, oldest first");
+    // Give back the second one first: each goes to the front, so h1 ends up first again.
+    settle(&cx, &q, Settle::Release(got[1].lease)).await?;
+    settle(&cx, &q, Settle::Release(got[0].lease)).await?;
+    let again = receive_n(cx.q(), &q, 4, LIMIT).await?;
+    ensure_eq!(
+        order(&again),
+        vec!["h1", "h2", "h3", "n1"],
+        "released messages back at the front of High"
+    );
+    ensure_eq!(
+        (again[0].message.attempt, again[1].message.attempt),
+        (1, 1),
+        "a release counts no attempt"
+    );
     Ok(())
 }
 

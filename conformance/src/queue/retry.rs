@@ -40,6 +40,11 @@ pub(super) fn cases() -> Vec<Case> {
             per_message_max_attempts
         ),
         case!("queue::retry::jitter_stays_in_range", ["Q5"], jitter_range),
+        case!(
+            "queue::retry::expired_lease_waits_for_backoff",
+            ["Q4", "Q5", "Q6"],
+            expiry_backoff
+        ),
     ]
 }
 
@@ -226,6 +231,51 @@ async fn per_message_max_attempts(cx: Ctx) -> Outcome {
     );
     let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
     ensure_eq!(s.dead, 2, "both dead");
+    Ok(())
+}
+
+/// An expired lease is a failed attempt like a nack (Q4): the message waits out the backoff
+/// of the attempt that expired before it is ready again (Q5), and a message's own
+/// `max_attempts` holds through expiries too, also when it is above the queue's (Q6).
+async fn expiry_backoff(cx: Ctx) -> Outcome {
+    let (base, vis) = (Duration::from_millis(250), Duration::from_millis(200));
+    let q = queue(
+        &cx,
+        "expback",
+        config_with(
+            RetryPolicy::exact(2, base, 2.0, Duration::from_secs(5)),
+            vis,
+        ),
+    )?;
+    let id = publish(&cx, &q, Message::new("m", "").with_max_attempts(3)).await?;
+    let mut d = one(&cx, &q, LIMIT).await?;
+    let mut t = Instant::now();
+    // Attempt 1 expires after `vis`, then waits `base`; attempt 2 waits `2 × base`.
+    for (attempt, backoff) in [(2u32, base), (3, base * 2)] {
+        d = one(&cx, &q, vis + backoff + cx.prompt()).await?;
+        let took = t.elapsed();
+        t = Instant::now();
+        ensure_eq!(d.message.attempt, attempt, "attempt after an expiry");
+        ensure!(
+            took + Duration::from_millis(5) >= vis + backoff,
+            "attempt {attempt} delivered {took:?} after the previous one; its lease ({vis:?}) \
+             and backoff ({backoff:?}) end later"
+        );
+    }
+    // The third lease expires too: out of the message's 3 attempts, it is dead.
+    let (s, ok) = crate::stats_until(cx.q(), &q, vis + cx.prompt(), |s| s.dead == 1).await?;
+    if !ok {
+        // Backends that reclaim expired leases on receive: drive one.
+        let got = within(LIMIT, "receive", cx.q().receive(&q, 1, cx.prompt())).await??;
+        ensure!(
+            got.is_empty(),
+            "delivered a 4th time with max_attempts 3: {:?} ({s:?})",
+            summary(&got)
+        );
+    }
+    let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, id)).await??;
+    ensure_eq!(dl.attempts, 3, "dead after the message's own 3 attempts");
+    drop(d);
     Ok(())
 }
 
