@@ -317,18 +317,20 @@ async fn purge(cx: Ctx) -> Outcome {
     let n = within(
         LIMIT,
         "purge",
-        cx.q().purge_dead(&q, Selection::Ids(vec![ids[1]])),
+        cx.q().purge_dead(&q, Selection::Ids(vec![ids[1], ids[3]])),
     )
     .await??;
-    ensure_eq!(n, 1, "purged one");
-    let r = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, ids[1])).await?;
-    ensure_eq!(
-        r.map(|_| ()).map_err(|e| e.kind()),
-        Err(ErrorKind::NotFound),
-        "purged is gone"
-    );
+    ensure_eq!(n, 2, "purged the two named");
+    for gone in [ids[1], ids[3]] {
+        let r = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, gone)).await?;
+        ensure_eq!(
+            r.map(|_| ()).map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound),
+            "purged is gone"
+        );
+    }
     let n = within(LIMIT, "purge", cx.q().purge_dead(&q, Selection::All)).await??;
-    ensure_eq!(n, 3, "purged the rest");
+    ensure_eq!(n, 2, "purged the rest");
     let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
     ensure_eq!((s.dead, s.stored()), (0, 0), "empty");
     expect_nothing(cx.q(), &q, SHORT).await
@@ -389,6 +391,21 @@ async fn repeated_ids(cx: Ctx) -> Outcome {
     )
     .await??;
     ensure_eq!(n, 1, "one dead letter purged, however often it is named");
+    // An empty list names nothing: it is not `Selection::All`.
+    let n = within(
+        LIMIT,
+        "purge",
+        cx.q().purge_dead(&q, Selection::Ids(vec![])),
+    )
+    .await??;
+    ensure_eq!(n, 0, "an empty selection purges nothing");
+    let n = within(
+        LIMIT,
+        "requeue",
+        cx.q().requeue_dead(&q, Selection::Ids(vec![])),
+    )
+    .await??;
+    ensure_eq!(n, 0, "an empty selection requeues nothing");
     let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
     ensure_eq!((s.dead, s.ready_total()), (1, 1), "stats after both");
     let left = within(LIMIT, "list", cx.q().dead_letters(&q, Page::first(10))).await??;
@@ -415,6 +432,9 @@ async fn error_verbatim(cx: Ctx) -> Outcome {
         "ünïcödé ✓ 🚀 |",
     ];
     let ids = publish_all(&cx, &q, kinds(2, "e")).await?;
+    // Time passes between publish and failure, so the failure time is told apart from it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = cx.q().clock().now_ms();
     let d = one(&cx, &q, LIMIT).await?;
     let error = texts[0].to_string();
     settle(
@@ -429,9 +449,16 @@ async fn error_verbatim(cx: Ctx) -> Outcome {
     let d = one(&cx, &q, LIMIT).await?;
     let action = within(LIMIT, "nack", cx.q().nack(&q, &d, texts[1])).await??;
     ensure_eq!(action, FailureAction::Dead, "out of attempts");
+    let after = cx.q().clock().now_ms();
     for (id, text) in ids.iter().zip(texts) {
         let dl = within(LIMIT, "dead_letter", cx.q().dead_letter(&q, *id)).await??;
         ensure_eq!(dl.error, text, "the error as given");
+        ensure!(
+            dl.failed_at + 5 >= before && dl.failed_at <= after + 5,
+            "failed_at {} is not the failure time, between {before} and {after} (published at {})",
+            dl.failed_at,
+            dl.message.created_at
+        );
     }
     Ok(())
 }

@@ -27,6 +27,16 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!("queue::delay::absolute_not_before", ["Q3"], delay_absolute),
         case!(
+            "queue::delay::due_together_keep_publish_order",
+            ["Q3", "Q2"],
+            due_together_in_order
+        ),
+        case!(
+            "queue::delay::never_leased_before_due_by_the_backend_clock",
+            ["Q3"],
+            never_before_due_exactly
+        ),
+        case!(
             "queue::delay::due_messages_keep_priority",
             ["Q3", "Q2"],
             delay_keeps_priority
@@ -142,5 +152,57 @@ async fn delay_keeps_priority(cx: Ctx) -> Outcome {
     tokio::time::sleep(delay + cx.tick + Duration::from_millis(50)).await;
     let first = one(&cx, &q, cx.prompt()).await?;
     ensure_eq!(first.message.kind, "crit", "the due Critical message first");
+    Ok(())
+}
+
+/// Messages that fall due at the same moment keep their publish order, and join their level
+/// behind the messages that were ready before they fell due (Q2).
+async fn due_together_in_order(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "duetogether", plain_config())?;
+    let delay = Duration::from_millis(250);
+    let later = (0..5)
+        .map(|i| Message::new(format!("d{i}"), "").with_delay(delay))
+        .collect();
+    publish_all(&cx, &q, later).await?;
+    publish(&cx, &q, Message::new("now", "")).await?;
+    // The passing of time is what is under test: wait until all five are due.
+    tokio::time::sleep(delay + Duration::from_millis(150)).await;
+    let got = crate::receive_n(cx.q(), &q, 6, LIMIT).await?;
+    let kinds: Vec<&str> = got.iter().map(|d| d.message.kind.as_str()).collect();
+    ensure_eq!(
+        kinds,
+        vec!["now", "d0", "d1", "d2", "d3", "d4"],
+        "due together: publish order, behind what was ready"
+    );
+    Ok(())
+}
+
+/// Not before due, checked to the millisecond in the backend's own clock: a lease's deadline
+/// is the lease time plus the visibility timeout, so the lease time of a delivery is never
+/// earlier than the message's `not_before`. A consumer polls without waiting across the due
+/// time, so an early promotion is seen.
+async fn never_before_due_exactly(cx: Ctx) -> Outcome {
+    let vis = Duration::from_secs(30);
+    let q = queue(&cx, "exactdue", plain_config())?;
+    let lead = 300;
+    let at = cx.q().clock().now_ms() + lead;
+    publish(&cx, &q, Message::new("at", "").with_not_before(at)).await?;
+    // Sleep to just before the due time, then poll until it is delivered.
+    tokio::time::sleep(Duration::from_millis(lead - 40)).await;
+    let deadline = Instant::now() + LIMIT;
+    let d = loop {
+        let mut got = within(LIMIT, "receive", cx.q().receive(&q, 1, Duration::ZERO)).await??;
+        if let Some(d) = got.pop() {
+            break d;
+        }
+        ensure!(Instant::now() < deadline, "not delivered within {LIMIT:?}");
+        tokio::task::yield_now().await;
+    };
+    let leased_at = d.lease.deadline_ms - vis.as_millis() as u64;
+    ensure!(
+        leased_at >= at,
+        "leased at {leased_at} ms, {} ms before its not_before {at}",
+        at - leased_at
+    );
     Ok(())
 }

@@ -50,6 +50,16 @@ pub(super) fn cases() -> Vec<Case> {
             late_settle_before_redelivery
         ),
         case!(
+            "queue::lease::expired_while_others_wait_is_redelivered",
+            ["Q4"],
+            expired_while_others_wait
+        ),
+        case!(
+            "queue::lease::extended_lease_still_expires",
+            ["Q4"],
+            extended_still_expires
+        ),
+        case!(
             "queue::lease::release_does_not_count_attempt",
             ["Q4", "Q5"],
             release_no_attempt
@@ -393,6 +403,69 @@ async fn late_settle_before_redelivery(cx: Ctx) -> Outcome {
             "counters after a late {op}: only the expiry and the final ack count"
         );
     }
+    Ok(())
+}
+
+/// An expired lease makes its message ready again at once, not only once the queue has run
+/// dry: a receive after the deadline returns it together with the messages already waiting,
+/// behind them (it became due after they were published).
+async fn expired_while_others_wait(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(200);
+    let q = queue(
+        &cx,
+        "expwait",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish(&cx, &q, Message::new("leased", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    publish_all(&cx, &q, kinds(2, "waiting")).await?;
+    // The passing of time is what is under test: past the deadline, nothing touched.
+    tokio::time::sleep(vis + Duration::from_millis(150)).await;
+    let got = receive_n(cx.q(), &q, 3, LIMIT).await?;
+    let kinds: Vec<(&str, u32)> = got
+        .iter()
+        .map(|d| (d.message.kind.as_str(), d.message.attempt))
+        .collect();
+    ensure_eq!(
+        kinds,
+        vec![("waiting0", 1), ("waiting1", 1), ("leased", 2)],
+        "the expired message is ready again beside the waiting ones"
+    );
+    ensure_eq!(got[2].message.id, d.message.id, "the same message");
+    Ok(())
+}
+
+/// Extending moves the deadline; it does not remove it: an extended lease that is then
+/// abandoned expires at its new deadline, and the message comes back as the next attempt.
+async fn extended_still_expires(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(200);
+    let q = queue(
+        &cx,
+        "extexp2",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    let t0 = Instant::now();
+    let ext = Duration::from_millis(400);
+    let lease = within(LIMIT, "extend", cx.q().extend(&q, &d.lease, ext)).await??;
+    ensure!(
+        lease.deadline_ms >= d.lease.deadline_ms,
+        "the extended deadline is not earlier"
+    );
+    let again = one(&cx, &q, ext + cx.prompt()).await?;
+    let took = t0.elapsed();
+    ensure!(
+        took + Duration::from_millis(5) >= ext,
+        "redelivered {took:?} after an extend of {ext:?}"
+    );
+    ensure_eq!(again.message.attempt, 2, "the abandoned lease counted");
     Ok(())
 }
 

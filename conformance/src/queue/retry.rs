@@ -279,25 +279,38 @@ async fn expiry_backoff(cx: Ctx) -> Outcome {
     Ok(())
 }
 
+/// Jitter spreads a delay both ways around the computed one, and the cap applies before the
+/// jitter (Q5): with `base = max_delay = 400 ms` and jitter 0.5, delays fall in
+/// [200, 600] ms and land on both sides of 400 ms (16 draws all on one side: p = 2^-15).
 async fn jitter_range(cx: Ctx) -> Outcome {
+    const N: usize = 16;
     let base = Duration::from_millis(400);
-    let mut retry = RetryPolicy::exact(2, base, 2.0, Duration::from_secs(5));
+    let mut retry = RetryPolicy::exact(2, base, 2.0, base);
     retry.jitter = 0.5;
     let q = queue(&cx, "jitter", config_with(retry, Duration::from_secs(30)))?;
-    publish_all(&cx, &q, kinds(8, "j")).await?;
-    let ds = receive_n(cx.q(), &q, 8, LIMIT).await?;
+    publish_all(&cx, &q, kinds(N, "j")).await?;
+    let ds = receive_n(cx.q(), &q, N, LIMIT).await?;
     let t0 = Instant::now();
+    let mut delays = Vec::new();
     for d in &ds {
         let action = within(LIMIT, "nack", cx.q().nack(&q, d, "jitter")).await??;
         match action {
-            FailureAction::Retry(delay) => ensure!(
-                delay >= Duration::from_millis(200) && delay <= Duration::from_millis(600),
-                "delay {delay:?} outside base ± 50%"
-            ),
+            FailureAction::Retry(delay) => {
+                ensure!(
+                    delay >= Duration::from_millis(200) && delay <= Duration::from_millis(600),
+                    "delay {delay:?} outside base ± 50%"
+                );
+                delays.push(delay);
+            }
             FailureAction::Dead => return Err(crate::Failure("dead on attempt 1 of 2".into())),
         }
     }
-    let again = receive_n(cx.q(), &q, 8, Duration::from_millis(600) + cx.prompt()).await?;
+    ensure!(
+        delays.iter().any(|d| *d < base) && delays.iter().any(|d| *d > base),
+        "{N} jittered delays all on one side of {base:?} (the cap before the jitter, the \
+         jitter both ways): {delays:?}"
+    );
+    let again = receive_n(cx.q(), &q, N, Duration::from_millis(600) + cx.prompt()).await?;
     ensure!(
         t0.elapsed() + Duration::from_millis(5) >= Duration::from_millis(200),
         "a retry came before the lowest jittered delay"
