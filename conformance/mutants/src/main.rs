@@ -164,7 +164,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         if !args.no_baseline {
             eprintln!("mutants: {}: the unmutated suite first", b.name);
-            match judge(&cargo, b, limit)? {
+            match judge(&cargo, b, None, limit)? {
                 Some(Outcome::Survived) => {}
                 None => return Ok(interrupted(&tree)),
                 Some(other) => {
@@ -186,7 +186,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             let t = Instant::now();
             tree.apply(m)
                 .map_err(|e| format!("cannot apply {}/{}: {e}", b.name, m.id))?;
-            let judged = judge(&cargo, b, limit);
+            let judged = judge(&cargo, b, Some(m), limit);
             // Put the file back before anything else, whatever the judgement was.
             tree.restore()
                 .map_err(|e| format!("cannot restore {}: {e}", m.file.display()))?;
@@ -201,7 +201,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 _ => {}
             }
             // With one test target every case carries the same `<backend>::` prefix: drop it.
-            if let (Outcome::Caught(cases), [_]) = (&mut outcome, b.tests.as_slice()) {
+            if let (Outcome::Caught(cases) | Outcome::Unconfirmed(cases), [_]) =
+                (&mut outcome, b.tests.as_slice())
+            {
                 for c in cases.iter_mut() {
                     if let Some((_, rest)) = c.split_once("::") {
                         *c = rest.to_string();
@@ -261,8 +263,17 @@ fn run(args: Args) -> Result<ExitCode, String> {
     )
 }
 
-/// Build and run `b`'s tests on the tree as it is now. `None` when interrupted.
-fn judge(cargo: &Cargo<'_>, b: &Backend, limit: Duration) -> Result<Option<Outcome>, String> {
+/// How many failing cases a catch reruns alone, at most, to confirm it.
+const CONFIRM: usize = 3;
+
+/// Build and run `b`'s tests on the tree as it is now, confirming a catch of mutant `m` by
+/// rerunning failed cases alone. `None` when interrupted.
+fn judge(
+    cargo: &Cargo<'_>,
+    b: &Backend,
+    m: Option<&Mutant>,
+    limit: Duration,
+) -> Result<Option<Outcome>, String> {
     let io = |e: std::io::Error| format!("cannot run cargo: {e}");
     match cargo.build(&b.package, &b.tests, limit).map_err(io)? {
         Ended::Interrupted => return Ok(None),
@@ -292,7 +303,38 @@ fn judge(cargo: &Cargo<'_>, b: &Backend, limit: Duration) -> Result<Option<Outco
                         suite::tail(&output, 1)
                     ));
                 }
-                Outcome::Caught(cases)
+                let Some(m) = m else {
+                    return Ok(Some(Outcome::Caught(cases)));
+                };
+                // The cases of the mutant's own area first: the likeliest real catches.
+                let mut order: Vec<&String> = cases.iter().collect();
+                order.sort_by_key(|c| {
+                    !c.split_once("::")
+                        .is_some_and(|(_, r)| r.starts_with(&m.area))
+                });
+                let mut confirmed = false;
+                for case in order
+                    .into_iter()
+                    .filter(|c| !c.starts_with('('))
+                    .take(CONFIRM)
+                {
+                    match cargo
+                        .test_case(&b.package, &b.tests, case, limit)
+                        .map_err(io)?
+                    {
+                        Ended::Interrupted => return Ok(None),
+                        Ended::Exited { ok: true, .. } => {}
+                        Ended::Exited { ok: false, .. } | Ended::TimedOut => {
+                            confirmed = true;
+                            break;
+                        }
+                    }
+                }
+                if confirmed || cases.iter().all(|c| c.starts_with('(')) {
+                    Outcome::Caught(cases)
+                } else {
+                    Outcome::Unconfirmed(cases)
+                }
             }
         },
     ))

@@ -16,6 +16,9 @@ pub(crate) enum Outcome {
     Hung(u64),
     /// Every case passed.
     Survived,
+    /// Cases failed once, but none of them failed again when rerun alone: a flaky case, not
+    /// a catch. Counted with the survivors.
+    Unconfirmed(Vec<String>),
     /// Every case passed and the catalogue says why no behaviour changed.
     Equivalent(String),
     /// The mutant did not compile: a catalogue error, not a result.
@@ -27,7 +30,7 @@ impl Outcome {
     pub(crate) fn word(&self) -> &'static str {
         match self {
             Outcome::Caught(_) | Outcome::Hung(_) => "caught",
-            Outcome::Survived => "survived",
+            Outcome::Survived | Outcome::Unconfirmed(_) => "survived",
             Outcome::Equivalent(_) => "equivalent",
             Outcome::Unbuildable(_) => "unbuildable",
         }
@@ -56,6 +59,10 @@ pub(crate) fn row(m: &Mutant, outcome: &Outcome, commit: &str) -> String {
         }
         Outcome::Hung(secs) => format!("the suite did not finish within {secs} s"),
         Outcome::Survived => "**every case passed**".to_string(),
+        Outcome::Unconfirmed(cases) => format!(
+            "**no failure repeated** when rerun alone (first run: {})",
+            cases.join(", ")
+        ),
         Outcome::Equivalent(why) => escape(why),
         Outcome::Unbuildable(why) => escape(why),
     };
@@ -182,7 +189,8 @@ queue::lease` (one rule area); the catalogues are `conformance/mutants/catalogue
 Each row is one semantic mutant: a small, plausible bug written into a backend's source (a Lua
 script, an SQL statement, Rust), applied alone. The backend's conformance suite then runs with
 every broker required. **caught** lists the cases that failed, those of the rule area the
-mutant aims at first; **survived** means every case passed with the bug in place, a gap to
+mutant aims at first; a catch is confirmed by rerunning up to three of them alone, with the
+mutant still in place, and seeing one fail again (a flaky case is not a catch); **survived** means every case passed with the bug in place, a gap to
 close with a new conformance case; **equivalent** is a survivor that changes no observable
 behaviour, with the reason; **unbuildable** is a catalogue entry to fix. The commit is the
 one the row was measured on.

@@ -55,6 +55,22 @@ impl Cargo<'_> {
         self.run(&args, limit)
     }
 
+    /// One case alone (`--exact`), to confirm a failure is the mutant's and not a flake.
+    pub(crate) fn test_case(
+        &self,
+        package: &str,
+        tests: &[String],
+        case: &str,
+        limit: Duration,
+    ) -> io::Result<Ended> {
+        let mut args = vec!["test", "-p", package, "--no-fail-fast"];
+        for t in tests {
+            args.extend(["--test", t.as_str()]);
+        }
+        args.extend(["--", "--exact", case]);
+        self.run(&args, limit)
+    }
+
     fn run(&self, args: &[&str], limit: Duration) -> io::Result<Ended> {
         let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(args)
