@@ -13,6 +13,11 @@ pub(super) fn cases() -> Vec<Case> {
     vec![
         case!("events::replay::reset_to_start", ["E5"], reset_start),
         case!("events::replay::reset_to_time", ["E5"], reset_time),
+        case!(
+            "events::replay::reset_to_an_events_own_time_includes_it",
+            ["E5"],
+            reset_time_inclusive
+        ),
         case!("events::replay::reset_to_id", ["E5"], reset_id),
         case!("events::replay::reset_to_end", ["E5"], reset_end),
         case!(
@@ -84,6 +89,32 @@ async fn reset_time(cx: Ctx) -> Outcome {
     );
     ack_all(b, &t, &g, &again).await?;
     expect_none(b, &t, &g, Duration::from_millis(150)).await
+}
+
+/// `Time(ms)` is inclusive to the millisecond: reset to the time an event was appended, the
+/// group reads again from that event (and any other appended in the same millisecond).
+async fn reset_time_inclusive(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let sent = emit_n(b, &t, "e", 6).await?;
+    let got = recv_n(b, &t, &g, 6, cx.prompt()).await?;
+    ack_all(b, &t, &g, &got).await?;
+    let times: Vec<u64> = got.iter().map(|d| d.message.created_at).collect();
+    for k in [0, 3, 5] {
+        let at = times[k];
+        reset(b, &t, &g, ReplayFrom::Time(at)).await?;
+        let first = times.iter().position(|&x| x >= at).unwrap_or(k);
+        let again = recv_n(b, &t, &g, 6 - first, cx.prompt()).await?;
+        ensure_eq!(
+            ids(&again),
+            sent[first..].to_vec(),
+            "reset to {at} ms, the append time of event {k} (times {times:?})"
+        );
+        ack_all(b, &t, &g, &again).await?;
+        expect_none(b, &t, &g, Duration::from_millis(50)).await?;
+    }
+    Ok(())
 }
 
 async fn reset_id(cx: Ctx) -> Outcome {
