@@ -320,6 +320,14 @@ impl EventBus for RedisBackend {
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
         self.check_group(topic, group, "reset_group")?;
         let keys = self.group_keys(topic, group);
+        let retention = self.retention(topic);
+        if matches!(from, ReplayFrom::Id(_))
+            && (retention.max_len.is_some() || retention.max_age.is_some())
+        {
+            // Apply the topic's retention first (the trim `topic_len` runs), so an event beyond
+            // max_len or max_age is not found, even before the next emit or read trims it (E5).
+            self.topic_len(topic).await?;
+        }
         let (position, id) = match from {
             ReplayFrom::Start => ("start", String::new()),
             ReplayFrom::End => ("end", String::new()),
