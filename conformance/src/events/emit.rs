@@ -16,6 +16,11 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!("events::emit::fields_round_trip", ["E1"], emit_fields),
         case!(
+            "events::emit::delayed_event_waits_in_each_group",
+            ["E1", "E2"],
+            delayed_event
+        ),
+        case!(
             "events::emit::same_id_emitted_twice_is_two_events",
             ["E1"],
             same_id_twice
@@ -136,5 +141,28 @@ async fn same_id_twice(cx: Ctx) -> Outcome {
         (2, 0, 0),
         "(acked, in_flight, lag)"
     );
+    Ok(())
+}
+
+/// An event emitted with a delay is appended at once and waits out its delay in each group:
+/// no group receives it before it is due, every group receives it after.
+async fn delayed_event(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let (g1, g2) = (cx.name("g1"), cx.name("g2"));
+    let delay = std::time::Duration::from_millis(400);
+    let t0 = std::time::Instant::now();
+    let id = emit_one(b, &t, Message::new("later", "x").with_delay(delay)).await?;
+    ensure_eq!(topic_len(b, &t).await?, 1, "appended at once");
+    for g in [&g1, &g2] {
+        let d = recv_one(b, &t, g, delay + cx.prompt()).await?;
+        let took = t0.elapsed();
+        ensure_eq!(d.message.id, id, "the delayed event");
+        ensure!(
+            took + std::time::Duration::from_millis(5) >= delay,
+            "group {g} received it {took:?} after the emit, before its {delay:?} delay"
+        );
+        ack_all(b, &t, g, &[d]).await?;
+    }
     Ok(())
 }

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use courier_core::{MessageId, ReplayFrom, Retention};
+use courier_core::{ErrorKind, MessageId, ReplayFrom, Retention};
 
 use super::{TOL, ack_all, bus, emit_n, expect_none, ids, recv_n, reset, topic_len};
-use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, within};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -13,6 +13,11 @@ pub(super) fn cases() -> Vec<Case> {
             "events::retention::max_len_trims_oldest",
             ["E5"],
             retention_max_len
+        ),
+        case!(
+            "events::retention::trimmed_id_is_not_found",
+            ["E5"],
+            trimmed_id_not_found
         ),
         case!(
             "events::retention::max_age_expires_old_events",
@@ -62,6 +67,51 @@ async fn retention_max_len(cx: Ctx) -> Outcome {
     let got2 = recv_n(b, &t, &g2, 5, cx.prompt()).await?;
     let want: Vec<MessageId> = sent[10..].iter().copied().chain(more).collect();
     ensure_eq!(ids(&got2), want, "the newest 5 after more emits");
+    Ok(())
+}
+
+/// `max_len` holds exactly, at once: right after `set_retention` shrinks a log and right
+/// after each emit, an event beyond the newest `max_len` is not retained, so a reset to its
+/// id is `NotFound` (E5).
+async fn trimmed_id_not_found(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let sent = emit_n(b, &t, "e", 10).await?;
+    let retention = |n| Retention {
+        max_len: Some(n),
+        max_age: None,
+    };
+    b.set_retention(&t, retention(4))?;
+    let not_found = |r: Result<(), courier_core::Error>| r.map_err(|e| e.kind());
+    let r = within(
+        cx.prompt(),
+        "reset_group",
+        b.reset_group(&t, &g, ReplayFrom::Id(sent[5])),
+    )
+    .await?;
+    ensure_eq!(
+        not_found(r),
+        Err(ErrorKind::NotFound),
+        "reset to the 6th of 10 events after max_len became 4"
+    );
+    reset(b, &t, &g, ReplayFrom::Id(sent[6])).await?;
+    let more = emit_n(b, &t, "more", 2).await?;
+    let r = within(
+        cx.prompt(),
+        "reset_group",
+        b.reset_group(&t, &g, ReplayFrom::Id(sent[7])),
+    )
+    .await?;
+    ensure_eq!(
+        not_found(r),
+        Err(ErrorKind::NotFound),
+        "reset to an event pushed out by later emits"
+    );
+    reset(b, &t, &g, ReplayFrom::Id(sent[8])).await?;
+    let got = recv_n(b, &t, &g, 4, cx.prompt()).await?;
+    let want: Vec<MessageId> = sent[8..].iter().copied().chain(more).collect();
+    ensure_eq!(ids(&got), want, "the 4 retained events");
     Ok(())
 }
 

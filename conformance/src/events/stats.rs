@@ -8,11 +8,18 @@ use super::{ack_all, bus, emit_n, gstats, kinds, recv_n, settle};
 use crate::{Case, Ctx, Outcome, case, ensure_eq, plain_config};
 
 pub(super) fn cases() -> Vec<Case> {
-    vec![case!(
-        "events::stats::lag_in_flight_and_dead",
-        ["E2", "E3"],
-        stats_lag
-    )]
+    vec![
+        case!(
+            "events::stats::lag_in_flight_and_dead",
+            ["E2", "E3"],
+            stats_lag
+        ),
+        case!(
+            "events::stats::ready_events_are_normal",
+            ["E3", "E4"],
+            ready_normal
+        ),
+    ]
 }
 
 async fn stats_lag(cx: Ctx) -> Outcome {
@@ -82,5 +89,30 @@ async fn stats_lag(cx: Ctx) -> Outcome {
         (0, 6),
         "(lag, in_flight) at the head"
     );
+    Ok(())
+}
+
+/// Groups ignore priority (E4): a group's ready events are counted at Normal, `ready[2]`
+/// (E3), whatever priority they were emitted with.
+async fn ready_normal(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    b.configure_group(&t, &g, plain_config())?;
+    let critical =
+        courier_core::Message::new("c", "").with_priority(courier_core::Priority::Critical);
+    super::emit_one(b, &t, critical).await?;
+    emit_n(b, &t, "e", 2).await?;
+    let ds = recv_n(b, &t, &g, 3, cx.prompt()).await?;
+    for d in &ds {
+        let retry = Settle::Retry {
+            lease: d.lease,
+            delay: Duration::ZERO,
+            error: "again".into(),
+        };
+        settle(b, &t, &g, retry).await?;
+    }
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(s.queue.ready, [0, 0, 3, 0], "ready events, all at Normal");
     Ok(())
 }

@@ -97,7 +97,8 @@ async fn exact_and_pattern_both(cx: Ctx) -> Outcome {
     let mut tail = sub(&cx, &format!("{root}.>")).await?;
     let m = Message::new("hello", "x");
     let id = m.id;
-    publish(&cx, &ch, m).await?;
+    let n = publish(&cx, &ch, m).await?;
+    ensure_eq!(n, 3, "publish counts the three matching subscriptions");
     for (name, s) in [("exact", &mut exact), ("x.*", &mut star), (">", &mut tail)] {
         let got = next(s, cx.prompt(), name).await?;
         ensure_eq!(got.id, id, "the {name} subscription got the message");
@@ -107,6 +108,15 @@ async fn exact_and_pattern_both(cx: Ctx) -> Outcome {
             "the {name} subscription got it more than once: {:?}",
             kinds(&extra)
         );
+    }
+    // The count is of matching subscriptions only (P1).
+    for (channel, want) in [
+        (format!("{root}.z"), 1),
+        (format!("{root}.x.z"), 2),
+        (format!("{root}x.y"), 0),
+    ] {
+        let n = publish(&cx, &channel, Message::new("count", "x")).await?;
+        ensure_eq!(n, want, "subscriptions matching {channel}");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use courier_core::{Message, Priority, QueueExt, RetryPolicy, Selection, Settle};
 
-use super::{LIMIT, config_with, kinds, publish_all, queue, settle};
+use super::{LIMIT, config_with, kinds, one, publish, publish_all, queue, settle};
 use crate::{Case, Ctx, Outcome, case, ensure_eq, expect_nothing, plain_config, receive_n, within};
 
 pub(super) fn cases() -> Vec<Case> {
@@ -14,6 +14,11 @@ pub(super) fn cases() -> Vec<Case> {
             "queue::stats::counters_follow_each_transition",
             ["Q8"],
             stats_counters
+        ),
+        case!(
+            "queue::stats::current_without_other_calls",
+            ["Q8", "Q3", "Q4"],
+            stats_current
         ),
         case!(
             "queue::stats::unknown_queue_is_empty",
@@ -107,4 +112,37 @@ async fn stats_unknown(cx: Ctx) -> Outcome {
         "a typo'd queue is simply empty"
     );
     expect_nothing(cx.q(), &name, Duration::from_millis(50)).await
+}
+
+/// Stats are a snapshot of now, not of the last receive: once a delay has passed and a lease
+/// has expired, `stats` alone shows both messages ready, nothing delayed or in flight, and
+/// the expiry counted as a retry.
+async fn stats_current(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(200);
+    let q = queue(
+        &cx,
+        "snap",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish(&cx, &q, Message::new("leased", "")).await?;
+    let _d = one(&cx, &q, LIMIT).await?;
+    publish(&cx, &q, Message::new("later", "").with_delay(vis)).await?;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.in_flight, s.delayed),
+        (1, 1),
+        "(in flight, delayed) at first"
+    );
+    // The passing of time is what is under test: no other call on the queue meanwhile.
+    tokio::time::sleep(vis + Duration::from_millis(150)).await;
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.ready_total(), s.delayed, s.in_flight, s.retried),
+        (2, 0, 0, 1),
+        "(ready, delayed, in flight, retried) once the delay and the lease ran out"
+    );
+    Ok(())
 }
