@@ -55,6 +55,11 @@ pub(super) fn cases() -> Vec<Case> {
             expired_while_others_wait
         ),
         case!(
+            "queue::lease::extended_one_of_a_batch_outlives_the_others",
+            ["Q4"],
+            extended_outlives_batch
+        ),
+        case!(
             "queue::lease::extended_lease_still_expires",
             ["Q4"],
             extended_still_expires
@@ -440,6 +445,49 @@ async fn expired_while_others_wait(cx: Ctx) -> Outcome {
         "the expired message is ready again beside the waiting ones"
     );
     ensure_eq!(got[2].message.id, d.message.id, "the same message");
+    Ok(())
+}
+
+/// Leases taken by one receive are each their own: after the first is extended and the
+/// second's deadline has passed, the extended one can still be extended and acked, and only
+/// the other comes back.
+async fn extended_outlives_batch(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(250);
+    let q = queue(
+        &cx,
+        "extbatch",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    publish_all(&cx, &q, kinds(2, "m")).await?;
+    let ds = receive_n(cx.q(), &q, 2, LIMIT).await?;
+    let lease = within(
+        LIMIT,
+        "extend",
+        cx.q().extend(&q, &ds[0].lease, Duration::from_secs(10)),
+    )
+    .await??;
+    // The passing of time is what is under test: past the receive's own deadline.
+    tokio::time::sleep(vis + Duration::from_millis(150)).await;
+    let lease = within(
+        LIMIT,
+        "extend",
+        cx.q().extend(&q, &lease, Duration::from_secs(10)),
+    )
+    .await?
+    .map_err(|e| crate::Failure(format!("extending the extended lease again: {e}")))?;
+    let again = one(&cx, &q, cx.prompt()).await?;
+    ensure_eq!(
+        (again.message.kind.as_str(), again.message.attempt),
+        ("m1", 2),
+        "only the lease that was not extended expired"
+    );
+    settle(&cx, &q, Settle::Ack(lease))
+        .await
+        .map_err(|e| crate::Failure(format!("acking the extended lease: {e}")))?;
+    settle(&cx, &q, Settle::Ack(again.lease)).await?;
     Ok(())
 }
 
