@@ -61,7 +61,8 @@ struct Args {
     /// The longest one build, or one run of a suite, may take, in seconds.
     #[arg(long, default_value_t = 900)]
     limit: u64,
-    /// The report to update (relative to the repository root).
+    /// The report to update (relative to the repository root, or absolute: runs of different
+    /// backends in several worktrees may share one report).
     #[arg(long, default_value = "conformance/MUTANTS.md")]
     report: PathBuf,
 }
@@ -151,7 +152,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let limit = Duration::from_secs(args.limit);
     let commit = commit(&root);
     let report_path = root.join(&args.report);
-    let old = report::parse(&std::fs::read_to_string(&report_path).unwrap_or_default());
     let mut fresh: HashMap<(String, String), String> = HashMap::new();
     let mut tally: HashMap<&'static str, usize> = HashMap::new();
     let mut wrong_marks = Vec::new();
@@ -225,6 +225,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 (b.name.clone(), m.id.clone()),
                 report::row(m, &outcome, &commit),
             );
+            // Read the report again before each write: runs on other backends (from other
+            // worktrees, `--report` pointing at one file) keep their rows.
+            let old = report::parse(&std::fs::read_to_string(&report_path).unwrap_or_default());
             std::fs::write(&report_path, report::render(&all, &fresh, &old))
                 .map_err(|e| format!("cannot write {}: {e}", report_path.display()))?;
         }
