@@ -20,6 +20,11 @@ pub(super) fn cases() -> Vec<Case> {
             trimmed_id_not_found
         ),
         case!(
+            "events::retention::lag_counts_only_retained_events",
+            ["E5", "E3"],
+            lag_retained
+        ),
+        case!(
             "events::retention::max_age_expires_old_events",
             ["E5"],
             retention_max_age
@@ -112,6 +117,47 @@ async fn trimmed_id_not_found(cx: Ctx) -> Outcome {
     let got = recv_n(b, &t, &g, 4, cx.prompt()).await?;
     let want: Vec<MessageId> = sent[8..].iter().copied().chain(more).collect();
     ensure_eq!(ids(&got), want, "the 4 retained events");
+    Ok(())
+}
+
+/// `lag` counts events a group can still read: a group placed at the start, and a group left
+/// behind by trimming, both lag by the retained events only.
+async fn lag_retained(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let (behind, fresh) = (cx.name("behind"), cx.name("fresh"));
+    b.set_retention(
+        &t,
+        Retention {
+            max_len: Some(4),
+            max_age: None,
+        },
+    )?;
+    within(
+        cx.prompt(),
+        "create_group",
+        b.create_group(&t, &behind, ReplayFrom::Start),
+    )
+    .await??;
+    emit_n(b, &t, "e", 10).await?;
+    ensure_eq!(topic_len(b, &t).await?, 4, "retained");
+    within(
+        cx.prompt(),
+        "create_group",
+        b.create_group(&t, &fresh, ReplayFrom::Start),
+    )
+    .await??;
+    for g in [&behind, &fresh] {
+        let s = super::gstats(b, &t, g).await?;
+        ensure_eq!(s.lag, 4, "lag of group {g} over a log trimmed to 4");
+    }
+    reset(b, &t, &fresh, ReplayFrom::Start).await?;
+    let s = super::gstats(b, &t, &fresh).await?;
+    ensure_eq!(s.lag, 4, "lag after a reset to the start");
+    let got = recv_n(b, &t, &behind, 4, cx.prompt()).await?;
+    ack_all(b, &t, &behind, &got).await?;
+    let s = super::gstats(b, &t, &behind).await?;
+    ensure_eq!(s.lag, 0, "lag once the retained events are read");
     Ok(())
 }
 

@@ -193,5 +193,35 @@ async fn second_handle_receives(cx: Ctx) -> Outcome {
             "the {who}'s subscription got every message in order"
         );
     }
+    // Once each: however a backend carries messages between handles, nothing arrives twice.
+    for (who, s) in [("second handle", &mut s), ("first handle", &mut local)] {
+        let extra = drain_quiet(s, super::QUIET).await;
+        ensure!(
+            extra.is_empty(),
+            "the {who}'s subscription got messages twice: {:?}",
+            kinds(&extra)
+        );
+    }
+    // A subscription made later on the second handle gets none of the earlier messages, and
+    // making it does not cost the older subscription on that handle anything.
+    let mut late = within(
+        cx.prompt() + Duration::from_secs(5),
+        "a second subscription on the second handle",
+        other.pubsub.subscribe(&ch, SubscribeOptions::default()),
+    )
+    .await??;
+    let m = Message::new("after", "x");
+    let after = m.id;
+    publish(&cx, &ch, m).await?;
+    for (who, s) in [("later subscription", &mut late), ("second handle", &mut s)] {
+        let got = next(s, cx.prompt(), who).await?;
+        ensure_eq!(
+            got.id,
+            after,
+            "the {who} gets the next message, and only it"
+        );
+        let extra = drain_quiet(s, super::QUIET).await;
+        ensure!(extra.is_empty(), "the {who} got more: {:?}", kinds(&extra));
+    }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use courier_core::{ErrorKind, Message, RetryPolicy, Settle};
+use courier_core::{ErrorKind, Message, QueueExt, RetryPolicy, Settle};
 
 use super::{LIMIT, config_with, kinds, one, publish, publish_all, queue, settle};
 use crate::{
@@ -58,6 +58,16 @@ pub(super) fn cases() -> Vec<Case> {
             "queue::lease::extended_one_of_a_batch_outlives_the_others",
             ["Q4"],
             extended_outlives_batch
+        ),
+        case!(
+            "queue::lease::stale_lease_through_another_handle_is_lease_lost",
+            ["Q4"],
+            stale_through_other_handle
+        ),
+        case!(
+            "queue::lease::large_receive_leases_each_message",
+            ["Q4", "Q5"],
+            large_receive
         ),
         case!(
             "queue::lease::extended_lease_still_expires",
@@ -210,6 +220,11 @@ async fn extend_pushes(cx: Ctx) -> Outcome {
     // Keep the lease alive for 3 lease lengths by extending every third of it.
     while t0.elapsed() < vis * 3 {
         lease = within(LIMIT, "extend", cx.q().extend(&q, &lease, vis)).await??;
+        ensure_eq!(
+            (lease.id, lease.token, lease.attempt),
+            (d.lease.id, d.lease.token, d.lease.attempt),
+            "extend keeps the lease's id, token and attempt"
+        );
         let got = within(LIMIT, "receive", cx.q().receive(&q, 1, vis / 3)).await??;
         ensure!(
             got.is_empty(),
@@ -488,6 +503,90 @@ async fn extended_outlives_batch(cx: Ctx) -> Outcome {
         .await
         .map_err(|e| crate::Failure(format!("acking the extended lease: {e}")))?;
     settle(&cx, &q, Settle::Ack(again.lease)).await?;
+    Ok(())
+}
+
+/// The lease check is the same from any handle: after an expiry and a redelivery, the old
+/// lease presented through a second handle (as another process would) is `LeaseLost` for
+/// ack and extend, and the new holder's lease still works.
+async fn stale_through_other_handle(cx: Ctx) -> Outcome {
+    let vis = Duration::from_millis(200);
+    let q = queue(
+        &cx,
+        "staleother",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    let other = within(LIMIT, "reopen", cx.factory.reopen(&cx.ns, &cx.backend)).await??;
+    other.queue.configure(&q, cx.q().queue_config(&q))?;
+    publish(&cx, &q, Message::new("m", "")).await?;
+    let first = one(&cx, &q, LIMIT).await?;
+    let second = one(&cx, &q, vis + cx.prompt()).await?;
+    ensure_eq!(second.message.attempt, 2, "redelivered after the expiry");
+    let r = within(
+        LIMIT,
+        "ack",
+        other.queue.settle_one(&q, Settle::Ack(first.lease)),
+    )
+    .await?;
+    ensure_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "the old lease acked through another handle"
+    );
+    let r = within(
+        LIMIT,
+        "extend",
+        other.queue.extend(&q, &first.lease, Duration::from_secs(5)),
+    )
+    .await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "the old lease extended through another handle"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.in_flight, s.acked),
+        (1, 0),
+        "the new holder still holds it"
+    );
+    settle(&cx, &q, Settle::Ack(second.lease)).await?;
+    Ok(())
+}
+
+/// One receive of many messages leases each one properly: every lease is distinct and
+/// settles, and every delivery counts as an attempt.
+async fn large_receive(cx: Ctx) -> Outcome {
+    const N: usize = 75;
+    let q = queue(&cx, "largerecv", plain_config())?;
+    publish_all(&cx, &q, kinds(N, "m")).await?;
+    let ds = receive_n(cx.q(), &q, N, LIMIT).await?;
+    let tokens: std::collections::HashSet<u64> = ds.iter().map(|d| d.lease.token).collect();
+    ensure_eq!(tokens.len(), N, "distinct lease tokens");
+    for d in &ds {
+        within(LIMIT, "nack", cx.q().nack(&q, d, "again")).await??;
+    }
+    let again = receive_n(cx.q(), &q, N, LIMIT).await?;
+    ensure!(
+        again.iter().all(|d| d.message.attempt == 2),
+        "attempt 2 for each: {:?}",
+        summary(&again)
+    );
+    let ops = again.iter().map(|d| Settle::Ack(d.lease)).collect();
+    let rs = within(LIMIT, "settle", cx.q().settle(&q, ops)).await??;
+    ensure!(
+        rs.iter().all(|r| r.is_ok()),
+        "every lease of the receive acks: {rs:?}"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.acked, s.retried, s.stored()),
+        (N as u64, N as u64, 0),
+        "stats"
+    );
     Ok(())
 }
 
