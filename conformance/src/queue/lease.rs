@@ -70,6 +70,11 @@ pub(super) fn cases() -> Vec<Case> {
             large_receive
         ),
         case!(
+            "queue::lease::late_settle_after_a_mass_expiry_is_lease_lost",
+            ["Q4", "Q9"],
+            mass_expiry
+        ),
+        case!(
             "queue::lease::extended_lease_still_expires",
             ["Q4"],
             extended_still_expires
@@ -586,6 +591,66 @@ async fn large_receive(cx: Ctx) -> Outcome {
         (s.acked, s.retried, s.stored()),
         (N as u64, N as u64, 0),
         "stats"
+    );
+    Ok(())
+}
+
+/// A consumer with a deep prefetch dies: more leases expire at once than a backend reclaims
+/// in one step (SQLite 10,000, Redis 1,000 per call). A late ack, nack or extend of the most
+/// recent of them is still `LeaseLost`, and every message comes back exactly once.
+async fn mass_expiry(cx: Ctx) -> Outcome {
+    const N: usize = 10_100;
+    let vis = Duration::from_secs(5);
+    let q = queue(
+        &cx,
+        "mass",
+        config_with(
+            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+            vis,
+        ),
+    )?;
+    for chunk in kinds(N, "m").chunks(1_000) {
+        publish_all(&cx, &q, chunk.to_vec()).await?;
+    }
+    let t0 = Instant::now();
+    let ds = receive_n(cx.q(), &q, N, Duration::from_secs(30)).await?;
+    ensure!(
+        t0.elapsed() < vis,
+        "receiving {N} took {:?}, longer than the lease: the case cannot judge",
+        t0.elapsed()
+    );
+    // The passing of time is what is under test: past every deadline, nothing touched.
+    tokio::time::sleep(vis + Duration::from_millis(200)).await;
+    let last = &ds[N - 3..];
+    let r = settle(&cx, &q, Settle::Ack(last[0].lease)).await;
+    ensure_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "ack of the latest lease after a mass expiry"
+    );
+    let r = within(LIMIT, "nack", cx.q().nack(&q, &last[1], "late")).await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "nack of a recent lease after a mass expiry"
+    );
+    let r = within(
+        LIMIT,
+        "extend",
+        cx.q().extend(&q, &last[2].lease, Duration::from_secs(5)),
+    )
+    .await?;
+    ensure_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::LeaseLost),
+        "extend of a recent lease after a mass expiry"
+    );
+    let again = receive_n(cx.q(), &q, N, Duration::from_secs(60)).await?;
+    let ids: std::collections::HashSet<_> = again.iter().map(|d| d.message.id).collect();
+    ensure_eq!(ids.len(), N, "every message back once");
+    ensure!(
+        again.iter().all(|d| d.message.attempt == 2),
+        "each expiry counted once"
     );
     Ok(())
 }
