@@ -155,8 +155,8 @@ async fn delay_keeps_priority(cx: Ctx) -> Outcome {
     Ok(())
 }
 
-/// Messages that fall due at the same moment keep their publish order, and join their level
-/// behind the messages that were ready before they fell due (Q2).
+/// Delayed messages join their level in due order, those due at the same moment in publish
+/// order, behind the messages that were ready before they fell due (Q2).
 async fn due_together_in_order(cx: Ctx) -> Outcome {
     let q = queue(&cx, "duetogether", plain_config())?;
     let delay = Duration::from_millis(250);
@@ -164,15 +164,24 @@ async fn due_together_in_order(cx: Ctx) -> Outcome {
         .map(|i| Message::new(format!("d{i}"), "").with_delay(delay))
         .collect();
     publish_all(&cx, &q, later).await?;
+    // Published later, due later and due earlier than the five.
+    let ms = Duration::from_millis;
+    publish(&cx, &q, Message::new("late", "").with_delay(delay + ms(60))).await?;
+    publish(
+        &cx,
+        &q,
+        Message::new("early", "").with_delay(delay - ms(60)),
+    )
+    .await?;
     publish(&cx, &q, Message::new("now", "")).await?;
-    // The passing of time is what is under test: wait until all five are due.
-    tokio::time::sleep(delay + Duration::from_millis(150)).await;
-    let got = crate::receive_n(cx.q(), &q, 6, LIMIT).await?;
+    // The passing of time is what is under test: wait until all are due.
+    tokio::time::sleep(delay + ms(250)).await;
+    let got = crate::receive_n(cx.q(), &q, 8, LIMIT).await?;
     let kinds: Vec<&str> = got.iter().map(|d| d.message.kind.as_str()).collect();
     ensure_eq!(
         kinds,
-        vec!["now", "d0", "d1", "d2", "d3", "d4"],
-        "due together: publish order, behind what was ready"
+        vec!["now", "early", "d0", "d1", "d2", "d3", "d4", "late"],
+        "due order, publish order among those due together, behind what was ready"
     );
     Ok(())
 }
