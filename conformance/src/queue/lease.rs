@@ -603,62 +603,64 @@ async fn large_receive(cx: Ctx) -> Outcome {
 }
 
 /// A consumer with a deep prefetch dies: more leases expire at once than a backend reclaims
-/// in one step (SQLite 10,000, Redis 1,000 per call). A late ack, nack or extend of the most
-/// recent of them is still `LeaseLost`, and every message comes back exactly once.
+/// in one step (SQLite 10,000 per queue, Redis 1,000 per call). A late ack, release, nack or
+/// extend of the most recent of them is still `LeaseLost`, and every message comes back once.
 async fn mass_expiry(cx: Ctx) -> Outcome {
     const N: usize = 10_100;
-    let vis = Duration::from_secs(5);
-    let q = queue(
-        &cx,
-        "mass",
-        config_with(
-            RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
-            vis,
-        ),
-    )?;
-    for chunk in kinds(N, "m").chunks(1_000) {
-        publish_all(&cx, &q, chunk.to_vec()).await?;
-    }
+    // Long enough that publishing and receiving 2 × N fits inside it on a loaded machine.
+    let vis = Duration::from_secs(8);
+    let config = config_with(
+        RetryPolicy::exact(5, Duration::ZERO, 2.0, Duration::ZERO),
+        vis,
+    );
+    // Two queues: the first operation after the expiry is the one a bounded reclaim leaves
+    // to the deadline check, so one queue starts with an ack and the other with an extend.
+    let (qa, qe) = (
+        queue(&cx, "massack", config.clone())?,
+        queue(&cx, "massext", config)?,
+    );
     let t0 = Instant::now();
-    let ds = receive_n(cx.q(), &q, N, Duration::from_secs(30)).await?;
+    let mut held = Vec::new();
+    for q in [&qa, &qe] {
+        for chunk in kinds(N, "m").chunks(1_000) {
+            publish_all(&cx, q, chunk.to_vec()).await?;
+        }
+        held.push(receive_n(cx.q(), q, N, Duration::from_secs(30)).await?);
+    }
     ensure!(
         t0.elapsed() < vis,
-        "receiving {N} took {:?}, longer than the lease: the case cannot judge",
+        "publishing and receiving 2 × {N} took {:?}, longer than the lease: the case cannot judge",
         t0.elapsed()
     );
     // The passing of time is what is under test: past every deadline, nothing touched.
     tokio::time::sleep(vis + Duration::from_millis(200)).await;
-    let last = &ds[N - 3..];
-    let r = settle(&cx, &q, Settle::Ack(last[0].lease)).await;
-    ensure_eq!(
-        r.map_err(|e| e.kind()),
-        Err(ErrorKind::LeaseLost),
-        "ack of the latest lease after a mass expiry"
-    );
-    let r = within(LIMIT, "nack", cx.q().nack(&q, &last[1], "late")).await?;
-    ensure_eq!(
-        r.map(|_| ()).map_err(|e| e.kind()),
-        Err(ErrorKind::LeaseLost),
-        "nack of a recent lease after a mass expiry"
-    );
-    let r = within(
-        LIMIT,
-        "extend",
-        cx.q().extend(&q, &last[2].lease, Duration::from_secs(5)),
-    )
-    .await?;
-    ensure_eq!(
-        r.map(|_| ()).map_err(|e| e.kind()),
-        Err(ErrorKind::LeaseLost),
-        "extend of a recent lease after a mass expiry"
-    );
-    let again = receive_n(cx.q(), &q, N, Duration::from_secs(60)).await?;
-    let ids: std::collections::HashSet<_> = again.iter().map(|d| d.message.id).collect();
-    ensure_eq!(ids.len(), N, "every message back once");
-    ensure!(
-        again.iter().all(|d| d.message.attempt == 2),
-        "each expiry counted once"
-    );
+    let lost = |r: courier_core::Result<()>, what: &str| -> Outcome {
+        ensure_eq!(
+            r.map_err(|e| e.kind()),
+            Err(ErrorKind::LeaseLost),
+            "{what} of one of the latest leases after a mass expiry"
+        );
+        Ok(())
+    };
+    let (a, e) = (&held[0][N - 2..], &held[1][N - 2..]);
+    lost(settle(&cx, &qa, Settle::Ack(a[0].lease)).await, "ack")?;
+    let r = within(LIMIT, "extend", cx.q().extend(&qe, &e[0].lease, vis)).await?;
+    lost(r.map(|_| ()), "extend")?;
+    let r = within(LIMIT, "nack", cx.q().nack(&qe, &e[1], "late")).await?;
+    lost(r.map(|_| ()), "nack")?;
+    lost(
+        settle(&cx, &qa, Settle::Release(a[1].lease)).await,
+        "release",
+    )?;
+    for q in [&qa, &qe] {
+        let again = receive_n(cx.q(), q, N, Duration::from_secs(60)).await?;
+        let ids: std::collections::HashSet<_> = again.iter().map(|d| d.message.id).collect();
+        ensure_eq!(ids.len(), N, "every message back once");
+        ensure!(
+            again.iter().all(|d| d.message.attempt == 2),
+            "each expiry counted once"
+        );
+    }
     Ok(())
 }
 
