@@ -4,6 +4,7 @@
 #   scripts/mutants.sh                      every backend (about an hour: see MUTANTS.md)
 #   scripts/mutants.sh redis                one backend
 #   scripts/mutants.sh --area queue::lease  one rule area
+#   scripts/mutants.sh --unsettled          rerun what the report does not show as caught
 #   scripts/mutants.sh --list               check the catalogues, run nothing
 # Needs the brokers of the backends it mutates (scripts/brokers.sh). Not part of CI: too slow.
 set -euo pipefail

@@ -10,6 +10,7 @@
 //! scripts/mutants.sh                      # every backend
 //! scripts/mutants.sh redis sqlite         # some backends
 //! scripts/mutants.sh --area queue::lease  # one rule area, every backend
+//! scripts/mutants.sh --unsettled          # rerun survivors (after closing a gap)
 //! scripts/mutants.sh --list               # check the catalogues and list, run nothing
 //! ```
 //!
@@ -45,9 +46,13 @@ struct Args {
     /// Only mutants aimed at this rule area or a part of it (`queue`, `queue::lease`).
     #[arg(long)]
     area: Option<String>,
-    /// Only mutants whose id contains this text.
+    /// Only mutants whose id contains this text (repeatable: any of them).
     #[arg(long)]
-    id: Option<String>,
+    id: Vec<String>,
+    /// Only mutants the report does not show as caught or equivalent (survivors, flakes, and
+    /// mutants not run yet): the rerun after closing gaps.
+    #[arg(long)]
+    unsettled: bool,
     /// Check the catalogues and list the selected mutants; build and run nothing.
     #[arg(long)]
     list: bool,
@@ -109,6 +114,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
             problems.join("\n  ")
         ));
     }
+    let report_path = root.join(&args.report);
+    let settled = report::settled(&std::fs::read_to_string(&report_path).unwrap_or_default());
     let selected: Vec<(&Backend, Vec<&Mutant>)> = chosen
         .iter()
         .map(|b| {
@@ -116,7 +123,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 .mutants
                 .iter()
                 .filter(|m| args.area.as_ref().is_none_or(|a| m.area.starts_with(a)))
-                .filter(|m| args.id.as_ref().is_none_or(|i| m.id.contains(i)))
+                .filter(|m| args.id.is_empty() || args.id.iter().any(|i| m.id.contains(i)))
+                .filter(|m| !args.unsettled || !settled.contains(&(b.name.clone(), m.id.clone())))
                 .collect();
             (b, ms)
         })
@@ -151,7 +159,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
     };
     let limit = Duration::from_secs(args.limit);
     let commit = commit(&root);
-    let report_path = root.join(&args.report);
     let mut fresh: HashMap<(String, String), String> = HashMap::new();
     let mut tally: HashMap<&'static str, usize> = HashMap::new();
     let mut wrong_marks = Vec::new();

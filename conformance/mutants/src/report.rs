@@ -118,6 +118,18 @@ pub(crate) fn parse(text: &str) -> HashMap<String, HashMap<String, String>> {
     out
 }
 
+/// The (backend, mutant) pairs an existing report shows as caught or equivalent.
+pub(crate) fn settled(text: &str) -> std::collections::HashSet<(String, String)> {
+    parse(text)
+        .into_iter()
+        .flat_map(|(b, rows)| {
+            rows.into_iter()
+                .filter(|(_, row)| matches!(word_of(row), "caught" | "equivalent"))
+                .map(move |(id, _)| (b.clone(), id))
+        })
+        .collect()
+}
+
 /// The outcome word of a rendered row.
 fn word_of(row: &str) -> &str {
     row.split(" | ").nth(3).unwrap_or("not run").trim()
@@ -248,6 +260,9 @@ mod tests {
             row(&backends[0].mutants[2], &Outcome::Hung(900), "def5678"),
         );
         let second = render(&backends, &fresh, &parse(&first));
+        let settled = settled(&first);
+        assert!(settled.contains(&("memory".to_string(), "one".to_string())));
+        assert!(!settled.contains(&("memory".to_string(), "two".to_string())));
         assert!(
             second.contains("| memory | 3 | 2 | 0 | 1 | 0 | 0 |"),
             "{second}"
