@@ -25,6 +25,11 @@ pub(super) fn cases() -> Vec<Case> {
             lag_retained
         ),
         case!(
+            "events::retention::max_age_holds_without_emits",
+            ["E5"],
+            max_age_without_emits
+        ),
+        case!(
             "events::retention::max_age_expires_old_events",
             ["E5"],
             retention_max_age
@@ -158,6 +163,36 @@ async fn lag_retained(cx: Ctx) -> Outcome {
     ack_all(b, &t, &behind, &got).await?;
     let s = super::gstats(b, &t, &behind).await?;
     ensure_eq!(s.lag, 0, "lag once the retained events are read");
+    Ok(())
+}
+
+/// Age is judged at every read, not only when something is emitted: once `max_age` has
+/// passed, with no call on the topic in between, neither a new group nor one that read
+/// earlier receives the expired events.
+async fn max_age_without_emits(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let (early, late) = (cx.name("early"), cx.name("late"));
+    let age = Duration::from_millis(300);
+    b.set_retention(
+        &t,
+        Retention {
+            max_len: None,
+            max_age: Some(age),
+        },
+    )?;
+    within(
+        cx.prompt(),
+        "create_group",
+        b.create_group(&t, &early, ReplayFrom::Start),
+    )
+    .await??;
+    emit_n(b, &t, "old", 3).await?;
+    // The passing of time is what is under test: nothing touches the topic meanwhile.
+    tokio::time::sleep(age + TOL + Duration::from_millis(100)).await;
+    for g in [&early, &late] {
+        expect_none(b, &t, g, Duration::from_millis(100)).await?;
+    }
     Ok(())
 }
 

@@ -59,6 +59,11 @@ pub(super) fn cases() -> Vec<Case> {
             all_beyond_a_page
         ),
         case!(
+            "queue::dead_letters::copies_of_one_id_are_selected_together",
+            ["Q6"],
+            copies_of_one_id
+        ),
+        case!(
             "queue::dead_letters::repeated_ids_count_once",
             ["Q6"],
             repeated_ids
@@ -504,6 +509,72 @@ async fn all_beyond_a_page(cx: Ctx) -> Outcome {
     ensure_eq!(n as usize, N, "purged every dead letter");
     let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
     ensure_eq!((s.dead, s.stored()), (0, 0), "empty after the purge");
+    Ok(())
+}
+
+/// Two copies published under one id (Courier does not deduplicate) die as two dead letters;
+/// a selection naming the id acts on both.
+async fn copies_of_one_id(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "dupdead", plain_config())?;
+    let id = MessageId::new();
+    let other = publish(&cx, &q, Message::new("other", "")).await?;
+    for payload in ["first", "second"] {
+        publish(&cx, &q, Message::new("dup", payload).with_id(id)).await?;
+    }
+    let bury_all = || async {
+        let got = receive_n(cx.q(), &q, 3, LIMIT).await?;
+        for d in got {
+            let error = "x".to_string();
+            settle(
+                &cx,
+                &q,
+                Settle::Bury {
+                    lease: d.lease,
+                    error,
+                },
+            )
+            .await?;
+        }
+        Ok::<_, crate::Failure>(())
+    };
+    bury_all().await?;
+    let n = within(
+        LIMIT,
+        "requeue",
+        cx.q().requeue_dead(&q, Selection::Ids(vec![id])),
+    )
+    .await??;
+    ensure_eq!(n, 2, "both copies requeued by their one id");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.dead, s.ready_total()),
+        (1, 2),
+        "(dead, ready) after the requeue"
+    );
+    let got = receive_n(cx.q(), &q, 2, LIMIT).await?;
+    for d in got {
+        ensure_eq!(d.message.id, id, "a requeued copy");
+        let error = "y".to_string();
+        settle(
+            &cx,
+            &q,
+            Settle::Bury {
+                lease: d.lease,
+                error,
+            },
+        )
+        .await?;
+    }
+    let n = within(
+        LIMIT,
+        "purge",
+        cx.q().purge_dead(&q, Selection::Ids(vec![id])),
+    )
+    .await??;
+    ensure_eq!(n, 2, "both copies purged by their one id");
+    let left = within(LIMIT, "list", cx.q().dead_letters(&q, Page::first(10))).await??;
+    let left: Vec<MessageId> = left.iter().map(|d| d.message.id).collect();
+    ensure_eq!(left, vec![other], "only the other dead letter is left");
     Ok(())
 }
 
