@@ -96,6 +96,19 @@ pub trait BackendFactory: Send + Sync + 'static {
         bytes: &[u8],
     ) -> courier_core::Result<Option<MessageId>>;
 
+    /// Make the next `publish_batch` on `backend` (the handle of namespace `ns`) fail after
+    /// `calls` of its storage steps succeeded, as a connection lost mid-batch would, to prove
+    /// `Error::stored` (Q7). `Ok(false)` where a batch is stored in one all-or-nothing step
+    /// (memory; SQLite's single transaction): there is no partial store to report.
+    async fn fail_batch_after(
+        &self,
+        _ns: &str,
+        _backend: &Backend,
+        _calls: usize,
+    ) -> courier_core::Result<bool> {
+        Ok(false)
+    }
+
     /// Cut the backend's connections (P6) so that they must come back by themselves.
     /// `Ok(false)` when the backend has no connection to cut (memory).
     async fn disrupt(&self, _backend: &Backend) -> courier_core::Result<bool> {

@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     configs: ConfigStore,
     retention: RwLock<HashMap<String, Retention>>,
     hub: Arc<pubsub::Hub>,
+    /// Test support (see [`RedisBackend::fail_next_batch_after`]): 0, or 1 + the number of
+    /// script calls the next `publish_batch` makes before it fails.
+    batch_fault: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RedisBackend {
@@ -170,6 +173,16 @@ impl RedisBackend {
             .await
             .map(|_| ())
             .map_err(|e| map_err("ping", e))
+    }
+
+    /// Test support for the conformance case of Q7's partial store (`Error::stored`), not for
+    /// applications: storing `1 + calls` in the returned switch makes the next
+    /// `publish_batch` of this handle fail after `calls` of its script calls (up to 1,000
+    /// messages each) succeeded, as a connection lost between two calls would. The switch
+    /// is shared, so a test can keep it without keeping the handle's connections.
+    #[doc(hidden)]
+    pub fn batch_fault_switch(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.inner.batch_fault.clone()
     }
 
     /// Store `bytes` as a new ready entry (Normal priority) that does not decode, as a corrupt
@@ -458,6 +471,7 @@ impl RedisBackendBuilder {
                 configs: ConfigStore::new(self.default_config),
                 retention: RwLock::new(HashMap::new()),
                 hub,
+                batch_fault: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             }),
         })
     }

@@ -711,6 +711,13 @@ impl Queue for RedisBackend {
         let script = &self.inner.scripts.publish;
         let mut stored = 0usize;
         let mut rest = &encoded[..];
+        // Test support: the call that fails instead of running (see `batch_fault_switch`).
+        let fault = self
+            .inner
+            .batch_fault
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1);
+        let mut call = 0usize;
         while !rest.is_empty() {
             let mut n = 0;
             let mut size = 0;
@@ -735,7 +742,16 @@ impl Queue for RedisBackend {
             for (_, delay, bytes) in chunk.iter().filter(|m| m.1 > 0) {
                 cmd.arg(&bytes[..]).arg(*delay);
             }
-            if let Err(e) = self.run("publish", script, &cmd).await {
+            let result = if fault == Some(call) {
+                Err(KIT.tag("publish")(Error::new(
+                    ErrorKind::Unavailable,
+                    "injected fault: the connection was lost during the call",
+                )))
+            } else {
+                self.run("publish", script, &cmd).await
+            };
+            call += 1;
+            if let Err(e) = result {
                 // Leading chunks are stored; the failed one may or may not be.
                 return Err(e.with_stored(stored));
             }

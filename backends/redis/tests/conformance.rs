@@ -8,5 +8,6 @@ fn main() -> std::process::ExitCode {
         name: "redis",
         url: conformance_factory::url(),
         functions: true,
+        handles: Default::default(),
     })
 }

@@ -9,5 +9,6 @@ fn main() -> std::process::ExitCode {
         name: "redis_eval",
         url: conformance_factory::url(),
         functions: false,
+        handles: Default::default(),
     })
 }

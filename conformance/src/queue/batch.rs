@@ -17,6 +17,11 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!("queue::batch::empty_batch_is_a_no_op", ["Q7"], batch_empty),
         case!("queue::batch::large_batch", ["Q7"], batch_large),
+        case!(
+            "queue::batch::failure_reports_the_stored_prefix",
+            ["Q7", "Q9"],
+            batch_partial
+        ),
     ]
 }
 
@@ -95,5 +100,52 @@ async fn batch_large(cx: Ctx) -> Outcome {
         );
         last = d.message.priority.index();
     }
+    Ok(())
+}
+
+/// A batch that fails part-way reports exactly the leading messages that were stored
+/// (`Error::stored`), and those are the ones in the queue, in order: no silent partial batch.
+/// Where a batch is one all-or-nothing step (memory, SQLite) the factory cannot fail it
+/// part-way and the case checks nothing more.
+async fn batch_partial(cx: Ctx) -> Outcome {
+    const N: usize = 2_500;
+    let q = queue(&cx, "partial", plain_config())?;
+    let ms = kinds(N, "p");
+    let sent: Vec<MessageId> = ms.iter().map(|m| m.id).collect();
+    if !cx.factory.fail_batch_after(&cx.ns, &cx.backend, 1).await? {
+        println!(
+            "{}: a batch is one all-or-nothing step, nothing to fail part-way",
+            cx.factory.name()
+        );
+        return Ok(());
+    }
+    let r = within(LIMIT, "publish_batch", cx.q().publish_batch(&q, ms)).await?;
+    let e = match r {
+        Ok(_) => {
+            return Err(crate::Failure(
+                "the injected failure did not fail the batch".into(),
+            ));
+        }
+        Err(e) => e,
+    };
+    let k = e
+        .stored()
+        .ok_or_else(|| crate::Failure(format!("a part-way failure without stored(): {e}")))?;
+    ensure!(
+        0 < k && k < N,
+        "stored() = {k} of {N} after a failure part-way"
+    );
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.ready_total(), s.published),
+        (k as u64, k as u64),
+        "(ready, published) match stored()"
+    );
+    let got = receive_n(cx.q(), &q, k, LIMIT).await?;
+    ensure_eq!(
+        got.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+        sent[..k].to_vec(),
+        "the stored messages are the leading ones, in order"
+    );
     Ok(())
 }

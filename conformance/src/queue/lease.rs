@@ -616,7 +616,7 @@ async fn mass_expiry(cx: Ctx) -> Outcome {
     // Two queues: the first operation after the expiry is the one a bounded reclaim leaves
     // to the deadline check, so one queue starts with an ack and the other with an extend.
     let (qa, qe) = (
-        queue(&cx, "massack", config.clone())?,
+        queue(&cx, "massack", config)?,
         queue(&cx, "massext", config)?,
     );
     let t0 = Instant::now();

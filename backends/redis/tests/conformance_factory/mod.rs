@@ -1,6 +1,10 @@
 //! The conformance suite's factory for Redis: each case under its own key prefix, never
 //! touching other keys.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use courier_conformance::{Backend, BackendFactory};
 use courier_core::MessageId;
@@ -11,6 +15,9 @@ pub(crate) struct Redis {
     pub(crate) url: String,
     /// Run scripts as Redis Functions (the default) or as EVALSHA bodies.
     pub(crate) functions: bool,
+    /// The batch fault switch of the handle each case got from `connect`, by namespace, for
+    /// `fail_batch_after` (the switch only: the handles' connections close with the cases).
+    pub(crate) handles: Mutex<HashMap<String, Arc<AtomicUsize>>>,
 }
 
 impl Redis {
@@ -36,7 +43,26 @@ impl BackendFactory for Redis {
     }
 
     async fn connect(&self, ns: &str) -> courier_core::Result<Backend> {
-        Ok(Backend::from_one(self.open(ns).await?))
+        let b = self.open(ns).await?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.to_string(), b.batch_fault_switch());
+        Ok(Backend::from_one(b))
+    }
+
+    async fn fail_batch_after(
+        &self,
+        ns: &str,
+        _backend: &Backend,
+        calls: usize,
+    ) -> courier_core::Result<bool> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(switch) = handles.get(ns) else {
+            return Ok(false);
+        };
+        switch.store(calls.saturating_add(1), Ordering::Relaxed);
+        Ok(true)
     }
 
     async fn reopen(&self, ns: &str, _backend: &Backend) -> courier_core::Result<Backend> {
