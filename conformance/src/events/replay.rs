@@ -2,9 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use courier_core::{ErrorKind, EventBus, EventBusExt, MessageId, Page, ReplayFrom, Settle};
+use courier_core::{
+    ErrorKind, EventBus, EventBusExt, Message, MessageId, Page, ReplayFrom, Settle,
+};
 
-use super::{ack_all, bus, emit_n, expect_none, gstats, ids, recv_n, reset, settle};
+use super::{ack_all, bus, emit_n, emit_one, expect_none, gstats, ids, recv_n, reset, settle};
 use crate::{
     Case, Ctx, Failure, Outcome, case, ensure, ensure_eq, expect_kind, plain_config, within,
 };
@@ -91,28 +93,35 @@ async fn reset_time(cx: Ctx) -> Outcome {
     expect_none(b, &t, &g, Duration::from_millis(150)).await
 }
 
-/// `Time(ms)` is inclusive to the millisecond: reset to the time an event was appended, the
-/// group reads again from that event (and any other appended in the same millisecond).
+/// `Time(ms)` is inclusive to the millisecond: every event appended at or after `ms` is
+/// replayed, also one appended within that very millisecond. Each round reads the backend's
+/// clock and emits at once (the append lands in that millisecond or later), after waiting for
+/// the clock to pass the previous round's reply (earlier appends land before it).
 async fn reset_time_inclusive(cx: Ctx) -> Outcome {
+    const ROUNDS: usize = 6;
     let b = bus(&cx);
     let t = cx.name("t");
     let g = cx.name("g");
-    let sent = emit_n(b, &t, "e", 6).await?;
-    let got = recv_n(b, &t, &g, 6, cx.prompt()).await?;
+    let mut marks = Vec::new();
+    for r in 0..ROUNDS {
+        let at = b.clock().now_ms();
+        let id = emit_one(b, &t, Message::new(format!("r{r}"), "x")).await?;
+        marks.push((at, id));
+        clock_past(b, b.clock().now_ms() + 1).await?;
+    }
+    let sent: Vec<MessageId> = marks.iter().map(|(_, id)| *id).collect();
+    let got = recv_n(b, &t, &g, ROUNDS, cx.prompt()).await?;
     ack_all(b, &t, &g, &got).await?;
-    let times: Vec<u64> = got.iter().map(|d| d.message.created_at).collect();
-    for k in [0, 3, 5] {
-        let at = times[k];
-        reset(b, &t, &g, ReplayFrom::Time(at)).await?;
-        let first = times.iter().position(|&x| x >= at).unwrap_or(k);
-        let again = recv_n(b, &t, &g, 6 - first, cx.prompt()).await?;
+    for (r, (at, _)) in marks.iter().enumerate() {
+        reset(b, &t, &g, ReplayFrom::Time(*at)).await?;
+        let again = recv_n(b, &t, &g, ROUNDS - r, cx.prompt()).await?;
         ensure_eq!(
             ids(&again),
-            sent[first..].to_vec(),
-            "reset to {at} ms, the append time of event {k} (times {times:?})"
+            sent[r..].to_vec(),
+            "reset to {at} ms, read just before event {r} was emitted"
         );
         ack_all(b, &t, &g, &again).await?;
-        expect_none(b, &t, &g, Duration::from_millis(50)).await?;
+        expect_none(b, &t, &g, Duration::from_millis(30)).await?;
     }
     Ok(())
 }

@@ -178,6 +178,18 @@ async fn undecodable(cx: Ctx) -> Outcome {
         Ok(m) => return Err(crate::Failure(format!("the junk decodes: {m:?}"))),
     };
     ensure_eq!(dl.error, want, "the dead letter carries the decode error");
+    ensure_eq!(dl.message.id, bad, "the dead letter keeps the entry's id");
+    let listed = within(
+        LIMIT,
+        "dead_letters",
+        cx.q().dead_letters(&q, courier_core::Page::first(10)),
+    )
+    .await??;
+    ensure_eq!(
+        listed.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+        vec![bad],
+        "listed under the entry's id"
+    );
     ensure_eq!(
         dl.attempts,
         1,
