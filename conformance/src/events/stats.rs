@@ -15,6 +15,11 @@ pub(super) fn cases() -> Vec<Case> {
             stats_lag
         ),
         case!(
+            "events::stats::lag_falls_only_as_events_are_read",
+            ["E2", "E3"],
+            lag_only_as_read
+        ),
+        case!(
             "events::stats::ready_events_are_normal",
             ["E3", "E4"],
             ready_normal
@@ -114,5 +119,48 @@ async fn ready_normal(cx: Ctx) -> Outcome {
     }
     let s = gstats(b, &t, &g).await?;
     ensure_eq!(s.queue.ready, [0, 0, 3, 0], "ready events, all at Normal");
+    Ok(())
+}
+
+/// `lag` counts events not read yet: a receive served from retried (ready) events reads
+/// nothing new from the log, so lag stays; only reading new events lowers it.
+async fn lag_only_as_read(cx: Ctx) -> Outcome {
+    let b = bus(&cx);
+    let t = cx.name("t");
+    let g = cx.name("g");
+    b.configure_group(&t, &g, plain_config())?;
+    emit_n(b, &t, "e", 10).await?;
+    let ds = recv_n(b, &t, &g, 2, cx.prompt()).await?;
+    for d in &ds {
+        let retry = Settle::Retry {
+            lease: d.lease,
+            delay: Duration::ZERO,
+            error: "again".into(),
+        };
+        settle(b, &t, &g, retry).await?;
+    }
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.ready_total(), s.queue.in_flight),
+        (8, 2, 0),
+        "(lag, ready, in flight) after 2 read and retried"
+    );
+    let again = recv_n(b, &t, &g, 2, cx.prompt()).await?;
+    ensure_eq!(
+        again.iter().map(|d| d.message.attempt).collect::<Vec<_>>(),
+        vec![2, 2],
+        "the retried events came back"
+    );
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(
+        (s.lag, s.queue.ready_total(), s.queue.in_flight),
+        (8, 0, 2),
+        "(lag, ready, in flight) after receiving the 2 retried events"
+    );
+    ack_all(b, &t, &g, &again).await?;
+    let rest = recv_n(b, &t, &g, 8, cx.prompt()).await?;
+    ack_all(b, &t, &g, &rest).await?;
+    let s = gstats(b, &t, &g).await?;
+    ensure_eq!(s.lag, 0, "lag once everything is read");
     Ok(())
 }
