@@ -332,6 +332,55 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
 
+    /// Each builder sets its own field and nothing else (found by `cargo mutants` on this
+    /// file: the conformance suite builds policies with `exact` only).
+    #[test]
+    fn builders_set_their_field() {
+        let ms = Duration::from_millis;
+        let p = RetryPolicy::default()
+            .with_max_attempts(7)
+            .with_base(ms(30))
+            .with_factor(3.5)
+            .with_max_delay(ms(9_000))
+            .with_jitter(0.25);
+        assert_eq!(
+            (p.max_attempts, p.base, p.factor, p.max_delay, p.jitter),
+            (7, ms(30), 3.5, ms(9_000), 0.25)
+        );
+        let c = QueueConfig::default()
+            .with_visibility_timeout(ms(1_234))
+            .with_retry(p)
+            .with_dead_letter(false)
+            .with_max_payload(77);
+        assert_eq!(
+            (c.visibility_timeout, c.retry, c.dead_letter, c.max_payload),
+            (ms(1_234), p, false, 77)
+        );
+    }
+
+    /// The limits are inclusive where the contract says "at least" / "at most".
+    #[test]
+    fn boundaries_are_accepted() {
+        let ms = Duration::from_millis;
+        let p = RetryPolicy::exact(1, ms(500), 1.0, ms(500));
+        assert!(p.validate().is_ok(), "base == max_delay is valid");
+        let c = QueueConfig::default().with_visibility_timeout(ms(1));
+        assert!(c.validate().is_ok(), "a 1 ms visibility timeout is valid");
+        assert!(c.with_max_payload(1).validate().is_ok(), "1 byte is valid");
+    }
+
+    /// The bounds are `d × (1 ∓ jitter)` of the capped delay.
+    #[test]
+    fn delay_bounds_are_the_jitter_range() {
+        let p = RetryPolicy::exact(5, Duration::from_millis(400), 2.0, Duration::from_secs(1))
+            .with_jitter(0.25);
+        let ms = Duration::from_millis;
+        assert_eq!(p.delay_bounds(1), (ms(300), ms(500)));
+        assert_eq!(p.delay_bounds(2), (ms(600), ms(1_000)));
+        // Capped at max_delay before the jitter.
+        assert_eq!(p.delay_bounds(3), (ms(750), ms(1_250)));
+    }
+
     fn exact() -> RetryPolicy {
         RetryPolicy::exact(
             5,
