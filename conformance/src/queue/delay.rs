@@ -159,23 +159,28 @@ async fn delay_keeps_priority(cx: Ctx) -> Outcome {
 /// order, behind the messages that were ready before they fell due (Q2).
 async fn due_together_in_order(cx: Ctx) -> Outcome {
     let q = queue(&cx, "duetogether", plain_config())?;
-    let delay = Duration::from_millis(250);
+    let delay = Duration::from_millis(300);
     let later = (0..5)
         .map(|i| Message::new(format!("d{i}"), "").with_delay(delay))
         .collect();
     publish_all(&cx, &q, later).await?;
     // Published later, due later and due earlier than the five.
     let ms = Duration::from_millis;
-    publish(&cx, &q, Message::new("late", "").with_delay(delay + ms(60))).await?;
     publish(
         &cx,
         &q,
-        Message::new("early", "").with_delay(delay - ms(60)),
+        Message::new("late", "").with_delay(delay + ms(150)),
+    )
+    .await?;
+    publish(
+        &cx,
+        &q,
+        Message::new("early", "").with_delay(delay - ms(150)),
     )
     .await?;
     publish(&cx, &q, Message::new("now", "")).await?;
     // The passing of time is what is under test: wait until all are due.
-    tokio::time::sleep(delay + ms(250)).await;
+    tokio::time::sleep(delay + ms(350)).await;
     let got = crate::receive_n(cx.q(), &q, 8, LIMIT).await?;
     let kinds: Vec<&str> = got.iter().map(|d| d.message.kind.as_str()).collect();
     ensure_eq!(
