@@ -16,8 +16,11 @@ static HUBS: LazyLock<Mutex<HashMap<PathBuf, Weak<Hub>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// What the handles of one process on one database share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Hub {
+    /// This process (or this separate handle) as written into pub/sub relay rows: the relay
+    /// skips its own rows, which were delivered locally.
+    pub(crate) origin: i64,
     /// Waiting receivers per queue (`q:…`) or topic (`t:…`).
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Signalled when another connection committed (all receivers re-check).
@@ -26,6 +29,18 @@ pub(crate) struct Hub {
     pub(crate) pubsub: RwLock<Registry>,
     /// The last relay row read from other processes (`None` while nobody subscribes).
     pub(crate) relay_cursor: Mutex<Option<i64>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            origin: rand::random::<i64>() & i64::MAX,
+            wakers: Mutex::default(),
+            external: Notify::new(),
+            pubsub: RwLock::default(),
+            relay_cursor: Mutex::new(None),
+        }
+    }
 }
 
 impl Hub {

@@ -272,6 +272,7 @@ pub struct SqliteBackendBuilder {
     busy_timeout: Duration,
     mode: OpenMode,
     allow_foreign_database: bool,
+    separate_process: bool,
 }
 
 impl Default for SqliteBackendBuilder {
@@ -284,6 +285,7 @@ impl Default for SqliteBackendBuilder {
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             mode: OpenMode::default(),
             allow_foreign_database: false,
+            separate_process: false,
         }
     }
 }
@@ -340,6 +342,17 @@ impl SqliteBackendBuilder {
     /// permission again.
     pub fn allow_foreign_database(mut self, allow: bool) -> Self {
         self.allow_foreign_database = allow;
+        self
+    }
+
+    /// Test support, not for applications: the handle behaves as if another process had
+    /// opened the file. It shares no wake-ups or subscriptions with this process's other
+    /// handles and has its own pub/sub relay identity, so messages reach it the way they
+    /// reach another process (through relay rows and polling). The conformance suite's
+    /// `reopen` uses it.
+    #[doc(hidden)]
+    pub fn as_separate_process(mut self) -> Self {
+        self.separate_process = true;
         self
     }
 
@@ -411,6 +424,7 @@ impl SqliteBackendBuilder {
         default_config.validate().map_err(KIT.tag("open"))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let hub = match &target {
+            Target::File(_) if self.separate_process => Arc::new(Hub::default()),
             Target::File(p) => Hub::for_file(p),
             Target::Memory => Arc::new(Hub::default()),
         };

@@ -11,7 +11,7 @@
 //! - Relay rows older than [`RELAY_RETENTION_MS`] are deleted by publishers (at most once a
 //!   second per writer).
 
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,9 +26,6 @@ use crate::error::{KIT, map_err};
 use crate::hub::{Hub, Sub};
 use crate::store::i;
 use crate::writer::Target;
-
-/// This process, as written into pub/sub relay rows (its own rows are skipped here).
-pub(crate) static PROCESS_ID: LazyLock<i64> = LazyLock::new(|| rand::random::<i64>() & i64::MAX);
 
 /// How long relay rows are kept (ms): far longer than any poll interval.
 pub(crate) const RELAY_RETENTION_MS: u64 = 10_000;
@@ -91,7 +88,7 @@ pub(crate) fn relay(conn: &Connection, hub: &Hub, path: &std::path::Path) {
             let reg = hub.pubsub.read();
             for (rid, origin, channel, body) in rows {
                 last = rid;
-                if origin == *PROCESS_ID {
+                if origin == hub.origin {
                     continue;
                 }
                 match wire::decode(&bytes::Bytes::from(body)) {
@@ -146,6 +143,7 @@ impl PubSub for SqliteBackend {
             .deliver(channel, &message, None);
         if let Some(body) = body {
             let channel = channel.to_owned();
+            let origin = self.inner.hub.origin;
             self.inner.writer.fire("publish", move |ctx| {
                 let now = ctx.now();
                 ctx.conn
@@ -153,7 +151,7 @@ impl PubSub for SqliteBackend {
                         "INSERT INTO courier_pubsub (origin, channel, created_at, body) \
                          VALUES (?1, ?2, ?3, ?4)",
                     )
-                    .and_then(|mut s| s.execute(params![*PROCESS_ID, channel, i(now), &body[..]]))
+                    .and_then(|mut s| s.execute(params![origin, channel, i(now), &body[..]]))
                     .map_err(ctx.err("publish"))?;
                 let due = ctx
                     .last_prune

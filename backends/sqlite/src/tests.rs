@@ -12,7 +12,6 @@ use courier_core::{
 };
 
 use super::*;
-use crate::pubsub::PROCESS_ID;
 
 /// A fresh temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -1552,7 +1551,7 @@ fn relay_delivers_other_process_rows_once_and_only_new_ones() {
                 .execute(
                     "INSERT INTO courier_pubsub (origin, channel, created_at, body) \
                      VALUES (?1, 'c.x', ?2, ?3)",
-                    rusqlite::params![*PROCESS_ID ^ 1, b.now() as i64, &body[..]],
+                    rusqlite::params![b.inner.hub.origin ^ 1, b.now() as i64, &body[..]],
                 )
                 .expect("insert");
         };

@@ -30,8 +30,13 @@ impl BackendFactory for Sqlite {
     }
 
     async fn reopen(&self, ns: &str, _backend: &Backend) -> courier_core::Result<Backend> {
-        // A second connection and writer on the same file, as another process would have.
-        let b = SqliteBackend::builder().path(self.path(ns)).build().await?;
+        // A second connection and writer on the same file, sharing nothing with the first
+        // handle (wake-ups, subscriptions, relay identity), as another process would have.
+        let b = SqliteBackend::builder()
+            .path(self.path(ns))
+            .as_separate_process()
+            .build()
+            .await?;
         Ok(Backend::from_one(b))
     }
 
