@@ -93,6 +93,16 @@ async fn trimmed_id_not_found(cx: Ctx) -> Outcome {
         max_age: None,
     };
     b.set_retention(&t, retention(4))?;
+    // The first read after the shrink already sees 4 events: a new group gets those only.
+    let first = cx.name("first");
+    let got = recv_n(b, &t, &first, 4, cx.prompt()).await?;
+    ensure_eq!(
+        ids(&got),
+        sent[6..].to_vec(),
+        "a new group after max_len became 4"
+    );
+    ack_all(b, &t, &first, &got).await?;
+    expect_none(b, &t, &first, Duration::from_millis(100)).await?;
     let not_found = |r: Result<(), courier_core::Error>| r.map_err(|e| e.kind());
     let r = within(
         cx.prompt(),

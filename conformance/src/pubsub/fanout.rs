@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_core::{Message, Priority, SubscribeOptions};
+use courier_core::{Message, Priority, QueueExt, SubscribeOptions};
 
 use super::{drain_quiet, kinds, next, publish, sub};
 use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, within};
@@ -193,7 +193,16 @@ async fn second_handle_receives(cx: Ctx) -> Outcome {
             "the {who}'s subscription got every message in order"
         );
     }
-    // Once each: however a backend carries messages between handles, nothing arrives twice.
+    // Once each: however a backend carries messages between handles, nothing arrives twice,
+    // also once the second handle has written something the first one notices.
+    within(
+        Duration::from_secs(10),
+        "a write through the second handle",
+        other
+            .queue
+            .publish(&cx.name("nudge"), Message::new("nudge", "")),
+    )
+    .await??;
     for (who, s) in [("second handle", &mut s), ("first handle", &mut local)] {
         let extra = drain_quiet(s, super::QUIET).await;
         ensure!(
