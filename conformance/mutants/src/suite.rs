@@ -33,11 +33,7 @@ impl Cargo<'_> {
         tests: &[String],
         limit: Duration,
     ) -> io::Result<Ended> {
-        let mut args = vec!["test", "-p", package, "--no-run"];
-        for t in tests {
-            args.extend(["--test", t.as_str()]);
-        }
-        self.run(&args, limit)
+        self.run(&test_args(package, tests, "--no-run", &[]), limit)
     }
 
     /// The tests themselves, with every broker required: an unreachable one fails rather
@@ -48,11 +44,7 @@ impl Cargo<'_> {
         tests: &[String],
         limit: Duration,
     ) -> io::Result<Ended> {
-        let mut args = vec!["test", "-p", package, "--no-fail-fast"];
-        for t in tests {
-            args.extend(["--test", t.as_str()]);
-        }
-        self.run(&args, limit)
+        self.run(&test_args(package, tests, "--no-fail-fast", &[]), limit)
     }
 
     /// One case alone (`--exact`), to confirm a failure is the mutant's and not a flake.
@@ -63,12 +55,8 @@ impl Cargo<'_> {
         case: &str,
         limit: Duration,
     ) -> io::Result<Ended> {
-        let mut args = vec!["test", "-p", package, "--no-fail-fast"];
-        for t in tests {
-            args.extend(["--test", t.as_str()]);
-        }
-        args.extend(["--", "--exact", case]);
-        self.run(&args, limit)
+        let exact = ["--", "--exact", case];
+        self.run(&test_args(package, tests, "--no-fail-fast", &exact), limit)
     }
 
     fn run(&self, args: &[&str], limit: Duration) -> io::Result<Ended> {
@@ -111,6 +99,21 @@ impl Cargo<'_> {
             None => Ended::TimedOut,
         })
     }
+}
+
+/// `cargo test -p <package> <mode> --test <t>… <rest>`.
+fn test_args<'a>(
+    package: &'a str,
+    tests: &'a [String],
+    mode: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["test", "-p", package, mode];
+    for t in tests {
+        args.extend(["--test", t.as_str()]);
+    }
+    args.extend(rest);
+    args
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use courier_core::{ErrorKind, MessageId, ReplayFrom, Retention};
 
 use super::{TOL, ack_all, bus, emit_n, expect_none, ids, recv_n, reset, topic_len};
-use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, within};
+use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, expect_kind, within};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -103,31 +103,25 @@ async fn trimmed_id_not_found(cx: Ctx) -> Outcome {
     );
     ack_all(b, &t, &first, &got).await?;
     expect_none(b, &t, &first, Duration::from_millis(100)).await?;
-    let not_found = |r: Result<(), courier_core::Error>| r.map_err(|e| e.kind());
-    let r = within(
-        cx.prompt(),
-        "reset_group",
-        b.reset_group(&t, &g, ReplayFrom::Id(sent[5])),
-    )
-    .await?;
-    ensure_eq!(
-        not_found(r),
-        Err(ErrorKind::NotFound),
-        "reset to the 6th of 10 events after max_len became 4"
-    );
+    let reset_to = |id| {
+        within(
+            cx.prompt(),
+            "reset_group",
+            b.reset_group(&t, &g, ReplayFrom::Id(id)),
+        )
+    };
+    expect_kind(
+        reset_to(sent[5]).await?,
+        ErrorKind::NotFound,
+        "reset to the 6th of 10 events after max_len became 4",
+    )?;
     reset(b, &t, &g, ReplayFrom::Id(sent[6])).await?;
     let more = emit_n(b, &t, "more", 2).await?;
-    let r = within(
-        cx.prompt(),
-        "reset_group",
-        b.reset_group(&t, &g, ReplayFrom::Id(sent[7])),
-    )
-    .await?;
-    ensure_eq!(
-        not_found(r),
-        Err(ErrorKind::NotFound),
-        "reset to an event pushed out by later emits"
-    );
+    expect_kind(
+        reset_to(sent[7]).await?,
+        ErrorKind::NotFound,
+        "reset to an event pushed out by later emits",
+    )?;
     reset(b, &t, &g, ReplayFrom::Id(sent[8])).await?;
     let got = recv_n(b, &t, &g, 4, cx.prompt()).await?;
     let want: Vec<MessageId> = sent[8..].iter().copied().chain(more).collect();

@@ -6,8 +6,8 @@ use courier_core::{ErrorKind, Message, QueueExt, RetryPolicy, Settle};
 
 use super::{LIMIT, config_with, kinds, one, publish, publish_all, queue, settle};
 use crate::{
-    Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, receive_n,
-    stats_until, summary, within,
+    Case, Ctx, Outcome, case, ensure, ensure_eq, expect_kind, expect_nothing, plain_config,
+    receive_n, stats_until, summary, within,
 };
 
 pub(super) fn cases() -> Vec<Case> {
@@ -634,13 +634,9 @@ async fn mass_expiry(cx: Ctx) -> Outcome {
     );
     // The passing of time is what is under test: past every deadline, nothing touched.
     tokio::time::sleep(vis + Duration::from_millis(200)).await;
-    let lost = |r: courier_core::Result<()>, what: &str| -> Outcome {
-        ensure_eq!(
-            r.map_err(|e| e.kind()),
-            Err(ErrorKind::LeaseLost),
-            "{what} of one of the latest leases after a mass expiry"
-        );
-        Ok(())
+    let lost = |r, what: &str| {
+        let what = format!("{what} of one of the latest leases after a mass expiry");
+        expect_kind(r, ErrorKind::LeaseLost, &what)
     };
     let (a, e) = (&held[0][N - 2..], &held[1][N - 2..]);
     lost(settle(&cx, &qa, Settle::Ack(a[0].lease)).await, "ack")?;
