@@ -44,8 +44,11 @@ struct LogEntry {
     message: Message,
 }
 
+/// One topic's model: its retained log and its consumer groups. Every method is a function
+/// of its arguments (the caller passes the instant), so replicas that apply the same calls
+/// stay identical (the RabbitMQ backend replicates topics this way).
 #[derive(Debug)]
-struct Topic {
+pub struct Topic {
     log: VecDeque<LogEntry>,
     /// Sequence number of `log[0]` (equals `next` when the log is empty).
     base: u64,
@@ -57,18 +60,21 @@ struct Topic {
     default_config: QueueConfig,
 }
 
+/// One consumer group of a [`Topic`].
 #[derive(Debug)]
-struct Group {
+pub struct Group {
     /// Next sequence number to take from the log (`base <= cursor <= next`).
     cursor: u64,
     /// Whether the group exists for `create_group`: it was read (receive), reset or created.
     /// Until then the cursor follows the start of the retained log.
     placed: bool,
-    state: QueueState,
+    /// The group's leases, retries and dead letters.
+    pub state: QueueState,
 }
 
 impl Topic {
-    fn new(default_config: QueueConfig) -> Self {
+    /// An empty topic; groups start with `default_config` until configured.
+    pub fn new(default_config: QueueConfig) -> Self {
         Topic {
             log: VecDeque::new(),
             base: 0,
@@ -81,7 +87,7 @@ impl Topic {
     }
 
     /// Apply retention at `now`; groups behind the new start move up to it.
-    fn trim(&mut self, now: u64) {
+    pub fn trim(&mut self, now: u64) {
         let before = self.base;
         if let Some(max_len) = self.retention.max_len {
             let max_len = usize::try_from(max_len).unwrap_or(usize::MAX);
@@ -106,7 +112,7 @@ impl Topic {
 
     /// Make room for the group's state (cursor at the start of the retained log, not placed)
     /// unless it is there.
-    fn ensure_group(&mut self, name: &str) {
+    pub fn ensure_group(&mut self, name: &str) {
         if !self.groups.contains_key(name) {
             let group = Group {
                 cursor: self.base,
@@ -116,14 +122,81 @@ impl Topic {
             self.groups.insert(name.to_owned(), group);
         }
     }
+
+    /// The view of a group that exists (see [`Topic::ensure_group`]); `None` otherwise.
+    pub fn view(&mut self, group: &str) -> Option<View<'_>> {
+        let Topic {
+            log,
+            base,
+            next,
+            groups,
+            ..
+        } = self;
+        groups.get_mut(group).map(|g| View {
+            log,
+            base: *base,
+            next: *next,
+            group: g,
+        })
+    }
+
+    /// A group brought up to `now`: retention applied, created if new, leases and delays
+    /// processed.
+    pub fn group_at(&mut self, group: &str, now: u64) -> View<'_> {
+        self.trim(now);
+        self.ensure_group(group);
+        let Some(v) = self.view(group) else {
+            unreachable!("ensure_group created the group")
+        };
+        v.group.state.tick(now);
+        v
+    }
+
+    /// Append events (validated and prepared) at `now`; the log's instants never decrease.
+    pub fn append(&mut self, events: Vec<Message>, now: u64) {
+        let at = now.max(self.last_at);
+        self.last_at = at;
+        for message in events {
+            self.log.push_back(LogEntry { at, message });
+            self.next += 1;
+        }
+        self.trim(now);
+    }
+
+    /// Set the retention and apply it at `now`.
+    pub fn set_retention(&mut self, retention: Retention, now: u64) {
+        self.retention = retention;
+        self.trim(now);
+    }
+
+    /// Events retained at `now`.
+    pub fn retained(&mut self, now: u64) -> u64 {
+        self.trim(now);
+        self.log.len() as u64
+    }
+
+    /// Set a group's configuration (the group is made room for, not placed).
+    pub fn configure_group(&mut self, group: &str, config: QueueConfig, now: u64) {
+        self.trim(now);
+        self.ensure_group(group);
+        if let Some(g) = self.groups.get_mut(group) {
+            g.state.config = config;
+        }
+    }
+
+    /// A group's configuration, if the group has state here.
+    pub fn group_config(&self, group: &str) -> Option<QueueConfig> {
+        self.groups.get(group).map(|g| g.state.config)
+    }
 }
 
 /// What a group operation sees: the retained log and the group.
-struct View<'a> {
+pub struct View<'a> {
     log: &'a VecDeque<LogEntry>,
     base: u64,
     next: u64,
-    group: &'a mut Group,
+    /// The group.
+    pub group: &'a mut Group,
 }
 
 impl View<'_> {
@@ -139,6 +212,47 @@ impl View<'_> {
 
     fn lag(&self) -> u64 {
         self.next - self.group.cursor
+    }
+
+    /// Lease up to `max` events at `now` (placing the group if it was not): events are taken
+    /// from the log at the cursor only as many as can be leased.
+    pub fn receive(&mut self, max: usize, now: u64, out: &mut Vec<Delivery>) {
+        self.group.placed = true;
+        self.pull(max, now);
+        self.group.state.lease(now, max, out);
+    }
+
+    /// Move the group to `from`, dropping its pending, delayed and leased events (E5).
+    ///
+    /// # Errors
+    /// `NotFound` for an id that is not retained.
+    pub fn reset(&mut self, from: ReplayFrom, topic: &str) -> Result<()> {
+        let cursor = self.position(from, topic, "reset_group")?;
+        self.group.state.clear_pending();
+        self.group.cursor = cursor;
+        self.group.placed = true;
+        Ok(())
+    }
+
+    /// Place a group that was not placed at `from`; `false` when it was.
+    ///
+    /// # Errors
+    /// `NotFound` for an id that is not retained.
+    pub fn create(&mut self, from: ReplayFrom, topic: &str) -> Result<bool> {
+        if self.group.placed {
+            return Ok(false);
+        }
+        self.group.cursor = self.position(from, topic, "create_group")?;
+        self.group.placed = true;
+        Ok(true)
+    }
+
+    /// The group's stats.
+    pub fn stats(&self) -> GroupStats {
+        GroupStats {
+            queue: self.group.state.stats(),
+            lag: self.lag(),
+        }
     }
 
     /// The sequence number `from` designates (E5).
@@ -175,25 +289,12 @@ impl TopicShared {
         let mut guard = self.topic.lock();
         guard.trim(now);
         guard.ensure_group(group);
-        let Topic {
-            log,
-            base,
-            next,
-            groups,
-            ..
-        } = &mut *guard;
-        let Some(g) = groups.get_mut(group) else {
+        let Some(mut view) = guard.view(group) else {
             unreachable!("ensure_group created the group")
         };
-        let ready_before = g.state.ready_len();
-        let wake_before = g.state.next_wake();
-        g.state.tick(now);
-        let mut view = View {
-            log,
-            base: *base,
-            next: *next,
-            group: g,
-        };
+        let ready_before = view.group.state.ready_len();
+        let wake_before = view.group.state.next_wake();
+        view.group.state.tick(now);
         let r = f(&mut view);
         let wake = view.group.state.ready_len() > ready_before
             || earlier_wake(view.group.state.next_wake(), wake_before);
@@ -247,27 +348,20 @@ impl EventBus for MemoryBackend {
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
         KIT.check_group_config(topic, group, &config)?;
         let t = self.topic(topic);
-        let mut t = t.topic.lock();
-        t.trim(self.now());
-        t.ensure_group(group);
-        if let Some(g) = t.groups.get_mut(group) {
-            g.state.config = config;
-        }
+        t.topic.lock().configure_group(group, config, self.now());
         Ok(())
     }
 
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
         let t = self.inner.topics.read().get(topic).cloned();
-        t.and_then(|t| t.topic.lock().groups.get(group).map(|g| g.state.config))
+        t.and_then(|t| t.topic.lock().group_config(group))
             .unwrap_or(self.inner.default_config)
     }
 
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
         KIT.check_name("topic", topic, "set_retention")?;
         let t = self.topic(topic);
-        let mut t = t.topic.lock();
-        t.retention = retention;
-        t.trim(self.now());
+        t.topic.lock().set_retention(retention, self.now());
         Ok(())
     }
 
@@ -283,16 +377,7 @@ impl EventBus for MemoryBackend {
             Ok,
         )?;
         let t = self.topic(topic);
-        {
-            let mut tp = t.topic.lock();
-            let at = now.max(tp.last_at);
-            tp.last_at = at;
-            for message in events {
-                tp.log.push_back(LogEntry { at, message });
-                tp.next += 1;
-            }
-            tp.trim(now);
-        }
+        t.topic.lock().append(events, now);
         if !ids.is_empty() {
             t.wakeup.wake();
         }
@@ -312,10 +397,8 @@ impl EventBus for MemoryBackend {
         let got = crate::wait_for(&t.wakeup, wait, || {
             let now = self.now();
             t.with_group(group, now, |v| {
-                v.group.placed = true;
-                v.pull(max, now);
                 let mut out = Vec::new();
-                v.group.state.lease(now, max, &mut out);
+                v.receive(max, now, &mut out);
                 if out.is_empty() {
                     Poll::Empty {
                         now,
@@ -352,13 +435,7 @@ impl EventBus for MemoryBackend {
     }
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
-        self.on_group(topic, group, "reset_group", |v, _| {
-            let cursor = v.position(from, topic, "reset_group")?;
-            v.group.state.clear_pending();
-            v.group.cursor = cursor;
-            v.group.placed = true;
-            Ok(())
-        })??;
+        self.on_group(topic, group, "reset_group", |v, _| v.reset(from, topic))??;
         // Waiters of this group may now have events to read.
         self.topic(topic).wakeup.wake();
         Ok(())
@@ -367,29 +444,18 @@ impl EventBus for MemoryBackend {
     /// A group that was only configured or looked at (stats, dead letters) is created here
     /// too: nothing placed its cursor yet.
     async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
-        self.on_group(topic, group, "create_group", |v, _| {
-            if v.group.placed {
-                return Ok(false);
-            }
-            v.group.cursor = v.position(from, topic, "create_group")?;
-            v.group.placed = true;
-            Ok(true)
-        })?
+        self.on_group(topic, group, "create_group", |v, _| v.create(from, topic))?
     }
 
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
-        self.on_group(topic, group, "group_stats", |v, _| GroupStats {
-            queue: v.group.state.stats(),
-            lag: v.lag(),
-        })
+        self.on_group(topic, group, "group_stats", |v, _| v.stats())
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {
         KIT.check_name("topic", topic, "topic_len")?;
         let t = self.topic(topic);
-        let mut t = t.topic.lock();
-        t.trim(self.now());
-        Ok(t.log.len() as u64)
+        let len = t.topic.lock().retained(self.now());
+        Ok(len)
     }
 
     async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>> {

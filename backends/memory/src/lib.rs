@@ -37,6 +37,14 @@ mod pubsub;
 mod queue;
 mod state;
 
+/// The deterministic models behind the memory backend, for backends that replicate them
+/// (RabbitMQ). Not a stable API.
+#[doc(hidden)]
+pub mod model {
+    pub use crate::event_bus::{Group, Topic, View};
+    pub use crate::state::{QueueState, millis};
+}
+
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::pin;

@@ -56,7 +56,7 @@ impl Hasher for TokenHasher {
 type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
 
 /// Whole milliseconds of `d`, rounded up (a delay never ends early), saturating.
-pub(crate) fn millis(d: Duration) -> u64 {
+pub fn millis(d: Duration) -> u64 {
     ms_ceil(d)
 }
 
@@ -124,9 +124,9 @@ struct InFlight {
 
 /// The complete state of one queue (or one consumer group of a topic).
 #[derive(Debug)]
-pub(crate) struct QueueState {
+pub struct QueueState {
     /// The configuration in force (lease length, retry policy, dead letters).
-    pub(crate) config: QueueConfig,
+    pub config: QueueConfig,
     /// `false` for consumer groups: every entry uses the Normal level, so order is emit order.
     by_priority: bool,
     ready: [VecDeque<Entry>; 4],
@@ -147,11 +147,14 @@ pub(crate) struct QueueState {
     retried: u64,
     dead_lettered: u64,
     rng: SmallRng,
+    /// The first token of the next lease batch when the caller assigns tokens
+    /// ([`QueueState::assign_tokens`]); else tokens come from the process-wide counter.
+    assigned: Option<u64>,
 }
 
 impl QueueState {
     /// An empty state. `by_priority = false` puts everything in one FIFO (consumer groups).
-    pub(crate) fn new(config: QueueConfig, by_priority: bool) -> Self {
+    pub fn new(config: QueueConfig, by_priority: bool) -> Self {
         QueueState {
             config,
             by_priority,
@@ -167,6 +170,31 @@ impl QueueState {
             retried: 0,
             dead_lettered: 0,
             rng: SmallRng::from_rng(&mut rand::rng()),
+            assigned: None,
+        }
+    }
+
+    /// A state whose every decision is a function of its inputs: the jitter of expired leases
+    /// is drawn from a generator seeded with `seed`. Replicas that apply the same operations
+    /// at the same instants, with the same assigned tokens, stay identical (the RabbitMQ
+    /// backend replicates queues this way).
+    pub fn seeded(config: QueueConfig, by_priority: bool, seed: u64) -> Self {
+        let mut state = QueueState::new(config, by_priority);
+        state.rng = SmallRng::seed_from_u64(seed);
+        state
+    }
+
+    /// Make the next [`QueueState::lease`] number its deliveries `first`, `first + 1`, …
+    /// instead of taking tokens from the process-wide counter.
+    pub fn assign_tokens(&mut self, first: u64) {
+        self.assigned = Some(first);
+    }
+
+    /// The first of `n` fresh lease tokens: the assigned ones, or the process-wide counter's.
+    fn reserve_tokens(&mut self, n: u64) -> u64 {
+        match self.assigned.take() {
+            Some(first) => first,
+            None => reserve_tokens(n),
         }
     }
 
@@ -184,13 +212,13 @@ impl QueueState {
     }
 
     /// Messages ready now, over all levels.
-    pub(crate) fn ready_len(&self) -> usize {
+    pub fn ready_len(&self) -> usize {
         self.ready.iter().map(VecDeque::len).sum()
     }
 
     /// Store a message that was just published (already prepared): ready, or delayed until
     /// its `not_before`. Counts it as published (for a consumer group: taken from the log).
-    pub(crate) fn publish(&mut self, message: Message, now: u64) {
+    pub fn publish(&mut self, message: Message, now: u64) {
         self.published += 1;
         self.enqueue(Stored::new(message), now);
     }
@@ -215,7 +243,7 @@ impl QueueState {
     /// Bring the state up to `now`: expired leases count as failed attempts (retry or dead
     /// letter per the retry policy), then due delayed messages move, in due order, to the back
     /// of their ready level.
-    pub(crate) fn tick(&mut self, now: u64) {
+    pub fn tick(&mut self, now: u64) {
         while let Some(&Reverse((deadline, token))) = self.leases.peek() {
             if deadline > now {
                 break;
@@ -260,7 +288,7 @@ impl QueueState {
 
     /// The earliest instant (ms) at which `tick` may change something: a delayed message comes
     /// due or a lease ends. Possibly early (a stale lease entry), never late.
-    pub(crate) fn next_wake(&self) -> Option<u64> {
+    pub fn next_wake(&self) -> Option<u64> {
         let d = self.delayed.peek().map(|d| d.due);
         let l = self.leases.peek().map(|Reverse((deadline, _))| *deadline);
         match (d, l) {
@@ -271,14 +299,14 @@ impl QueueState {
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a level, into
     /// `out`. The caller has run [`QueueState::tick`] for `now`.
-    pub(crate) fn lease(&mut self, now: u64, max: usize, out: &mut Vec<Delivery>) {
+    pub fn lease(&mut self, now: u64, max: usize, out: &mut Vec<Delivery>) {
         let n = max.min(self.ready_len());
         if n == 0 {
             return;
         }
         out.reserve(n);
         let deadline = now.saturating_add(millis(self.config.visibility_timeout));
-        let mut token = reserve_tokens(n as u64);
+        let mut token = self.reserve_tokens(n as u64);
         let mut left = n;
         for level in 0..self.ready.len() {
             while left > 0 {
@@ -335,7 +363,7 @@ impl QueueState {
     ///
     /// # Errors
     /// `LeaseLost` when the lease is not held (then nothing changed).
-    pub(crate) fn settle(&mut self, op: Settle, now: u64) -> Result<()> {
+    pub fn settle(&mut self, op: Settle, now: u64) -> Result<()> {
         match op {
             Settle::Ack(lease) => {
                 self.take_leased(&lease, now)?;
@@ -375,12 +403,7 @@ impl QueueState {
     ///
     /// # Errors
     /// `LeaseLost` when the lease is not held.
-    pub(crate) fn extend(
-        &mut self,
-        lease: &Lease,
-        visibility: Duration,
-        now: u64,
-    ) -> Result<Lease> {
+    pub fn extend(&mut self, lease: &Lease, visibility: Duration, now: u64) -> Result<Lease> {
         let deadline = now.saturating_add(millis(visibility));
         match self.in_flight.get_mut(&lease.token) {
             Some(f) if f.entry.message.id == lease.id && f.deadline > now => {
@@ -420,7 +443,7 @@ impl QueueState {
     }
 
     /// A consistent snapshot (the caller has run [`QueueState::tick`]).
-    pub(crate) fn stats(&self) -> QueueStats {
+    pub fn stats(&self) -> QueueStats {
         let mut st = QueueStats::default();
         st.ready = [0, 1, 2, 3].map(|l| self.ready[l].len() as u64);
         st.delayed = self.delayed.len() as u64;
@@ -434,7 +457,7 @@ impl QueueState {
     }
 
     /// Dead letters, oldest first.
-    pub(crate) fn dead_letters(&self, page: Page) -> Vec<DeadLetter> {
+    pub fn dead_letters(&self, page: Page) -> Vec<DeadLetter> {
         self.dead
             .values()
             .skip(page.offset)
@@ -444,7 +467,7 @@ impl QueueState {
     }
 
     /// The oldest dead letter with this id.
-    pub(crate) fn dead_letter(&self, id: MessageId) -> Option<DeadLetter> {
+    pub fn dead_letter(&self, id: MessageId) -> Option<DeadLetter> {
         self.dead_keys(id)
             .first()
             .and_then(|k| self.dead.get(k))
@@ -480,7 +503,7 @@ impl QueueState {
 
     /// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
     /// kept. Returns how many.
-    pub(crate) fn requeue_dead(&mut self, which: &Selection) -> Result<u64> {
+    pub fn requeue_dead(&mut self, which: &Selection) -> Result<u64> {
         let mut n = 0;
         for key in self.selected(which, "requeue_dead")? {
             if let Some(d) = self.take_dead(key) {
@@ -494,7 +517,7 @@ impl QueueState {
     }
 
     /// Delete dead letters. Returns how many.
-    pub(crate) fn purge_dead(&mut self, which: &Selection) -> Result<u64> {
+    pub fn purge_dead(&mut self, which: &Selection) -> Result<u64> {
         if matches!(which, Selection::All) {
             let n = self.dead.len() as u64;
             self.dead.clear();
@@ -512,7 +535,7 @@ impl QueueState {
 
     /// Drop everything ready, delayed and in flight (a consumer group reset). Dead letters and
     /// counters are kept; outstanding leases become lost.
-    pub(crate) fn clear_pending(&mut self) {
+    pub fn clear_pending(&mut self) {
         for level in &mut self.ready {
             level.clear();
         }
