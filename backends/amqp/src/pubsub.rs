@@ -12,7 +12,12 @@ pub(crate) struct PubSubHub {
 
 impl PubSubHub {
     /// A hub that connects on first use. `uri` may hold a password; `url` is redacted.
-    pub(crate) fn new(uri: String, url: String, prefix: String, default_config: QueueConfig) -> Self {
+    pub(crate) fn new(
+        uri: String,
+        url: String,
+        prefix: String,
+        default_config: QueueConfig,
+    ) -> Self {
         PubSubHub {
             _uri: uri,
             _url: url,

@@ -58,6 +58,9 @@ pub struct Topic {
     retention: Retention,
     groups: HashMap<String, Group>,
     default_config: QueueConfig,
+    /// Seeds each group's jitter generator (mixed with the group's name) when set, so that
+    /// replicas draw the same jitter; `None` draws from the OS.
+    seed: Option<u64>,
 }
 
 /// One consumer group of a [`Topic`].
@@ -83,7 +86,16 @@ impl Topic {
             retention: Retention::default(),
             groups: HashMap::new(),
             default_config,
+            seed: None,
         }
+    }
+
+    /// An empty topic whose groups draw their jitter from generators seeded with `seed` and
+    /// their names (see [`QueueState::seeded`]).
+    pub fn seeded(default_config: QueueConfig, seed: u64) -> Self {
+        let mut topic = Topic::new(default_config);
+        topic.seed = Some(seed);
+        topic
     }
 
     /// Apply retention at `now`; groups behind the new start move up to it.
@@ -117,7 +129,12 @@ impl Topic {
             let group = Group {
                 cursor: self.base,
                 placed: false,
-                state: QueueState::new(self.default_config, false),
+                state: match self.seed {
+                    Some(seed) => {
+                        QueueState::seeded(self.default_config, false, seed ^ fnv1a(name))
+                    }
+                    None => QueueState::new(self.default_config, false),
+                },
             };
             self.groups.insert(name.to_owned(), group);
         }
@@ -184,10 +201,63 @@ impl Topic {
         }
     }
 
+    /// Whether `group` has something to lease now (ready, or unread events in the log) and
+    /// when something of it may come due by itself (a delay ends, a lease expires). A group
+    /// with no state yet would start at the start of the retained log.
+    pub fn readiness(&self, group: &str) -> (bool, Option<u64>) {
+        match self.groups.get(group) {
+            Some(g) => (
+                g.state.ready_len() > 0 || g.cursor < self.next,
+                g.state.next_wake(),
+            ),
+            None => (!self.log.is_empty(), None),
+        }
+    }
+
+    /// Events retained (as of the last trim).
+    pub fn len(&self) -> u64 {
+        self.log.len() as u64
+    }
+
+    /// Whether no event is retained (as of the last trim).
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// A group's stats as of its last update; a group with no state counts the whole
+    /// retained log as its lag.
+    pub fn group_stats(&self, group: &str) -> GroupStats {
+        match self.groups.get(group) {
+            Some(g) => GroupStats {
+                queue: g.state.stats(),
+                lag: self.next - g.cursor,
+            },
+            None => GroupStats {
+                queue: Default::default(),
+                lag: self.next - self.base,
+            },
+        }
+    }
+
+    /// A group's dead letters, oldest first.
+    pub fn dead_letters(&self, group: &str, page: Page) -> Vec<DeadLetter> {
+        self.groups
+            .get(group)
+            .map(|g| g.state.dead_letters(page))
+            .unwrap_or_default()
+    }
+
     /// A group's configuration, if the group has state here.
     pub fn group_config(&self, group: &str) -> Option<QueueConfig> {
         self.groups.get(group).map(|g| g.state.config)
     }
+}
+
+/// FNV-1a: a hash of a name that is the same in every process and build.
+pub fn fnv1a(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// What a group operation sees: the retained log and the group.

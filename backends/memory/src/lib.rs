@@ -41,7 +41,7 @@ mod state;
 /// (RabbitMQ). Not a stable API.
 #[doc(hidden)]
 pub mod model {
-    pub use crate::event_bus::{Group, Topic, View};
+    pub use crate::event_bus::{Group, Topic, View, fnv1a};
     pub use crate::state::{QueueState, millis};
 }
 

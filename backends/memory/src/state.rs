@@ -422,6 +422,16 @@ impl QueueState {
         }
     }
 
+    /// Store a published entry that cannot be decoded straight in dead letters, as failed on
+    /// its one attempt with `error` (Q10): it is counted as published and dead-lettered, and
+    /// never delivered.
+    pub fn bury_undecodable(&mut self, message: Message, error: String, now: u64) {
+        self.published += 1;
+        let mut entry = Stored::new(message);
+        entry.deliveries = 1;
+        self.bury(*entry, error, now);
+    }
+
     /// Move to dead letters (or discard when dead letters are off); counted either way.
     fn bury(&mut self, mut entry: Stored, error: String, now: u64) {
         self.dead_lettered += 1;

@@ -1,0 +1,272 @@
+//! [`Queue`] for [`AmqpBackend`]: each queue is a replicated [`QueueModel`] in the stream
+//! `<prefix>.q.<queue>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_core::backend::Batch;
+use courier_core::{
+    DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Queue, QueueConfig,
+    QueueStats, Result, Selection, Settle, SharedClock, wire,
+};
+
+use crate::models::{Answer, MAX_CLAIM, QueueModel};
+use crate::record::{Entry, Op};
+use crate::replica::{Model, Replica};
+use crate::{AmqpBackend, BACKEND_NAME, KIT};
+
+/// The most bytes of messages one publish record holds; a larger batch takes several
+/// records, each stored whole or not at all (Q7).
+pub(crate) const RECORD_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most messages one publish record holds.
+pub(crate) const RECORD_MESSAGES: usize = 1_000;
+
+fn unexpected(operation: &'static str, answer: &Answer) -> Error {
+    KIT.tag(operation)(Error::new(
+        ErrorKind::Backend,
+        format!("unexpected answer from the replicated queue: {answer:?}"),
+    ))
+}
+
+/// Split encoded entries into records of at most [`RECORD_MESSAGES`] entries and about
+/// [`RECORD_BYTES`] bytes, in order.
+pub(crate) fn chunks(entries: Vec<(MessageId, bytes::Bytes)>) -> Vec<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Entry> = Vec::new();
+    let mut size = 0;
+    for (id, bytes) in entries {
+        if !cur.is_empty() && (cur.len() >= RECORD_MESSAGES || size + bytes.len() > RECORD_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += bytes.len() + 20;
+        cur.push(Entry::Encoded(id, bytes));
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Encode a prepared message for a publish or emit record.
+pub(crate) fn encode_entry(m: Message) -> Result<(MessageId, bytes::Bytes)> {
+    Ok((m.id, wire::encode(&m)?))
+}
+
+impl AmqpBackend {
+    fn queue_replica(&self, queue: &str) -> Arc<Replica<QueueModel>> {
+        if let Some(r) = self.inner.queues.read().get(queue) {
+            return r.clone();
+        }
+        let stream = format!("{}.q.{queue}", self.inner.prefix);
+        self.inner
+            .queues
+            .write()
+            .entry(queue.to_owned())
+            .or_insert_with(|| {
+                Replica::new(
+                    stream.clone(),
+                    self.inner.origin,
+                    QueueModel::new(stream, self.inner.configs.default_config()),
+                )
+            })
+            .clone()
+    }
+
+    /// Validate the name and run `op` on the queue's replica.
+    async fn queue_call(&self, queue: &str, op: Op, operation: &'static str) -> Result<Answer> {
+        KIT.check_name("queue", queue, operation)?;
+        self.queue_replica(queue)
+            .call(&self.inner.env, "", op, operation)
+            .await
+    }
+
+    /// Bring the queue's replica up to date with the log (a `Sync` record).
+    async fn queue_synced(&self, queue: &str, operation: &'static str) -> Result<()> {
+        let config = self.inner.configs.queue(queue);
+        self.queue_call(queue, Op::Sync { config }, operation)
+            .await
+            .map(drop)
+    }
+
+    /// Append a batch's prepared entries to a queue or topic stream, record by record
+    /// (`make` builds each record's op): on a failure, the error says how many leading
+    /// entries are stored (Q7).
+    pub(crate) async fn append_entries<M: Model<Out = Answer>>(
+        &self,
+        replica: &Arc<Replica<M>>,
+        entries: Vec<(MessageId, bytes::Bytes)>,
+        make: fn(Vec<Entry>) -> Op,
+        operation: &'static str,
+    ) -> Result<()> {
+        let mut stored = 0;
+        for chunk in chunks(entries) {
+            let n = chunk.len();
+            if self.take_batch_fault() {
+                return Err(KIT.tag(operation)(Error::new(
+                    ErrorKind::Unavailable,
+                    "connection lost between two records of the batch (test fault)",
+                ))
+                .with_stored(stored));
+            }
+            replica
+                .call(&self.inner.env, "", make(chunk), operation)
+                .await
+                .map_err(|e| e.with_stored(stored))?;
+            stored += n;
+        }
+        Ok(())
+    }
+
+    /// Store `bytes` in `queue` as one entry that does not decode, under a fresh id, as a
+    /// corrupt or foreign writer would: for tests of Q10 (it goes to dead letters, and
+    /// consumers keep running), not for applications.
+    ///
+    /// # Errors
+    /// As any call: invalid name, RabbitMQ unavailable.
+    #[doc(hidden)]
+    pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<MessageId> {
+        let id = MessageId::new();
+        let entry = Entry::Encoded(id, bytes::Bytes::copy_from_slice(bytes));
+        self.queue_call(queue, Op::Publish(vec![entry]), "inject_raw")
+            .await?;
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Queue for AmqpBackend {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn clock(&self) -> SharedClock {
+        self.inner.clock.clone()
+    }
+
+    fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
+        self.inner.configs.configure_queue(KIT, queue, config)
+    }
+
+    fn queue_config(&self, queue: &str) -> QueueConfig {
+        self.inner.configs.queue(queue)
+    }
+
+    /// Cancel safety: dropped, the batch may or may not be stored (a leading part of it when
+    /// it takes several records).
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        let now = self.inner.clock.now_ms();
+        let config = self.inner.configs.queue(queue);
+        let (ids, entries) =
+            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, encode_entry)?;
+        let replica = self.queue_replica(queue);
+        self.append_entries(&replica, entries, Op::Publish, "publish")
+            .await?;
+        Ok(ids)
+    }
+
+    /// Cancel safe: what a dropped receive leased is released at once (not counted).
+    async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        KIT.check_name("queue", queue, "receive")?;
+        KIT.check_max(max)?;
+        let replica = self.queue_replica(queue);
+        let env = &self.inner.env;
+        let until = tokio::time::Instant::now() + wait;
+        let max = u32::try_from(max.min(MAX_CLAIM)).unwrap_or(u32::MAX);
+        loop {
+            let config = self.inner.configs.queue(queue);
+            match replica
+                .call(env, "", Op::Claim { config, max }, "receive")
+                .await?
+            {
+                Answer::Leased(got) if !got.is_empty() => return Ok(got),
+                Answer::Leased(_) => {}
+                other => return Err(unexpected("receive", &other)),
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(Vec::new());
+            }
+            if !replica.wait_ready(env, "", until).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
+        if ops.is_empty() {
+            KIT.check_name("queue", queue, "settle")?;
+            return Ok(Vec::new());
+        }
+        let config = self.inner.configs.queue(queue);
+        match self
+            .queue_call(queue, Op::Settle { config, ops }, "settle")
+            .await?
+        {
+            Answer::Settled(rs) => Ok(rs
+                .into_iter()
+                .map(|r| r.map_err(KIT.tag("settle")))
+                .collect()),
+            other => Err(unexpected("settle", &other)),
+        }
+    }
+
+    async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease> {
+        let config = self.inner.configs.queue(queue);
+        let op = Op::Extend {
+            config,
+            lease: *lease,
+            visibility,
+        };
+        match self.queue_call(queue, op, "extend").await? {
+            Answer::Extended(r) => r.map_err(KIT.tag("extend")),
+            other => Err(unexpected("extend", &other)),
+        }
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        self.queue_synced(queue, "stats").await?;
+        Ok(self.queue_replica(queue).read(|m| m.state.stats()))
+    }
+
+    async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>> {
+        self.queue_synced(queue, "dead_letters").await?;
+        Ok(self
+            .queue_replica(queue)
+            .read(|m| m.state.dead_letters(page)))
+    }
+
+    async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter> {
+        self.queue_synced(queue, "dead_letter").await?;
+        self.queue_replica(queue)
+            .read(|m| m.state.dead_letter(id))
+            .ok_or_else(|| {
+                KIT.tag("dead_letter")(Error::not_found(format!(
+                    "no dead letter {id} in queue {queue:?}"
+                )))
+            })
+    }
+
+    async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        let config = self.inner.configs.queue(queue);
+        match self
+            .queue_call(queue, Op::RequeueDead { config, which }, "requeue_dead")
+            .await?
+        {
+            Answer::Count(r) => r.map_err(KIT.tag("requeue_dead")),
+            other => Err(unexpected("requeue_dead", &other)),
+        }
+    }
+
+    async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
+        let config = self.inner.configs.queue(queue);
+        match self
+            .queue_call(queue, Op::PurgeDead { config, which }, "purge_dead")
+            .await?
+        {
+            Answer::Count(r) => r.map_err(KIT.tag("purge_dead")),
+            other => Err(unexpected("purge_dead", &other)),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The conformance suite's factory for RabbitMQ: each case under its own prefix (its own
+//! streams and exchange), never touching other names on the broker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_amqp::AmqpBackend;
+use courier_conformance::{Backend, BackendFactory};
+use courier_core::MessageId;
+
+pub(crate) struct Amqp {
+    pub(crate) name: &'static str,
+    pub(crate) url: String,
+    /// The batch fault switch of the handle each case got from `connect`, by namespace.
+    pub(crate) handles: Mutex<HashMap<String, (Arc<AtomicUsize>, AmqpBackend)>>,
+}
+
+impl Amqp {
+    async fn open(&self, ns: &str) -> courier_core::Result<AmqpBackend> {
+        AmqpBackend::builder()
+            .url(self.url.clone())
+            .prefix(format!("cc-{ns}"))
+            .connection_timeout(Duration::from_secs(10))
+            .build()
+            .await
+    }
+}
+
+/// The three services of one handle. Pub/sub is served by the same handle once the backend
+/// has it; until then the memory backend stands in for it.
+pub(crate) fn backend(b: AmqpBackend) -> Backend {
+    Backend {
+        queue: Arc::new(b.clone()),
+        pubsub: Arc::new(courier_memory::MemoryBackend::new()),
+        events: Arc::new(b),
+    }
+}
+
+#[async_trait]
+impl BackendFactory for Amqp {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn tick(&self) -> Duration {
+        Duration::from_millis(25)
+    }
+
+    async fn probe(&self) -> Result<(), String> {
+        let b = self.open("probe").await.map_err(|e| e.to_string())?;
+        b.ping().await.map_err(|e| e.to_string())
+    }
+
+    async fn connect(&self, ns: &str) -> courier_core::Result<Backend> {
+        let b = self.open(ns).await?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.to_string(), (b.batch_fault_switch(), b.clone()));
+        Ok(backend(b))
+    }
+
+    async fn fail_batch_after(
+        &self,
+        ns: &str,
+        _backend: &Backend,
+        calls: usize,
+    ) -> courier_core::Result<bool> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((switch, _)) = handles.get(ns) else {
+            return Ok(false);
+        };
+        switch.store(calls.saturating_add(1), Ordering::Relaxed);
+        Ok(true)
+    }
+
+    async fn reopen(&self, ns: &str, _backend: &Backend) -> courier_core::Result<Backend> {
+        // A new connection and new followers under the same prefix, as another process.
+        Ok(backend(self.open(ns).await?))
+    }
+
+    async fn inject_undecodable(
+        &self,
+        _backend: &Backend,
+        queue: &str,
+        bytes: &[u8],
+    ) -> courier_core::Result<Option<MessageId>> {
+        let ns = queue.split('-').next().unwrap_or(queue);
+        self.open(ns)
+            .await?
+            .inject_raw(queue, bytes)
+            .await
+            .map(Some)
+    }
+}
+
+/// `COURIER_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub(crate) fn url() -> String {
+    std::env::var("COURIER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
