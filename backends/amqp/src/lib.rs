@@ -131,6 +131,13 @@ impl AmqpBackend {
         self.inner.conn.cut().await
     }
 
+    /// A reference that does not keep the handle's connections open (tests that look a
+    /// handle up later).
+    #[doc(hidden)]
+    pub fn downgrade(&self) -> WeakAmqpBackend {
+        WeakAmqpBackend(Arc::downgrade(&self.inner))
+    }
+
     /// Test support for the conformance case of Q7's partial store (`Error::stored`), not for
     /// applications: storing `1 + records` makes the next `publish_batch` or `emit_batch`
     /// of this handle fail after `records` of its records (up to 1,000 messages each) were
@@ -164,6 +171,18 @@ impl AmqpBackend {
             }
             cur = f.load(Ordering::Acquire);
         }
+    }
+}
+
+/// A handle that does not keep the backend alive (see [`AmqpBackend::downgrade`]).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct WeakAmqpBackend(std::sync::Weak<Inner>);
+
+impl WeakAmqpBackend {
+    /// The backend, if a handle still holds it.
+    pub fn upgrade(&self) -> Option<AmqpBackend> {
+        self.0.upgrade().map(|inner| AmqpBackend { inner })
     }
 }
 

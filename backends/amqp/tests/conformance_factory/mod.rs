@@ -7,15 +7,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_amqp::AmqpBackend;
+use courier_amqp::{AmqpBackend, WeakAmqpBackend};
 use courier_conformance::{Backend, BackendFactory};
 use courier_core::MessageId;
+
+pub(crate) struct Handle {
+    switch: Arc<AtomicUsize>,
+    weak: WeakAmqpBackend,
+    queue: usize,
+}
+
+/// The address of a service, to compare identities.
+fn address<T: ?Sized>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a).cast::<()>() as usize
+}
 
 pub(crate) struct Amqp {
     pub(crate) name: &'static str,
     pub(crate) url: String,
-    /// The batch fault switch of the handle each case got from `connect`, by namespace.
-    pub(crate) handles: Mutex<HashMap<String, (Arc<AtomicUsize>, AmqpBackend)>>,
+    /// Per namespace, the handle each case got from `connect`: its batch fault switch, a
+    /// weak reference (for `disrupt`; the handle's connections end with the case) and the
+    /// address of its queue service (to recognise the `Backend` the suite passes back).
+    pub(crate) handles: Mutex<HashMap<String, Handle>>,
 }
 
 impl Amqp {
@@ -29,14 +42,9 @@ impl Amqp {
     }
 }
 
-/// The three services of one handle. Pub/sub is served by the same handle once the backend
-/// has it; until then the memory backend stands in for it.
+/// The three services of one handle.
 pub(crate) fn backend(b: AmqpBackend) -> Backend {
-    Backend {
-        queue: Arc::new(b.clone()),
-        pubsub: Arc::new(courier_memory::MemoryBackend::new()),
-        events: Arc::new(b),
-    }
+    Backend::from_one(b)
 }
 
 #[async_trait]
@@ -56,11 +64,21 @@ impl BackendFactory for Amqp {
 
     async fn connect(&self, ns: &str) -> courier_core::Result<Backend> {
         let b = self.open(ns).await?;
+        let handle = Handle {
+            switch: b.batch_fault_switch(),
+            weak: b.downgrade(),
+            queue: 0,
+        };
+        let backend = backend(b);
+        let handle = Handle {
+            queue: address(&backend.queue),
+            ..handle
+        };
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ns.to_string(), (b.batch_fault_switch(), b.clone()));
-        Ok(backend(b))
+            .insert(ns.to_string(), handle);
+        Ok(backend)
     }
 
     async fn fail_batch_after(
@@ -70,7 +88,7 @@ impl BackendFactory for Amqp {
         calls: usize,
     ) -> courier_core::Result<bool> {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((switch, _)) = handles.get(ns) else {
+        let Some(Handle { switch, .. }) = handles.get(ns) else {
             return Ok(false);
         };
         switch.store(calls.saturating_add(1), Ordering::Relaxed);
@@ -80,6 +98,26 @@ impl BackendFactory for Amqp {
     async fn reopen(&self, ns: &str, _backend: &Backend) -> courier_core::Result<Backend> {
         // A new connection and new followers under the same prefix, as another process.
         Ok(backend(self.open(ns).await?))
+    }
+
+    /// Cut both of the handle's connections (queues and topics; pub/sub).
+    async fn disrupt(&self, backend: &Backend) -> courier_core::Result<bool> {
+        // The suite hands back the Backend it got from `connect`: find its handle by its
+        // queue service's address.
+        let target = address(&backend.queue);
+        let found = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|h| h.queue == target)
+            .and_then(|h| h.weak.upgrade());
+        let Some(b) = found else {
+            return Ok(false);
+        };
+        let queues = b.disrupt_queues().await;
+        let pubsub = b.disrupt_pubsub().await?;
+        Ok(queues || pubsub)
     }
 
     async fn inject_undecodable(
