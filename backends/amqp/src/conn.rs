@@ -15,10 +15,15 @@ use std::time::{Duration, Instant};
 use courier_core::{Error, ErrorKind, Result};
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use parking_lot::Mutex;
 
-use crate::KIT;
+use crate::{BACKEND_NAME, KIT};
+
+/// The heartbeat asked for when the URL sets none (seconds), so that a silent network cut is
+/// noticed within about two of them rather than RabbitMQ's default 60 s.
+pub(crate) const HEARTBEAT_SECS: u16 = 10;
 
 /// A live connection and its shared confirm channel.
 #[derive(Clone)]
@@ -72,60 +77,53 @@ pub(crate) struct Conn {
     timeout: Duration,
     current: tokio::sync::Mutex<Option<Session>>,
     generation: AtomicU64,
-    /// When the current outage was first noticed (`None` while connected).
-    lost_at: Mutex<Option<Instant>>,
+    health: Health,
 }
 
 impl Conn {
     pub(crate) fn new(uri: String, url: String, timeout: Duration) -> Self {
         Conn {
+            health: Health::new("queues", &url),
             uri,
             url,
             timeout,
             current: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
-            lost_at: Mutex::new(None),
         }
     }
 
     /// The current session, connecting first when there is none or it was lost.
     ///
     /// # Errors
-    /// `Unavailable` (retryable) when RabbitMQ cannot be reached within the timeout.
+    /// `Unavailable` (retryable) when RabbitMQ cannot be reached within the timeout;
+    /// `InvalidInput` for a malformed URL; `Backend` when RabbitMQ refuses the login.
     pub(crate) async fn session(&self, operation: &'static str) -> Result<Session> {
         let mut current = self.current.lock().await;
         if let Some(s) = current.as_ref() {
             if s.usable() {
                 return Ok(s.clone());
             }
-            self.lost(operation, &"the connection was closed");
             *current = None;
         }
-        match tokio::time::timeout(self.timeout, self.open()).await {
-            Ok(Ok(s)) => {
-                self.back();
+        let opened = match tokio::time::timeout(self.timeout, self.open(operation)).await {
+            Ok(r) => r,
+            Err(_) => Err(KIT.tag(operation)(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "RabbitMQ at {} did not answer within {:?}",
+                    self.url, self.timeout
+                ),
+            ))),
+        };
+        match opened {
+            Ok(s) => {
+                self.health.up();
                 *current = Some(s.clone());
                 Ok(s)
             }
-            Ok(Err(e)) => {
-                self.lost(operation, &e);
-                Err(KIT.tag(operation)(
-                    Error::new(
-                        ErrorKind::Unavailable,
-                        format!("RabbitMQ is unreachable at {}", self.url),
-                    )
-                    .with_source(e),
-                ))
-            }
-            Err(_) => {
-                self.lost(operation, &"timed out");
-                Err(KIT.tag(operation)(Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "RabbitMQ at {} did not answer within {:?}",
-                        self.url, self.timeout
-                    ),
-                )))
+            Err(e) => {
+                self.health.down(&e);
+                Err(e)
             }
         }
     }
@@ -134,13 +132,13 @@ impl Conn {
     /// reconnects.
     pub(crate) async fn invalidate(&self, generation: u64) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|s| s.generation == generation) {
-            if let Some(s) = current.take() {
-                let _ = s
-                    .connection
-                    .close(320, "courier: reconnecting".into())
-                    .await;
-            }
+        if current.as_ref().is_some_and(|s| s.generation == generation)
+            && let Some(s) = current.take()
+        {
+            let _ = s
+                .connection
+                .close(320, "courier: reconnecting".into())
+                .await;
         }
     }
 
@@ -159,12 +157,22 @@ impl Conn {
         }
     }
 
-    async fn open(&self) -> std::result::Result<Session, lapin::Error> {
-        let connection = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
-        let publish = connection.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+    async fn open(&self, operation: &'static str) -> Result<Session> {
+        let uri = parse_uri(&self.uri, &self.url, operation)?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name("courier queues and topics".into());
+        let connection = Connection::connect_uri(uri, properties)
+            .await
+            .map_err(|e| map_err(operation, e))?;
+        let publish = async {
+            let publish = connection.create_channel().await?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(publish)
+        }
+        .await
+        .map_err(|e| map_err(operation, e))?;
         Ok(Session {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             connection: Arc::new(connection),
@@ -173,38 +181,122 @@ impl Conn {
         })
     }
 
-    fn lost(&self, operation: &str, cause: &dyn std::fmt::Display) {
-        let mut lost = self.lost_at.lock();
-        if lost.is_none() {
-            *lost = Some(Instant::now());
-            tracing::warn!(url = %self.url, operation, error = %cause, "courier amqp: RabbitMQ connection lost");
-        }
-    }
-
-    fn back(&self) {
-        if let Some(at) = self.lost_at.lock().take() {
-            let outage_ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
-            tracing::info!(url = %self.url, outage_ms, "courier amqp: RabbitMQ connection back");
-        }
-    }
-
     /// Note a call's failure on a session: a connection-level error makes the next call
     /// reconnect.
-    pub(crate) async fn failed(&self, session: &Session, operation: &'static str, e: &Error) {
+    pub(crate) async fn failed(&self, session: &Session, e: &Error) {
         if e.is_retryable() {
-            self.lost(operation, e);
+            self.health.down(e);
             self.invalidate(session.generation).await;
         }
     }
 }
 
-/// A lapin error as a Courier error: connection and channel losses are `Unavailable`
-/// (retryable), protocol refusals `Backend`.
-pub(crate) fn amqp_err(operation: &'static str, what: String, e: lapin::Error) -> Error {
-    let kind = if e.is_amqp_soft_error() {
-        ErrorKind::Backend
-    } else {
-        ErrorKind::Unavailable
+/// Whether a connection is up, so that an outage is logged once: one WARN when it
+/// is found lost, one INFO with the outage's length when it is back, however many calls and
+/// reconnect attempts failed in between.
+pub(crate) struct Health {
+    /// Which connection: `queues` or `pubsub`.
+    pool: &'static str,
+    /// The URL with its password redacted.
+    url: String,
+    /// When the current outage was noticed.
+    lost_at: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Connected (or not tried yet); `url` is redacted.
+    pub(crate) fn new(pool: &'static str, url: &str) -> Self {
+        Health {
+            pool,
+            url: url.to_string(),
+            lost_at: Mutex::new(None),
+        }
+    }
+
+    /// The connection was found lost, or could not be opened (`e` says why).
+    pub(crate) fn down(&self, e: &Error) {
+        let mut lost_at = self.lost_at.lock();
+        if lost_at.is_some() {
+            return;
+        }
+        *lost_at = Some(Instant::now());
+        tracing::warn!(
+            backend = BACKEND_NAME,
+            pool = self.pool,
+            url = %self.url,
+            error = %format_args!("{e:#}"),
+            "courier amqp: connection lost"
+        );
+    }
+
+    /// A connection is open (again).
+    pub(crate) fn up(&self) {
+        let Some(since) = self.lost_at.lock().take() else {
+            return;
+        };
+        let outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            backend = BACKEND_NAME,
+            pool = self.pool,
+            url = %self.url,
+            outage_ms,
+            "courier amqp: connection restored"
+        );
+    }
+}
+
+/// Parse the URL for lapin, asking for a [`HEARTBEAT_SECS`] heartbeat unless it sets one.
+/// The parser's own message may quote the URL (and its password), so it is not passed on.
+pub(crate) fn parse_uri(uri: &str, url: &str, operation: &'static str) -> Result<AMQPUri> {
+    let mut parsed: AMQPUri = uri
+        .parse()
+        .map_err(|_| KIT.tag(operation)(Error::invalid(format!("not a valid AMQP URL: {url}"))))?;
+    parsed.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    Ok(parsed)
+}
+
+/// Map a lapin error raised by `operation`.
+///
+/// A lost or closed connection or channel, a missed heartbeat, and the broker closing the
+/// connection (CONNECTION_FORCED, a resource alarm, an internal error) are
+/// [`ErrorKind::Unavailable`]: retrying after the reconnect may succeed. Everything else (a
+/// refused login or vhost, a channel error on a bad argument, a malformed frame) is
+/// [`ErrorKind::Backend`]. The lapin error is kept as the source; it never holds the password.
+pub(crate) fn map_err(operation: &'static str, e: lapin::Error) -> Error {
+    use lapin::ErrorKind as K;
+    let (kind, message) = match e.kind() {
+        K::IOError(_) | K::RuntimeShutdownError(_) | K::MissingHeartbeatError => {
+            (ErrorKind::Unavailable, "RabbitMQ is unreachable")
+        }
+        K::InvalidConnectionState(_) | K::InvalidChannelState(..) | K::InvalidChannel(_) => (
+            ErrorKind::Unavailable,
+            "the connection to RabbitMQ is closed",
+        ),
+        K::ProtocolError(amqp) => match amqp.get_id() {
+            // CONNECTION_FORCED, RESOURCE_LOCKED, RESOURCE_ERROR, INTERNAL_ERROR
+            320 | 405 | 506 | 541 => (
+                ErrorKind::Unavailable,
+                "RabbitMQ closed the connection or channel",
+            ),
+            403 => (ErrorKind::Backend, "RabbitMQ refused access"),
+            530 => (ErrorKind::Backend, "RabbitMQ does not allow this (vhost?)"),
+            _ => (ErrorKind::Backend, "RabbitMQ returned an error"),
+        },
+        _ => (ErrorKind::Backend, "the AMQP client failed"),
     };
-    KIT.tag(operation)(Error::new(kind, format!("{what}: {e}")).with_source(e))
+    Error::new(kind, message)
+        .with_backend(BACKEND_NAME)
+        .with_operation(operation)
+        .with_source(e)
+}
+
+/// [`map_err`] with what the call was doing.
+pub(crate) fn amqp_err(operation: &'static str, what: String, e: lapin::Error) -> Error {
+    let mapped = map_err(operation, e);
+    let message = format!("{what}: {}", mapped.message());
+    let kind = mapped.kind();
+    Error::new(kind, message)
+        .with_backend(BACKEND_NAME)
+        .with_operation(operation)
+        .with_source(mapped)
 }

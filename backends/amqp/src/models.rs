@@ -185,10 +185,10 @@ impl Model for TopicModel {
 
     fn apply(&mut self, record: Record, offset: u64, now: u64) -> Answer {
         let group = record.group.as_str();
-        if let Some(config) = config_of(&record.op) {
-            if !group.is_empty() {
-                self.topic.configure_group(group, config, now);
-            }
+        if let Some(config) = config_of(&record.op)
+            && !group.is_empty()
+        {
+            self.topic.configure_group(group, config, now);
         }
         match record.op {
             Op::Emit(entries) => {

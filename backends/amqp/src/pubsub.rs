@@ -41,7 +41,6 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     ExchangeKind,
@@ -50,6 +49,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::conn::{Health, map_err, parse_uri};
 use crate::{AmqpBackend, BACKEND_NAME, KIT};
 
 /// The first reconnect delay after a loss or a failed attempt.
@@ -58,9 +58,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long one connect (TCP, AMQP handshake, channels, exchange) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The heartbeat asked for when the URL sets none (seconds), so that a silent network cut is
-/// noticed within about two of them rather than RabbitMQ's default 60 s.
-const HEARTBEAT_SECS: u16 = 10;
 /// The AMQP reply code `disrupt_pubsub` closes the connection with (CONNECTION_FORCED).
 const CONNECTION_FORCED: u16 = 320;
 
@@ -148,7 +145,7 @@ impl PubSubHub {
         PubSubHub {
             shared: Arc::new(Shared {
                 uri,
-                health: Health::new(&url),
+                health: Health::new("pubsub", &url),
                 url,
                 exchange: format!("{prefix}.pubsub"),
                 default_config,
@@ -696,57 +693,6 @@ impl Drop for Unsubscribe {
     }
 }
 
-/// Whether the pub/sub connection is up, so that an outage is logged once: one WARN when it
-/// is found lost, one INFO with the outage's length when it is back, however many calls and
-/// reconnect attempts failed in between. Only the task reports to it, in order.
-struct Health {
-    /// The URL with its password redacted.
-    url: String,
-    /// When the current outage was noticed.
-    lost_at: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    /// Connected (or not tried yet); `url` is redacted.
-    fn new(url: &str) -> Self {
-        Health {
-            url: url.to_string(),
-            lost_at: Mutex::new(None),
-        }
-    }
-
-    /// The connection was found lost, or could not be opened (`e` says why).
-    fn down(&self, e: &Error) {
-        let mut lost_at = self.lost_at.lock();
-        if lost_at.is_some() {
-            return;
-        }
-        *lost_at = Some(Instant::now());
-        tracing::warn!(
-            backend = BACKEND_NAME,
-            pool = "pubsub",
-            url = %self.url,
-            error = %format_args!("{e:#}"),
-            "courier amqp: connection lost"
-        );
-    }
-
-    /// A connection is open (again).
-    fn up(&self) {
-        let Some(since) = self.lost_at.lock().take() else {
-            return;
-        };
-        let outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
-            backend = BACKEND_NAME,
-            pool = "pubsub",
-            url = %self.url,
-            outage_ms,
-            "courier amqp: connection restored"
-        );
-    }
-}
-
 /// The AMQP binding key of a pattern: `*` is one token in both grammars; Courier's trailing
 /// `>` (one or more tokens) is `*.#` (one token, then zero or more).
 fn binding_key(pattern: &Pattern) -> String {
@@ -756,16 +702,6 @@ fn binding_key(pattern: &Pattern) -> String {
         .map(|t| if t == ">" { "*.#" } else { t })
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// Parse the URL for lapin, asking for a [`HEARTBEAT_SECS`] heartbeat unless it sets one.
-/// The parser's own message may quote the URL (and its password), so it is not passed on.
-fn parse_uri(uri: &str, url: &str, operation: &'static str) -> Result<AMQPUri> {
-    let mut parsed: AMQPUri = uri
-        .parse()
-        .map_err(|_| KIT.tag(operation)(Error::invalid(format!("not a valid AMQP URL: {url}"))))?;
-    parsed.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
-    Ok(parsed)
 }
 
 /// An AMQP short string (at most 255 bytes).
@@ -779,41 +715,6 @@ fn task_stopped(operation: &'static str) -> Error {
     Error::new(ErrorKind::Unavailable, "the pub/sub task has stopped")
         .with_backend(BACKEND_NAME)
         .with_operation(operation)
-}
-
-/// Map a lapin error raised by `operation`.
-///
-/// A lost or closed connection or channel, a missed heartbeat, and the broker closing the
-/// connection (CONNECTION_FORCED, a resource alarm, an internal error) are
-/// [`ErrorKind::Unavailable`]: retrying after the reconnect may succeed. Everything else (a
-/// refused login or vhost, a channel error on a bad argument, a malformed frame) is
-/// [`ErrorKind::Backend`]. The lapin error is kept as the source; it never holds the password.
-fn map_err(operation: &'static str, e: lapin::Error) -> Error {
-    use lapin::ErrorKind as K;
-    let (kind, message) = match e.kind() {
-        K::IOError(_) | K::RuntimeShutdownError(_) | K::MissingHeartbeatError => {
-            (ErrorKind::Unavailable, "RabbitMQ is unreachable")
-        }
-        K::InvalidConnectionState(_) | K::InvalidChannelState(..) | K::InvalidChannel(_) => (
-            ErrorKind::Unavailable,
-            "the connection to RabbitMQ is closed",
-        ),
-        K::ProtocolError(amqp) => match amqp.get_id() {
-            // CONNECTION_FORCED, RESOURCE_LOCKED, RESOURCE_ERROR, INTERNAL_ERROR
-            320 | 405 | 506 | 541 => (
-                ErrorKind::Unavailable,
-                "RabbitMQ closed the connection or channel",
-            ),
-            403 => (ErrorKind::Backend, "RabbitMQ refused access"),
-            530 => (ErrorKind::Backend, "RabbitMQ does not allow this (vhost?)"),
-            _ => (ErrorKind::Backend, "RabbitMQ returned an error"),
-        },
-        _ => (ErrorKind::Backend, "the AMQP client failed"),
-    };
-    Error::new(kind, message)
-        .with_backend(BACKEND_NAME)
-        .with_operation(operation)
-        .with_source(e)
 }
 
 #[async_trait]
@@ -870,6 +771,7 @@ impl AmqpBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::HEARTBEAT_SECS;
 
     /// The binding key of pattern `p`.
     fn key(p: &str) -> String {

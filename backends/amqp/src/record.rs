@@ -529,9 +529,9 @@ mod tests {
             Op::Settle {
                 config,
                 ops: vec![
-                    Settle::Ack(lease.clone()),
+                    Settle::Ack(lease),
                     Settle::Retry {
-                        lease: lease.clone(),
+                        lease,
                         delay: Duration::from_millis(3),
                         error: "e".into(),
                     },

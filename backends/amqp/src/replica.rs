@@ -299,7 +299,7 @@ pub(crate) async fn append(
     }
     .await;
     if let Err(e) = &r {
-        env.conn.failed(&session, operation, e).await;
+        env.conn.failed(&session, e).await;
     }
     r
 }
