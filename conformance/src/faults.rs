@@ -19,8 +19,11 @@ use tokio::time::{Instant, timeout};
 
 /// Opens a handle on the backend under test: `(url, prefix)` → a queue whose names live under
 /// `prefix` (a key prefix, a stream prefix …).
-pub type Connect =
-    Arc<dyn Fn(String, String) -> BoxFuture<'static, courier_core::Result<Arc<dyn Queue>>> + Send + Sync>;
+pub type Connect = Arc<
+    dyn Fn(String, String) -> BoxFuture<'static, courier_core::Result<Arc<dyn Queue>>>
+        + Send
+        + Sync,
+>;
 
 /// A private broker process a test may kill and restart (never the shared one).
 #[async_trait]
@@ -210,9 +213,11 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
 
     // Workers start behind the publishers, so the broker holds a backlog when it is killed.
     let tenth = s.total / 10;
-    until(Duration::from_secs(30), "the first tenth of the publishes", || {
-        ledger.ok_count.load(Ordering::Relaxed) >= tenth
-    })
+    until(
+        Duration::from_secs(30),
+        "the first tenth of the publishes",
+        || ledger.ok_count.load(Ordering::Relaxed) >= tenth,
+    )
     .await;
     let mut workers = Vec::new();
     for _ in 0..s.workers {
@@ -299,10 +304,13 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
     .await;
     let end = Instant::now() + Duration::from_secs(20);
     let stats = loop {
-        let st = timeout(Duration::from_secs(10), publisher_backend.stats(RESTART_QUEUE))
-            .await
-            .expect("stats in time")
-            .expect("stats");
+        let st = timeout(
+            Duration::from_secs(10),
+            publisher_backend.stats(RESTART_QUEUE),
+        )
+        .await
+        .expect("stats in time")
+        .expect("stats");
         if st.stored() == 0 || Instant::now() >= end {
             break st;
         }
@@ -395,6 +403,9 @@ fn crash_config() -> QueueConfig {
             Duration::from_millis(50),
         ))
 }
+
+/// Per handled id: (attempt, when) of each delivery to the parent.
+type Handled = HashMap<MessageId, Vec<(u32, Instant)>>;
 
 /// Kills the child if the test fails before it does.
 struct KillOnDrop(std::process::Child);
@@ -509,7 +520,7 @@ pub async fn consumer_crash(test: &str, url: String, connect: Connect) -> String
     assert!(leased_by_child >= CHILD_CONCURRENCY as u64);
 
     // The parent's worker takes what the child did not lease.
-    let handled: Arc<Mutex<HashMap<MessageId, Vec<(u32, Instant)>>>> = Arc::default();
+    let handled: Arc<Mutex<Handled>> = Arc::default();
     let h = handled.clone();
     let worker = Worker::builder(q.clone(), CRASH_QUEUE)
         .concurrency(8)

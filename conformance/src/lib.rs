@@ -39,6 +39,8 @@ mod pubsub;
 mod queue;
 mod worker;
 
+pub mod faults;
+
 /// The three services of a backend under test.
 #[derive(Clone)]
 pub struct Backend {
@@ -107,6 +109,13 @@ pub trait BackendFactory: Send + Sync + 'static {
         _calls: usize,
     ) -> courier_core::Result<bool> {
         Ok(false)
+    }
+
+    /// Remove what the case of namespace `ns` left on the broker, after the case (whether it
+    /// passed or not), where leftovers cost the broker resources: RabbitMQ keeps files open
+    /// for every stream. Only names under `ns` are touched, never the rest of the broker.
+    async fn cleanup(&self, _ns: &str) -> courier_core::Result<()> {
+        Ok(())
     }
 
     /// Cut the backend's connections (P6) so that they must come back by themselves.
@@ -431,12 +440,19 @@ fn run_case(factory: Arc<dyn BackendFactory>, case: Case) -> Result<(), libtest_
             };
             (case.run)(cx).await
         };
-        match tokio::time::timeout(CASE_LIMIT, fut).await {
+        let outcome = match tokio::time::timeout(CASE_LIMIT, fut).await {
             Ok(r) => r,
             Err(_) => Err(Failure(format!(
                 "case did not finish within {CASE_LIMIT:?}"
             ))),
+        };
+        // The case's handles are dropped by now; remove what it left on the broker.
+        match tokio::time::timeout(Duration::from_secs(30), factory.cleanup(&ns)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cleanup of namespace {ns} failed: {e}"),
+            Err(_) => eprintln!("cleanup of namespace {ns} did not finish within 30 s"),
         }
+        outcome
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     outcome.map_err(|f| libtest_mimic::Failed::from(f.0))

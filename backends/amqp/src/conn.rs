@@ -35,7 +35,12 @@ pub(crate) struct Session {
     pub(crate) publish: Channel,
     /// Streams declared on this connection.
     declared: Arc<Mutex<HashSet<String>>>,
+    /// Every stream this handle declares, for tests that remove them afterwards.
+    log: Option<StreamLog>,
 }
+
+/// A record of the streams handles declare (see `AmqpBackendBuilder::stream_log`).
+pub(crate) type StreamLog = Arc<Mutex<HashSet<String>>>;
 
 impl Session {
     fn usable(&self) -> bool {
@@ -64,6 +69,9 @@ impl Session {
             .await
             .map_err(|e| amqp_err(operation, format!("declaring stream {name:?}"), e))?;
         self.declared.lock().insert(name.to_owned());
+        if let Some(log) = &self.log {
+            log.lock().insert(name.to_owned());
+        }
         Ok(())
     }
 }
@@ -78,11 +86,13 @@ pub(crate) struct Conn {
     current: tokio::sync::Mutex<Option<Session>>,
     generation: AtomicU64,
     health: Health,
+    log: Option<StreamLog>,
 }
 
 impl Conn {
-    pub(crate) fn new(uri: String, url: String, timeout: Duration) -> Self {
+    pub(crate) fn new(uri: String, url: String, timeout: Duration, log: Option<StreamLog>) -> Self {
         Conn {
+            log,
             health: Health::new("queues", &url),
             uri,
             url,
@@ -178,6 +188,7 @@ impl Conn {
             connection: Arc::new(connection),
             publish,
             declared: Arc::default(),
+            log: self.log.clone(),
         })
     }
 

@@ -131,6 +131,41 @@ impl AmqpBackend {
         self.inner.conn.cut().await
     }
 
+    /// Delete these streams and this prefix's pub/sub exchange: for tests that clean up
+    /// after themselves (names from [`AmqpBackendBuilder::stream_log`]), not for
+    /// applications. Deleting a stream deletes its queue or topic for every process.
+    ///
+    /// # Errors
+    /// `Unavailable` when RabbitMQ cannot be reached.
+    #[doc(hidden)]
+    pub async fn delete_streams(&self, streams: &[String]) -> Result<()> {
+        let session = self.inner.conn.session("delete_streams").await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| conn::map_err("delete_streams", e))?;
+        for name in streams {
+            channel
+                .queue_delete(
+                    name.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await
+                .map_err(|e| conn::amqp_err("delete_streams", format!("deleting {name:?}"), e))?;
+        }
+        let exchange = format!("{}.pubsub", self.inner.prefix);
+        channel
+            .exchange_delete(
+                exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(|e| conn::amqp_err("delete_streams", format!("deleting {exchange:?}"), e))?;
+        let _ = channel.close(200, "courier: done".into()).await;
+        Ok(())
+    }
+
     /// A reference that does not keep the handle's connections open (tests that look a
     /// handle up later).
     #[doc(hidden)]
@@ -203,6 +238,7 @@ pub struct AmqpBackendBuilder {
     default_config: QueueConfig,
     connection_timeout: Duration,
     clock: Option<SharedClock>,
+    stream_log: Option<conn::StreamLog>,
 }
 
 impl Default for AmqpBackendBuilder {
@@ -213,6 +249,7 @@ impl Default for AmqpBackendBuilder {
             default_config: QueueConfig::default(),
             connection_timeout: Duration::from_secs(10),
             clock: None,
+            stream_log: None,
         }
     }
 }
@@ -250,6 +287,14 @@ impl AmqpBackendBuilder {
         self
     }
 
+    /// Record every stream the handle declares in `log`: for tests that remove their streams
+    /// afterwards ([`AmqpBackend::delete_streams`]), not for applications.
+    #[doc(hidden)]
+    pub fn stream_log(mut self, log: Arc<Mutex<std::collections::HashSet<String>>>) -> Self {
+        self.stream_log = Some(log);
+        self
+    }
+
     /// Connect.
     ///
     /// # Errors
@@ -278,7 +323,12 @@ impl AmqpBackendBuilder {
             self.prefix.clone(),
             self.default_config,
         );
-        let conn = Arc::new(Conn::new(self.url, url.clone(), self.connection_timeout));
+        let conn = Arc::new(Conn::new(
+            self.url,
+            url.clone(),
+            self.connection_timeout,
+            self.stream_log,
+        ));
         conn.session("connect").await?;
         let (closed, closed_rx) = watch::channel(false);
         let env = Env {

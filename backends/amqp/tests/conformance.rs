@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     courier_conformance::run(conformance_factory::Amqp {
         name: "amqp",
         url: conformance_factory::url(),
+        streams: Default::default(),
         handles: Default::default(),
     })
 }

@@ -1,7 +1,7 @@
 //! The conformance suite's factory for RabbitMQ: each case under its own prefix (its own
 //! streams and exchange), never touching other names on the broker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,17 +25,29 @@ fn address<T: ?Sized>(a: &Arc<T>) -> usize {
 pub(crate) struct Amqp {
     pub(crate) name: &'static str,
     pub(crate) url: String,
+    /// Per namespace, every stream its handles declared (removed by `cleanup`).
+    pub(crate) streams: Mutex<HashMap<String, StreamLog>>,
     /// Per namespace, the handle each case got from `connect`: its batch fault switch, a
     /// weak reference (for `disrupt`; the handle's connections end with the case) and the
     /// address of its queue service (to recognise the `Backend` the suite passes back).
     pub(crate) handles: Mutex<HashMap<String, Handle>>,
 }
 
+type StreamLog = Arc<parking_lot::Mutex<HashSet<String>>>;
+
 impl Amqp {
     async fn open(&self, ns: &str) -> courier_core::Result<AmqpBackend> {
+        let log = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ns.to_string())
+            .or_default()
+            .clone();
         AmqpBackend::builder()
             .url(self.url.clone())
             .prefix(format!("cc-{ns}"))
+            .stream_log(log)
             .connection_timeout(Duration::from_secs(10))
             .build()
             .await
@@ -118,6 +130,28 @@ impl BackendFactory for Amqp {
         let queues = b.disrupt_queues().await;
         let pubsub = b.disrupt_pubsub().await?;
         Ok(queues || pubsub)
+    }
+
+    /// Delete the case's streams and exchange: RabbitMQ keeps files open for every stream,
+    /// and a suite run leaves hundreds of them otherwise.
+    async fn cleanup(&self, ns: &str) -> courier_core::Result<()> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ns);
+        let log = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ns);
+        let names: Vec<String> = log.map(|l| l.lock().drain().collect()).unwrap_or_default();
+        let b = self.open(ns).await?;
+        b.delete_streams(&names).await?;
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ns);
+        Ok(())
     }
 
     async fn inject_undecodable(
