@@ -289,6 +289,12 @@ pub(crate) fn map_err(operation: &'static str, e: lapin::Error) -> Error {
                 ErrorKind::Unavailable,
                 "RabbitMQ closed the connection or channel",
             ),
+            // A stream whose node is still starting after a restart: "home node … of durable
+            // queue … is down or inaccessible". It comes back by itself.
+            404 if amqp.get_message().as_str().contains("down or inaccessible") => (
+                ErrorKind::Unavailable,
+                "the stream is not available yet (its node is starting)",
+            ),
             403 => (ErrorKind::Backend, "RabbitMQ refused access"),
             530 => (ErrorKind::Backend, "RabbitMQ does not allow this (vhost?)"),
             _ => (ErrorKind::Backend, "RabbitMQ returned an error"),
