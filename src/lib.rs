@@ -62,6 +62,10 @@ pub use courier_sqlite as sqlite;
 #[cfg(feature = "redis")]
 pub use courier_redis as redis;
 
+/// The RabbitMQ backend (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub use courier_amqp as amqp;
+
 /// Connect to a backend by URL and return the [`Courier`] handle.
 ///
 /// | scheme | backend | feature |
@@ -69,7 +73,7 @@ pub use courier_redis as redis;
 /// | `memory://` | in-process, the reference model | `memory` (default) |
 /// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (default) |
 /// | `redis://`, `rediss://` | Redis | `redis` |
-/// | `amqp://`, `amqps://` | RabbitMQ | `amqp` (planned) |
+/// | `amqp://`, `amqps://` | RabbitMQ | `amqp` |
 /// | `nats://` | NATS JetStream | `nats` (planned) |
 ///
 /// Schemes are case-insensitive (`SQLite://…`, `MEMORY://`, `Redis://…`). Each `memory://`
@@ -113,17 +117,22 @@ pub async fn connect(url: &str) -> Result<Courier> {
                 Arc::new(b),
             ))
         }
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => {
+            let b = courier_amqp::AmqpBackend::from_url(url).await?;
+            Ok(Courier::new(
+                Arc::new(b.clone()),
+                Arc::new(b.clone()),
+                Arc::new(b),
+            ))
+        }
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled(url, "sqlite")),
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
-        "amqp" | "amqps" | "nats" => {
-            let feature = match scheme.as_str() {
-                "amqps" => "amqp",
-                s => s,
-            };
-            Err(not_compiled(url, feature))
-        }
+        #[cfg(not(feature = "amqp"))]
+        "amqp" | "amqps" => Err(not_compiled(url, "amqp")),
+        "nats" => Err(not_compiled(url, "nats")),
         other => Err(Error::invalid(format!(
             "unknown backend scheme {other:?} in URL {} (expected memory, sqlite, redis, \
              rediss, amqp, amqps or nats)",
@@ -371,9 +380,14 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
-        let e = connect("AMQPS://user:secret@h").await.expect_err("off");
-        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-        assert!(!e.to_string().contains("secret"), "{e}");
+        // RabbitMQ likewise.
+        #[cfg(not(feature = "amqp"))]
+        {
+            let e = connect("AMQPS://user:secret@h").await.expect_err("off");
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains("feature `amqp`"), "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
     }
 
     #[tokio::test]

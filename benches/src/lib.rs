@@ -12,10 +12,11 @@
 //! | `memory://` | a bounded tokio mpsc channel |
 //! | `sqlite://…` | `INSERT` batches and `DELETE … RETURNING` batches, one transaction per batch, on a fresh file next to the backend's (WAL, `synchronous=NORMAL`), one connection per producer and per consumer |
 //! | `redis://…` | pipelined `LPUSH` and pipelined `BLPOP`+`LPOP` on one list, one connection per producer and per consumer |
+//! | `amqp://…`, `amqps://…` | bare lapin on one durable classic queue: batches of persistent `basic_publish` on a confirm channel, each batch's confirms awaited (a nack fails the run), and `basic_consume` under `basic_qos(batch)` acking each delivery, one connection per producer and per consumer |
 //!
 //! A run cleans up after itself: Redis keys of its queues and raw list are deleted, SQLite files
-//! it created are removed, and a pre-existing SQLite file keeps only what it had before
-//! (the publish phase's messages are drained).
+//! it created are removed, a pre-existing SQLite file keeps only what it had before
+//! (the publish phase's messages are drained), and the raw RabbitMQ queue is deleted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier::{Courier, Message, Queue, QueueConfig, QueueExt, Settle};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
 /// What to measure.
@@ -152,6 +159,10 @@ enum Target {
         /// The backend's key prefix.
         prefix: String,
     },
+    Amqp {
+        /// The broker URL, for the raw client.
+        url: String,
+    },
 }
 
 /// Open the backend named by `p.backend`. `sqlite://` without a path gets a temp file.
@@ -196,6 +207,20 @@ async fn open(p: &Params, id: &str) -> courier::Result<(Courier, Target)> {
             Target::Redis {
                 raw_url: strip_key_prefix(url),
                 prefix,
+            },
+        ));
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        let backend = courier::amqp::AmqpBackend::from_url(url).await?;
+        let c = Courier::new(
+            Arc::new(backend.clone()),
+            Arc::new(backend.clone()),
+            Arc::new(backend),
+        );
+        return Ok((
+            c,
+            Target::Amqp {
+                url: url.to_string(),
             },
         ));
     }
@@ -268,6 +293,7 @@ async fn phases(
         Target::Memory => raw_memory(p, &body).await?,
         Target::Sqlite { file, .. } => raw_sqlite(p, &body, file.as_deref(), id).await?,
         Target::Redis { raw_url, .. } => raw_redis(p, &body, raw_url, id).await?,
+        Target::Amqp { url } => raw_amqp(p, &body, url, id).await?,
     };
 
     // Idle latency.
@@ -302,8 +328,8 @@ async fn phases(
     })
 }
 
-/// Leave nothing behind: Redis keys of this run's queues, SQLite files this run created, and
-/// the publish phase's messages in a SQLite file that was there before.
+/// Leave nothing behind: Redis keys of this run's queues, SQLite files this run created, the
+/// publish phase's messages in a SQLite file that was there before, and the raw RabbitMQ queue.
 async fn cleanup(
     courier: Courier,
     target: &Target,
@@ -376,6 +402,10 @@ async fn cleanup(
                 cursor = next;
             }
             Ok(())
+        }
+        Target::Amqp { url } => {
+            drop(courier);
+            delete_raw_amqp_queue(url, id).await
         }
     }
 }
@@ -587,6 +617,220 @@ async fn raw_redis(
     Ok((
         format!("redis pipelined LPUSH x{batch} / BLPOP+LPOP x{batch}"),
         end.duration_since(start),
+    ))
+}
+
+fn amqp_err(e: lapin::Error) -> courier::Error {
+    courier::Error::new(courier::ErrorKind::Backend, format!("raw amqp: {e}"))
+}
+
+/// The raw AMQP baseline's queue in run `id`.
+fn raw_amqp_queue(id: &str) -> String {
+    format!("courier-bench.raw.{id}")
+}
+
+/// One connection to the broker with one channel on it.
+async fn amqp_channel(url: &str) -> courier::Result<(lapin::Connection, lapin::Channel)> {
+    let props =
+        lapin::ConnectionProperties::default().with_connection_name("courier-bench-raw".into());
+    let conn = lapin::Connection::connect(url, props)
+        .await
+        .map_err(amqp_err)?;
+    let channel = conn.create_channel().await.map_err(amqp_err)?;
+    Ok((conn, channel))
+}
+
+/// Close a connection (best effort: the run's figures do not depend on it).
+async fn amqp_close(conn: &lapin::Connection) {
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Delete run `id`'s raw queue (`queue.delete` of a queue that is not there is not an error).
+async fn delete_raw_amqp_queue(url: &str, id: &str) -> courier::Result<()> {
+    let (conn, channel) = amqp_channel(url).await?;
+    let deleted = channel
+        .queue_delete(raw_amqp_queue(id).into(), QueueDeleteOptions::default())
+        .await
+        .map_err(amqp_err);
+    amqp_close(&conn).await;
+    deleted.map(|_| ())
+}
+
+/// RabbitMQ's raw primitive, through bare lapin on one durable classic queue of this run:
+/// `concurrency` producers, each on its own connection with a confirm channel, publishing
+/// `batch` persistent messages then awaiting the batch's confirms (a nack fails the run), and
+/// `concurrency` consumers, each on its own connection, consuming under `basic_qos(batch)` and
+/// acking each delivery. The clock stops when the last message has been acked. The queue is
+/// deleted by [`cleanup`].
+async fn raw_amqp(
+    p: &Params,
+    body: &Bytes,
+    url: &str,
+    id: &str,
+) -> courier::Result<(String, Duration)> {
+    let queue = raw_amqp_queue(id);
+    let batch = p.batch.max(1);
+    let prefetch = u16::try_from(batch).unwrap_or(u16::MAX);
+    let mut conns = Vec::new();
+    let result = async {
+        let (conn, channel) = amqp_channel(url).await?;
+        conns.push(conn);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(amqp_err)?;
+        let mut producers = Vec::new();
+        let mut consumers = Vec::new();
+        for t in 0..p.concurrency {
+            let (conn, channel) = amqp_channel(url).await?;
+            conns.push(conn);
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp_err)?;
+            producers.push(channel);
+            let (conn, channel) = amqp_channel(url).await?;
+            conns.push(conn);
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(amqp_err)?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("courier-bench-raw-{t}").into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp_err)?;
+            consumers.push(consumer);
+        }
+        let total = p.messages as u64;
+        let acked = Arc::new(AtomicU64::new(0));
+        let finished = Arc::new(parking_lot::Mutex::new(None::<Instant>));
+        // Set when a task fails, so the consumers stop waiting for what will not come.
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (t, channel) in producers.into_iter().enumerate() {
+            let (queue, body, failed) = (queue.clone(), body.clone(), failed.clone());
+            let n = share(p, t);
+            tasks.push(tokio::spawn(async move {
+                let r = async {
+                    let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+                    let mut left = n;
+                    while left > 0 {
+                        let k = left.min(batch);
+                        let mut confirms = Vec::with_capacity(k);
+                        for _ in 0..k {
+                            confirms.push(
+                                channel
+                                    .basic_publish(
+                                        "".into(),
+                                        queue.as_str().into(),
+                                        BasicPublishOptions::default(),
+                                        &body,
+                                        properties.clone(),
+                                    )
+                                    .await
+                                    .map_err(amqp_err)?,
+                            );
+                        }
+                        for confirm in confirms {
+                            let confirmation = confirm.await.map_err(amqp_err)?;
+                            if !confirmation.is_ack() {
+                                return Err(backend_err(format!(
+                                    "raw amqp: publish not confirmed: {confirmation:?}"
+                                )));
+                            }
+                        }
+                        left -= k;
+                    }
+                    Ok(())
+                }
+                .await;
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            }));
+        }
+        for mut consumer in consumers {
+            let (acked, finished, failed) = (acked.clone(), finished.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = async {
+                    while acked.load(Ordering::Relaxed) < total && !failed.load(Ordering::Relaxed) {
+                        // Wake up now and then to notice that the others have finished.
+                        let next =
+                            tokio::time::timeout(Duration::from_millis(100), consumer.next()).await;
+                        let delivery = match next {
+                            Err(_) => continue,
+                            Ok(None) => return Err(backend_err("raw amqp: consumer cancelled")),
+                            Ok(Some(d)) => d.map_err(amqp_err)?,
+                        };
+                        delivery
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .map_err(amqp_err)?;
+                        if acked.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                            *finished.lock() = Some(Instant::now());
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                r
+            }));
+        }
+        let mut failure = None;
+        for t in tasks {
+            match tokio::time::timeout(Duration::from_secs(600), t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => failure = Some(e),
+                Ok(Err(e)) => failure = Some(backend_err(e.to_string())),
+                Err(_) => {
+                    failed.store(true, Ordering::Relaxed);
+                    failure = Some(backend_err("raw amqp phase timed out"));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let end = (*finished.lock()).ok_or_else(|| {
+            backend_err(format!(
+                "raw amqp moved {} of {total}",
+                acked.load(Ordering::Relaxed)
+            ))
+        })?;
+        Ok(end.duration_since(start))
+    }
+    .await;
+    for conn in &conns {
+        amqp_close(conn).await;
+    }
+    Ok((
+        format!(
+            "amqp confirm-batch x{batch} / consume prefetch {prefetch}, ack each \
+             (durable classic queue, persistent)"
+        ),
+        result?,
     ))
 }
 
