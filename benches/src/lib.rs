@@ -329,7 +329,8 @@ async fn phases(
 }
 
 /// Leave nothing behind: Redis keys of this run's queues, SQLite files this run created, the
-/// publish phase's messages in a SQLite file that was there before, and the raw RabbitMQ queue.
+/// publish phase's messages in a SQLite file that was there before, this run's RabbitMQ streams
+/// and the raw RabbitMQ queue.
 async fn cleanup(
     courier: Courier,
     target: &Target,
@@ -405,6 +406,13 @@ async fn cleanup(
         }
         Target::Amqp { url } => {
             drop(courier);
+            // This run's queues are streams `courier.q.<queue>` (the default prefix).
+            let backend = courier::amqp::AmqpBackend::from_url(url).await?;
+            let streams: Vec<String> = [&names.publish, &names.e2e, &names.latency]
+                .iter()
+                .map(|q| format!("{}.q.{q}", backend.prefix()))
+                .collect();
+            backend.delete_streams(&streams, false).await?;
             delete_raw_amqp_queue(url, id).await
         }
     }

@@ -131,14 +131,15 @@ impl AmqpBackend {
         self.inner.conn.cut().await
     }
 
-    /// Delete these streams and this prefix's pub/sub exchange: for tests that clean up
-    /// after themselves (names from [`AmqpBackendBuilder::stream_log`]), not for
-    /// applications. Deleting a stream deletes its queue or topic for every process.
+    /// Delete these streams, and with `exchange` this prefix's pub/sub exchange: for tests and
+    /// benchmarks that clean up after themselves (names from
+    /// [`AmqpBackendBuilder::stream_log`]), not for applications. Deleting a stream deletes
+    /// its queue or topic for every process.
     ///
     /// # Errors
     /// `Unavailable` when RabbitMQ cannot be reached.
     #[doc(hidden)]
-    pub async fn delete_streams(&self, streams: &[String]) -> Result<()> {
+    pub async fn delete_streams(&self, streams: &[String], exchange: bool) -> Result<()> {
         let session = self.inner.conn.session("delete_streams").await?;
         let channel = session
             .connection
@@ -153,6 +154,10 @@ impl AmqpBackend {
                 )
                 .await
                 .map_err(|e| conn::amqp_err("delete_streams", format!("deleting {name:?}"), e))?;
+        }
+        if !exchange {
+            let _ = channel.close(200, "courier: done".into()).await;
+            return Ok(());
         }
         let exchange = format!("{}.pubsub", self.inner.prefix);
         channel

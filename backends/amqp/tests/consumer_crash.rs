@@ -57,7 +57,7 @@ async fn in_flight_messages_of_a_killed_consumer_come_back_after_their_lease() {
     if std::env::var_os("COURIER_CRASH_CHILD_PREFIX").is_none() {
         let names: Vec<String> = log.lock().drain().collect();
         if let Ok(b) = open(url(), prefix, Arc::default()).await {
-            let _ = b.delete_streams(&names).await;
+            let _ = b.delete_streams(&names, false).await;
         }
     }
 }

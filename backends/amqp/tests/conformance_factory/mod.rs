@@ -146,7 +146,7 @@ impl BackendFactory for Amqp {
             .remove(ns);
         let names: Vec<String> = log.map(|l| l.lock().drain().collect()).unwrap_or_default();
         let b = self.open(ns).await?;
-        b.delete_streams(&names).await?;
+        b.delete_streams(&names, true).await?;
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
