@@ -188,13 +188,28 @@ impl<M: Model> Replica<M> {
         tokio::spawn(async move { follower(weak, env, stream).await });
     }
 
-    /// Apply one delivery of the stream.
-    fn apply(self: &Arc<Self>, env: &Env, offset: u64, bytes: Bytes) {
+    /// Apply one delivery of the stream, then append what undoes an answer nobody waits for.
+    fn deliver(self: &Arc<Self>, env: &Env, offset: u64, bytes: Bytes) {
+        if let Some((group, op)) = self.apply(offset, bytes) {
+            let me = self.clone();
+            let env = env.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.call(&env, &group, op, "release").await {
+                    tracing::warn!(stream = %me.stream, error = %e, "courier amqp: could not release what a dropped call leased; it comes back when the lease ends");
+                }
+            });
+        }
+    }
+
+    /// Apply the record at `offset` once (a follower that reconnects reads again from the
+    /// start of a chunk, so offsets already applied are skipped), answer its proposer if it is
+    /// this handle, and return the record that undoes an unwanted answer.
+    fn apply(&self, offset: u64, bytes: Bytes) -> Option<(String, Op)> {
         let mut orphan = None;
         {
             let mut st = self.state.lock();
             if offset < st.next_offset {
-                return; // re-read after a reconnect
+                return None; // re-read after a reconnect
             }
             st.next_offset = offset + 1;
             match record::decode(bytes.clone()) {
@@ -227,15 +242,7 @@ impl<M: Model> Replica<M> {
             }
         }
         self.changed.notify_waiters();
-        if let Some((group, op)) = orphan {
-            let me = self.clone();
-            let env = env.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.call(&env, &group, op, "release").await {
-                    tracing::warn!(stream = %me.stream, error = %e, "courier amqp: could not release what a dropped call leased; it comes back when the lease ends");
-                }
-            });
-        }
+        orphan
     }
 }
 
@@ -398,7 +405,7 @@ async fn follow_once<M: Model>(
             return Ok(());
         };
         match offset_of(&delivery.properties) {
-            Some(offset) => replica.apply(env, offset, Bytes::from(delivery.data.clone())),
+            Some(offset) => replica.deliver(env, offset, Bytes::from(delivery.data.clone())),
             None => {
                 tracing::warn!(stream = %stream, "courier amqp: a stream delivery without x-stream-offset was skipped")
             }
@@ -408,5 +415,73 @@ async fn follow_once<M: Model>(
             .ack(BasicAckOptions::default())
             .await
             .map_err(err("acknowledging"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts what it applies; its answer is the record's offset.
+    #[derive(Default)]
+    struct Counter {
+        applied: Vec<u64>,
+        junk: Vec<u64>,
+        clock: Vec<u64>,
+    }
+
+    impl Model for Counter {
+        type Out = u64;
+        fn apply(&mut self, _record: Record, offset: u64, now: u64) -> u64 {
+            self.applied.push(offset);
+            self.clock.push(now);
+            offset
+        }
+        fn apply_junk(&mut self, _bytes: Bytes, _error: Error, offset: u64, _now: u64) {
+            self.junk.push(offset);
+        }
+        fn orphan(&self, _group: &str, _out: u64) -> Option<Op> {
+            None
+        }
+        fn readiness(&self, _group: &str, _now: u64) -> (bool, Option<u64>) {
+            (false, None)
+        }
+    }
+
+    fn sync(origin: u64, request: u64, ts: u64) -> Bytes {
+        let op = Op::Sync {
+            config: courier_core::QueueConfig::default(),
+        };
+        record::encode(origin, request, ts, "", &op).expect("encode")
+    }
+
+    /// A follower that reconnects reads again from the start of a chunk: what it applied is
+    /// not applied twice, and log time never runs backwards whatever the stamps say.
+    #[test]
+    fn each_offset_applies_once_at_monotone_log_time() {
+        let r = Replica::new("s".into(), 7, Counter::default());
+        for (offset, ts) in [(0, 100), (1, 90), (1, 90), (0, 100), (2, 120), (3, 110)] {
+            r.apply(offset, sync(1, 0, ts));
+        }
+        r.apply(4, Bytes::from_static(b"junk"));
+        r.apply(4, Bytes::from_static(b"junk"));
+        r.read(|m| {
+            assert_eq!(m.applied, vec![0, 1, 2, 3]);
+            assert_eq!(m.clock, vec![100, 100, 120, 120]);
+            assert_eq!(m.junk, vec![4]);
+        });
+    }
+
+    /// A record of this handle answers the call that proposed it; other handles' records with
+    /// the same request number do not.
+    #[test]
+    fn answers_go_to_the_proposer_only() {
+        let r = Replica::new("s".into(), 7, Counter::default());
+        let (tx, mut rx) = oneshot::channel();
+        r.state.lock().pending.insert(5, tx);
+        r.apply(0, sync(8, 5, 1));
+        assert!(rx.try_recv().is_err(), "another origin's record answered");
+        r.apply(1, sync(7, 5, 1));
+        assert_eq!(rx.try_recv().expect("answered"), 1);
     }
 }
