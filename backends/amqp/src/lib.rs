@@ -5,29 +5,24 @@
 #![forbid(unsafe_code)]
 
 mod conn;
-mod events;
-mod models;
+mod log;
 mod pubsub;
-mod queue;
-mod record;
-mod replica;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use courier_core::backend::{ConfigStore, Kit};
+use courier_core::backend::Kit;
 use courier_core::{
-    Error, EventBus, Queue, QueueConfig, Result, SharedClock, SystemClock, redact_url,
+    Error, EventBus, MessageId, PubSub, Queue, QueueConfig, Result, SharedClock, SystemClock,
+    redact_url,
 };
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
+use courier_replicated::Replicated;
+use parking_lot::Mutex;
 
 use crate::conn::Conn;
-use crate::models::{QueueModel, TopicModel};
-use crate::replica::{Env, Replica};
+pub use crate::log::AmqpLog;
 
 /// The backend's short name, used in errors.
 pub const BACKEND_NAME: &str = "amqp";
@@ -53,26 +48,10 @@ pub(crate) struct Inner {
     url: String,
     prefix: String,
     clock: SharedClock,
-    configs: ConfigStore,
+    /// Queues and topics: the reference model replicated through RabbitMQ streams.
+    store: Replicated<AmqpLog>,
     pubsub: pubsub::PubSubHub,
     conn: Arc<Conn>,
-    env: Env,
-    /// Tells followers to stop when the last handle is dropped.
-    closed: watch::Sender<bool>,
-    /// This handle's id in the records it appends (random: unique among the processes).
-    origin: u64,
-    queues: RwLock<HashMap<String, Arc<Replica<QueueModel>>>>,
-    topics: RwLock<HashMap<String, Arc<Replica<TopicModel>>>>,
-    /// `set_retention` calls still being recorded, per topic.
-    retention_tasks: Mutex<HashMap<String, tokio::task::JoinHandle<Result<()>>>>,
-    /// Test support (see [`AmqpBackend::batch_fault_switch`]).
-    batch_fault: Arc<AtomicUsize>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let _ = self.closed.send(true);
-    }
 }
 
 impl AmqpBackend {
@@ -108,7 +87,23 @@ impl AmqpBackend {
 
     /// The configuration used for queues and groups that were not configured.
     pub fn default_config(&self) -> QueueConfig {
-        self.inner.configs.default_config()
+        self.inner.store.default_config()
+    }
+
+    /// The queues and topics (what `Queue` and `EventBus` forward to).
+    fn store(&self) -> &Replicated<AmqpLog> {
+        &self.inner.store
+    }
+
+    /// Store `bytes` in `queue` as one entry that does not decode, under a fresh id, as a
+    /// corrupt or foreign writer would: for tests of Q10 (it goes to dead letters, and
+    /// consumers keep running), not for applications.
+    ///
+    /// # Errors
+    /// As any call: invalid name, RabbitMQ unavailable.
+    #[doc(hidden)]
+    pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<MessageId> {
+        self.inner.store.inject_raw(queue, bytes).await
     }
 
     /// The connection URL with its password redacted.
@@ -184,33 +179,7 @@ impl AmqpBackend {
     /// stored, as a connection lost between two records would.
     #[doc(hidden)]
     pub fn batch_fault_switch(&self) -> Arc<AtomicUsize> {
-        self.inner.batch_fault.clone()
-    }
-
-    /// Whether the armed batch fault fires now (see [`AmqpBackend::batch_fault_switch`]).
-    fn take_batch_fault(&self) -> bool {
-        let f = &self.inner.batch_fault;
-        let mut cur = f.load(Ordering::Acquire);
-        loop {
-            match cur {
-                0 => return false,
-                1 => {
-                    if f.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return true;
-                    }
-                }
-                n => {
-                    if f.compare_exchange(n, n - 1, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return false;
-                    }
-                }
-            }
-            cur = f.load(Ordering::Acquire);
-        }
+        self.inner.store.batch_fault_switch()
     }
 }
 
@@ -335,34 +304,29 @@ impl AmqpBackendBuilder {
             self.stream_log,
         ));
         conn.session("connect").await?;
-        let (closed, closed_rx) = watch::channel(false);
-        let env = Env {
+        let log = AmqpLog {
             conn: conn.clone(),
-            clock: clock.clone(),
-            closed: closed_rx,
+            prefix: self.prefix.clone(),
         };
+        let store = Replicated::new(log, KIT, clock.clone(), self.default_config);
         Ok(AmqpBackend {
             inner: Arc::new(Inner {
                 url,
                 prefix: self.prefix,
                 clock,
-                configs: ConfigStore::new(self.default_config),
+                store,
                 pubsub,
                 conn,
-                env,
-                closed,
-                origin: rand::random::<u64>() | 1,
-                queues: RwLock::default(),
-                topics: RwLock::default(),
-                retention_tasks: Mutex::default(),
-                batch_fault: Arc::default(),
             }),
         })
     }
 }
 
+courier_replicated::forward_queue_and_event_bus!(AmqpBackend, store);
+
 // Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
 fn _object_safe(b: AmqpBackend) {
     let _: Arc<dyn Queue> = Arc::new(b.clone());
+    let _: Arc<dyn PubSub> = Arc::new(b.clone());
     let _: Arc<dyn EventBus> = Arc::new(b);
 }

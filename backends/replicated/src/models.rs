@@ -197,7 +197,7 @@ impl Model for TopicModel {
                     match e {
                         Entry::Message(m) => events.push(m),
                         Entry::Undecodable { id, error, .. } => {
-                            tracing::warn!(topic = %self.name, id = %id, error = %error, "courier amqp: an event that does not decode was skipped");
+                            tracing::warn!(topic = %self.name, id = %id, error = %error, "courier: an event that does not decode was skipped");
                         }
                         Entry::Encoded(..) => {}
                     }
@@ -244,7 +244,7 @@ impl Model for TopicModel {
     }
 
     fn apply_junk(&mut self, _bytes: Bytes, error: Error, offset: u64, _now: u64) {
-        tracing::warn!(topic = %self.name, offset, error = %error, "courier amqp: a topic entry that is not a record was skipped");
+        tracing::warn!(topic = %self.name, offset, error = %error, "courier: a topic entry that is not a record was skipped");
     }
 
     fn orphan(&self, group: &str, out: Answer) -> Option<Op> {

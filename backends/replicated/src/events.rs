@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::backend::Batch;
+use courier_core::backend::{Batch, Kit};
 use courier_core::{
     DeadLetter, Delivery, Error, ErrorKind, EventBus, GroupStats, Lease, Message, MessageId, Page,
     QueueConfig, ReplayFrom, Result, Retention, Selection, Settle, SharedClock,
@@ -15,21 +15,21 @@ use crate::models::{Answer, MAX_CLAIM, TopicModel};
 use crate::queue::encode_entry;
 use crate::record::Op;
 use crate::replica::Replica;
-use crate::{AmqpBackend, BACKEND_NAME, KIT};
+use crate::{Log, Replicated};
 
-fn unexpected(operation: &'static str, answer: &Answer) -> Error {
-    KIT.tag(operation)(Error::new(
+fn unexpected(kit: Kit, operation: &'static str, answer: &Answer) -> Error {
+    kit.tag(operation)(Error::new(
         ErrorKind::Backend,
         format!("unexpected answer from the replicated topic: {answer:?}"),
     ))
 }
 
-impl AmqpBackend {
+impl<L: Log> Replicated<L> {
     fn topic_replica(&self, topic: &str) -> Arc<Replica<TopicModel>> {
         if let Some(r) = self.inner.topics.read().get(topic) {
             return r.clone();
         }
-        let stream = format!("{}.t.{topic}", self.inner.prefix);
+        let stream = format!("t.{topic}");
         self.inner
             .topics
             .write()
@@ -54,7 +54,7 @@ impl AmqpBackend {
         op: impl FnOnce(QueueConfig) -> Op,
         operation: &'static str,
     ) -> Result<Answer> {
-        KIT.check_group(topic, group, operation)?;
+        self.inner.kit.check_group(topic, group, operation)?;
         let config = self.inner.configs.group(topic, group);
         self.topic_replica(topic)
             .call(&self.inner.env, group, op(config), operation)
@@ -63,9 +63,9 @@ impl AmqpBackend {
 }
 
 #[async_trait]
-impl EventBus for AmqpBackend {
+impl<L: Log> EventBus for Replicated<L> {
     fn backend_name(&self) -> &'static str {
-        BACKEND_NAME
+        self.inner.kit.backend()
     }
 
     fn clock(&self) -> SharedClock {
@@ -75,7 +75,7 @@ impl EventBus for AmqpBackend {
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()> {
         self.inner
             .configs
-            .configure_group(KIT, topic, group, config)
+            .configure_group(self.inner.kit, topic, group, config)
     }
 
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig {
@@ -85,7 +85,7 @@ impl EventBus for AmqpBackend {
     /// Recorded in the topic's log (so every process applies it) by a task of its own; the
     /// next call of this handle on the topic waits for it, so it applies before them.
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()> {
-        KIT.check_name("topic", topic, "set_retention")?;
+        self.inner.kit.check_name("topic", topic, "set_retention")?;
         let replica = self.topic_replica(topic);
         let env = self.inner.env.clone();
         let task = tokio::spawn(async move {
@@ -105,7 +105,9 @@ impl EventBus for AmqpBackend {
         let now = self.inner.clock.now_ms();
         let config = self.inner.configs.default_config();
         let (ids, entries) =
-            KIT.prepare_batch(Batch::Emit, topic, &config, events, now, encode_entry)?;
+            self.inner
+                .kit
+                .prepare_batch(Batch::Emit, topic, &config, events, now, encode_entry)?;
         self.retention_applied(topic).await?;
         let replica = self.topic_replica(topic);
         self.append_entries(&replica, entries, Op::Emit, "emit")
@@ -121,8 +123,8 @@ impl EventBus for AmqpBackend {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        KIT.check_group(topic, group, "receive")?;
-        KIT.check_max(max)?;
+        self.inner.kit.check_group(topic, group, "receive")?;
+        self.inner.kit.check_max(max)?;
         self.retention_applied(topic).await?;
         let replica = self.topic_replica(topic);
         let env = &self.inner.env;
@@ -130,13 +132,16 @@ impl EventBus for AmqpBackend {
         let max = u32::try_from(max.min(MAX_CLAIM)).unwrap_or(u32::MAX);
         loop {
             let config = self.inner.configs.group(topic, group);
+            // The lease runs from when this receive returns: add the claim's round trip.
+            let config =
+                config.with_visibility_timeout(config.visibility_timeout + replica.lease_pad());
             match replica
                 .call(env, group, Op::Claim { config, max }, "receive")
                 .await?
             {
                 Answer::Leased(got) if !got.is_empty() => return Ok(got),
                 Answer::Leased(_) => {}
-                other => return Err(unexpected("receive", &other)),
+                other => return Err(unexpected(self.inner.kit, "receive", &other)),
             }
             if tokio::time::Instant::now() >= until {
                 return Ok(Vec::new());
@@ -149,7 +154,7 @@ impl EventBus for AmqpBackend {
 
     async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         if ops.is_empty() {
-            KIT.check_group(topic, group, "settle")?;
+            self.inner.kit.check_group(topic, group, "settle")?;
             return Ok(Vec::new());
         }
         match self
@@ -158,9 +163,9 @@ impl EventBus for AmqpBackend {
         {
             Answer::Settled(rs) => Ok(rs
                 .into_iter()
-                .map(|r| r.map_err(KIT.tag("settle")))
+                .map(|r| r.map_err(self.inner.kit.tag("settle")))
                 .collect()),
-            other => Err(unexpected("settle", &other)),
+            other => Err(unexpected(self.inner.kit, "settle", &other)),
         }
     }
 
@@ -178,8 +183,8 @@ impl EventBus for AmqpBackend {
             visibility,
         };
         match self.group_call(topic, group, op, "extend").await? {
-            Answer::Extended(r) => r.map_err(KIT.tag("extend")),
-            other => Err(unexpected("extend", &other)),
+            Answer::Extended(r) => r.map_err(self.inner.kit.tag("extend")),
+            other => Err(unexpected(self.inner.kit, "extend", &other)),
         }
     }
 
@@ -187,8 +192,8 @@ impl EventBus for AmqpBackend {
         self.retention_applied(topic).await?;
         let op = |config| Op::ResetGroup { config, from };
         match self.group_call(topic, group, op, "reset_group").await? {
-            Answer::Reset(r) => r.map_err(KIT.tag("reset_group")),
-            other => Err(unexpected("reset_group", &other)),
+            Answer::Reset(r) => r.map_err(self.inner.kit.tag("reset_group")),
+            other => Err(unexpected(self.inner.kit, "reset_group", &other)),
         }
     }
 
@@ -196,8 +201,8 @@ impl EventBus for AmqpBackend {
         self.retention_applied(topic).await?;
         let op = |config| Op::CreateGroup { config, from };
         match self.group_call(topic, group, op, "create_group").await? {
-            Answer::Created(r) => r.map_err(KIT.tag("create_group")),
-            other => Err(unexpected("create_group", &other)),
+            Answer::Created(r) => r.map_err(self.inner.kit.tag("create_group")),
+            other => Err(unexpected(self.inner.kit, "create_group", &other)),
         }
     }
 
@@ -209,7 +214,7 @@ impl EventBus for AmqpBackend {
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {
-        KIT.check_name("topic", topic, "topic_len")?;
+        self.inner.kit.check_name("topic", topic, "topic_len")?;
         self.retention_applied(topic).await?;
         let config = self.inner.configs.default_config();
         self.topic_replica(topic)
@@ -230,27 +235,27 @@ impl EventBus for AmqpBackend {
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
         let op = |config| Op::RequeueDead { config, which };
         match self.group_call(topic, group, op, "requeue_dead").await? {
-            Answer::Count(r) => r.map_err(KIT.tag("requeue_dead")),
-            other => Err(unexpected("requeue_dead", &other)),
+            Answer::Count(r) => r.map_err(self.inner.kit.tag("requeue_dead")),
+            other => Err(unexpected(self.inner.kit, "requeue_dead", &other)),
         }
     }
 
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
         let op = |config| Op::PurgeDead { config, which };
         match self.group_call(topic, group, op, "purge_dead").await? {
-            Answer::Count(r) => r.map_err(KIT.tag("purge_dead")),
-            other => Err(unexpected("purge_dead", &other)),
+            Answer::Count(r) => r.map_err(self.inner.kit.tag("purge_dead")),
+            other => Err(unexpected(self.inner.kit, "purge_dead", &other)),
         }
     }
 }
 
-impl AmqpBackend {
+impl<L: Log> Replicated<L> {
     /// Wait for this handle's last `set_retention` on `topic` to be in the log.
     async fn retention_applied(&self, topic: &str) -> Result<()> {
         let task = self.inner.retention_tasks.lock().remove(topic);
         match task {
             Some(task) => task.await.map_err(|e| {
-                KIT.tag("set_retention")(Error::new(
+                self.inner.kit.tag("set_retention")(Error::new(
                     ErrorKind::Backend,
                     format!("recording the retention of topic {topic:?} failed: {e}"),
                 ))

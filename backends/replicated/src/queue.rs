@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::backend::Batch;
+use courier_core::backend::{Batch, Kit};
 use courier_core::{
     DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Queue, QueueConfig,
     QueueStats, Result, Selection, Settle, SharedClock, wire,
@@ -14,7 +14,7 @@ use courier_core::{
 use crate::models::{Answer, MAX_CLAIM, QueueModel};
 use crate::record::{Entry, Op};
 use crate::replica::{Model, Replica};
-use crate::{AmqpBackend, BACKEND_NAME, KIT};
+use crate::{Log, Replicated};
 
 /// The most bytes of messages one publish record holds; a larger batch takes several
 /// records, each stored whole or not at all (Q7).
@@ -23,8 +23,8 @@ pub(crate) const RECORD_BYTES: usize = 8 * 1024 * 1024;
 /// The most messages one publish record holds.
 pub(crate) const RECORD_MESSAGES: usize = 1_000;
 
-fn unexpected(operation: &'static str, answer: &Answer) -> Error {
-    KIT.tag(operation)(Error::new(
+fn unexpected(kit: Kit, operation: &'static str, answer: &Answer) -> Error {
+    kit.tag(operation)(Error::new(
         ErrorKind::Backend,
         format!("unexpected answer from the replicated queue: {answer:?}"),
     ))
@@ -55,12 +55,12 @@ pub(crate) fn encode_entry(m: Message) -> Result<(MessageId, bytes::Bytes)> {
     Ok((m.id, wire::encode(&m)?))
 }
 
-impl AmqpBackend {
+impl<L: Log> Replicated<L> {
     fn queue_replica(&self, queue: &str) -> Arc<Replica<QueueModel>> {
         if let Some(r) = self.inner.queues.read().get(queue) {
             return r.clone();
         }
-        let stream = format!("{}.q.{queue}", self.inner.prefix);
+        let stream = format!("q.{queue}");
         self.inner
             .queues
             .write()
@@ -77,7 +77,7 @@ impl AmqpBackend {
 
     /// Validate the name and run `op` on the queue's replica.
     async fn queue_call(&self, queue: &str, op: Op, operation: &'static str) -> Result<Answer> {
-        KIT.check_name("queue", queue, operation)?;
+        self.inner.kit.check_name("queue", queue, operation)?;
         self.queue_replica(queue)
             .call(&self.inner.env, "", op, operation)
             .await
@@ -105,7 +105,7 @@ impl AmqpBackend {
         for chunk in chunks(entries) {
             let n = chunk.len();
             if self.take_batch_fault() {
-                return Err(KIT.tag(operation)(Error::new(
+                return Err(self.inner.kit.tag(operation)(Error::new(
                     ErrorKind::Unavailable,
                     "connection lost between two records of the batch (test fault)",
                 ))
@@ -137,9 +137,9 @@ impl AmqpBackend {
 }
 
 #[async_trait]
-impl Queue for AmqpBackend {
+impl<L: Log> Queue for Replicated<L> {
     fn backend_name(&self) -> &'static str {
-        BACKEND_NAME
+        self.inner.kit.backend()
     }
 
     fn clock(&self) -> SharedClock {
@@ -147,7 +147,9 @@ impl Queue for AmqpBackend {
     }
 
     fn configure(&self, queue: &str, config: QueueConfig) -> Result<()> {
-        self.inner.configs.configure_queue(KIT, queue, config)
+        self.inner
+            .configs
+            .configure_queue(self.inner.kit, queue, config)
     }
 
     fn queue_config(&self, queue: &str) -> QueueConfig {
@@ -159,8 +161,14 @@ impl Queue for AmqpBackend {
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
         let now = self.inner.clock.now_ms();
         let config = self.inner.configs.queue(queue);
-        let (ids, entries) =
-            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, encode_entry)?;
+        let (ids, entries) = self.inner.kit.prepare_batch(
+            Batch::Publish,
+            queue,
+            &config,
+            messages,
+            now,
+            encode_entry,
+        )?;
         let replica = self.queue_replica(queue);
         self.append_entries(&replica, entries, Op::Publish, "publish")
             .await?;
@@ -169,21 +177,24 @@ impl Queue for AmqpBackend {
 
     /// Cancel safe: what a dropped receive leased is released at once (not counted).
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        KIT.check_name("queue", queue, "receive")?;
-        KIT.check_max(max)?;
+        self.inner.kit.check_name("queue", queue, "receive")?;
+        self.inner.kit.check_max(max)?;
         let replica = self.queue_replica(queue);
         let env = &self.inner.env;
         let until = tokio::time::Instant::now() + wait;
         let max = u32::try_from(max.min(MAX_CLAIM)).unwrap_or(u32::MAX);
         loop {
             let config = self.inner.configs.queue(queue);
+            // The lease runs from when this receive returns: add the claim's round trip.
+            let config =
+                config.with_visibility_timeout(config.visibility_timeout + replica.lease_pad());
             match replica
                 .call(env, "", Op::Claim { config, max }, "receive")
                 .await?
             {
                 Answer::Leased(got) if !got.is_empty() => return Ok(got),
                 Answer::Leased(_) => {}
-                other => return Err(unexpected("receive", &other)),
+                other => return Err(unexpected(self.inner.kit, "receive", &other)),
             }
             if tokio::time::Instant::now() >= until {
                 return Ok(Vec::new());
@@ -196,7 +207,7 @@ impl Queue for AmqpBackend {
 
     async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>> {
         if ops.is_empty() {
-            KIT.check_name("queue", queue, "settle")?;
+            self.inner.kit.check_name("queue", queue, "settle")?;
             return Ok(Vec::new());
         }
         let config = self.inner.configs.queue(queue);
@@ -206,9 +217,9 @@ impl Queue for AmqpBackend {
         {
             Answer::Settled(rs) => Ok(rs
                 .into_iter()
-                .map(|r| r.map_err(KIT.tag("settle")))
+                .map(|r| r.map_err(self.inner.kit.tag("settle")))
                 .collect()),
-            other => Err(unexpected("settle", &other)),
+            other => Err(unexpected(self.inner.kit, "settle", &other)),
         }
     }
 
@@ -220,8 +231,8 @@ impl Queue for AmqpBackend {
             visibility,
         };
         match self.queue_call(queue, op, "extend").await? {
-            Answer::Extended(r) => r.map_err(KIT.tag("extend")),
-            other => Err(unexpected("extend", &other)),
+            Answer::Extended(r) => r.map_err(self.inner.kit.tag("extend")),
+            other => Err(unexpected(self.inner.kit, "extend", &other)),
         }
     }
 
@@ -242,7 +253,7 @@ impl Queue for AmqpBackend {
         self.queue_replica(queue)
             .read(|m| m.state.dead_letter(id))
             .ok_or_else(|| {
-                KIT.tag("dead_letter")(Error::not_found(format!(
+                self.inner.kit.tag("dead_letter")(Error::not_found(format!(
                     "no dead letter {id} in queue {queue:?}"
                 )))
             })
@@ -254,8 +265,8 @@ impl Queue for AmqpBackend {
             .queue_call(queue, Op::RequeueDead { config, which }, "requeue_dead")
             .await?
         {
-            Answer::Count(r) => r.map_err(KIT.tag("requeue_dead")),
-            other => Err(unexpected("requeue_dead", &other)),
+            Answer::Count(r) => r.map_err(self.inner.kit.tag("requeue_dead")),
+            other => Err(unexpected(self.inner.kit, "requeue_dead", &other)),
         }
     }
 
@@ -265,8 +276,8 @@ impl Queue for AmqpBackend {
             .queue_call(queue, Op::PurgeDead { config, which }, "purge_dead")
             .await?
         {
-            Answer::Count(r) => r.map_err(KIT.tag("purge_dead")),
-            other => Err(unexpected("purge_dead", &other)),
+            Answer::Count(r) => r.map_err(self.inner.kit.tag("purge_dead")),
+            other => Err(unexpected(self.inner.kit, "purge_dead", &other)),
         }
     }
 }

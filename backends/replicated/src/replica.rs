@@ -1,8 +1,8 @@
-//! A model replicated through a RabbitMQ stream.
+//! A model replicated through a [`Log`].
 //!
-//! Each queue and each topic is one durable stream. Every change is a [`Record`] appended to
-//! it (with publisher confirms), and every handle that uses the queue or topic follows the
-//! stream from its first record, applying each record to its own copy of the model at the
+//! Each queue and each topic is one log. Every change is a [`Record`] appended to it (`Ok`
+//! once the broker holds it durably), and every handle that uses the queue or topic follows
+//! the log from its first record, applying each record to its own copy of the model at the
 //! record's log time. The model is the memory backend's reference model, and every decision
 //! in it is a function of the records (lease tokens come from stream offsets, jitter from a
 //! seeded generator, time from the records' stamps), so every copy holds the same state.
@@ -22,24 +22,19 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use courier_core::backend::Kit;
 use courier_core::{Error, ErrorKind, Result, SharedClock};
-use futures::StreamExt;
-use lapin::BasicProperties;
-use lapin::Confirmation;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::KIT;
-use crate::conn::{Conn, amqp_err};
+use crate::Log;
 use crate::record::{self, Op, Record};
+
+/// The most a claim adds to its leases for the round trip (see [`Replica::lease_pad`]).
+pub(crate) const MAX_LEASE_PAD: Duration = Duration::from_millis(250);
 
 /// How long a call waits to see its own record in the log once the broker confirmed it.
 const SEEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Records the follower reads ahead (stream consumers need a prefetch; acks are credit).
-const PREFETCH: u16 = 2_000;
 
 /// A state machine that a stream replicates.
 pub(crate) trait Model: Send + 'static {
@@ -79,15 +74,28 @@ pub(crate) struct Replica<M: Model> {
     changed: Notify,
     following: AtomicBool,
     requests: AtomicU64,
+    /// Moving average of this handle's call round trips (append → own answer), in µs.
+    round_trip_us: AtomicU64,
 }
 
 /// What a replica needs from its backend.
-#[derive(Clone)]
-pub(crate) struct Env {
-    pub(crate) conn: Arc<Conn>,
+pub(crate) struct Env<L: Log> {
+    pub(crate) log: Arc<L>,
+    pub(crate) kit: Kit,
     pub(crate) clock: SharedClock,
     /// `true` once the backend is dropped: followers stop.
     pub(crate) closed: watch::Receiver<bool>,
+}
+
+impl<L: Log> Clone for Env<L> {
+    fn clone(&self) -> Self {
+        Env {
+            log: self.log.clone(),
+            kit: self.kit,
+            clock: self.clock.clone(),
+            closed: self.closed.clone(),
+        }
+    }
 }
 
 impl<M: Model> Replica<M> {
@@ -104,6 +112,7 @@ impl<M: Model> Replica<M> {
             changed: Notify::new(),
             following: AtomicBool::new(false),
             requests: AtomicU64::new(1),
+            round_trip_us: AtomicU64::new(0),
         })
     }
 
@@ -116,14 +125,15 @@ impl<M: Model> Replica<M> {
     ///
     /// Cancel safety: if the future is dropped after the record was appended, the record still
     /// applies; what it took is given back by [`Model::orphan`].
-    pub(crate) async fn call(
+    pub(crate) async fn call<L: Log>(
         self: &Arc<Self>,
-        env: &Env,
+        env: &Env<L>,
         group: &str,
         op: Op,
         operation: &'static str,
     ) -> Result<M::Out> {
         self.follow(env);
+        let started = std::time::Instant::now();
         let request = self.requests.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.state.lock().pending.insert(request, tx);
@@ -132,25 +142,47 @@ impl<M: Model> Replica<M> {
             request,
         };
         let bytes = record::encode(self.origin, request, env.clock.now_ms(), group, &op)
-            .map_err(KIT.tag(operation))?;
-        append(env, &self.stream, bytes, operation).await?;
+            .map_err(env.kit.tag(operation))?;
+        env.log.append(&self.stream, bytes, operation).await?;
         match tokio::time::timeout(SEEN_TIMEOUT, rx).await {
-            Ok(Ok(out)) => Ok(out),
-            _ => Err(KIT.tag(operation)(Error::new(
+            Ok(Ok(out)) => {
+                self.note_round_trip(started.elapsed());
+                Ok(out)
+            }
+            _ => Err(env.kit.tag(operation)(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "the record was stored but not read back from stream {:?} within {SEEN_TIMEOUT:?}",
+                    "the record was stored but not read back from log {:?} within {SEEN_TIMEOUT:?}",
                     self.stream
                 ),
             ))),
         }
     }
 
+    /// Fold one call's round trip into the moving average (weight 1/8).
+    fn note_round_trip(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.round_trip_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.round_trip_us.store(new, Ordering::Relaxed);
+    }
+
+    /// How long this handle's calls take to be answered, lately: a claim adds it to the
+    /// lease, so a lease runs its visibility timeout from when the receive returns rather
+    /// than from when the claim was proposed (at most [`MAX_LEASE_PAD`]).
+    pub(crate) fn lease_pad(&self) -> Duration {
+        Duration::from_micros(self.round_trip_us.load(Ordering::Relaxed)).min(MAX_LEASE_PAD)
+    }
+
     /// Wait until something is ready for `group` (or may be: a due time passed); `false`
     /// when `until` comes first. Woken by every applied record; never claims anything.
-    pub(crate) async fn wait_ready(
+    pub(crate) async fn wait_ready<L: Log>(
         &self,
-        env: &Env,
+        env: &Env<L>,
         group: &str,
         until: tokio::time::Instant,
     ) -> bool {
@@ -178,7 +210,7 @@ impl<M: Model> Replica<M> {
     }
 
     /// Start the follower once.
-    fn follow(self: &Arc<Self>, env: &Env) {
+    fn follow<L: Log>(self: &Arc<Self>, env: &Env<L>) {
         if self.following.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -189,13 +221,13 @@ impl<M: Model> Replica<M> {
     }
 
     /// Apply one delivery of the stream, then append what undoes an answer nobody waits for.
-    fn deliver(self: &Arc<Self>, env: &Env, offset: u64, bytes: Bytes) {
+    fn deliver<L: Log>(self: &Arc<Self>, env: &Env<L>, offset: u64, bytes: Bytes) {
         if let Some((group, op)) = self.apply(offset, bytes) {
             let me = self.clone();
             let env = env.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.call(&env, &group, op, "release").await {
-                    tracing::warn!(stream = %me.stream, error = %e, "courier amqp: could not release what a dropped call leased; it comes back when the lease ends");
+                    tracing::warn!(stream = %me.stream, error = %e, "courier: could not release what a dropped call leased; it comes back when the lease ends");
                 }
             });
         }
@@ -236,7 +268,7 @@ impl<M: Model> Replica<M> {
                 }
                 Err(e) => {
                     let now = st.clock;
-                    tracing::warn!(stream = %self.stream, offset, error = %e, "courier amqp: a stream entry is not a Courier record; it goes to dead letters");
+                    tracing::warn!(stream = %self.stream, offset, error = %e, "courier: a stream entry is not a Courier record; it goes to dead letters");
                     st.model.apply_junk(bytes, e, offset, now);
                 }
             }
@@ -258,73 +290,10 @@ impl<M: Model> Drop for Forget<'_, M> {
     }
 }
 
-/// Append one record to `stream` and wait for the broker's confirm.
-///
-/// # Errors
-/// `Unavailable` when the broker cannot be reached or the connection is lost before the
-/// confirm; `Backend` when the broker refuses the record.
-pub(crate) async fn append(
-    env: &Env,
-    stream: &str,
-    bytes: Bytes,
-    operation: &'static str,
-) -> Result<()> {
-    let session = env.conn.session(operation).await?;
-    let r = async {
-        session.declare_stream(stream, operation).await?;
-        let confirm = session
-            .publish
-            .basic_publish(
-                "".into(),
-                stream.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &bytes,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .map_err(|e| amqp_err(operation, format!("appending to stream {stream:?}"), e))?
-            .await
-            .map_err(|e| amqp_err(operation, format!("confirm from stream {stream:?}"), e))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(KIT.tag(operation)(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "RabbitMQ returned the record for stream {stream:?}: {}",
-                    returned.reply_text
-                ),
-            ))),
-            Confirmation::Nack(_) => Err(KIT.tag(operation)(Error::new(
-                ErrorKind::Unavailable,
-                format!("RabbitMQ did not store the record for stream {stream:?} (nack)"),
-            ))),
-            Confirmation::NotRequested => Ok(()),
-        }
-    }
-    .await;
-    if let Err(e) = &r {
-        env.conn.failed(&session, e).await;
-    }
-    r
-}
-
-/// The `x-stream-offset` header RabbitMQ puts on each stream delivery.
-fn offset_of(props: &BasicProperties) -> Option<u64> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get("x-stream-offset")? {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        _ => None,
-    }
-}
-
-/// Follow `stream` for as long as the replica lives: consume from the next unapplied
-/// offset, apply each record, and after a lost connection start again from there.
-async fn follower<M: Model>(weak: Weak<Replica<M>>, env: Env, stream: String) {
+/// Follow the log `name` for as long as the replica lives: read from the next unapplied
+/// offset, apply each record, and after a lost connection start again from there, with a
+/// capped backoff (50 ms doubling to 5 s).
+async fn follower<M: Model, L: Log>(weak: Weak<Replica<M>>, env: Env<L>, name: String) {
     let mut closed = env.closed.clone();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -334,11 +303,26 @@ async fn follower<M: Model>(weak: Weak<Replica<M>>, env: Env, stream: String) {
         let Some(next) = weak.upgrade().map(|r| r.state.lock().next_offset) else {
             return;
         };
-        let outcome = follow_once(&weak, &env, &stream, next, &mut closed).await;
+        let mut read = 0u64;
+        let mut sink = |offset: u64, bytes: Bytes| -> bool {
+            let Some(replica) = weak.upgrade() else {
+                return false;
+            };
+            read += 1;
+            replica.deliver(&env, offset, bytes);
+            true
+        };
+        let outcome = tokio::select! {
+            r = env.log.follow(&name, next, &mut sink) => r,
+            _ = closed.changed() => return,
+        };
         match outcome {
             Ok(()) => return,
             Err(e) => {
-                tracing::debug!(stream = %stream, error = %e, "courier amqp: follower restarts");
+                tracing::debug!(log = %name, error = %e, "courier: follower restarts");
+                if read > 0 {
+                    backoff = Duration::from_millis(50);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = closed.changed() => return,
@@ -346,75 +330,6 @@ async fn follower<M: Model>(weak: Weak<Replica<M>>, env: Env, stream: String) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-/// One consumer of the stream from `next`; `Ok` when the replica or backend is gone.
-async fn follow_once<M: Model>(
-    weak: &Weak<Replica<M>>,
-    env: &Env,
-    stream: &str,
-    next: u64,
-    closed: &mut watch::Receiver<bool>,
-) -> Result<()> {
-    let session = env.conn.session("follow").await?;
-    session.declare_stream(stream, "follow").await?;
-    let err = |what: &str| {
-        let what = format!("{what} stream {stream:?}");
-        move |e: lapin::Error| amqp_err("follow", what, e)
-    };
-    let channel = session
-        .connection
-        .create_channel()
-        .await
-        .map_err(err("opening a channel for"))?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(err("setting the prefetch of"))?;
-    let mut args = FieldTable::default();
-    let start = i64::try_from(next).unwrap_or(i64::MAX);
-    args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(start));
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .map_err(err("consuming"))?;
-    loop {
-        let delivery = tokio::select! {
-            d = consumer.next() => d,
-            _ = closed.changed() => {
-                let _ = channel.close(200, "courier: backend dropped".into()).await;
-                return Ok(());
-            }
-        };
-        let Some(delivery) = delivery else {
-            env.conn.invalidate(session.generation).await;
-            return Err(KIT.tag("follow")(Error::new(
-                ErrorKind::Unavailable,
-                format!("the consumer of stream {stream:?} ended"),
-            )));
-        };
-        let delivery = delivery.map_err(err("reading"))?;
-        let Some(replica) = weak.upgrade() else {
-            let _ = channel.close(200, "courier: replica dropped".into()).await;
-            return Ok(());
-        };
-        match offset_of(&delivery.properties) {
-            Some(offset) => replica.deliver(env, offset, Bytes::from(delivery.data.clone())),
-            None => {
-                tracing::warn!(stream = %stream, "courier amqp: a stream delivery without x-stream-offset was skipped")
-            }
-        }
-        drop(replica);
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(err("acknowledging"))?;
     }
 }
 

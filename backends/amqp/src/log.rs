@@ -1,0 +1,151 @@
+//! The [`Log`] of the RabbitMQ backend: one durable stream per queue and per topic,
+//! `<prefix>.q.<queue>` and `<prefix>.t.<topic>`, appended to on the connection's
+//! publisher-confirm channel and read by a stream consumer from a given offset.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use courier_core::{Error, ErrorKind, Result};
+use courier_replicated::Log;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+
+use crate::KIT;
+use crate::conn::{Conn, amqp_err};
+
+/// Records a follower reads ahead (stream consumers need a prefetch; acks are credit).
+const PREFETCH: u16 = 2_000;
+
+/// Streams on one RabbitMQ connection.
+pub struct AmqpLog {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) prefix: String,
+}
+
+impl AmqpLog {
+    /// The stream of the log `name` (`q.<queue>` or `t.<topic>`).
+    pub(crate) fn stream(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+}
+
+/// The `x-stream-offset` header RabbitMQ puts on each stream delivery.
+fn offset_of(props: &BasicProperties) -> Option<u64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Log for AmqpLog {
+    async fn append(&self, name: &str, record: Bytes, operation: &'static str) -> Result<()> {
+        let stream = self.stream(name);
+        let session = self.conn.session(operation).await?;
+        let r = async {
+            session.declare_stream(&stream, operation).await?;
+            let confirm = session
+                .publish
+                .basic_publish(
+                    "".into(),
+                    stream.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &record,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .map_err(|e| amqp_err(operation, format!("appending to stream {stream:?}"), e))?
+                .await
+                .map_err(|e| amqp_err(operation, format!("confirm from stream {stream:?}"), e))?;
+            match confirm {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(returned)) => Err(KIT.tag(operation)(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "RabbitMQ returned the record for stream {stream:?}: {}",
+                        returned.reply_text
+                    ),
+                ))),
+                Confirmation::Nack(_) => Err(KIT.tag(operation)(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("RabbitMQ did not store the record for stream {stream:?} (nack)"),
+                ))),
+            }
+        }
+        .await;
+        if let Err(e) = &r {
+            self.conn.failed(&session, e).await;
+        }
+        r
+    }
+
+    async fn follow(
+        &self,
+        name: &str,
+        from: u64,
+        sink: &mut (dyn FnMut(u64, Bytes) -> bool + Send),
+    ) -> Result<()> {
+        let stream = self.stream(name);
+        let session = self.conn.session("follow").await?;
+        session.declare_stream(&stream, "follow").await?;
+        let err = |what: &str| {
+            let what = format!("{what} stream {stream:?}");
+            move |e: lapin::Error| amqp_err("follow", what, e)
+        };
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(err("opening a channel for"))?;
+        let r = async {
+            channel
+                .basic_qos(PREFETCH, BasicQosOptions::default())
+                .await
+                .map_err(err("setting the prefetch of"))?;
+            let mut args = FieldTable::default();
+            let start = i64::try_from(from).unwrap_or(i64::MAX);
+            args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(start));
+            let mut consumer = channel
+                .basic_consume(
+                    stream.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(err("consuming"))?;
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery.map_err(err("reading"))?;
+                match offset_of(&delivery.properties) {
+                    Some(offset) => {
+                        if !sink(offset, Bytes::from(delivery.data.clone())) {
+                            return Ok(());
+                        }
+                    }
+                    None => tracing::warn!(stream = %stream, "courier amqp: a stream delivery without x-stream-offset was skipped"),
+                }
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(err("acknowledging"))?;
+            }
+            self.conn.invalidate(session.generation).await;
+            Err(KIT.tag("follow")(Error::new(
+                ErrorKind::Unavailable,
+                format!("the consumer of stream {stream:?} ended"),
+            )))
+        }
+        .await;
+        let _ = channel.close(200, "courier: follower done".into()).await;
+        r
+    }
+}
