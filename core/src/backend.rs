@@ -474,3 +474,66 @@ mod tests {
         assert!(!earlier_wake(None, Some(1)) && !earlier_wake(Some(2), Some(2)));
     }
 }
+
+/// Logs a connection's outages once each: one WARN when the connection is found lost (or
+/// cannot be opened), one INFO with the outage's length (`outage_ms`) when it is back, however
+/// many calls and reconnect attempts failed in between. Report every failure with
+/// [`OutageLog::down`] and every success with [`OutageLog::up`]; both are cheap.
+#[derive(Debug)]
+pub struct OutageLog {
+    backend: &'static str,
+    /// Which connection of the backend (`queues`, `pubsub` …).
+    pool: &'static str,
+    /// The URL with its password redacted.
+    url: String,
+    /// When the current outage was noticed.
+    lost_at: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl OutageLog {
+    /// Connected (or not tried yet). `url` must be redacted already ([`crate::redact_url`]).
+    pub fn new(backend: &'static str, pool: &'static str, url: &str) -> Self {
+        OutageLog {
+            backend,
+            pool,
+            url: url.to_string(),
+            lost_at: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The connection was found lost, or could not be opened (`e` says why).
+    pub fn down(&self, e: &dyn std::fmt::Display) {
+        let mut lost_at = self.lost_at.lock();
+        if lost_at.is_some() {
+            return;
+        }
+        *lost_at = Some(std::time::Instant::now());
+        tracing::warn!(
+            backend = self.backend,
+            pool = self.pool,
+            url = %self.url,
+            error = %e,
+            "courier: connection lost"
+        );
+    }
+
+    /// A connection is open (again).
+    pub fn up(&self) {
+        let Some(since) = self.lost_at.lock().take() else {
+            return;
+        };
+        let outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            backend = self.backend,
+            pool = self.pool,
+            url = %self.url,
+            outage_ms,
+            "courier: connection restored"
+        );
+    }
+
+    /// Whether an outage is going on.
+    pub fn is_down(&self) -> bool {
+        self.lost_at.lock().is_some()
+    }
+}

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_core::{Error, ErrorKind, Result};
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
@@ -18,6 +18,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use parking_lot::Mutex;
+
+use courier_core::backend::OutageLog;
 
 use crate::{BACKEND_NAME, KIT};
 
@@ -85,7 +87,7 @@ pub(crate) struct Conn {
     timeout: Duration,
     current: tokio::sync::Mutex<Option<Session>>,
     generation: AtomicU64,
-    health: Health,
+    health: OutageLog,
     log: Option<StreamLog>,
 }
 
@@ -93,7 +95,7 @@ impl Conn {
     pub(crate) fn new(uri: String, url: String, timeout: Duration, log: Option<StreamLog>) -> Self {
         Conn {
             log,
-            health: Health::new("queues", &url),
+            health: OutageLog::new(BACKEND_NAME, "queues", &url),
             uri,
             url,
             timeout,
@@ -199,60 +201,6 @@ impl Conn {
             self.health.down(e);
             self.invalidate(session.generation).await;
         }
-    }
-}
-
-/// Whether a connection is up, so that an outage is logged once: one WARN when it
-/// is found lost, one INFO with the outage's length when it is back, however many calls and
-/// reconnect attempts failed in between.
-pub(crate) struct Health {
-    /// Which connection: `queues` or `pubsub`.
-    pool: &'static str,
-    /// The URL with its password redacted.
-    url: String,
-    /// When the current outage was noticed.
-    lost_at: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    /// Connected (or not tried yet); `url` is redacted.
-    pub(crate) fn new(pool: &'static str, url: &str) -> Self {
-        Health {
-            pool,
-            url: url.to_string(),
-            lost_at: Mutex::new(None),
-        }
-    }
-
-    /// The connection was found lost, or could not be opened (`e` says why).
-    pub(crate) fn down(&self, e: &Error) {
-        let mut lost_at = self.lost_at.lock();
-        if lost_at.is_some() {
-            return;
-        }
-        *lost_at = Some(Instant::now());
-        tracing::warn!(
-            backend = BACKEND_NAME,
-            pool = self.pool,
-            url = %self.url,
-            error = %format_args!("{e:#}"),
-            "courier amqp: connection lost"
-        );
-    }
-
-    /// A connection is open (again).
-    pub(crate) fn up(&self) {
-        let Some(since) = self.lost_at.lock().take() else {
-            return;
-        };
-        let outage_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
-            backend = BACKEND_NAME,
-            pool = self.pool,
-            url = %self.url,
-            outage_ms,
-            "courier amqp: connection restored"
-        );
     }
 }
 

@@ -49,7 +49,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::conn::{Health, map_err, parse_uri};
+use courier_core::backend::OutageLog;
+
+use crate::conn::{map_err, parse_uri};
 use crate::{AmqpBackend, BACKEND_NAME, KIT};
 
 /// The first reconnect delay after a loss or a failed attempt.
@@ -77,7 +79,7 @@ struct Shared {
     /// Its `max_payload` bounds every publish.
     default_config: QueueConfig,
     /// Whether the connection is up, for logging its outages once.
-    health: Health,
+    health: OutageLog,
     /// Every live subscription of this hub, by id (also those whose `subscribe` has not
     /// returned yet).
     registry: Mutex<HashMap<u64, Arc<Entry>>>,
@@ -145,7 +147,7 @@ impl PubSubHub {
         PubSubHub {
             shared: Arc::new(Shared {
                 uri,
-                health: Health::new("pubsub", &url),
+                health: OutageLog::new(BACKEND_NAME, "pubsub", &url),
                 url,
                 exchange: format!("{prefix}.pubsub"),
                 default_config,
