@@ -30,6 +30,19 @@ pub const DEFAULT_PREFIX: &str = "courier";
 
 pub(crate) const KIT: Kit = Kit::new(BACKEND_NAME);
 
+/// The oldest server this backend runs on (message headers, ordered consumers from a start
+/// sequence and JetStream publish acks are older; 2.9 is what it is tested against).
+pub const MIN_SERVER: (u64, u64) = (2, 9);
+
+/// Whether the server version `version` (`2.9.10`, `v2.10.0-beta`) is at least
+/// [`MIN_SERVER`]; `None` when it cannot be read.
+fn version_ok(version: &str) -> Option<bool> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major: u64 = parts.next()?.parse().ok()?;
+    let minor: u64 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= MIN_SERVER)
+}
+
 /// Courier over NATS: a [`courier_core::Queue`], [`courier_core::PubSub`] and
 /// [`courier_core::EventBus`]. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -257,6 +270,22 @@ impl NatsBackendBuilder {
                 )));
             }
         };
+        let info = client.server_info();
+        if version_ok(&info.version) == Some(false) {
+            return Err(tag(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "NATS server {} at {url} is too old: courier-nats needs {}.{} or later",
+                    info.version, MIN_SERVER.0, MIN_SERVER.1
+                ),
+            )));
+        }
+        if !info.jetstream {
+            return Err(tag(Error::new(
+                ErrorKind::Unsupported,
+                format!("NATS server at {url} has no JetStream (start it with -js)"),
+            )));
+        }
         let log = NatsLog::new(
             client.clone(),
             self.prefix.clone(),
@@ -278,6 +307,48 @@ impl NatsBackendBuilder {
 }
 
 courier_replicated::forward_queue_and_event_bus!(NatsBackend, store);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_compared_by_major_and_minor() {
+        assert_eq!(version_ok("2.9.10"), Some(true));
+        assert_eq!(version_ok("v2.10.0-beta.1"), Some(true));
+        assert_eq!(version_ok("2.8.4"), Some(false));
+        assert_eq!(version_ok("1.12.0"), Some(false));
+        assert_eq!(version_ok("nonsense"), None);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_and_prefixes_are_refused_before_connecting() {
+        let e = NatsBackend::from_url("redis://h")
+            .await
+            .expect_err("scheme");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let e = NatsBackend::builder()
+            .url("nats://user:secret@127.0.0.1:1")
+            .prefix("a.b")
+            .build()
+            .await
+            .expect_err("prefix with a dot");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_retryable_and_the_password_is_not_printed() {
+        let e = NatsBackend::builder()
+            .url("nats://user:secret@127.0.0.1:1")
+            .connection_timeout(Duration::from_millis(500))
+            .build()
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
+    }
+}
 
 // Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
 fn _object_safe(b: NatsBackend) {

@@ -3,9 +3,10 @@
 //! - Courier's pattern grammar is NATS's (`*` one token, a trailing `>` one or more), so a
 //!   pattern is subscribed as it is; deliveries are still matched by core's matcher before
 //!   they are buffered.
-//! - `subscribe` returns once the server has the subscription (a flush after `SUB`), and
-//!   `publish` once the server has the message (a flush after `PUB`): a subscription made on
-//!   another connection after `publish` returned never receives it (P1, P2).
+//! - `subscribe` returns once the server has the subscription, and `publish` once the server
+//!   has routed the message (a request the server answers follows the `SUB` or `PUB` on the
+//!   same connection; a flush would only write the socket): a subscription made on another
+//!   connection after `publish` returned never receives it (P1, P2).
 //! - Each subscription has a task that moves messages from the client into core's bounded,
 //!   drop-oldest [`SubscriptionBuffer`] (P7), so the client's own channel never overflows
 //!   silently.
@@ -61,6 +62,24 @@ impl NatsBackend {
         format!("{}.ps.{channel}", self.inner.prefix)
     }
 
+    /// Wait until the server has processed everything this connection sent so far. A flush
+    /// only writes the socket; a request answered by the server (JetStream's account info,
+    /// which every server this backend runs on has) comes back after the server read what
+    /// was sent before it, in order.
+    async fn barrier(&self, operation: &'static str) -> Result<()> {
+        let client = &self.inner.client;
+        let reply = client.request("$JS.API.INFO", bytes::Bytes::new());
+        match tokio::time::timeout(std::time::Duration::from_secs(10), reply).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(nats_err(operation, "waiting for the server".into(), e)),
+            Err(_) => Err(nats_err(
+                operation,
+                "waiting for the server".into(),
+                "no answer within 10 s",
+            )),
+        }
+    }
+
     /// Make the client reconnect, as a network cut would: subscriptions must come back by
     /// themselves (P6). For tests (the conformance suite's `disrupt`), not for applications.
     ///
@@ -106,10 +125,7 @@ impl PubSub for NatsBackend {
             }
         };
         sent.map_err(|e| nats_err("publish", format!("publishing to {subject:?}"), e))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| nats_err("publish", format!("publishing to {subject:?}"), e))?;
+        self.barrier("publish").await?;
         Ok(self.inner.registry.local_receivers(channel))
     }
 
@@ -122,10 +138,7 @@ impl PubSub for NatsBackend {
             .subscribe(subject.clone())
             .await
             .map_err(|e| nats_err("subscribe", format!("subscribing to {subject:?}"), e))?;
-        client
-            .flush()
-            .await
-            .map_err(|e| nats_err("subscribe", format!("subscribing to {subject:?}"), e))?;
+        self.barrier("subscribe").await?;
         let buffer = SubscriptionBuffer::new(pattern, options.buffer);
         self.inner
             .registry
