@@ -66,6 +66,10 @@ pub use courier_redis as redis;
 #[cfg(feature = "amqp")]
 pub use courier_amqp as amqp;
 
+/// The NATS JetStream backend (feature `nats`).
+#[cfg(feature = "nats")]
+pub use courier_nats as nats;
+
 /// Connect to a backend by URL and return the [`Courier`] handle.
 ///
 /// | scheme | backend | feature |
@@ -74,7 +78,7 @@ pub use courier_amqp as amqp;
 /// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (default) |
 /// | `redis://`, `rediss://` | Redis | `redis` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp` |
-/// | `nats://` | NATS JetStream | `nats` (planned) |
+/// | `nats://`, `tls://` | NATS JetStream | `nats` |
 ///
 /// Schemes are case-insensitive (`SQLite://…`, `MEMORY://`, `Redis://…`). Each `memory://`
 /// URL makes a new, independent in-process store; share it by cloning the returned
@@ -126,16 +130,26 @@ pub async fn connect(url: &str) -> Result<Courier> {
                 Arc::new(b),
             ))
         }
+        #[cfg(feature = "nats")]
+        "nats" | "tls" => {
+            let b = courier_nats::NatsBackend::from_url(url).await?;
+            Ok(Courier::new(
+                Arc::new(b.clone()),
+                Arc::new(b.clone()),
+                Arc::new(b),
+            ))
+        }
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled(url, "sqlite")),
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
         #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(not_compiled(url, "amqp")),
-        "nats" => Err(not_compiled(url, "nats")),
+        #[cfg(not(feature = "nats"))]
+        "nats" | "tls" => Err(not_compiled(url, "nats")),
         other => Err(Error::invalid(format!(
             "unknown backend scheme {other:?} in URL {} (expected memory, sqlite, redis, \
-             rediss, amqp, amqps or nats)",
+             rediss, amqp, amqps, nats or tls)",
             redact_url(url)
         ))),
     }
@@ -153,6 +167,14 @@ pub async fn connect_with(config: &CourierConfig) -> Result<Courier> {
     Ok(courier)
 }
 
+// Unused only in a build with every backend.
+#[cfg(not(all(
+    feature = "memory",
+    feature = "sqlite",
+    feature = "redis",
+    feature = "amqp",
+    feature = "nats"
+)))]
 fn not_compiled(url: &str, feature: &str) -> Error {
     Error::new(
         ErrorKind::Unsupported,
@@ -313,11 +335,22 @@ mod tests {
         let e = connect("foo://user:secret@h").await.expect_err("unknown");
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(!e.to_string().contains("secret"), "{e}");
-        // NATS has no backend yet, so it is off in every build.
-        let e = connect("nats://user:secret@h:4222").await.expect_err("off");
-        assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.to_string().contains("feature `nats`"), "{e}");
-        assert!(!e.to_string().contains("secret"), "{e}");
+        // NATS's schemes are routed to its backend, never refused as unknown: without the
+        // feature as not compiled in, with it by the backend (nothing listens on port 1).
+        for url in [
+            "nats://user:secret@127.0.0.1:1",
+            "tls://user:secret@127.0.0.1:1",
+        ] {
+            let e = connect(url).await.expect_err("off, or no server");
+            #[cfg(not(feature = "nats"))]
+            {
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+                assert!(e.to_string().contains("feature `nats`"), "{e}");
+            }
+            #[cfg(feature = "nats")]
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+            assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
+        }
         assert!(connect("nonsense").await.is_err());
     }
 
@@ -334,6 +367,8 @@ mod tests {
                 "redis://user:pw@Host:6379/0",
             ),
             ("REDISS://h", "rediss", "rediss://h"),
+            ("NATS://h:4222", "nats", "nats://h:4222"),
+            ("TLS://h:4222", "tls", "tls://h:4222"),
         ] {
             let (s, n) = scheme_of(url).expect(url);
             assert_eq!((s.as_str(), n.as_str()), (scheme, normalized), "{url}");
@@ -386,6 +421,14 @@ mod tests {
             let e = connect("AMQPS://user:secret@h").await.expect_err("off");
             assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
             assert!(e.to_string().contains("feature `amqp`"), "{e}");
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+        // NATS likewise.
+        #[cfg(not(feature = "nats"))]
+        {
+            let e = connect("NATS://user:secret@h").await.expect_err("off");
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            assert!(e.to_string().contains("feature `nats`"), "{e}");
             assert!(!e.to_string().contains("secret"), "{e}");
         }
     }

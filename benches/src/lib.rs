@@ -13,10 +13,13 @@
 //! | `sqlite://…` | `INSERT` batches and `DELETE … RETURNING` batches, one transaction per batch, on a fresh file next to the backend's (WAL, `synchronous=NORMAL`), one connection per producer and per consumer |
 //! | `redis://…` | pipelined `LPUSH` and pipelined `BLPOP`+`LPOP` on one list, one connection per producer and per consumer |
 //! | `amqp://…`, `amqps://…` | bare lapin on one durable classic queue: batches of persistent `basic_publish` on a confirm channel, each batch's confirms awaited (a nack fails the run), and `basic_consume` under `basic_qos(batch)` acking each delivery, one connection per producer and per consumer |
+//! | `nats://…`, `tls://…` | bare async-nats JetStream on a stream of this run (file storage, work-queue retention): batches of `js.publish`, each batch's `PublishAck`s awaited, and a durable pull consumer (explicit ack) pulled in batches of the same size by each consumer, acking each message; the clock stops when the server has applied every ack (the stream is empty). One connection, as the backend has |
 //!
 //! A run cleans up after itself: Redis keys of its queues and raw list are deleted, SQLite files
 //! it created are removed, a pre-existing SQLite file keeps only what it had before
-//! (the publish phase's messages are drained), and the raw RabbitMQ queue is deleted.
+//! (the publish phase's messages are drained), the raw RabbitMQ queue is deleted, and on NATS
+//! the run's two JetStream streams are deleted (the Courier side runs under a prefix of its
+//! own, `bench<run id>`, so no other user's queues are touched).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,6 +166,12 @@ enum Target {
         /// The broker URL, for the raw client.
         url: String,
     },
+    Nats {
+        /// The server URL, for the raw client and the cleanup.
+        url: String,
+        /// The backend's prefix: this run's own (its stream is deleted by the cleanup).
+        prefix: String,
+    },
 }
 
 /// Open the backend named by `p.backend`. `sqlite://` without a path gets a temp file.
@@ -221,6 +230,29 @@ async fn open(p: &Params, id: &str) -> courier::Result<(Courier, Target)> {
             c,
             Target::Amqp {
                 url: url.to_string(),
+            },
+        ));
+    }
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        // A prefix of this run's own: the cleanup deletes the prefix's stream, which under the
+        // default prefix would hold every other user's queues too.
+        let prefix = format!("bench{id}");
+        let backend = courier::nats::NatsBackend::builder()
+            .url(url)
+            .prefix(prefix.clone())
+            .build()
+            .await?;
+        backend.ping().await?;
+        let c = Courier::new(
+            Arc::new(backend.clone()),
+            Arc::new(backend.clone()),
+            Arc::new(backend),
+        );
+        return Ok((
+            c,
+            Target::Nats {
+                url: url.to_string(),
+                prefix,
             },
         ));
     }
@@ -294,6 +326,7 @@ async fn phases(
         Target::Sqlite { file, .. } => raw_sqlite(p, &body, file.as_deref(), id).await?,
         Target::Redis { raw_url, .. } => raw_redis(p, &body, raw_url, id).await?,
         Target::Amqp { url } => raw_amqp(p, &body, url, id).await?,
+        Target::Nats { url, .. } => raw_nats(p, &body, url, id).await?,
     };
 
     // Idle latency.
@@ -330,7 +363,7 @@ async fn phases(
 
 /// Leave nothing behind: Redis keys of this run's queues, SQLite files this run created, the
 /// publish phase's messages in a SQLite file that was there before, this run's RabbitMQ streams
-/// and the raw RabbitMQ queue.
+/// and the raw RabbitMQ queue, this run's NATS stream (its own prefix) and the raw NATS stream.
 async fn cleanup(
     courier: Courier,
     target: &Target,
@@ -414,6 +447,23 @@ async fn cleanup(
                 .collect();
             backend.delete_streams(&streams, false).await?;
             delete_raw_amqp_queue(url, id).await
+        }
+        Target::Nats { url, prefix } => {
+            drop(courier);
+            // Every queue of this run is in the stream named after the run's prefix.
+            let deleted = async {
+                courier::nats::NatsBackend::builder()
+                    .url(url.as_str())
+                    .prefix(prefix.as_str())
+                    .build()
+                    .await?
+                    .delete_stream()
+                    .await
+            }
+            .await;
+            let raw = delete_raw_nats_stream(url, id).await;
+            deleted?;
+            raw
         }
     }
 }
@@ -839,6 +889,186 @@ async fn raw_amqp(
              (durable classic queue, persistent)"
         ),
         result?,
+    ))
+}
+
+fn nats_err(e: impl std::fmt::Display) -> courier::Error {
+    courier::Error::new(courier::ErrorKind::Backend, format!("raw nats: {e}"))
+}
+
+/// The raw NATS baseline's stream in run `id` (its subject is `<stream>.raw`).
+fn raw_nats_stream(id: &str) -> String {
+    format!("courier-bench-raw-{id}")
+}
+
+/// One connection to the server for the raw client (the error names the failure, not the
+/// URL, which may hold credentials).
+async fn nats_connect(url: &str) -> courier::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| nats_err(format!("cannot connect: {}", e.kind())))
+}
+
+/// Delete run `id`'s raw stream (one that is not there is not an error).
+async fn delete_raw_nats_stream(url: &str, id: &str) -> courier::Result<()> {
+    let client = nats_connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    match js.delete_stream(raw_nats_stream(id)).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("not found") => Ok(()),
+        Err(e) => Err(nats_err(format!("deleting the raw stream: {e}"))),
+    }
+}
+
+/// NATS's raw primitive, through bare async-nats JetStream on one stream of this run (file
+/// storage, work-queue retention, subject `<stream>.raw`) and one connection, as the backend
+/// has: `concurrency` producers each publishing `batch` messages (`js.publish`) then awaiting
+/// the batch's `PublishAck`s, and `concurrency` consumers on one durable pull consumer
+/// (explicit ack), each pulling batches of `batch` and acking each message. The clock stops
+/// when the server has applied every ack: the acks are flushed and the stream is empty
+/// (work-queue retention removes a message when it is acked), as the end-to-end phase waits
+/// for the queue's stats to count every ack. The stream is deleted by [`cleanup`].
+async fn raw_nats(
+    p: &Params,
+    body: &Bytes,
+    url: &str,
+    id: &str,
+) -> courier::Result<(String, Duration)> {
+    use async_nats::jetstream::{consumer, stream};
+    let name = raw_nats_stream(id);
+    let subject = format!("{name}.raw");
+    let batch = p.batch.max(1);
+    let client = nats_connect(url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err)?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("courier-bench-raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err)?;
+    let mut feeds = Vec::new();
+    for _ in 0..p.concurrency {
+        feeds.push(
+            consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .messages()
+                .await
+                .map_err(nats_err)?,
+        );
+    }
+    let total = p.messages as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    // Set when a task fails, so the consumers stop waiting for what will not come.
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..p.concurrency {
+        let (js, subject, body, failed) =
+            (js.clone(), subject.clone(), body.clone(), failed.clone());
+        let n = share(p, t);
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(batch);
+                    let mut acks = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        acks.push(
+                            js.publish(subject.clone(), body.clone())
+                                .await
+                                .map_err(nats_err)?,
+                        );
+                    }
+                    for ack in acks {
+                        ack.await.map_err(nats_err)?;
+                    }
+                    left -= k;
+                }
+                Ok(())
+            }
+            .await;
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            r
+        }));
+    }
+    for mut feed in feeds {
+        let (acked, failed) = (acked.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                while acked.load(Ordering::Relaxed) < total && !failed.load(Ordering::Relaxed) {
+                    // Wake up now and then to notice that the others have finished.
+                    let next = tokio::time::timeout(Duration::from_millis(100), feed.next()).await;
+                    let message = match next {
+                        Err(_) => continue,
+                        Ok(None) => return Err(nats_err("the pull consumer ended")),
+                        Ok(Some(m)) => m.map_err(nats_err)?,
+                    };
+                    message.ack().await.map_err(nats_err)?;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            .await;
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            r
+        }));
+    }
+    let mut failure = None;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(600), t).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => failure = Some(e),
+            Ok(Err(e)) => failure = Some(backend_err(e.to_string())),
+            Err(_) => {
+                failed.store(true, Ordering::Relaxed);
+                failure = Some(backend_err("raw nats phase timed out"));
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // Every ack is on the wire; wait until the server has applied them all.
+    client.flush().await.map_err(nats_err)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = stream.get_info().await.map_err(nats_err)?.state.messages;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(backend_err(format!(
+                "raw nats: {left} of {total} messages still unacked after 60 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = start.elapsed();
+    Ok((
+        format!(
+            "nats jetstream publish x{batch}, PublishAcks awaited / durable pull consumer, \
+             batches of {batch}, ack each (file storage, work-queue retention, one connection)"
+        ),
+        elapsed,
     ))
 }
 

@@ -12,7 +12,7 @@ use courier_benches::{Params, run, table};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Backend URL (memory://, sqlite://…, redis://…, amqp://…).
+    /// Backend URL (memory://, sqlite://…, redis://…, amqp://…, nats://… or tls://…).
     #[arg(long, default_value = "memory://")]
     backend: String,
     /// Messages per phase.
