@@ -459,7 +459,8 @@ pub async fn consumer_crash(test: &str, url: String, connect: Connect) -> String
         crash_child(connect, url, prefix.clone()).await;
         return prefix;
     }
-    let prefix = format!("courier-crash-{}", rand::random::<u64>());
+    // 30 bytes: NATS takes a prefix of at most 32 (it names a JetStream stream).
+    let prefix = format!("courier-crash-{:016x}", rand::random::<u64>());
     let q = connect_in_time(&connect, &url, &prefix).await;
     q.configure(CRASH_QUEUE, crash_config()).expect("configure");
     let msgs: Vec<Message> = (0..CRASH_N)
