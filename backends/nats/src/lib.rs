@@ -308,6 +308,13 @@ impl NatsBackendBuilder {
 
 courier_replicated::forward_queue_and_event_bus!(NatsBackend, store);
 
+// Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
+fn _object_safe(b: NatsBackend) {
+    let _: Arc<dyn Queue> = Arc::new(b.clone());
+    let _: Arc<dyn PubSub> = Arc::new(b.clone());
+    let _: Arc<dyn EventBus> = Arc::new(b);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,11 +355,4 @@ mod tests {
         assert!(e.is_retryable(), "{e:?}");
         assert!(!format!("{e} {e:?}").contains("secret"), "{e:?}");
     }
-}
-
-// Compile-time proof that the backend serves every trait behind `Arc<dyn …>`.
-fn _object_safe(b: NatsBackend) {
-    let _: Arc<dyn Queue> = Arc::new(b.clone());
-    let _: Arc<dyn PubSub> = Arc::new(b.clone());
-    let _: Arc<dyn EventBus> = Arc::new(b);
 }
