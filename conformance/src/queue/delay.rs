@@ -72,6 +72,14 @@ async fn delay_promptly_after(cx: Ctx) -> Outcome {
         took + Duration::from_millis(5) >= delay,
         "too early: {took:?}"
     );
+    // Promptly: the waiting receive wakes when the message falls due, not at the end of its
+    // wait. The tolerance is a few ticks, and never under 250 ms for a loaded machine.
+    let limit = delay + (cx.tick * 4).max(Duration::from_millis(250));
+    ensure!(
+        took <= limit,
+        "delivered {took:?} after publish: a waiting receive must wake within the tick of the \
+         due time (limit {limit:?}), not at the end of its wait"
+    );
     println!(
         "delay {delay:?} delivered after {took:?} (tick {:?})",
         cx.tick
