@@ -41,6 +41,11 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!("queue::retry::jitter_stays_in_range", ["Q5"], jitter_range),
         case!(
+            "queue::retry::expired_lease_backoff_is_jittered",
+            ["Q4", "Q5"],
+            expiry_jitter
+        ),
+        case!(
             "queue::retry::expired_lease_waits_for_backoff",
             ["Q4", "Q5", "Q6"],
             expiry_backoff
@@ -319,6 +324,71 @@ async fn jitter_range(cx: Ctx) -> Outcome {
         again.iter().all(|d| d.message.attempt == 2),
         "attempts {:?}",
         summary(&again)
+    );
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch on this machine (lease deadlines are in the same unit).
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// An expired lease is a failed attempt with the same jittered backoff as a nack (Q4, Q5):
+/// with `base = max_delay = 400 ms` and jitter 0.5, each message comes back between 200 and
+/// 600 ms after its lease ended (plus the tick), and the 16 of them land on both sides of
+/// 400 ms (all on one side: p = 2^-15).
+async fn expiry_jitter(cx: Ctx) -> Outcome {
+    const N: usize = 16;
+    let base = Duration::from_millis(400);
+    let mut retry = RetryPolicy::exact(3, base, 2.0, base);
+    retry.jitter = 0.5;
+    let q = queue(
+        &cx,
+        "expjitter",
+        config_with(retry, Duration::from_millis(100)),
+    )?;
+    let msgs = (0..N).map(|i| Message::new("m", format!("{i}"))).collect();
+    publish_all(&cx, &q, msgs).await?;
+    let first = receive_n(cx.q(), &q, N, LIMIT).await?;
+    let deadline: HashMap<_, _> = first
+        .iter()
+        .map(|d| (d.message.id, d.lease.deadline_ms))
+        .collect();
+    // Let every lease expire, and note when each message comes back.
+    let mut back: HashMap<courier_core::MessageId, u64> = HashMap::new();
+    let end = Instant::now() + Duration::from_millis(700) + cx.prompt();
+    while back.len() < N && Instant::now() < end {
+        let got = within(
+            LIMIT,
+            "receive",
+            cx.q().receive(&q, N, Duration::from_millis(200)),
+        )
+        .await??;
+        let at = epoch_ms();
+        for d in got {
+            ensure_eq!(d.message.attempt, 2, "attempt after an expired lease");
+            back.entry(d.message.id).or_insert(at);
+        }
+    }
+    ensure_eq!(back.len(), N, "every expired message came back");
+    let slack = (cx.tick * 4).max(Duration::from_millis(250));
+    let gaps: Vec<u64> = back
+        .iter()
+        .map(|(id, at)| at.saturating_sub(deadline[id]))
+        .collect();
+    for g in &gaps {
+        ensure!(
+            *g + 5 >= 200 && *g <= 600 + u64::try_from(slack.as_millis()).unwrap_or(u64::MAX),
+            "a message came back {g} ms after its lease ended: outside 400 ms ± 50 % (+ {slack:?}): {gaps:?}"
+        );
+    }
+    ensure!(
+        gaps.iter().any(|g| *g < 400) && gaps.iter().any(|g| *g > 400),
+        "{N} expired leases all backed off on one side of 400 ms: the expiry's backoff is not \
+         jittered as the queue's policy says: {gaps:?}"
     );
     Ok(())
 }
