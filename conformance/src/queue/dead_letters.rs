@@ -32,6 +32,11 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case!("queue::dead_letters::fetched_by_id", ["Q6"], dead_by_id),
         case!(
+            "queue::dead_letters::listed_through_another_handle",
+            ["Q6", "Q8"],
+            dead_through_other_handle
+        ),
+        case!(
             "queue::dead_letters::unknown_id_is_not_found",
             ["Q6"],
             dead_unknown
@@ -241,6 +246,33 @@ async fn dead_by_id(cx: Ctx) -> Outcome {
         (dl.message.id, dl.message.kind.as_str(), dl.error.as_str()),
         (ids[1], "d1", "error 1"),
         "fetched"
+    );
+    Ok(())
+}
+
+/// Dead letters are shared like stats (Q6, Q8): what one handle buried, another handle (as
+/// another process would open it) lists and fetches at once, with no other call first.
+async fn dead_through_other_handle(cx: Ctx) -> Outcome {
+    let q = queue(&cx, "deadshared", plain_config())?;
+    let ids = bury_n(&cx, &q, 2).await?;
+    let other = within(LIMIT, "reopen", cx.factory.reopen(&cx.ns, &cx.backend)).await??;
+    other.queue.configure(&q, plain_config())?;
+    let listed = within(
+        LIMIT,
+        "dead_letters",
+        other.queue.dead_letters(&q, Page::first(10)),
+    )
+    .await??;
+    ensure_eq!(
+        listed.iter().map(|d| d.message.id).collect::<Vec<_>>(),
+        ids,
+        "the other handle lists both dead letters, oldest first"
+    );
+    let dl = within(LIMIT, "dead_letter", other.queue.dead_letter(&q, ids[1])).await??;
+    ensure_eq!(
+        dl.error.as_str(),
+        "error 1",
+        "fetched through the other handle"
     );
     Ok(())
 }
