@@ -147,6 +147,10 @@ impl BackendFactory for Amqp {
         let names: Vec<String> = log.map(|l| l.lock().drain().collect()).unwrap_or_default();
         let b = self.open(ns).await?;
         b.delete_streams(&names, true).await?;
+        // A task the case left running (a set_retention being recorded, the release of what
+        // a dropped receive leased) may append once more and declare its stream again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.delete_streams(&names, false).await?;
         self.streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
