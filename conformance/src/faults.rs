@@ -43,11 +43,21 @@ pub fn required() -> bool {
     std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1")
 }
 
-/// Poll `cond` until it holds or `within` passes.
-async fn until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+/// Poll `cond` until it holds or `within` passes; on time out, the panic says what was awaited
+/// and what `state` shows then (a CI log must explain a failure on its own).
+async fn until(
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
     let end = Instant::now() + within;
     while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {within:?} waiting for {what}; state: {}",
+            state()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -213,10 +223,23 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
 
     // Workers start behind the publishers, so the broker holds a backlog when it is killed.
     let tenth = s.total / 10;
+    let progress = |workers: &[courier_core::WorkerHandle]| {
+        let finished = publishers.iter().filter(|p| p.is_finished()).count();
+        let received: Vec<u64> = workers.iter().map(|w| w.stats().received).collect();
+        format!(
+            "ok {} of {}, publish errors {}, handled {}, publisher tasks ended {finished} \
+             (a panicked one is printed above), received per worker {received:?}",
+            ledger.ok_count.load(Ordering::Relaxed),
+            s.total,
+            ledger.publish_errors.load(Ordering::Relaxed),
+            ledger.handled.lock().len(),
+        )
+    };
     until(
         Duration::from_secs(30),
         "the first tenth of the publishes",
         || ledger.ok_count.load(Ordering::Relaxed) >= tenth,
+        || progress(&[]),
     )
     .await;
     let mut workers = Vec::new();
@@ -241,9 +264,12 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
     let mut pids = vec![broker.pid()];
     let mut resumed_after = Vec::new();
     for (i, at) in [3 * tenth, 6 * tenth].into_iter().enumerate() {
-        until(Duration::from_secs(30), "publishing progress", || {
-            ledger.ok_count.load(Ordering::Relaxed) >= at
-        })
+        until(
+            Duration::from_secs(30),
+            "publishing progress",
+            || ledger.ok_count.load(Ordering::Relaxed) >= at,
+            || progress(&workers),
+        )
         .await;
         let before = backlog(publisher_backend.as_ref()).await;
         // Not vacuous: the crash hits messages that exist only in the broker.
@@ -270,6 +296,12 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
                     .iter()
                     .zip(&received)
                     .all(|(w, &n)| w.stats().received > n)
+            },
+            || {
+                format!(
+                    "received before the kill {received:?}; {}",
+                    progress(&workers)
+                )
             },
         )
         .await;
@@ -299,6 +331,11 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
         || {
             let h = ledger.handled.lock();
             ok.iter().all(|id| h.contains_key(id))
+        },
+        || {
+            let h = ledger.handled.lock();
+            let missing = ok.iter().filter(|id| !h.contains_key(id)).count();
+            format!("{missing} acknowledged publishes not handled yet")
         },
     )
     .await;
