@@ -183,15 +183,6 @@ async fn publish(
     retries
 }
 
-/// Messages stored and not yet acked (ready, delayed, in flight).
-async fn backlog(q: &dyn Queue) -> u64 {
-    let s = timeout(Duration::from_secs(10), q.stats(RESTART_QUEUE))
-        .await
-        .expect("stats in time")
-        .expect("stats");
-    s.ready.iter().sum::<u64>() + s.delayed + s.in_flight
-}
-
 /// Q1 across broker crashes, Jepsen style: `publishers` publish `total` messages while
 /// `workers` (the core `Worker` runtime) consume them, and the broker is SIGKILLed and
 /// restarted twice. Every id a publisher tried is *attempted*; an id whose publish returned
@@ -242,18 +233,29 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
         || progress(&[]),
     )
     .await;
+    // Handlers wait while the gate is shut: before each kill it is shut until messages are
+    // ready in the broker, so the crash always hits messages that exist only there (workers
+    // are faster than publishers and would otherwise often have drained the queue).
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(true);
     let mut workers = Vec::new();
     for _ in 0..s.workers {
         let b = connect_in_time(&connect, &url, &prefix).await;
         b.configure(RESTART_QUEUE, restart_config())
             .expect("configure");
         let l = ledger.clone();
+        let gate = gate_rx.clone();
         let w = Worker::builder(b, RESTART_QUEUE)
             .concurrency(8)
             .idle_wait(Duration::from_millis(500))
             .handler("job", move |m: Message| {
-                *l.handled.lock().entry(m.id).or_insert(0) += 1;
-                async { Ok(()) }
+                let l = l.clone();
+                let mut gate = gate.clone();
+                async move {
+                    // Held while the gate is shut (the sender lives to the end of the run).
+                    let _ = gate.wait_for(|open| *open).await;
+                    *l.handled.lock().entry(m.id).or_insert(0) += 1;
+                    Ok(())
+                }
             })
             .start()
             .expect("worker");
@@ -271,9 +273,27 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
             || progress(&workers),
         )
         .await;
-        let before = backlog(publisher_backend.as_ref()).await;
-        // Not vacuous: the crash hits messages that exist only in the broker.
-        assert!(before > 0, "a backlog in the broker when it is killed");
+        gate_tx.send_replace(false);
+        let ready_by = Instant::now() + Duration::from_secs(30);
+        let before = loop {
+            let st = timeout(
+                Duration::from_secs(10),
+                publisher_backend.stats(RESTART_QUEUE),
+            )
+            .await
+            .expect("stats in time")
+            .expect("stats");
+            // Not vacuous: the crash hits messages that exist only in the broker.
+            if st.ready_total() > 0 {
+                break st.ready_total() + st.delayed + st.in_flight;
+            }
+            assert!(
+                Instant::now() < ready_by,
+                "no message ready in the broker while handlers are held: {st:?}; {}",
+                progress(&workers)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let handled = ledger.handled.lock().len();
         broker.kill9();
         eprintln!(
@@ -284,6 +304,7 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
         );
         tokio::time::sleep(s.downtime).await;
         broker.restart().await.expect("restart the broker");
+        gate_tx.send_replace(true);
         pids.push(broker.pid());
         // Every worker receives again soon after the broker is back.
         let up = Instant::now();
