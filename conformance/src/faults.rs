@@ -155,7 +155,7 @@ async fn publish(
             .await
             {
                 Ok(Ok(stored)) => {
-                    assert_eq!(stored, ids);
+                    assert_eq!(courier_core::Published::ids(&stored), ids);
                     ledger.ok_count.fetch_add(ids.len(), Ordering::Relaxed);
                     ledger.ok.lock().extend(ids);
                     break;
@@ -524,10 +524,12 @@ pub async fn consumer_crash(test: &str, url: String, connect: Connect) -> String
     let msgs: Vec<Message> = (0..CRASH_N)
         .map(|i| Message::new("job", format!("{i}")))
         .collect();
-    let published = timeout(Duration::from_secs(10), q.publish_batch(CRASH_QUEUE, msgs))
-        .await
-        .expect("publish in time")
-        .expect("publish");
+    let published = courier_core::Published::ids(
+        &timeout(Duration::from_secs(10), q.publish_batch(CRASH_QUEUE, msgs))
+            .await
+            .expect("publish in time")
+            .expect("publish"),
+    );
 
     // The child, its stdout read on a thread (pipes block) into a channel.
     let exe = std::env::current_exe().expect("current exe");

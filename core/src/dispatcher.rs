@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, Priority};
 use crate::names::validate_name;
-use crate::queue::{Queue, QueueExt};
+use crate::queue::{Published, Queue, QueueExt};
 
 #[derive(Clone, Debug)]
 struct Route {
@@ -133,9 +133,24 @@ impl Dispatcher {
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have published the message.
-    pub async fn dispatch(&self, mut msg: Message) -> Result<MessageId> {
+    ///
+    /// A message whose deduplication key is taken stores nothing and this returns the id of the
+    /// message that holds the key; [`Dispatcher::dispatch_unique`] tells the two apart (Q11).
+    pub async fn dispatch(&self, msg: Message) -> Result<MessageId> {
+        Ok(self.dispatch_unique(msg).await?.id())
+    }
+
+    /// As [`Dispatcher::dispatch`], saying whether the message was stored or was a duplicate
+    /// of the message holding its deduplication key (Q11).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::dispatch`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message.
+    pub async fn dispatch_unique(&self, mut msg: Message) -> Result<Published> {
         let q = self.resolve(&mut msg)?;
-        self.queue.publish(&q, msg).await
+        self.queue.publish_unique(&q, msg).await
     }
 
     /// Publish `value` as JSON under `kind` to the queue that owns it.
@@ -166,7 +181,10 @@ impl Dispatcher {
     /// # Cancel safety
     /// Dropping the future may or may not have published: the batches of some queues may be
     /// published and the others not.
-    pub async fn dispatch_batch(&self, msgs: Vec<Message>) -> Result<Vec<MessageId>> {
+    ///
+    /// The outcomes (stored or duplicate, Q11) come queue by queue, in the order above, and in
+    /// batch order within a queue.
+    pub async fn dispatch_batch(&self, msgs: Vec<Message>) -> Result<Vec<Published>> {
         let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
         for mut m in msgs {
             let q = self.resolve(&mut m)?;

@@ -180,6 +180,10 @@ pub struct Message {
     pub delay: Option<Duration>,
     /// Not deliverable before this instant (ms since the epoch).
     pub not_before: Option<u64>,
+    /// Deduplication key (Q11): while a message with the same key in the same queue is live
+    /// (or within the queue's `dedup_window`), publishing this one stores nothing and reports
+    /// the existing message as a duplicate ([`crate::Published::Duplicate`]).
+    pub dedup_key: Option<String>,
 }
 
 impl Message {
@@ -196,6 +200,7 @@ impl Message {
             max_attempts: None,
             delay: None,
             not_before: None,
+            dedup_key: None,
         }
     }
 
@@ -253,14 +258,25 @@ impl Message {
         self
     }
 
+    /// Give the message a deduplication key (Q11): 1–200 bytes, no control characters.
+    ///
+    /// While a message with the same key in the same queue is live (ready, delayed or in
+    /// flight), and for the queue's `dedup_window` after it was accepted when one is set,
+    /// publishing this message stores nothing and reports the existing message's id as
+    /// [`crate::Published::Duplicate`]. Keys apply to queues only: events and pub/sub messages
+    /// ignore them.
+    pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
     /// Use a specific id (to tie a message to a record of yours, or in tests).
     ///
-    /// This only sets the id: Courier does **not** deduplicate by id (not yet; it is not part
-    /// of the contract). Publishing two messages with the same id to a queue stores both and
-    /// delivers both, each with its own payload and lease, and so does emitting two events with
-    /// the same id; this holds on every backend. For "at most one effect per id", make the
-    /// handler idempotent. Dead letters that share an id are all acted on by
-    /// [`crate::Selection::Ids`].
+    /// This only sets the id: Courier does **not** deduplicate by id. Publishing two messages
+    /// with the same id to a queue stores both and delivers both, each with its own payload and
+    /// lease, and so does emitting two events with the same id; this holds on every backend.
+    /// For "at most one message per business key", use [`Message::with_dedup_key`] (Q11). Dead
+    /// letters that share an id are all acted on by [`crate::Selection::Ids`].
     pub fn with_id(mut self, id: MessageId) -> Self {
         self.id = id;
         self

@@ -60,6 +60,32 @@ fn check(what: &str, name: &str, pattern: bool) -> Result<()> {
     Ok(())
 }
 
+/// The longest deduplication key accepted, in bytes (Q11).
+pub const MAX_DEDUP_KEY_LEN: usize = 200;
+
+/// Check a deduplication key (Q11): 1–200 bytes of UTF-8 without control characters. Unlike
+/// names, any other character is allowed (keys are often made of user ids, urls, hashes).
+///
+/// # Errors
+/// [`crate::ErrorKind::InvalidInput`] saying what is wrong.
+pub fn check_dedup_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid("dedup key is empty"));
+    }
+    if key.len() > MAX_DEDUP_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "dedup key is {} bytes; the limit is {MAX_DEDUP_KEY_LEN}",
+            key.len()
+        )));
+    }
+    if let Some(bad) = key.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "dedup key {key:?} contains the control character {bad:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// A parsed subscription pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pattern {

@@ -233,6 +233,11 @@ pub struct QueueConfig {
     pub dead_letter: bool,
     /// Largest accepted payload in bytes. Default 1 MiB.
     pub max_payload: usize,
+    /// How long a deduplication key stays taken after its message was accepted, even once
+    /// the message is acked or dead (Q11). `None` (the default): only while the message is
+    /// live (ready, delayed or in flight).
+    #[serde(with = "opt_duration_ms")]
+    pub dedup_window: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -242,6 +247,7 @@ impl Default for QueueConfig {
             retry: RetryPolicy::default(),
             dead_letter: true,
             max_payload: 1024 * 1024,
+            dedup_window: None,
         }
     }
 }
@@ -271,12 +277,33 @@ impl QueueConfig {
         self
     }
 
+    /// This configuration with `window` as the deduplication window (Q11): a key stays taken
+    /// for `window` after its message was accepted, even once that message is acked or dead.
+    pub fn with_dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = Some(window);
+        self
+    }
+
+    /// The deduplication window in whole milliseconds (0 = none: keys are held while live).
+    pub fn dedup_window_ms(&self) -> u64 {
+        self.dedup_window
+            .map_or(0, |w| w.as_millis().min(u64::MAX as u128) as u64)
+    }
+
     /// Check the configuration.
     ///
     /// # Errors
-    /// [`crate::ErrorKind::InvalidInput`] for a zero visibility timeout, a zero `max_payload`
-    /// or a bad retry policy.
+    /// [`crate::ErrorKind::InvalidInput`] for a zero visibility timeout, a zero `max_payload`,
+    /// a deduplication window under 1 ms, or a bad retry policy.
     pub fn validate(&self) -> Result<()> {
+        if self
+            .dedup_window
+            .is_some_and(|w| w < Duration::from_millis(1))
+        {
+            return Err(Error::invalid(
+                "dedup_window must be at least 1 ms (leave it unset to hold keys while live)",
+            ));
+        }
         if self.visibility_timeout < Duration::from_millis(1) {
             return Err(Error::invalid("visibility_timeout must be at least 1 ms"));
         }
@@ -306,7 +333,29 @@ impl QueueConfig {
         if msg.max_attempts == Some(0) {
             return Err(Error::invalid("max_attempts override must be at least 1"));
         }
+        if let Some(key) = &msg.dedup_key {
+            crate::names::check_dedup_key(key)?;
+        }
         Ok(())
+    }
+}
+
+/// Serde helper: an optional `Duration` as whole milliseconds (absent or null = `None`).
+pub mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialise as milliseconds, or null.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialise from milliseconds or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
 

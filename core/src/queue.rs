@@ -70,6 +70,36 @@ impl Settle {
     }
 }
 
+/// What publish did with one message (Q11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "id", rename_all = "lowercase")]
+pub enum Published {
+    /// Stored under this id.
+    Stored(MessageId),
+    /// Not stored: a message with the same deduplication key holds it (live, or within the
+    /// queue's `dedup_window`); this is that message's id.
+    Duplicate(MessageId),
+}
+
+impl Published {
+    /// The stored message's id, or for a duplicate the id of the message that holds the key.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Published::Stored(id) | Published::Duplicate(id) => *id,
+        }
+    }
+
+    /// Whether nothing was stored because the key was taken.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Published::Duplicate(_))
+    }
+
+    /// The ids of a batch's outcomes, in batch order.
+    pub fn ids(outcomes: &[Published]) -> Vec<MessageId> {
+        outcomes.iter().map(Published::id).collect()
+    }
+}
+
 /// A snapshot of a queue (Q8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -90,6 +120,9 @@ pub struct QueueStats {
     pub retried: u64,
     /// Messages moved to dead letters or discarded after their last attempt (counter).
     pub dead_lettered: u64,
+    /// Publishes that stored nothing because their deduplication key was taken (counter, Q11).
+    #[serde(default)]
+    pub deduplicated: u64,
 }
 
 impl QueueStats {
@@ -207,7 +240,14 @@ pub trait Queue: Send + Sync + 'static {
     /// Dropping the future may or may not have published. Memory and SQLite store a batch all
     /// or nothing (SQLite commits a submitted batch even when the future is dropped); Redis may
     /// have stored a leading part of a batch larger than one script call.
-    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>>;
+    ///
+    /// # Deduplication (Q11)
+    /// Each message is decided in batch order: one whose deduplication key is taken (by a
+    /// stored message, or by an earlier message of the same batch) is not stored and comes back
+    /// as [`Published::Duplicate`] with the holder's id; the others as [`Published::Stored`].
+    /// The check and the store are one atomic step, so racing publishers of one key store
+    /// exactly one message.
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>>;
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a priority (Q2),
     /// waiting up to `wait` for one to become ready. Returns an empty vector on timeout.
@@ -327,10 +367,25 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have published the message.
+    ///
+    /// For a message whose deduplication key is taken this is the id of the message holding
+    /// the key (nothing is stored); [`QueueExt::publish_unique`] tells the two apart.
     async fn publish(&self, queue: &str, message: Message) -> Result<MessageId> {
-        let mut ids = self.publish_batch(queue, vec![message]).await?;
-        ids.pop().ok_or_else(|| {
-            Error::new(crate::ErrorKind::Backend, "publish returned no id")
+        Ok(self.publish_unique(queue, message).await?.id())
+    }
+
+    /// Publish one message and say whether it was stored or was a duplicate of a message
+    /// holding its deduplication key (Q11).
+    ///
+    /// # Errors
+    /// As [`QueueExt::publish`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message.
+    async fn publish_unique(&self, queue: &str, message: Message) -> Result<Published> {
+        let mut out = self.publish_batch(queue, vec![message]).await?;
+        out.pop().ok_or_else(|| {
+            Error::new(crate::ErrorKind::Backend, "publish returned no outcome")
                 .with_backend(self.backend_name())
         })
     }

@@ -10,8 +10,13 @@ use crate::message::{Headers, Message, MessageId, Priority};
 
 /// First byte of every encoded message.
 pub const MAGIC: u8 = 0xC7;
-/// The format version written by this crate.
+/// The format version written by this crate for a message without a deduplication key
+/// (byte-identical to every earlier release).
 pub const VERSION: u8 = 1;
+/// The format version written for a message with a deduplication key (Q11): version 1's
+/// layout, then the key's bytes and the key's length (u16) as the last two bytes, so a reader
+/// (a Redis script) finds the key from the end without parsing the rest.
+pub const VERSION_KEYED: u8 = 2;
 
 const FIXED_LEN: usize = 2 + 16 + 1 + 4 + 4 + 8 + 8;
 
@@ -30,8 +35,18 @@ pub fn encode(msg: &Message) -> Result<Bytes> {
     let mut buf = BytesMut::with_capacity(
         FIXED_LEN + 2 + msg.kind.len() + 2 + headers_len + 4 + msg.payload.len(),
     );
+    let key = msg.dedup_key.as_deref().map(str::as_bytes);
+    if let Some(k) = key
+        && k.len() > u16::MAX as usize
+    {
+        return Err(Error::invalid("dedup key longer than 65535 bytes"));
+    }
     buf.put_u8(MAGIC);
-    buf.put_u8(VERSION);
+    buf.put_u8(if key.is_some() {
+        VERSION_KEYED
+    } else {
+        VERSION
+    });
     buf.put_slice(msg.id.as_bytes());
     buf.put_u8(msg.priority as u8);
     buf.put_u32(msg.attempt);
@@ -47,6 +62,10 @@ pub fn encode(msg: &Message) -> Result<Bytes> {
         put_long(&mut buf, v.as_bytes(), "header value")?;
     }
     put_long(&mut buf, &msg.payload, "payload")?;
+    if let Some(k) = key {
+        buf.put_slice(k);
+        buf.put_u16(k.len() as u16);
+    }
     Ok(buf.freeze())
 }
 
@@ -79,9 +98,10 @@ pub fn decode(data: &Bytes) -> Result<Message> {
         )));
     }
     let version = r.u8("version")?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_KEYED {
         return Err(Error::decode(format!(
-            "unsupported wire format version {version} (this build reads version {VERSION})"
+            "unsupported wire format version {version} (this build reads versions \
+             {VERSION} and {VERSION_KEYED})"
         )));
     }
     let id_bytes: [u8; 16] = r
@@ -109,6 +129,27 @@ pub fn decode(data: &Bytes) -> Result<Message> {
     }
     let pl = r.u32("payload length")? as usize;
     let payload = r.take(pl, "payload")?;
+    let dedup_key = if version == VERSION_KEYED {
+        let rest = data.len() - r.pos;
+        if rest < 2 {
+            return Err(Error::decode(format!(
+                "version {VERSION_KEYED} message ends {rest} bytes after the payload, before \
+                 its dedup key length"
+            )));
+        }
+        let kl = u16::from_be_bytes([data[data.len() - 2], data[data.len() - 1]]) as usize;
+        if kl + 2 != rest {
+            return Err(Error::decode(format!(
+                "dedup key length {kl} does not match the {rest} bytes after the payload"
+            )));
+        }
+        Some(r.string(kl, "dedup key")?)
+    } else {
+        None
+    };
+    if version == VERSION_KEYED {
+        r.pos += 2;
+    }
     if r.pos != data.len() {
         return Err(Error::decode(format!(
             "{} trailing bytes after the payload",
@@ -126,6 +167,7 @@ pub fn decode(data: &Bytes) -> Result<Message> {
         max_attempts: (max_attempts != 0).then_some(max_attempts),
         delay: None,
         not_before: (not_before != 0).then_some(not_before),
+        dedup_key,
     })
 }
 
@@ -196,6 +238,27 @@ mod tests {
         m.created_at = 1_700_000_000_000;
         m.attempt = 4;
         assert_eq!(round_trip(&m), m);
+    }
+
+    #[test]
+    fn keyed_message_is_version_2_with_the_key_last() {
+        let m = Message::new("k", vec![9u8; 5]).with_dedup_key("order-17/ünï");
+        let bytes = encode(&m).expect("encode");
+        assert_eq!(bytes[1], VERSION_KEYED);
+        let key = "order-17/ünï".as_bytes();
+        let n = bytes.len();
+        assert_eq!(&bytes[n - 2..], &(key.len() as u16).to_be_bytes());
+        assert_eq!(&bytes[n - 2 - key.len()..n - 2], key);
+        assert_eq!(round_trip(&m), m);
+        // Without a key the bytes are version 1, as before.
+        let plain = encode(&Message::new("k", vec![9u8; 5])).expect("encode");
+        assert_eq!(plain[1], VERSION);
+        assert_eq!(plain.len() + key.len() + 2, n);
+        // A key length that does not match the bytes after the payload is refused.
+        let mut bad = bytes.to_vec();
+        bad[n - 1] ^= 1;
+        let e = decode(&Bytes::from(bad)).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Decode, "{e}");
     }
 
     #[test]

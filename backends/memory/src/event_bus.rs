@@ -535,8 +535,8 @@ impl EventBus for MemoryBackend {
     }
 
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
-        self.on_group(topic, group, "requeue_dead", |v, _| {
-            v.group.state.requeue_dead(&which)
+        self.on_group(topic, group, "requeue_dead", |v, now| {
+            v.group.state.requeue_dead(&which, now)
         })?
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
-    DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats,
-    Result, Selection, Settle, SharedClock,
+    DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Published, Queue, QueueConfig,
+    QueueStats, Result, Selection, Settle, SharedClock,
 };
 use parking_lot::Mutex;
 
@@ -98,18 +98,19 @@ impl Queue for MemoryBackend {
         }
     }
 
-    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
         let now = self.now();
         // The whole batch is checked before anything is stored (Q7, Q10).
         let config = self.queue_config(queue);
-        let (ids, messages) =
-            KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, Ok)?;
-        self.queue(queue).with_state(now, |st| {
-            for m in messages {
-                st.publish(m, now);
-            }
-        });
-        Ok(ids)
+        let (_, messages) = KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, Ok)?;
+        // One lock for the batch: the key checks and the stores are one step (Q11).
+        let window = config.dedup_window_ms();
+        Ok(self.queue(queue).with_state(now, |st| {
+            messages
+                .into_iter()
+                .map(|m| st.accept(m, now, window))
+                .collect()
+        }))
     }
 
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
@@ -166,7 +167,9 @@ impl Queue for MemoryBackend {
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
-        self.on_queue(queue, "requeue_dead", |st, _| st.requeue_dead(&which))?
+        self.on_queue(queue, "requeue_dead", |st, now| {
+            st.requeue_dead(&which, now)
+        })?
     }
 
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use courier_core::backend::{LEASE_EXPIRED, expired_lease, ms_ceil};
 use courier_core::{
-    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, QueueConfig,
-    QueueStats, Result, Selection, Settle,
+    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, Published,
+    QueueConfig, QueueStats, Result, Selection, Settle,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -115,6 +115,23 @@ impl Ord for Delayed {
     }
 }
 
+/// Who holds a deduplication key (Q11), and until when.
+#[derive(Debug)]
+struct KeyHold {
+    /// The message accepted with the key (the last one accepted with it).
+    owner: MessageId,
+    /// Whether that message is live: ready, delayed or in flight.
+    live: bool,
+    /// The key stays taken until this instant (ms) even once the owner is gone; 0 = no window.
+    hold_until: u64,
+}
+
+impl KeyHold {
+    fn holds(&self, now: u64) -> bool {
+        self.live || now < self.hold_until
+    }
+}
+
 /// A leased message.
 #[derive(Debug)]
 struct InFlight {
@@ -146,6 +163,11 @@ pub struct QueueState {
     acked: u64,
     retried: u64,
     dead_lettered: u64,
+    deduplicated: u64,
+    /// Deduplication keys (Q11): key → holder. Only queues use keys.
+    keys: HashMap<String, KeyHold>,
+    /// `(hold_until, key)` of keys accepted with a window, to forget them once it passed.
+    holds: BTreeSet<(u64, String)>,
     rng: SmallRng,
     /// The first token of the next lease batch when the caller assigns tokens
     /// ([`QueueState::assign_tokens`]); else tokens come from the process-wide counter.
@@ -169,6 +191,9 @@ impl QueueState {
             acked: 0,
             retried: 0,
             dead_lettered: 0,
+            deduplicated: 0,
+            keys: HashMap::new(),
+            holds: BTreeSet::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             assigned: None,
         }
@@ -223,6 +248,101 @@ impl QueueState {
         self.enqueue(Stored::new(message), now);
     }
 
+    /// Publish with deduplication (Q11): a message whose key is held (its holder is live, or
+    /// `now` is within the holder's window) is not stored and the holder's id comes back as a
+    /// duplicate; otherwise it is stored ([`QueueState::publish`]) and takes the key, held
+    /// while it is live and, when `window_ms > 0`, until `now + window_ms`.
+    pub fn accept(&mut self, message: Message, now: u64, window_ms: u64) -> Published {
+        let id = message.id;
+        if let Some(key) = &message.dedup_key {
+            self.forget_holds(now);
+            if let Some(h) = self.keys.get(key)
+                && h.holds(now)
+            {
+                self.deduplicated += 1;
+                return Published::Duplicate(h.owner);
+            }
+            let hold_until = if window_ms > 0 {
+                now.saturating_add(window_ms)
+            } else {
+                0
+            };
+            if hold_until > 0 {
+                self.holds.insert((hold_until, key.clone()));
+            }
+            self.keys.insert(
+                key.clone(),
+                KeyHold {
+                    owner: id,
+                    live: true,
+                    hold_until,
+                },
+            );
+        }
+        self.publish(message, now);
+        Published::Stored(id)
+    }
+
+    /// `message` stopped being live (acked, dead, discarded): its key is free at once, or at
+    /// the end of its window.
+    fn leave_key(&mut self, message: &Message, now: u64) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let Some(key) = &message.dedup_key else {
+            return;
+        };
+        if let Some(h) = self.keys.get_mut(key)
+            && h.owner == message.id
+        {
+            if now < h.hold_until {
+                h.live = false;
+            } else {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// A dead letter requeued with its key: it holds the key again, unless another message
+    /// holds it now (then it is requeued without holding it).
+    fn retake_key(&mut self, message: &Message, now: u64) {
+        let Some(key) = &message.dedup_key else {
+            return;
+        };
+        match self.keys.get_mut(key) {
+            Some(h) if h.owner == message.id => h.live = true,
+            Some(h) if h.holds(now) => {}
+            _ => {
+                self.keys.insert(
+                    key.clone(),
+                    KeyHold {
+                        owner: message.id,
+                        live: true,
+                        hold_until: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forget keys whose window passed and whose owner is no longer live.
+    fn forget_holds(&mut self, now: u64) {
+        while let Some((until, _)) = self.holds.first() {
+            if *until > now {
+                break;
+            }
+            let Some((until, key)) = self.holds.pop_first() else {
+                break;
+            };
+            if let Some(h) = self.keys.get(&key)
+                && h.hold_until == until
+                && !h.live
+            {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
     fn enqueue(&mut self, entry: Entry, now: u64) {
         match entry.message.not_before {
             Some(due) if due > now => self.delay_until(entry, due),
@@ -265,6 +385,9 @@ impl QueueState {
             if let Some(d) = self.delayed.pop() {
                 self.push_back(d.entry);
             }
+        }
+        if !self.holds.is_empty() {
+            self.forget_holds(now);
         }
     }
 
@@ -366,7 +489,8 @@ impl QueueState {
     pub fn settle(&mut self, op: Settle, now: u64) -> Result<()> {
         match op {
             Settle::Ack(lease) => {
-                self.take_leased(&lease, now)?;
+                let f = self.take_leased(&lease, now)?;
+                self.leave_key(&f.entry.message, now);
                 self.acked += 1;
             }
             Settle::Retry {
@@ -433,7 +557,11 @@ impl QueueState {
     }
 
     /// Move to dead letters (or discard when dead letters are off); counted either way.
+    ///
+    /// A dead message does not hold its key (Q11): dead letters wait for an operator, and a
+    /// key held by them would refuse every new attempt at that work indefinitely.
     fn bury(&mut self, mut entry: Stored, error: String, now: u64) {
+        self.leave_key(&entry.message, now);
         self.dead_lettered += 1;
         if !self.config.dead_letter {
             return;
@@ -463,6 +591,7 @@ impl QueueState {
         st.acked = self.acked;
         st.retried = self.retried;
         st.dead_lettered = self.dead_lettered;
+        st.deduplicated = self.deduplicated;
         st
     }
 
@@ -512,13 +641,15 @@ impl QueueState {
     }
 
     /// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
-    /// kept. Returns how many.
-    pub fn requeue_dead(&mut self, which: &Selection) -> Result<u64> {
+    /// and deduplication keys kept (a requeued message holds its key again unless another
+    /// message holds it at `now`). Returns how many.
+    pub fn requeue_dead(&mut self, which: &Selection, now: u64) -> Result<u64> {
         let mut n = 0;
         for key in self.selected(which, "requeue_dead")? {
             if let Some(d) = self.take_dead(key) {
                 let mut message = d.message;
                 message.attempt = 0;
+                self.retake_key(&message, now);
                 self.push_back(Stored::new(message));
                 n += 1;
             }

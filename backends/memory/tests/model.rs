@@ -58,7 +58,7 @@ async fn strict_priority_then_fifo() {
         Message::new("n2", ""),
         Message::new("high", "").with_priority(Priority::High),
     ];
-    let ids = q.publish_batch("q", batch).await.expect("publish");
+    let ids = courier_core::Published::ids(&q.publish_batch("q", batch).await.expect("publish"));
     assert_eq!(ids.len(), 5);
     let st = q.stats("q").await.expect("stats");
     assert_eq!(st.ready, [1, 1, 2, 1]);
@@ -244,10 +244,11 @@ async fn nack_retries_with_backoff_then_dead_letters() {
 #[tokio::test]
 async fn requeue_resets_attempts_and_purge_counts() {
     let q = queue(&backend());
-    let ids = q
-        .publish_batch("q", vec![Message::new("a", ""), Message::new("b", "")])
-        .await
-        .expect("publish");
+    let ids = courier_core::Published::ids(
+        &q.publish_batch("q", vec![Message::new("a", ""), Message::new("b", "")])
+            .await
+            .expect("publish"),
+    );
     for d in q.receive("q", 2, NO_WAIT).await.expect("r") {
         let op = Settle::Bury {
             lease: d.lease,

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use courier_core::backend::Batch;
 use courier_core::clock::ms_ceil;
 use courier_core::{
-    DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Queue,
-    QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, wire,
+    DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Published,
+    Queue, QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, wire,
 };
 use redis::{Cmd, Value};
 use tokio::time::Instant;
@@ -698,7 +698,7 @@ impl Queue for RedisBackend {
         self.inner.configs.queue(queue)
     }
 
-    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
         let config = self.queue_config(queue);
         let now = self.inner.clock.now_ms();
         // The whole batch is checked and encoded before anything is sent (Q7, Q10).
@@ -758,7 +758,7 @@ impl Queue for RedisBackend {
             stored += chunk.len();
             rest = tail;
         }
-        Ok(ids)
+        Ok(ids.into_iter().map(Published::Stored).collect())
     }
 
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {

@@ -145,15 +145,17 @@ async fn an_extended_lease_outlives_its_batch() {
         return;
     };
     let q: &dyn Queue = &b;
-    let ids = t(
-        "publish",
-        q.publish_batch(
-            "ext",
-            (0..3).map(|i| Message::new("k", format!("{i}"))).collect(),
-        ),
-    )
-    .await
-    .expect("publish");
+    let ids = courier_core::Published::ids(
+        &t(
+            "publish",
+            q.publish_batch(
+                "ext",
+                (0..3).map(|i| Message::new("k", format!("{i}"))).collect(),
+            ),
+        )
+        .await
+        .expect("publish"),
+    );
     let got = t("receive", q.receive("ext", 3, Duration::ZERO))
         .await
         .expect("receive");

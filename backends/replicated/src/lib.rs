@@ -201,7 +201,7 @@ macro_rules! forward_queue_and_event_bus {
                 &self,
                 queue: &str,
                 messages: Vec<courier_core::Message>,
-            ) -> courier_core::Result<Vec<courier_core::MessageId>> {
+            ) -> courier_core::Result<Vec<courier_core::Published>> {
                 courier_core::Queue::publish_batch(self.$store(), queue, messages).await
             }
             /// Cancel safe: what a dropped receive leased is released at once (not counted).

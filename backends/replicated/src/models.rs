@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use courier_core::backend::undecodable_reason;
-use courier_core::{Delivery, Error, Lease, Message, MessageId, Result, Settle};
+use courier_core::{Delivery, Error, Lease, Message, MessageId, Published, Result, Settle};
 use courier_memory::model::{QueueState, Topic, fnv1a};
 
 use crate::record::{Entry, Op, Record};
@@ -21,6 +21,7 @@ pub(crate) const MAX_CLAIM: usize = (1 << TOKEN_SHIFT) - 1;
 #[derive(Debug)]
 pub(crate) enum Answer {
     Done,
+    Published(Vec<Published>),
     Leased(Vec<Delivery>),
     Settled(Vec<Result<()>>),
     Extended(Result<Lease>),
@@ -53,7 +54,7 @@ fn config_of(op: &Op) -> Option<courier_core::QueueConfig> {
         | Op::Sync { config }
         | Op::ResetGroup { config, .. }
         | Op::CreateGroup { config, .. } => Some(*config),
-        Op::Publish(_) | Op::Emit(_) | Op::SetRetention(_) => None,
+        Op::Publish(..) | Op::Emit(_) | Op::SetRetention(_) => None,
     }
 }
 
@@ -92,21 +93,23 @@ impl Model for QueueModel {
         let st = &mut self.state;
         st.tick(now);
         match record.op {
-            Op::Publish(entries) => {
+            Op::Publish(entries, window) => {
+                let mut out = Vec::with_capacity(entries.len());
                 for e in entries {
                     match e {
-                        Entry::Message(m) => st.publish(m, now),
+                        Entry::Message(m) => out.push(st.accept(m, now, window)),
                         Entry::Undecodable { id, bytes, error } => {
                             st.bury_undecodable(
                                 junk_message(id, bytes),
                                 undecodable_reason(&error),
                                 now,
                             );
+                            out.push(Published::Stored(id));
                         }
-                        Entry::Encoded(..) => {}
+                        Entry::Encoded(id, _) => out.push(Published::Stored(id)),
                     }
                 }
-                Answer::Done
+                Answer::Published(out)
             }
             Op::Claim { max, .. } => {
                 st.assign_tokens(offset << TOKEN_SHIFT);
@@ -120,7 +123,7 @@ impl Model for QueueModel {
             Op::Extend {
                 lease, visibility, ..
             } => Answer::Extended(st.extend(&lease, visibility, now)),
-            Op::RequeueDead { which, .. } => Answer::Count(st.requeue_dead(&which)),
+            Op::RequeueDead { which, .. } => Answer::Count(st.requeue_dead(&which, now)),
             Op::PurgeDead { which, .. } => Answer::Count(st.purge_dead(&which)),
             Op::Sync { .. }
             | Op::Emit(_)
@@ -213,7 +216,7 @@ impl Model for TopicModel {
                 self.topic.trim(now);
                 Answer::Done
             }
-            Op::Publish(_) => Answer::Done,
+            Op::Publish(..) => Answer::Done,
             op => {
                 let mut v = self.topic.group_at(group, now);
                 match op {
@@ -232,7 +235,7 @@ impl Model for TopicModel {
                         lease, visibility, ..
                     } => Answer::Extended(v.group.state.extend(&lease, visibility, now)),
                     Op::RequeueDead { which, .. } => {
-                        Answer::Count(v.group.state.requeue_dead(&which))
+                        Answer::Count(v.group.state.requeue_dead(&which, now))
                     }
                     Op::PurgeDead { which, .. } => Answer::Count(v.group.state.purge_dead(&which)),
                     Op::ResetGroup { from, .. } => Answer::Reset(v.reset(from, &self.name)),

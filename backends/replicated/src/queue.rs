@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, Kit};
 use courier_core::{
-    DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Queue, QueueConfig,
-    QueueStats, Result, Selection, Settle, SharedClock, wire,
+    DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Published, Queue,
+    QueueConfig, QueueStats, Result, Selection, Settle, SharedClock, wire,
 };
 
 use crate::models::{Answer, MAX_CLAIM, QueueModel};
@@ -98,10 +98,11 @@ impl<L: Log> Replicated<L> {
         &self,
         replica: &Arc<Replica<M>>,
         entries: Vec<(MessageId, bytes::Bytes)>,
-        make: fn(Vec<Entry>) -> Op,
+        make: impl Fn(Vec<Entry>) -> Op,
         operation: &'static str,
-    ) -> Result<()> {
+    ) -> Result<Vec<Published>> {
         let mut stored = 0;
+        let mut outcomes = Vec::new();
         for chunk in chunks(entries) {
             let n = chunk.len();
             if self.take_batch_fault() {
@@ -111,13 +112,17 @@ impl<L: Log> Replicated<L> {
                 ))
                 .with_stored(stored));
             }
-            replica
+            let answer = replica
                 .call(&self.inner.env, "", make(chunk), operation)
                 .await
                 .map_err(|e| e.with_stored(stored))?;
+            // A publish answers each message's outcome (Q11); an emit answers `Done`.
+            if let Answer::Published(out) = answer {
+                outcomes.extend(out);
+            }
             stored += n;
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Store `bytes` in `queue` as one entry that does not decode, under a fresh id, as a
@@ -130,7 +135,7 @@ impl<L: Log> Replicated<L> {
     pub async fn inject_raw(&self, queue: &str, bytes: &[u8]) -> Result<MessageId> {
         let id = MessageId::new();
         let entry = Entry::Encoded(id, bytes::Bytes::copy_from_slice(bytes));
-        self.queue_call(queue, Op::Publish(vec![entry]), "inject_raw")
+        self.queue_call(queue, Op::Publish(vec![entry], 0), "inject_raw")
             .await?;
         Ok(id)
     }
@@ -158,10 +163,10 @@ impl<L: Log> Queue for Replicated<L> {
 
     /// Cancel safety: dropped, the batch may or may not be stored (a leading part of it when
     /// it takes several records).
-    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
         let now = self.inner.clock.now_ms();
         let config = self.inner.configs.queue(queue);
-        let (ids, entries) = self.inner.kit.prepare_batch(
+        let (_, entries) = self.inner.kit.prepare_batch(
             Batch::Publish,
             queue,
             &config,
@@ -170,9 +175,11 @@ impl<L: Log> Queue for Replicated<L> {
             encode_entry,
         )?;
         let replica = self.queue_replica(queue);
-        self.append_entries(&replica, entries, Op::Publish, "publish")
-            .await?;
-        Ok(ids)
+        // The key checks happen where the record is applied, in log order, so racing
+        // publishers of one key store exactly one message on every replica (Q11).
+        let window = config.dedup_window_ms();
+        self.append_entries(&replica, entries, |e| Op::Publish(e, window), "publish")
+            .await
     }
 
     /// Cancel safe: what a dropped receive leased is released at once (not counted).

@@ -36,8 +36,9 @@ pub(crate) enum Entry {
 /// A record's operation.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// Queue: store these messages (prepared: ids, `created_at`, `not_before` set).
-    Publish(Vec<Entry>),
+    /// Queue: store these messages (prepared: ids, `created_at`, `not_before` set), with the
+    /// publisher's deduplication window in ms (0 = keys held while live, Q11).
+    Publish(Vec<Entry>, u64),
     /// Queue or group: lease up to `max`.
     Claim { config: QueueConfig, max: u32 },
     /// Queue or group: settle these leases.
@@ -195,6 +196,9 @@ pub(crate) mod code {
     pub(crate) const SET_RETENTION: u8 = 9;
     pub(crate) const RESET_GROUP: u8 = 10;
     pub(crate) const CREATE_GROUP: u8 = 11;
+    /// A publish with a deduplication window: the window (u64 ms), then as `PUBLISH`. A
+    /// publish without one is written as `PUBLISH`, as before windows existed.
+    pub(crate) const PUBLISH_WINDOW: u8 = 12;
 }
 
 /// Encode a record.
@@ -203,7 +207,8 @@ pub(crate) mod code {
 /// `InvalidInput` for a message the wire format cannot hold (checked before, so not expected).
 pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -> Result<Bytes> {
     let code = match op {
-        Op::Publish(_) => code::PUBLISH,
+        Op::Publish(_, 0) => code::PUBLISH,
+        Op::Publish(..) => code::PUBLISH_WINDOW,
         Op::Claim { .. } => code::CLAIM,
         Op::Settle { .. } => code::SETTLE,
         Op::Extend { .. } => code::EXTEND,
@@ -217,7 +222,12 @@ pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -
     };
     let mut b = header(code, origin, request, ts, group);
     match op {
-        Op::Publish(entries) | Op::Emit(entries) => {
+        Op::Publish(entries, _) | Op::Emit(entries) => {
+            if let Op::Publish(_, window) = op
+                && *window > 0
+            {
+                b.put_u64(*window);
+            }
             b.put_u32(entries.len() as u32);
             for e in entries {
                 match e {
@@ -432,7 +442,11 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record> {
     let ts = r.u64()?;
     let group = r.string()?;
     let op = match code {
-        code::PUBLISH => Op::Publish(r.entries()?),
+        code::PUBLISH => Op::Publish(r.entries()?, 0),
+        code::PUBLISH_WINDOW => {
+            let window = r.u64()?;
+            Op::Publish(r.entries()?, window)
+        }
         code::EMIT => Op::Emit(r.entries()?),
         code::CLAIM => Op::Claim {
             config: r.config()?,
@@ -524,7 +538,11 @@ mod tests {
             deadline_ms: 99,
         };
         let ops = vec![
-            Op::Publish(vec![Entry::Message(m.clone())]),
+            Op::Publish(vec![Entry::Message(m.clone())], 0),
+            Op::Publish(
+                vec![Entry::Message(m.clone().with_dedup_key("order-1"))],
+                5_000,
+            ),
             Op::Claim { config, max: 5 },
             Op::Settle {
                 config,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
-    DeadLetter, Error, Lease, Message, MessageId, Page, Queue, QueueConfig, QueueStats, Result,
-    Selection, Settle, SharedClock,
+    DeadLetter, Error, Lease, Message, MessageId, Page, Published, Queue, QueueConfig, QueueStats,
+    Result, Selection, Settle, SharedClock,
 };
 
 use crate::backend::{SqliteBackend, claim};
@@ -110,7 +110,7 @@ impl Queue for SqliteBackend {
         self.queue_config_of(queue)
     }
 
-    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+    async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>> {
         let config = self.queue_config_of(queue);
         let now = self.now();
         // The whole batch is checked (and encoded) before anything is stored (Q7, Q10).
@@ -119,7 +119,7 @@ impl Queue for SqliteBackend {
                 NewRow::encode(&m, None)
             })?;
         if rows.is_empty() {
-            return Ok(ids);
+            return Ok(ids.into_iter().map(Published::Stored).collect());
         }
         self.on_queue(queue, "publish", move |ctx, q, now, _| {
             store::publish_all(ctx, q, now, &rows)
@@ -127,7 +127,7 @@ impl Queue for SqliteBackend {
         .await
         // The batch is one transaction: on failure nothing was stored.
         .map_err(|e| e.with_stored(0))?;
-        Ok(ids)
+        Ok(ids.into_iter().map(Published::Stored).collect())
     }
 
     async fn receive(

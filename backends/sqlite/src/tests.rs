@@ -1131,10 +1131,11 @@ async fn large_publish_batch_keeps_order_delays_and_overrides() {
             m
         })
         .collect();
-    let ids = q
-        .publish_batch("q", messages.clone())
-        .await
-        .expect("publish");
+    let ids = courier_core::Published::ids(
+        &q.publish_batch("q", messages.clone())
+            .await
+            .expect("publish"),
+    );
     assert_eq!(ids.len(), 75);
     let st = q.stats("q").await.expect("stats");
     assert_eq!(st.published, 75);

@@ -190,7 +190,8 @@ async fn publish_child(db: &Path) {
                 }
             })
             .collect();
-        let ids = q.publish_batch(QUEUE, batch).await.expect("publish");
+        let ids =
+            courier_core::Published::ids(&q.publish_batch(QUEUE, batch).await.expect("publish"));
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         log.line(&format!("B {}", ids.join(",")));
         n += 1;
@@ -348,7 +349,7 @@ async fn sigkill_during_handling_loses_nothing_and_leases_come_back() {
         .await
         .expect("publish")
         .iter()
-        .map(ToString::to_string)
+        .map(|p| p.id().to_string())
         .collect();
     drop(b);
     let mut child = spawn(

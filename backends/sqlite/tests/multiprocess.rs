@@ -122,7 +122,7 @@ async fn competing_consumers_in_three_processes() {
     let q: &dyn Queue = &b;
     const N: usize = 600;
     let msgs: Vec<Message> = (0..N).map(|i| Message::new("k", format!("{i}"))).collect();
-    let ids = q.publish_batch("mp", msgs).await.expect("publish");
+    let ids = courier_core::Published::ids(&q.publish_batch("mp", msgs).await.expect("publish"));
     let name = "competing_consumers_in_three_processes";
     let children = [spawn(name, "consume", &db), spawn(name, "consume", &db)];
     let mut mine = Vec::new();
@@ -395,7 +395,9 @@ async fn jepsen_child(db: &Path, n: usize) {
             let batch: Vec<Message> = (0..100)
                 .map(|i| Message::new("k", format!("{n}-{}", published + i)))
                 .collect();
-            let ids = q.publish_batch(JEPSEN_QUEUE, batch).await.expect("publish");
+            let ids = courier_core::Published::ids(
+                &q.publish_batch(JEPSEN_QUEUE, batch).await.expect("publish"),
+            );
             for id in &ids {
                 writeln!(log, "P {id}").expect("log");
             }

@@ -193,8 +193,8 @@ async fn publishers_consumers(cx: Ctx) -> Outcome {
                     .collect();
                 let ids = queue.publish_batch(&q, ms).await?;
                 let mut a = acct.lock();
-                for id in ids {
-                    a.sent(id);
+                for p in ids {
+                    a.sent(p.id());
                 }
                 i += n;
             }

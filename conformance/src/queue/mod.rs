@@ -65,7 +65,8 @@ async fn publish_all(
     q: &str,
     ms: Vec<Message>,
 ) -> Result<Vec<MessageId>, crate::Failure> {
-    Ok(within(LIMIT, "publish_batch", cx.q().publish_batch(q, ms)).await??)
+    let out = within(LIMIT, "publish_batch", cx.q().publish_batch(q, ms)).await??;
+    Ok(courier_core::Published::ids(&out))
 }
 
 async fn one(cx: &Ctx, q: &str, limit: Duration) -> Result<courier_core::Delivery, crate::Failure> {

@@ -89,7 +89,8 @@ async fn publish(cx: &Ctx, q: &str, m: Message) -> Result<MessageId, Failure> {
 }
 
 async fn publish_all(cx: &Ctx, q: &str, ms: Vec<Message>) -> Result<Vec<MessageId>, Failure> {
-    Ok(within(LIMIT, "publish_batch", cx.q().publish_batch(q, ms)).await??)
+    let out = within(LIMIT, "publish_batch", cx.q().publish_batch(q, ms)).await??;
+    Ok(courier_core::Published::ids(&out))
 }
 
 async fn stats(cx: &Ctx, q: &str) -> Result<QueueStats, Failure> {
@@ -203,7 +204,7 @@ impl Queue for Counting {
         &self,
         queue: &str,
         messages: Vec<Message>,
-    ) -> courier_core::Result<Vec<MessageId>> {
+    ) -> courier_core::Result<Vec<courier_core::Published>> {
         self.inner.publish_batch(queue, messages).await
     }
     async fn receive(
