@@ -1,4 +1,4 @@
-//! Queue cases: rules Q1–Q10 of DESIGN §3 and its precise choices.
+//! Queue cases: rules Q1–Q11 of DESIGN §3 and its precise choices.
 //!
 //! One file per rule: the `queue::<rule>::*` cases live in `queue/<rule>.rs`; the helpers
 //! they share are below.
@@ -13,6 +13,7 @@ mod bad_input;
 mod batch;
 mod conservation;
 mod dead_letters;
+mod dedup;
 mod delay;
 mod durability;
 mod lease;
@@ -28,6 +29,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(lease::cases());
     all.extend(retry::cases());
     all.extend(dead_letters::cases());
+    all.extend(dedup::cases());
     all.extend(batch::cases());
     all.extend(stats::cases());
     all.extend(conservation::cases());
