@@ -2,8 +2,14 @@
 //!
 //! One-off schedules (`publish_at`, `publish_after`) are stored by the backend as delayed
 //! messages, so they survive the process. Recurring schedules (intervals, cron expressions)
-//! run in this process: each firing publishes a fresh message. Run a recurring schedule in one
-//! process only (or accept one message per process per firing).
+//! run in this process: each firing publishes a fresh message carrying the deduplication key
+//! `courier-schedule:<name>:<firing ms>` (Q11). Interval firings fall on multiples of the
+//! interval since the epoch and cron firings on the expression's instants, so every process
+//! running the same schedule computes the same firings and keys: while a firing's message is
+//! live, the other processes' copies of that firing are duplicates and store nothing. For once
+//! per firing even after the message was handled (a process whose clock is late, one that
+//! fires after the first copy was acked), give the target queue a `dedup_window` of at least
+//! the schedule's period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +72,14 @@ impl Drop for ScheduleHandle {
     }
 }
 
+/// The longest recurring schedule name, in bytes (it is part of each firing's key).
+pub const MAX_SCHEDULE_NAME_LEN: usize = 150;
+
+/// The deduplication key of one firing of a recurring schedule.
+pub fn firing_key(name: &str, firing_ms: u64) -> String {
+    format!("courier-schedule:{name}:{firing_ms}")
+}
+
 /// Parse a cron expression (5 or 6 fields; seconds optional).
 ///
 /// # Errors
@@ -124,8 +138,15 @@ impl Scheduler {
 
     /// Publish a message made by `make` every time `every` fires, until the handle is dropped.
     ///
+    /// An interval schedule fires at the multiples of the interval since the Unix epoch, the
+    /// first one at least one interval after the start. Each firing's message gets the
+    /// deduplication key `courier-schedule:<name>:<firing ms>` unless `make` set one, so two
+    /// processes running this schedule enqueue each firing once (see the module docs for the
+    /// window this needs after the message is acked).
+    ///
     /// # Errors
-    /// An invalid cron expression or a zero interval.
+    /// An invalid cron expression, a zero interval, or a name longer than
+    /// [`MAX_SCHEDULE_NAME_LEN`] bytes (it is part of the key).
     pub fn recurring<F>(&self, name: &str, every: Every, make: F) -> Result<ScheduleHandle>
     where
         F: Fn() -> Message + Send + Sync + 'static,
@@ -133,6 +154,13 @@ impl Scheduler {
         enum When {
             Interval(Duration),
             Cron(Box<Cron>),
+        }
+        if name.len() > MAX_SCHEDULE_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "schedule name is {} bytes; the limit is {MAX_SCHEDULE_NAME_LEN} (it is part of \
+                 each firing's deduplication key)",
+                name.len()
+            )));
         }
         let when = match every {
             Every::Interval(d) if d.is_zero() => {
@@ -147,9 +175,14 @@ impl Scheduler {
         let sched_name = name.to_string();
         let task = tokio::spawn(async move {
             let mut next_ms = clock.now_ms();
+            if let When::Interval(d) = &when {
+                // The grid point one interval ahead, minus one step (the loop adds it).
+                let step = (d.as_millis() as u64).max(1);
+                next_ms = (next_ms / step + 1) * step;
+            }
             loop {
                 next_ms = match &when {
-                    When::Interval(d) => next_ms + d.as_millis() as u64,
+                    When::Interval(d) => next_ms + (d.as_millis() as u64).max(1),
                     When::Cron(c) => match next_cron_ms(c, next_ms.max(clock.now_ms())) {
                         Ok(t) => t,
                         Err(e) => {
@@ -160,7 +193,10 @@ impl Scheduler {
                 };
                 let wait = crate::clock::until(clock.now_ms(), next_ms);
                 tokio::time::sleep(wait).await;
-                let msg = make().with_header(SCHEDULE_HEADER, sched_name.clone());
+                let mut msg = make().with_header(SCHEDULE_HEADER, sched_name.clone());
+                if msg.dedup_key.is_none() {
+                    msg = msg.with_dedup_key(firing_key(&sched_name, next_ms));
+                }
                 if let Err(e) = dispatcher.dispatch(msg).await {
                     tracing::warn!(schedule = %sched_name, error = %format_args!("{e:#}"), "courier schedule: publish failed");
                 }
@@ -187,5 +223,16 @@ mod tests {
         assert_eq!(n % 3_600_000, 0);
         assert!(n > t0 && n - t0 <= 3_600_000);
         assert!(parse_cron("not cron").is_err());
+    }
+
+    #[test]
+    fn firing_keys_fit_the_key_limit() {
+        let longest = "n".repeat(MAX_SCHEDULE_NAME_LEN);
+        let key = firing_key(&longest, u64::MAX);
+        assert!(
+            crate::names::check_dedup_key(&key).is_ok(),
+            "{} bytes",
+            key.len()
+        );
     }
 }

@@ -24,7 +24,61 @@ pub(super) fn cases() -> Vec<Case> {
             ["W"],
             scheduler_recurring
         ),
+        case!(
+            "worker::scheduler::two_processes_enqueue_each_firing_once",
+            ["W", "Q11"],
+            scheduler_twice
+        ),
     ]
+}
+
+/// Two schedulers (one per handle, as two processes would run) with the same recurring
+/// schedule: each firing is stored once, the other copy counted as a duplicate (Q11).
+async fn scheduler_twice(cx: Ctx) -> Outcome {
+    let config = plain_config().with_dedup_window(Duration::from_secs(600));
+    let q = queue(&cx, "twice", config)?;
+    let other = within(LIMIT, "reopen", cx.factory.reopen(&cx.ns, &cx.backend)).await??;
+    other.queue.configure(&q, config)?;
+    let every = Duration::from_millis(150);
+    let mut schedules = Vec::new();
+    for h in [cx.backend.queue.clone(), other.queue.clone()] {
+        let d = Dispatcher::new(h.clone());
+        d.route("beat", &q)?;
+        let sched = Scheduler::new(d, h.clock());
+        schedules
+            .push(sched.recurring("beat", Every::Interval(every), || Message::new("beat", ""))?);
+    }
+    // Wait for a few firings of both (bounded), then stop both.
+    let end = Instant::now() + every * 6 + cx.prompt();
+    loop {
+        let s = stats(&cx, &q).await?;
+        if s.published >= 3 && s.deduplicated >= 3 {
+            break;
+        }
+        ensure!(Instant::now() < end, "too few firings: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(schedules);
+    tokio::time::sleep(every * 2).await;
+    let s = stats(&cx, &q).await?;
+    let ds = crate::receive_n(cx.q(), &q, s.ready_total() as usize, LIMIT).await?;
+    let mut keys: Vec<String> = ds
+        .iter()
+        .map(|d| d.message.dedup_key.clone().unwrap_or_default())
+        .collect();
+    ensure!(
+        keys.iter().all(|k| k.starts_with("courier-schedule:beat:")),
+        "firing keys: {keys:?}"
+    );
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    ensure_eq!(keys.len(), n, "each firing stored once");
+    ensure!(
+        s.deduplicated + 1 >= s.published,
+        "the second scheduler's copies were duplicates: {s:?}"
+    );
+    Ok(())
 }
 
 async fn scheduler_publish_after(cx: Ctx) -> Outcome {
