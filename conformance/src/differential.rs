@@ -129,6 +129,7 @@ impl Driver<'_> {
                 s.published,
                 s.acked,
                 s.retried,
+                s.deduplicated,
                 s.dead_lettered,
             )
         };
@@ -273,11 +274,23 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                     if rng.random_bool(0.1) {
                         m = m.with_max_attempts(1);
                     }
+                    // Keys from a small pool, so duplicates (Q11) happen against stored
+                    // messages and inside batches, and keys free up on ack and burial.
+                    if rng.random_bool(0.3) {
+                        m = m.with_dedup_key(format!("key{}", rng.random_range(0..6)));
+                    }
                     batch.push(m);
                 }
-                let batch_view: Vec<(String, Priority, bool)> = batch
+                let batch_view: Vec<(String, Priority, bool, Option<String>)> = batch
                     .iter()
-                    .map(|m| (m.kind.clone(), m.priority, m.delay.is_some()))
+                    .map(|m| {
+                        (
+                            m.kind.clone(),
+                            m.priority,
+                            m.delay.is_some(),
+                            m.dedup_key.clone(),
+                        )
+                    })
                     .collect();
                 // Fix created_at and due time once so both backends see the same message.
                 let now = reference.clock().now_ms();
@@ -292,7 +305,7 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                 )
                 .await??;
                 let b = within(LIMIT, "publish", cx.q().publish_batch(&q, batch)).await??;
-                ensure_eq!(a, b, "step {step}: publish ids");
+                ensure_eq!(a, b, "step {step}: publish outcomes (stored or duplicate)");
                 if delayed {
                     d.timers.push((started, DELAY));
                 }
