@@ -702,3 +702,149 @@ pub async fn consumer_crash(test: &str, url: String, connect: Connect) -> String
     assert_eq!(report.stats.succeeded, CRASH_N as u64);
     prefix
 }
+
+// ------------------------------------------------------------ keyed publishers (Q11, processes)
+
+const KEYED_QUEUE: &str = "keyed";
+/// Keys each process publishes (all processes publish the same keys).
+pub const KEYED_N: usize = 10_000;
+const KEYED_PROCESSES: usize = 3;
+const KEYED_BATCH: usize = 100;
+/// Selects the child role of the test binary: `<index>|<prefix>|<url>`.
+const KEYED_ENV: &str = "COURIER_KEYED_CHILD";
+
+/// Q11 across processes: `KEYED_PROCESSES` copies of this test binary each publish the same
+/// [`KEYED_N`] keyed messages at once (batches of 100, each process starting at a different
+/// third of the keys so they collide throughout), then this process handles what was stored.
+/// Exactly [`KEYED_N`] messages are stored (one per key) and handled, every other publish is
+/// reported as a duplicate of the stored one, and the stats agree. Prints one line of figures.
+///
+/// `test` is the calling test's name (the child runs it with `--exact`); `url` what `connect`
+/// opens (a Redis URL, a SQLite file path). Returns the prefix used, for the caller's cleanup.
+pub async fn keyed_publishers(test: &str, url: String, connect: Connect) -> String {
+    if let Ok(role) = std::env::var(KEYED_ENV) {
+        let mut parts = role.splitn(3, '|');
+        let (Some(index), Some(prefix), Some(url)) = (parts.next(), parts.next(), parts.next())
+        else {
+            panic!("bad {KEYED_ENV} {role:?}");
+        };
+        let index: usize = index.parse().expect("child index");
+        let q = connect_in_time(&connect, url, prefix).await;
+        q.configure(KEYED_QUEUE, QueueConfig::default())
+            .expect("configure");
+        let (mut stored, mut dup) = (0usize, 0usize);
+        let start = index * KEYED_N / KEYED_PROCESSES;
+        let order: Vec<usize> = (0..KEYED_N).map(|i| (start + i) % KEYED_N).collect();
+        for chunk in order.chunks(KEYED_BATCH) {
+            let batch: Vec<Message> = chunk
+                .iter()
+                .map(|k| {
+                    Message::new("keyed", format!("{index}")).with_dedup_key(format!("key-{k}"))
+                })
+                .collect();
+            let out = timeout(Duration::from_secs(30), q.publish_batch(KEYED_QUEUE, batch))
+                .await
+                .expect("publish in time")
+                .expect("publish");
+            for p in out {
+                if p.is_duplicate() {
+                    dup += 1;
+                } else {
+                    stored += 1;
+                }
+            }
+        }
+        println!("@@keyed {index} stored {stored} duplicate {dup}");
+        return prefix.to_string();
+    }
+
+    let prefix = format!("courier-keyed-{}", rand::random::<u32>());
+    let q = connect_in_time(&connect, &url, &prefix).await;
+    q.configure(KEYED_QUEUE, QueueConfig::default())
+        .expect("configure");
+    let exe = std::env::current_exe().expect("current exe");
+    let started = Instant::now();
+    let children: Vec<_> = (0..KEYED_PROCESSES)
+        .map(|i| {
+            let child = Command::new(&exe)
+                .args([test, "--exact", "--nocapture", "--test-threads=1"])
+                .env(KEYED_ENV, format!("{i}|{prefix}|{url}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn child");
+            KillOnDrop(child)
+        })
+        .collect();
+    let mut stored = 0;
+    let mut dup = 0;
+    for mut c in children {
+        let out = c.0.stdout.take().expect("child stdout");
+        let lines: Vec<String> = BufReader::new(out).lines().map_while(|l| l.ok()).collect();
+        let status = c.0.wait().expect("wait for the child");
+        assert!(status.success(), "child failed: {status:?}");
+        let line = lines
+            .iter()
+            .find_map(|l| l.split_once("@@keyed ").map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("child printed no figures: {lines:?}"));
+        let f: Vec<usize> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+        assert_eq!(f.len(), 3, "figures {line:?}");
+        stored += f[1];
+        dup += f[2];
+    }
+    let published_in = started.elapsed();
+    assert_eq!(stored, KEYED_N, "one message stored per key");
+    assert_eq!(
+        dup,
+        (KEYED_PROCESSES - 1) * KEYED_N,
+        "every other publish a duplicate"
+    );
+
+    // Handle everything stored: each key exactly once.
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    while keys.values().sum::<usize>() < KEYED_N {
+        assert!(
+            Instant::now() < end,
+            "handled only {} of {KEYED_N}",
+            keys.len()
+        );
+        let got = timeout(
+            Duration::from_secs(10),
+            q.receive(KEYED_QUEUE, 500, Duration::from_millis(200)),
+        )
+        .await
+        .expect("receive in time")
+        .expect("receive");
+        let mut acks = Vec::with_capacity(got.len());
+        for d in got {
+            *keys
+                .entry(d.message.dedup_key.clone().expect("keyed"))
+                .or_default() += 1;
+            acks.push(courier_core::Settle::Ack(d.lease));
+        }
+        let done = timeout(Duration::from_secs(10), q.settle(KEYED_QUEUE, acks))
+            .await
+            .expect("settle in time")
+            .expect("settle");
+        assert!(done.iter().all(Result::is_ok), "acks: {done:?}");
+    }
+    assert_eq!(keys.len(), KEYED_N, "every key handled");
+    assert!(keys.values().all(|&n| n == 1), "no key handled twice");
+    let stats = timeout(Duration::from_secs(10), q.stats(KEYED_QUEUE))
+        .await
+        .expect("stats in time")
+        .expect("stats");
+    println!(
+        "{{:processes {KEYED_PROCESSES} :keys {KEYED_N} :stored {stored} :duplicates {dup} \
+         :handled {} :publish-ms {} :stats {stats:?}}}",
+        keys.len(),
+        published_in.as_millis()
+    );
+    assert_eq!(stats.published, KEYED_N as u64, "{stats:?}");
+    assert_eq!(stats.deduplicated, dup as u64, "{stats:?}");
+    assert_eq!(stats.acked, KEYED_N as u64, "{stats:?}");
+    assert_eq!(stats.stored(), 0, "{stats:?}");
+    prefix
+}

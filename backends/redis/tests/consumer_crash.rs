@@ -8,6 +8,8 @@
 //! Uses the shared Redis (`COURIER_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a
 //! unique key prefix; skipped loudly when unreachable unless `COURIER_REQUIRE_BACKENDS=1`.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,36 +58,6 @@ async fn in_flight_messages_of_a_killed_consumer_come_back_after_their_lease() {
     }
 }
 
-/// Delete the test's keys (the queue's counters and the like) from the shared Redis.
 async fn cleanup(prefix: &str) {
-    let Ok(client) = redis::Client::open(url()) else {
-        return;
-    };
-    let Ok(Ok(mut conn)) = timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
-        return;
-    };
-    let keys: Vec<String> = timeout(
-        Duration::from_secs(5),
-        redis::cmd("KEYS")
-            .arg(format!("{{{prefix}:*"))
-            .query_async(&mut conn),
-    )
-    .await
-    .ok()
-    .and_then(|r| r.ok())
-    .unwrap_or_default();
-    if !keys.is_empty() {
-        let _ = timeout(
-            Duration::from_secs(5),
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<redis::Value>(&mut conn),
-        )
-        .await;
-    }
+    support::delete_prefix(&url(), prefix).await;
 }

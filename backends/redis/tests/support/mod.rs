@@ -21,6 +21,42 @@ pub(crate) fn shared_url() -> String {
 
 /// The shared server is unreachable: skip loudly, or fail under
 /// `COURIER_REQUIRE_BACKENDS=1` (as CI sets).
+/// Delete every key under `prefix` (its hash tag `{prefix:`) from the shared Redis: a test's
+/// cleanup, best effort.
+pub(crate) async fn delete_prefix(url: &str, prefix: &str) {
+    use tokio::time::timeout;
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(Ok(mut conn)) = timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return;
+    };
+    let keys: Vec<String> = timeout(
+        Duration::from_secs(5),
+        redis::cmd("KEYS")
+            .arg(format!("{{{prefix}:*"))
+            .query_async(&mut conn),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_default();
+    if !keys.is_empty() {
+        let _ = timeout(
+            Duration::from_secs(5),
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<redis::Value>(&mut conn),
+        )
+        .await;
+    }
+}
+
 pub(crate) fn unreachable(test: &str, why: &dyn std::fmt::Display) {
     if std::env::var("COURIER_REQUIRE_BACKENDS").as_deref() == Ok("1") {
         panic!("{test}: Redis unreachable and COURIER_REQUIRE_BACKENDS=1: {why}");
