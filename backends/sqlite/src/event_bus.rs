@@ -298,6 +298,7 @@ fn pull(ctx: &Ctx<'_>, q: &mut Q, topic: &str, t: &Topic, want: usize, now: u64)
                 not_before: due.map(u),
                 max_attempts,
                 body,
+                key: None,
             };
             let readied_before = q.readied;
             q.readied = false;
@@ -583,7 +584,7 @@ impl EventBus for SqliteBackend {
             group,
             "requeue_dead",
             Open::Existing,
-            move |ctx, q, _, _, _| store::requeue_dead(ctx, q, &which),
+            move |ctx, q, _, now, _| store::requeue_dead(ctx, q, &which, now),
         )
         .await
     }

@@ -121,6 +121,18 @@ impl Queue for SqliteBackend {
         if rows.is_empty() {
             return Ok(ids.into_iter().map(Published::Stored).collect());
         }
+        if rows.iter().any(|r| r.key.is_some()) {
+            // Deduplication (Q11): every key is checked and taken in the writer's transaction,
+            // with the inserts, so racing publishers (of any process) store one message a key.
+            let window = config.dedup_window_ms();
+            return self
+                .on_queue(queue, "publish", move |ctx, q, now, _| {
+                    store::publish_keyed(ctx, q, now, &rows, window)
+                })
+                .await
+                // The batch is one transaction: on failure nothing was stored.
+                .map_err(|e| e.with_stored(0));
+        }
         self.on_queue(queue, "publish", move |ctx, q, now, _| {
             store::publish_all(ctx, q, now, &rows)
         })
@@ -193,8 +205,8 @@ impl Queue for SqliteBackend {
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
-        self.on_queue(queue, "requeue_dead", move |ctx, q, _, _| {
-            store::requeue_dead(ctx, q, &which)
+        self.on_queue(queue, "requeue_dead", move |ctx, q, now, _| {
+            store::requeue_dead(ctx, q, &which, now)
         })
         .await
     }

@@ -25,6 +25,7 @@ use crate::error::map_err;
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("schema/001_init.sql"),
     include_str!("schema/002_messages_check.sql"),
+    include_str!("schema/003_dedup.sql"),
 ];
 
 /// The schema version this build writes and reads.

@@ -17,8 +17,8 @@
 
 use courier_core::clock::ms_ceil;
 use courier_core::{
-    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, QueueConfig, QueueStats,
-    Result, Selection, Settle, wire,
+    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Published, QueueConfig,
+    QueueStats, Result, Selection, Settle, wire,
 };
 use std::sync::LazyLock;
 
@@ -84,6 +84,7 @@ pub(crate) struct Q {
     acked: i64,
     retried: i64,
     dead_lettered: i64,
+    deduplicated: i64,
     dirty: bool,
     /// Something became ready during this operation.
     pub(crate) readied: bool,
@@ -117,6 +118,7 @@ impl Q {
             acked: 0,
             retried: 0,
             dead_lettered: 0,
+            deduplicated: 0,
             dirty: false,
             readied: false,
         }
@@ -193,8 +195,8 @@ pub(crate) fn qid(
 pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
     ctx.conn
         .prepare_cached(
-            "SELECT next_seq, front_seq, cursor, published, acked, retried, dead_lettered \
-             FROM courier_queues WHERE qid = ?1",
+            "SELECT next_seq, front_seq, cursor, published, acked, retried, dead_lettered, \
+             deduplicated FROM courier_queues WHERE qid = ?1",
         )
         .and_then(|mut s| {
             s.query_row([qid], |r| {
@@ -207,6 +209,7 @@ pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
                     acked: r.get(4)?,
                     retried: r.get(5)?,
                     dead_lettered: r.get(6)?,
+                    deduplicated: r.get(7)?,
                     dirty: false,
                     readied: false,
                 })
@@ -223,7 +226,8 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
     ctx.conn
         .prepare_cached(
             "UPDATE courier_queues SET next_seq = ?2, front_seq = ?3, cursor = ?4, \
-             published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8 WHERE qid = ?1",
+             published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8, deduplicated = ?9 \
+             WHERE qid = ?1",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -234,7 +238,8 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
                 q.published,
                 q.acked,
                 q.retried,
-                q.dead_lettered
+                q.dead_lettered,
+                q.deduplicated
             ])
         })
         .map_err(ctx.err("save queue"))?;
@@ -250,6 +255,8 @@ pub(crate) struct NewRow {
     pub(crate) not_before: Option<u64>,
     pub(crate) max_attempts: Option<u32>,
     pub(crate) body: Vec<u8>,
+    /// The deduplication key (Q11; queues only, `None` for consumer-group rows).
+    pub(crate) key: Option<String>,
 }
 
 impl NewRow {
@@ -265,6 +272,7 @@ impl NewRow {
             not_before: message.not_before,
             max_attempts: message.max_attempts,
             body: body.to_vec(),
+            key: message.dedup_key.clone(),
         })
     }
 }
@@ -387,6 +395,163 @@ fn bind_row(
     Ok(())
 }
 
+/// The `INSERT` of one row with its deduplication key (9 parameters: [`bind_row`]'s 8, then
+/// the key), used by batches that carry keys.
+const INSERT_KEYED: &str = "INSERT INTO courier_messages \
+     (qid, id, priority, state, seq, due, deliveries, max_attempts, body, dedup_key) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)";
+
+/// Most key rows a purge removes at once (the rest in the next one).
+const PURGE_BOUND: i64 = 256;
+
+/// Store newly published messages in order with deduplication (Q11), deciding each in batch
+/// order: a message whose key is held (its holder is live, or `now` is within the holder's
+/// window) stores nothing and comes back as a duplicate of the holder; any other one is stored
+/// and, with a key, becomes the key's holder, live, held until `now + window_ms` (0: no
+/// window). The checks and the inserts run in the caller's write transaction, so they are one
+/// step for every connection to the file.
+pub(crate) fn publish_keyed(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    now: u64,
+    rows: &[NewRow],
+    window_ms: u64,
+) -> Result<Vec<Published>> {
+    purge_holds(ctx, q.qid, now)?;
+    let hold_until = if window_ms > 0 {
+        now.saturating_add(window_ms)
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(key) = &row.key {
+            if let Some(owner) = holder(ctx, q.qid, key, now)? {
+                q.deduplicated += 1;
+                q.dirty = true;
+                out.push(Published::Duplicate(owner));
+                continue;
+            }
+            hold_key(ctx, q.qid, key, row.id, hold_until)?;
+        }
+        let mut stmt = ctx
+            .conn
+            .prepare_cached(INSERT_KEYED)
+            .map_err(ctx.err("publish"))?;
+        bind_row(&mut stmt, 0, q, now, row)
+            .and_then(|()| stmt.raw_bind_parameter(9, row.key.as_deref()))
+            .map_err(ctx.err("publish"))?;
+        stmt.raw_execute().map_err(ctx.err("publish"))?;
+        out.push(Published::Stored(row.id));
+    }
+    Ok(out)
+}
+
+/// The id of the message holding `key` at `now`, if any.
+fn holder(ctx: &Ctx<'_>, qid: i64, key: &str, now: u64) -> Result<Option<MessageId>> {
+    let row: Option<(Vec<u8>, bool, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT owner, live, hold_until FROM courier_dedup WHERE qid = ?1 AND key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![qid, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(ctx.err("deduplicate"))?;
+    Ok(row
+        .and_then(|(owner, live, hold_until)| (live || now < u(hold_until)).then(|| id_of(&owner))))
+}
+
+/// Make `owner` the live holder of `key`, held until `hold_until` (0: while live).
+fn hold_key(ctx: &Ctx<'_>, qid: i64, key: &str, owner: MessageId, hold_until: u64) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO courier_dedup (qid, key, owner, live, hold_until) \
+             VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (qid, key) DO UPDATE \
+             SET owner = excluded.owner, live = 1, hold_until = excluded.hold_until",
+        )
+        .and_then(|mut s| s.execute(params![qid, key, &owner.as_bytes()[..], i(hold_until)]))
+        .map_err(ctx.err("deduplicate"))?;
+    Ok(())
+}
+
+/// The message `id` with `key` stopped being live (acked, buried, discarded): if it holds the
+/// key, the key is free at once when its window passed (or it has none), else it stays taken,
+/// not live, until the end of the window. Key rows whose window passed are purged meanwhile.
+fn leave_key(ctx: &Ctx<'_>, qid: i64, id: &[u8], key: &str, now: u64) -> Result<()> {
+    let freed = ctx
+        .conn
+        .prepare_cached(
+            "DELETE FROM courier_dedup WHERE qid = ?1 AND key = ?2 AND owner = ?3 \
+             AND hold_until <= ?4",
+        )
+        .and_then(|mut s| s.execute(params![qid, key, id, i(now)]))
+        .map_err(ctx.err("release key"))?;
+    if freed == 0 {
+        ctx.conn
+            .prepare_cached(
+                "UPDATE courier_dedup SET live = 0 WHERE qid = ?1 AND key = ?2 AND owner = ?3 \
+                 AND live = 1",
+            )
+            .and_then(|mut s| s.execute(params![qid, key, id]))
+            .map_err(ctx.err("release key"))?;
+    }
+    purge_holds(ctx, qid, now)
+}
+
+/// A dead letter `id` requeued with `key`: it holds the key again if it is still the recorded
+/// holder, or if nobody holds the key at `now` (then without a window); if another message
+/// holds it, the requeued one does not.
+fn retake_key(ctx: &Ctx<'_>, qid: i64, id: &[u8], key: &str, now: u64) -> Result<()> {
+    let row: Option<(Vec<u8>, bool, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT owner, live, hold_until FROM courier_dedup WHERE qid = ?1 AND key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![qid, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(ctx.err("requeue_dead"))?;
+    match row {
+        Some((owner, _, _)) if owner == id => {
+            ctx.conn
+                .prepare_cached("UPDATE courier_dedup SET live = 1 WHERE qid = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute(params![qid, key]))
+                .map_err(ctx.err("requeue_dead"))?;
+            Ok(())
+        }
+        Some((_, live, hold_until)) if live || now < u(hold_until) => Ok(()),
+        _ => hold_key(ctx, qid, key, id_of(id), 0),
+    }
+}
+
+/// Delete key rows that hold nothing any more (window passed, holder not live), at most
+/// [`PURGE_BOUND`] per call, so the table does not grow with every key ever used.
+fn purge_holds(ctx: &Ctx<'_>, qid: i64, now: u64) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "DELETE FROM courier_dedup WHERE qid = ?1 AND live = 0 AND hold_until <= ?2 \
+             AND key IN (SELECT key FROM courier_dedup INDEXED BY courier_dedup_expired \
+             WHERE qid = ?1 AND live = 0 AND hold_until <= ?2 LIMIT ?3)",
+        )
+        .and_then(|mut s| s.execute(params![qid, i(now), PURGE_BOUND]))
+        .map_err(ctx.err("purge keys"))?;
+    Ok(())
+}
+
+/// What a row that stopped being live returns: its message id and key (SQL `RETURNING`).
+type Left = (Vec<u8>, Option<String>);
+
+/// After a row left live state: free its key, if it has one.
+fn left(ctx: &Ctx<'_>, qid: i64, row: Option<Left>, now: u64) -> Result<()> {
+    match row {
+        Some((id, Some(key))) => leave_key(ctx, qid, &id, &key, now),
+        _ => Ok(()),
+    }
+}
+
 /// Bring the queue up to `now`: expired leases are failed attempts, then due delayed rows
 /// move to the back of their level.
 pub(crate) fn tick(ctx: &mut Ctx<'_>, q: &mut Q, now: u64, config: &QueueConfig) -> Result<()> {
@@ -468,18 +633,36 @@ pub(crate) fn bury(
 ) -> Result<()> {
     q.dead_lettered += 1;
     q.dirty = true;
-    if !config.dead_letter {
-        return delete_row(ctx, rid);
-    }
-    let seq = q.seq();
+    // A dead (or discarded) message does not hold its key (Q11).
+    let gone = if !config.dead_letter {
+        remove_row(ctx, rid)?
+    } else {
+        let seq = q.seq();
+        ctx.conn
+            .prepare_cached(
+                "UPDATE courier_messages SET state = 3, failed_at = ?2, seq = ?3, last_error = ?4, \
+                 deadline = NULL, token = NULL, due = NULL WHERE rid = ?1 RETURNING id, dedup_key",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![rid, i(now), seq, error], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(ctx.err("bury"))?
+    };
+    left(ctx, q.qid, gone, now)
+}
+
+/// Delete a row; returns its message id and key if it existed.
+fn remove_row(ctx: &Ctx<'_>, rid: i64) -> Result<Option<Left>> {
     ctx.conn
-        .prepare_cached(
-            "UPDATE courier_messages SET state = 3, failed_at = ?2, seq = ?3, last_error = ?4, \
-             deadline = NULL, token = NULL, due = NULL WHERE rid = ?1",
-        )
-        .and_then(|mut s| s.execute(params![rid, i(now), seq, error]))
-        .map_err(ctx.err("bury"))?;
-    Ok(())
+        .prepare_cached("DELETE FROM courier_messages WHERE rid = ?1 RETURNING id, dedup_key")
+        .and_then(|mut s| {
+            s.query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(ctx.err("delete"))
 }
 
 fn delete_row(ctx: &Ctx<'_>, rid: i64) -> Result<()> {
@@ -595,7 +778,7 @@ pub(crate) fn claim(
         match wire::decode(&bytes::Bytes::from(body)) {
             Ok(mut message) => {
                 message.attempt = attempt;
-                leased.push((token, rid));
+                leased.push((token, rid, message.dedup_key.is_some()));
                 out.push(Delivery {
                     message,
                     lease: Lease {
@@ -617,8 +800,8 @@ pub(crate) fn claim(
     if ctx.leased.len() + leased.len() > LEASED_HINTS {
         ctx.leased.clear();
     }
-    for (token, rid) in leased {
-        ctx.leased.insert((q.qid, token), rid);
+    for (token, rid, keyed) in leased {
+        ctx.leased.insert((q.qid, token), (rid, keyed));
     }
     Ok(out)
 }
@@ -699,34 +882,53 @@ pub(crate) fn settle(
         other => return settle_held(ctx, q, now, other, config),
     };
     {
-        // The hot path: one statement checks the lease and removes the row.
+        // The hot path: one statement checks the lease and removes the row. A row this writer
+        // leased without a key is deleted as it always was; any other one returns its key.
         let token = i64::try_from(lease.token).ok();
         let hint = token.and_then(|t| ctx.leased.remove(&(q.qid, t)));
-        let gone = match (token, hint) {
-            (Some(token), Some(rid)) => ctx
+        let id = &lease.id.as_bytes()[..];
+        let gone: Option<Option<String>> = match (token, hint) {
+            (Some(token), Some((rid, false))) => {
+                let n = ctx
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM courier_messages WHERE rid = ?1 AND qid = ?2 AND state = 2 \
+                         AND token = ?3 AND id = ?4 AND deadline > ?5",
+                    )
+                    .and_then(|mut s| s.execute(params![rid, q.qid, token, id, i(now)]))
+                    .map_err(ctx.err("settle"))?;
+                (n > 0).then_some(None)
+            }
+            (Some(token), Some((rid, true))) => ctx
                 .conn
                 .prepare_cached(
                     "DELETE FROM courier_messages WHERE rid = ?1 AND qid = ?2 AND state = 2 \
-                     AND token = ?3 AND id = ?4 AND deadline > ?5",
+                     AND token = ?3 AND id = ?4 AND deadline > ?5 RETURNING dedup_key",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![rid, q.qid, token, &lease.id.as_bytes()[..], i(now)])
+                    s.query_row(params![rid, q.qid, token, id, i(now)], |r| r.get(0))
+                        .optional()
                 })
                 .map_err(ctx.err("settle"))?,
             (Some(token), None) => ctx
                 .conn
                 .prepare_cached(
                     "DELETE FROM courier_messages INDEXED BY courier_messages_tokens \
-                     WHERE qid = ?1 AND state = 2 AND token = ?2 AND id = ?3 AND deadline > ?4",
+                     WHERE qid = ?1 AND state = 2 AND token = ?2 AND id = ?3 AND deadline > ?4 \
+                     RETURNING dedup_key",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![q.qid, token, &lease.id.as_bytes()[..], i(now)])
+                    s.query_row(params![q.qid, token, id, i(now)], |r| r.get(0))
+                        .optional()
                 })
                 .map_err(ctx.err("settle"))?,
-            (None, _) => 0,
+            (None, _) => None,
         };
-        if gone == 0 {
+        let Some(key) = gone else {
             return Ok(Err(KIT.lease_lost("settle", lease)));
+        };
+        if let Some(key) = key {
+            leave_key(ctx, q.qid, id, &key, now)?;
         }
         q.acked += 1;
         q.dirty = true;
@@ -749,7 +951,8 @@ fn settle_held(
         Settle::Ack(_) => {
             q.acked += 1;
             q.dirty = true;
-            delete_row(ctx, rid)?;
+            let gone = remove_row(ctx, rid)?;
+            left(ctx, q.qid, gone, now)?;
         }
         Settle::Retry { delay, error, .. } => {
             q.retried += 1;
@@ -817,6 +1020,7 @@ pub(crate) fn stats(ctx: &Ctx<'_>, q: &Q) -> Result<QueueStats> {
     st.acked = u(q.acked);
     st.retried = u(q.retried);
     st.dead_lettered = u(q.dead_lettered);
+    st.deduplicated = u(q.deduplicated);
     for level in 0..4i64 {
         st.ready[level as usize] = count(
             ctx,
@@ -952,18 +1156,26 @@ fn selected(ctx: &Ctx<'_>, q: &Q, which: &Selection) -> Result<Vec<i64>> {
 }
 
 /// Dead letters back to the back of their ready level, oldest first, attempts reset and ids
-/// kept. Returns how many.
-pub(crate) fn requeue_dead(ctx: &Ctx<'_>, q: &mut Q, which: &Selection) -> Result<u64> {
+/// and deduplication keys kept (a requeued message holds its key again unless another message
+/// holds it at `now`). Returns how many.
+pub(crate) fn requeue_dead(ctx: &Ctx<'_>, q: &mut Q, which: &Selection, now: u64) -> Result<u64> {
     let rids = selected(ctx, q, which)?;
     for rid in &rids {
         let seq = q.seq();
-        ctx.conn
+        let row: Option<Left> = ctx
+            .conn
             .prepare_cached(
                 "UPDATE courier_messages SET state = 0, seq = ?2, deliveries = 0, \
-                 last_error = NULL, failed_at = NULL WHERE rid = ?1",
+                 last_error = NULL, failed_at = NULL WHERE rid = ?1 RETURNING id, dedup_key",
             )
-            .and_then(|mut s| s.execute(params![rid, seq]))
+            .and_then(|mut s| {
+                s.query_row(params![rid, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(ctx.err("requeue_dead"))?;
+        if let Some((id, Some(key))) = row {
+            retake_key(ctx, q.qid, &id, &key, now)?;
+        }
         q.readied = true;
     }
     Ok(rids.len() as u64)
@@ -1015,6 +1227,7 @@ pub(crate) fn inject_raw(ctx: &Ctx<'_>, q: &mut Q, level: i64, body: &[u8]) -> R
             not_before: None,
             max_attempts: None,
             body: body.to_vec(),
+            key: None,
         },
     )?;
     Ok(id)

@@ -493,6 +493,120 @@ async fn migration_2_keeps_rows_of_a_version_1_database() {
 }
 
 #[tokio::test]
+async fn migration_3_keeps_a_version_2_database_and_adds_deduplication() {
+    let dir = TempDir::new("migrate-v2");
+    let path = dir.file("q.db");
+    let old = Message::new("old", "v2");
+    {
+        // A database as version 2 left it: a queue with one ready message and its counters.
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(schema::MIGRATIONS[0]).expect("v1 schema");
+        c.execute_batch(schema::MIGRATIONS[1]).expect("v2 schema");
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        c.pragma_update(None, "user_version", 2)
+            .expect("user_version");
+        c.execute(
+            "INSERT INTO courier_queues (qid, kind, name, next_seq, published) \
+             VALUES (3, 'queue', 'q', 2, 1)",
+            [],
+        )
+        .expect("queue row");
+        let body = courier_core::wire::encode(&old).expect("encode");
+        c.execute(
+            "INSERT INTO courier_messages (qid, id, priority, state, seq, body) \
+             VALUES (3, ?1, 2, 0, 1, ?2)",
+            rusqlite::params![&old.id.as_bytes()[..], &body[..]],
+        )
+        .expect("insert");
+    }
+    let b = within(SqliteBackend::builder().path(&path).build())
+        .await
+        .expect("open");
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    let q: &dyn Queue = &b;
+    let st = within(q.stats("q")).await.expect("stats");
+    assert_eq!((st.published, st.deduplicated, st.ready_total()), (1, 0, 1));
+    let keyed = || Message::new("new", "").with_dedup_key("k");
+    let first = within(q.publish_unique("q", keyed()))
+        .await
+        .expect("publish");
+    assert!(!first.is_duplicate());
+    let again = within(q.publish_unique("q", keyed()))
+        .await
+        .expect("publish");
+    assert_eq!(again, courier_core::Published::Duplicate(first.id()));
+    let ds = within(q.receive("q", 10, Duration::from_secs(1)))
+        .await
+        .expect("receive");
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds[0].message.id, old.id);
+    for d in &ds {
+        within(q.ack("q", &d.lease)).await.expect("ack");
+    }
+    let st = within(q.stats("q")).await.expect("stats");
+    assert_eq!((st.published, st.acked, st.deduplicated), (2, 2, 1));
+}
+
+/// `f`, or a failure after 20 s: the deduplication tests bound every await.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("timed out")
+}
+
+/// Key rows left in `courier_dedup` whose key does not start with `probe`.
+fn key_rows(path: &Path) -> i64 {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.query_row(
+        "SELECT count(*) FROM courier_dedup WHERE key NOT LIKE 'probe%'",
+        [],
+        |r| r.get(0),
+    )
+    .expect("count")
+}
+
+#[tokio::test]
+async fn key_rows_whose_window_passed_are_purged() {
+    let dir = TempDir::new("purge-keys");
+    let path = dir.file("q.db");
+    let b = open(&path).await;
+    b.configure("q", config().with_dedup_window(Duration::from_millis(100)))
+        .expect("configure");
+    let q: &dyn Queue = &b;
+    let batch = (0..20)
+        .map(|n| Message::new("k", "").with_dedup_key(format!("key-{n}")))
+        .collect();
+    within(q.publish_batch("q", batch)).await.expect("publish");
+    assert_eq!(key_rows(&path), 20);
+    let ds = within(q.receive("q", 20, Duration::from_secs(1)))
+        .await
+        .expect("receive");
+    assert_eq!(ds.len(), 20);
+    for d in &ds {
+        within(q.ack("q", &d.lease)).await.expect("ack");
+    }
+    // Held (not live) until the window passes, then purged by later keyed publishes: poll,
+    // bounded, publishing a fresh probe key each time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while key_rows(&path) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "key rows never purged"
+        );
+        within(tokio::time::sleep(Duration::from_millis(20))).await;
+        n += 1;
+        within(q.publish_unique(
+            "q",
+            Message::new("p", "").with_dedup_key(format!("probe-{n}")),
+        ))
+        .await
+        .expect("probe");
+    }
+}
+
+#[tokio::test]
 async fn newer_schema_is_refused() {
     let dir = TempDir::new("newer");
     let path = dir.file("q.db");

@@ -47,10 +47,12 @@ pub(crate) struct Ctx<'a> {
     /// cleared whenever a transaction or savepoint rolls back.
     pub(crate) qids: &'a mut HashMap<String, i64>,
     /// Row ids of the leases this writer granted, by `(qid, token)`, so that an ack deletes by
-    /// primary key (the statement still checks qid, state, token, id and deadline). A hint
-    /// only: a miss takes the token index. Cleared with `qids` whenever a transaction or
-    /// savepoint rolls back (rolled-back tokens may be granted again, to other rows).
-    pub(crate) leased: &'a mut HashMap<(i64, i64), i64>,
+    /// primary key (the statement still checks qid, state, token, id and deadline), and whether
+    /// the message has a deduplication key (an ack of one without a key need not look for
+    /// it). A hint only: a miss takes the token index. Cleared with `qids` whenever a
+    /// transaction or savepoint rolls back (rolled-back tokens may be granted again, to other
+    /// rows).
+    pub(crate) leased: &'a mut HashMap<(i64, i64), (i64, bool)>,
     /// Wake-up keys to signal once the transaction commits.
     wakes: &'a mut Vec<String>,
     /// Last time this writer pruned old pub/sub relay rows.
