@@ -53,6 +53,9 @@ pub struct Params {
     pub prefetch: usize,
     /// Idle-latency samples.
     pub latency_samples: usize,
+    /// Give every published message a unique deduplication key (Q11): the cost of the key
+    /// check, all messages stored.
+    pub keys: bool,
 }
 
 /// One run's figures.
@@ -130,11 +133,21 @@ async fn publish_all(
         let body = body.clone();
         let n = share(p, t);
         let batch = p.batch.max(1);
+        let keys = p.keys;
         tasks.push(tokio::spawn(async move {
             let mut left = n;
             while left > 0 {
                 let k = left.min(batch);
-                let msgs: Vec<Message> = (0..k).map(|_| Message::new("b", body.clone())).collect();
+                let msgs: Vec<Message> = (0..k)
+                    .map(|i| {
+                        let m = Message::new("b", body.clone());
+                        if keys {
+                            m.with_dedup_key(format!("{name}-{t}-{}", left - i))
+                        } else {
+                            m
+                        }
+                    })
+                    .collect();
                 q.publish_batch(&name, msgs).await?;
                 left -= k;
             }

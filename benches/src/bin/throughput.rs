@@ -34,6 +34,9 @@ struct Args {
     /// Idle-latency samples.
     #[arg(long, default_value_t = 1_000)]
     latency_samples: usize,
+    /// Give every published message a unique deduplication key (the cost of the key check).
+    #[arg(long)]
+    keys: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -55,6 +58,7 @@ fn main() {
             .prefetch
             .unwrap_or((args.batch * 4).max(args.concurrency)),
         latency_samples: args.latency_samples,
+        keys: args.keys,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
