@@ -8,7 +8,8 @@
 //! one's data stays where it was, for the operator to drain with that version).
 
 /// The version of the state layout (see `scripts/lib.lua`). 2: entries are wire bytes,
-/// leases are a hash of tokens with deadlines per claim batch.
+/// leases are a hash of tokens with deadlines per claim batch. (A queue's deduplication keys,
+/// Q11, are two keys more; they change none of the others, so the layout stays 2.)
 pub(crate) const LAYOUT: &str = "v2";
 
 /// The state keys after the four ready lists, in the order of `scripts/lib.lua`.
@@ -26,11 +27,15 @@ const SUFFIXES: [&str; 11] = [
     "batches",
 ];
 
-/// The 15 keys of a queue, in the order of `scripts/lib.lua`.
+/// The keys only a queue has, after [`SUFFIXES`]: its deduplication keys' holders and their
+/// windows (Q11). A group's 16th key is its topic's log instead.
+const QUEUE_SUFFIXES: [&str; 2] = ["dedup", "holds"];
+
+/// The 17 keys of a queue, in the order of `scripts/lib.lua`.
 pub(crate) fn queue(prefix: &str, queue: &str) -> Vec<String> {
     let tag = format!("{{{prefix}:q:{queue}}}:{LAYOUT}");
     let mut v: Vec<String> = (0..4).map(|p| format!("{tag}:ready:{p}")).collect();
-    for suffix in SUFFIXES {
+    for suffix in SUFFIXES.into_iter().chain(QUEUE_SUFFIXES) {
         v.push(format!("{tag}:{suffix}"));
     }
     v
@@ -103,8 +108,9 @@ mod tests {
     #[test]
     fn queue_keys_share_one_tag() {
         let k = queue("app", "tasks.high");
-        assert_eq!(k.len(), 15);
+        assert_eq!(k.len(), 17);
         assert!(k.iter().all(|key| slot_tag(key) == "app:q:tasks.high"));
+        assert!(k[15].ends_with(":dedup") && k[16].ends_with(":holds"));
         assert!(k[QUEUE_WAKE].ends_with(":wake"));
         assert!(k[QUEUE_COUNTERS].ends_with(":counters"));
         assert!(k[QUEUE_READY_NORMAL].ends_with(":ready:2"));

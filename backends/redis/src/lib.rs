@@ -57,7 +57,14 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages);
+//! - **Deduplication keys** (Q11, [`courier_core::Message::with_dedup_key`]): a keyed publish
+//!   checks and takes its key in the same script as the store (`publish_keyed.lua`; batches
+//!   without keys keep the plain publish script). A queue keeps each key's holder in a hash and
+//!   the keys' windows in a sorted set under its hash tag; ack, bury and an expired last lease
+//!   free the key in the script that ends the holder's life.
+//!
+//! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages;
+//! deduplication is by key);
 //! the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
 //! key in `KEYS`) but the client connects to one node (no cluster client yet).
 //!

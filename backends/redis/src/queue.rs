@@ -30,6 +30,31 @@ const SETTLE_CHUNK: usize = 2000;
 /// Dead letters moved per script call (a call never blocks Redis for long).
 const DEAD_CHUNK: usize = 1000;
 
+/// The longest deduplication window sent to the scripts (about 34 years): now + window stays
+/// an exact integer in Lua's doubles, written without an exponent.
+const MAX_WINDOW_MS: u64 = 1 << 40;
+
+/// Read publish_keyed.lua's reply for a chunk whose messages have `ids`: per message, 1 when
+/// stored, else the 16-byte id of the message holding its key.
+fn read_keyed_outcomes(ids: &[MessageId], reply: Value, out: &mut Vec<Published>) -> Result<()> {
+    let items = array(reply).ok_or_else(|| bad_reply("publish", "not an array"))?;
+    if items.len() != ids.len() {
+        return Err(bad_reply("publish", "one outcome per message expected"));
+    }
+    for (id, mut item) in ids.iter().zip(items) {
+        // An integer, never a bulk string: a holder's id could read as the number 1.
+        if matches!(item, Value::Int(1)) {
+            out.push(Published::Stored(*id));
+            continue;
+        }
+        let holder = take_bytes(&mut item)
+            .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| bad_reply("publish", "an outcome is neither 1 nor a 16-byte id"))?;
+        out.push(Published::Duplicate(MessageId::from_bytes(holder)));
+    }
+    Ok(())
+}
+
 /// Where a receive leases from.
 #[derive(Clone, Debug)]
 pub(crate) enum Origin {
@@ -190,13 +215,15 @@ fn undecodable_entry(
     Err((id, courier_core::backend::undecodable_reason(&error)))
 }
 
-/// The id an entry carries, if it can be trusted: the id field (bytes 2..18) of a version-1
-/// header (0xC7 0x01: a Courier message, though what follows may be damaged) or of the wrapped
-/// form (0xC7 0xFF: an id Courier gave the junk inside), unless it is the nil id. The scripts
-/// apply the same rule (`has_id` in `scripts/lib.lua`).
+/// The id an entry carries, if it can be trusted: the id field (bytes 2..18) of a version-1 or
+/// version-2 header (0xC7 0x01 or 0x02: a Courier message, though what follows may be
+/// damaged) or of the wrapped form (0xC7 0xFF: an id Courier gave the junk inside), unless it
+/// is the nil id. The scripts apply the same rule (`has_id` in `scripts/lib.lua`).
 fn carried_id(raw: &[u8]) -> Option<MessageId> {
     match raw {
-        [wire::MAGIC, version, rest @ ..] if *version == wire::VERSION || *version == WRAPPED => {
+        [wire::MAGIC, version, rest @ ..]
+            if matches!(*version, wire::VERSION | wire::VERSION_KEYED | WRAPPED) =>
+        {
             let id = MessageId::from_bytes(rest.get(..16)?.try_into().ok()?);
             (!id.is_nil()).then_some(id)
         }
@@ -708,7 +735,18 @@ impl Queue for RedisBackend {
                 Ok((m.priority.index(), delay, wire::encode(&m)?))
             })?;
         let keys = self.queue_keys(queue);
-        let script = &self.inner.scripts.publish;
+        // A keyed message is wire version 2 (Q11). Batches without one take publish.lua, which
+        // does no per-message work; the others publish_keyed.lua, which decides each message.
+        let keyed = encoded
+            .iter()
+            .any(|(_, _, bytes)| bytes.get(1) == Some(&wire::VERSION_KEYED));
+        let script = if keyed {
+            &self.inner.scripts.publish_keyed
+        } else {
+            &self.inner.scripts.publish
+        };
+        let window = config.dedup_window_ms().min(MAX_WINDOW_MS);
+        let mut outcomes = Vec::with_capacity(ids.len());
         let mut stored = 0usize;
         let mut rest = &encoded[..];
         // Test support: the call that fails instead of running (see `batch_fault_switch`).
@@ -728,19 +766,27 @@ impl Queue for RedisBackend {
             let (chunk, tail) = rest.split_at(n);
             let mut cmd = script.call(&keys);
             common_args(&mut cmd, &config, Mode::Queue);
-            // Layout: see publish.lua (ready-now messages grouped by priority, then delayed).
-            cmd.arg(chunk.len());
-            for level in 0..4 {
-                let ready = chunk.iter().filter(|m| m.0 == level && m.1 == 0).count();
-                cmd.arg(ready);
-            }
-            for level in 0..4 {
-                for (_, _, bytes) in chunk.iter().filter(|m| m.0 == level && m.1 == 0) {
-                    cmd.arg(&bytes[..]);
+            if keyed {
+                // Layout: see publish_keyed.lua (the window, then each message in batch order).
+                cmd.arg(chunk.len()).arg(window);
+                for (level, delay, bytes) in chunk {
+                    cmd.arg(*level).arg(*delay).arg(&bytes[..]);
                 }
-            }
-            for (_, delay, bytes) in chunk.iter().filter(|m| m.1 > 0) {
-                cmd.arg(&bytes[..]).arg(*delay);
+            } else {
+                // Layout: see publish.lua (ready-now messages grouped by priority, then delayed).
+                cmd.arg(chunk.len());
+                for level in 0..4 {
+                    let ready = chunk.iter().filter(|m| m.0 == level && m.1 == 0).count();
+                    cmd.arg(ready);
+                }
+                for level in 0..4 {
+                    for (_, _, bytes) in chunk.iter().filter(|m| m.0 == level && m.1 == 0) {
+                        cmd.arg(&bytes[..]);
+                    }
+                }
+                for (_, delay, bytes) in chunk.iter().filter(|m| m.1 > 0) {
+                    cmd.arg(&bytes[..]).arg(*delay);
+                }
             }
             let result = if fault == Some(call) {
                 Err(KIT.tag("publish")(Error::new(
@@ -751,14 +797,24 @@ impl Queue for RedisBackend {
                 self.run("publish", script, &cmd).await
             };
             call += 1;
-            if let Err(e) = result {
-                // Leading chunks are stored; the failed one may or may not be.
-                return Err(e.with_stored(stored));
+            let reply = match result {
+                Ok(reply) => reply,
+                // Leading chunks are stored (or found to be duplicates); the failed one may or
+                // may not be.
+                Err(e) => return Err(e.with_stored(stored)),
+            };
+            let chunk_ids = &ids[stored..stored + chunk.len()];
+            if keyed {
+                // The chunk was applied even when its reply cannot be read.
+                read_keyed_outcomes(chunk_ids, reply, &mut outcomes)
+                    .map_err(|e| e.with_stored(stored + chunk.len()))?;
+            } else {
+                outcomes.extend(chunk_ids.iter().copied().map(Published::Stored));
             }
             stored += chunk.len();
             rest = tail;
         }
-        Ok(ids.into_iter().map(Published::Stored).collect())
+        Ok(outcomes)
     }
 
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
@@ -813,10 +869,12 @@ impl Queue for RedisBackend {
         self.check_queue(queue, "stats")?;
         let config = self.queue_config(queue);
         let script = &self.inner.scripts.stats;
-        Ok(self
+        let (mut stats, rest) = self
             .stats_with(script, &self.queue_keys(queue), &config, Mode::Queue)
-            .await?
-            .0)
+            .await?;
+        // stats.lua's 12th value (a group's is its lag).
+        stats.deduplicated = rest.first().and_then(uint).unwrap_or(0);
+        Ok(stats)
     }
 
     async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>> {
@@ -869,8 +927,9 @@ mod tests {
         let with = |first: &[u8], tail: &[u8]| [first, id.as_bytes(), tail].concat();
         assert_eq!(carried_id(&with(&[0xC7, 0x01], b"")), Some(id));
         assert_eq!(carried_id(&with(&[0xC7, 0xFF], b"junk")), Some(id));
+        assert_eq!(carried_id(&with(&[0xC7, 0x02], b"")), Some(id), "keyed");
         assert_eq!(
-            carried_id(&with(&[0xC7, 0x02], b"")),
+            carried_id(&with(&[0xC7, 0x03], b"")),
             None,
             "unknown layout"
         );

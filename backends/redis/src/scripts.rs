@@ -221,6 +221,7 @@ fn eval_body(kind: Kind, body: &str) -> String {
 /// Every script of the crate.
 pub(crate) struct Scripts {
     pub(crate) publish: Lua,
+    pub(crate) publish_keyed: Lua,
     pub(crate) claim: Lua,
     pub(crate) settle: Lua,
     pub(crate) extend: Lua,
@@ -235,8 +236,13 @@ pub(crate) struct Scripts {
 }
 
 /// (name, kind, body) of every script, in [`Scripts`] order.
-const SOURCES: [(&str, Kind, &str); 12] = [
+const SOURCES: [(&str, Kind, &str); 13] = [
     ("publish", Kind::Lib, include_str!("scripts/publish.lua")),
+    (
+        "publish_keyed",
+        Kind::Lib,
+        include_str!("scripts/publish_keyed.lua"),
+    ),
     ("claim", Kind::Lib, include_str!("scripts/claim.lua")),
     ("settle", Kind::Lib, include_str!("scripts/settle.lua")),
     ("extend", Kind::Lib, include_str!("scripts/extend.lua")),
@@ -313,17 +319,18 @@ impl Scripts {
         };
         Scripts {
             publish: make(0),
-            claim: make(1),
-            settle: make(2),
-            extend: make(3),
-            stats: make(4),
-            dead_read: make(5),
-            dead_move: make(6),
-            group_claim: make(7),
-            group_stats: make(8),
-            group_reset: make(9),
-            emit: make(10),
-            topic_len: make(11),
+            publish_keyed: make(1),
+            claim: make(2),
+            settle: make(3),
+            extend: make(4),
+            stats: make(5),
+            dead_read: make(6),
+            dead_move: make(7),
+            group_claim: make(8),
+            group_stats: make(9),
+            group_reset: make(10),
+            emit: make(11),
+            topic_len: make(12),
         }
     }
 }

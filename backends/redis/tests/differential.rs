@@ -1,7 +1,9 @@
 //! A seeded random workload driven through the memory backend (the reference model) and the
 //! Redis backend side by side, comparing what each delivers, in which order, with which attempt
 //! numbers, the stats after every step, and the dead letters at the end. Only operations whose
-//! outcome does not depend on timing are used (no delays, no lease expiry).
+//! outcome does not depend on timing are used (no delays, no lease expiry). Some messages carry
+//! deduplication keys (Q11) from a small pool, so publish outcomes (stored or duplicate of
+//! which holder) are compared too; half the queues have a window far longer than the test.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,8 +55,15 @@ async fn random_workload_matches_the_reference_model() {
     let memory = MemoryBackend::builder().default_config(config()).build();
     let (mq, rq): (&dyn Queue, &dyn Queue) = (&memory, &redis);
     let backends = [mq, rq];
+    let mut deduplicated = 0;
     for seed in 0..4u64 {
         let q = format!("diff{seed}");
+        if seed >= 2 {
+            let windowed = config().with_dedup_window(Duration::from_secs(3600));
+            for b in backends {
+                b.configure(&q, windowed).expect("configure");
+            }
+        }
         let mut rng = SmallRng::seed_from_u64(seed);
         // Leases held by the model, in delivery order; the Redis ones by message id.
         let mut held: Vec<Delivery> = Vec::new();
@@ -74,12 +83,15 @@ async fn random_workload_matches_the_reference_model() {
                             if rng.random_bool(0.1) {
                                 m = m.with_max_attempts(1);
                             }
+                            if rng.random_bool(0.4) {
+                                m = m.with_dedup_key(format!("key{}", rng.random_range(0..5)));
+                            }
                             m
                         })
                         .collect();
-                    for b in backends {
-                        b.publish_batch(&q, msgs.clone()).await.expect("publish");
-                    }
+                    let a = mq.publish_batch(&q, msgs.clone()).await.expect("m");
+                    let b = rq.publish_batch(&q, msgs).await.expect("r");
+                    assert_eq!(a, b, "seed {seed} step {step}: publish");
                 }
                 3..=5 => {
                     let max = rng.random_range(1..5);
@@ -148,6 +160,9 @@ async fn random_workload_matches_the_reference_model() {
             let a = mq.stats(&q).await.expect("m");
             let b = rq.stats(&q).await.expect("r");
             assert_eq!(a, b, "seed {seed} step {step}: stats");
+            if step == 299 {
+                deduplicated += b.deduplicated;
+            }
         }
         let dl = |v: Vec<courier_core::DeadLetter>| -> Vec<(MessageId, u32, String, String)> {
             v.into_iter()
@@ -161,6 +176,7 @@ async fn random_workload_matches_the_reference_model() {
         let b = rq.purge_dead(&q, Selection::All).await.expect("r");
         assert_eq!(a, b);
     }
+    assert!(deduplicated > 0, "the workload met taken keys");
     // Clean up.
     if let Ok(client) = redis::Client::open(url())
         && let Ok(mut conn) = client.get_connection()
@@ -220,7 +236,13 @@ async fn random_event_workload_matches_the_reference_model() {
                     let msgs: Vec<Message> = (0..k)
                         .map(|_| {
                             n += 1;
-                            Message::new(format!("e{n}"), vec![n as u8])
+                            let m = Message::new(format!("e{n}"), vec![n as u8]);
+                            // Groups never deduplicate: a keyed event is an event like any.
+                            if rng.random_bool(0.2) {
+                                m.with_dedup_key("event-key")
+                            } else {
+                                m
+                            }
                         })
                         .collect();
                     emitted.extend(msgs.iter().map(|m| m.id));

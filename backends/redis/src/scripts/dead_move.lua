@@ -46,6 +46,8 @@ for i = 1, n do
   end
   delays[i] = 0
 end
+-- Requeued messages keep their deduplication keys (Q11) and hold them again where they can.
+retake_keys(entries, now)
 local nready = schedule(entries, delays, now)
 wake(nready)
 return n

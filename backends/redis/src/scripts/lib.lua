@@ -38,7 +38,16 @@
 --                   which then wins over its batch's
 --   15    batches   HASH claim batch name -> how many of its tokens are still leased; a batch
 --                   leaves the deadlines when its last token is settled
---   16    log       group only: the topic's STREAM
+--   16    queue: dedup  HASH deduplication key (Q11) -> its holder: the 16-byte id of the
+--                   message last accepted with it, '1' while that message is live (ready,
+--                   delayed, leased, waiting for a retry) else '0', then hold_until in ms
+--                   (decimal; '0' = no window). The key is taken while the holder is live or
+--                   the server's now < hold_until. Absent when no key is held, so a queue that
+--                   never used keys pays one EXISTS on an all-ack settle and nothing else.
+--         group: log    the topic's STREAM (groups never use deduplication keys)
+--   17    queue: holds  ZSET deduplication key -> hold_until, for keys accepted with a
+--                   window: keyed publishes forget, in bounded steps, the keys whose window
+--                   passed and whose holder is no longer live (see purge_holds)
 --
 -- A lease token is 18 decimal digits: the batch name ('1', an 11-digit sequence number from
 -- the counters, the batch size minus one in 3 digits) and the index in the batch (3 digits).
@@ -53,13 +62,14 @@
 -- stores the wrapped form, a requeue puts it back as it is, and the client decodes the bytes
 -- inside a wrap, so the same bytes fail with the same error on every delivery (never "version
 -- 255"). The id is the one the entry carries if it can be trusted (the id field of a version-1
--- header or of a wrap, and not nil; see has_id), else a fresh one: the client's (a new
+-- or version-2 header or of a wrap, and not nil; see has_id), else a fresh one: the client's (a new
 -- MessageId), or, for junk buried here after its lease expired without the client burying it,
 -- one made from the time and the dead-letter sequence number (see dead_form). So every dead
 -- letter has an id of its own, and the attempts of junk are the deliveries Courier counted (one:
 -- junk is buried on the delivery that finds it), never a number read from the junk. (Junk whose
 -- lease expired is counted by reclaim() like any entry: bytes that look like wire bytes, a
--- version-1 header and 51 bytes or more, cannot be told from a message there.)
+-- version-1 or version-2 header and 51 or 53 bytes or more, cannot be told from a message
+-- there.)
 -- A wrapped entry whose inner bytes do decode (readers upgraded since it was buried) is
 -- delivered as that message; a settle unwraps it (see plain), an expired lease buries it.
 --
@@ -76,7 +86,7 @@
 -- nothing carries over from one call to the next.
 local KEYS, ARGV
 local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASED, K_DEAD, K_DEADIDX, K_DEADINFO
-local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG
+local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG, K_DEDUP, K_HOLDS
 local VIS, DEAD_LETTER, GROUP_MODE, GROUP
 local A = 10
 
@@ -103,10 +113,14 @@ local function setup(keys, argv)
   K_WAKE = keys[13]
   K_DEADLINES = keys[14]
   K_BATCHES = keys[15]
-  K_LOG = keys[16]
   VIS = tonumber(argv[1])
   DEAD_LETTER = argv[5] == '1'
   GROUP_MODE = argv[6] == 'g'
+  if GROUP_MODE then
+    K_LOG, K_DEDUP, K_HOLDS = keys[16], nil, nil
+  else
+    K_LOG, K_DEDUP, K_HOLDS = nil, keys[16], keys[17]
+  end
   GROUP = argv[7]
   MAX_ATTEMPTS, DELAYS = nil, nil
   byte, char, sub, format = string.byte, string.char, string.sub, string.format
@@ -174,9 +188,23 @@ local function vget(cmd, key, fields)
 end
 
 
--- Is this entry Courier wire bytes of version 1 (at least the 51 bytes of the smallest one)?
+-- Is this entry Courier wire bytes: version 1 (at least the 51 bytes of the smallest one), or
+-- version 2, a message with a deduplication key (version 1's layout, then the key's bytes and
+-- its length as a big-endian u16 in the last two bytes: at least 53 bytes)? Both share every
+-- header field read here (id, priority, attempt, max_attempts), so the scripts treat them alike.
 local function is_wire(e)
-  return #e >= 51 and byte(e, 1) == 199 and byte(e, 2) == 1
+  if #e < 51 or byte(e, 1) ~= 199 then return false end
+  local v = byte(e, 2)
+  return v == 1 or (v == 2 and #e >= 53)
+end
+
+-- The deduplication key of an entry (Q11): in version 2, the bytes before the last two, which
+-- hold its length. nil for any other entry (or a key length that does not fit the entry).
+local function entry_key(e)
+  if byte(e, 2) ~= 2 or not is_wire(e) then return nil end
+  local l = byte(e, -2) * 256 + byte(e, -1)
+  if l == 0 or #e < 53 + l then return nil end
+  return sub(e, -2 - l, -3)
 end
 
 -- An entry's priority (0..3) and the deliveries counted so far (its attempt field); 2 and 0
@@ -202,14 +230,14 @@ local function is_wrapped(e)
   return #e >= 18 and byte(e, 1) == 199 and byte(e, 2) == 255
 end
 
--- Whether an entry carries an id that can be trusted: the id field of a version-1 header or of
--- a wrap, and not the nil id (no two entries may share the nil id as their dead letters' id).
+-- Whether an entry carries an id that can be trusted: the id field of a version-1 or version-2
+-- header or of a wrap, and not the nil id (no two entries may share the nil id as their dead letters' id).
 -- The same rule as the client's (carried_id in src/queue.rs).
 local NIL_ID = '\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0'
 local function has_id(e)
   if #e < 18 or byte(e, 1) ~= 199 then return false end
   local v = byte(e, 2)
-  return (v == 1 or v == 255) and sub(e, 3, 18) ~= NIL_ID
+  return (v == 1 or v == 2 or v == 255) and sub(e, 3, 18) ~= NIL_ID
 end
 
 -- A delivered entry as it is settled: a wrapped entry whose inner bytes are wire bytes was

@@ -1,7 +1,7 @@
 -- lib_more.lua: the rest of the shared part of the queue and consumer-group scripts (see
 -- lib.lua, which precedes it): retries, dead letters, maintenance, leases.
 
--- The max_attempts override from an entry's wire header (version 1: bytes 23..26 from 0,
+-- The max_attempts override from an entry's wire header (versions 1 and 2: bytes 23..26 from 0,
 -- big-endian u32; docs/wire-format.md). 0 = none, also for bytes that are not Courier's.
 local function max_override(e)
   if not is_wire(e) then return 0 end
@@ -65,6 +65,99 @@ local function dead_form(e, id, seq, now)
   return char(199, 255) .. id .. e
 end
 
+-- Deduplication keys (Q11; queues only, see the dedup hash and the holds set in lib.lua).
+-- A holder record: the holder's 16-byte id, '1' live or '0' not, then hold_until (ms).
+local function hold_parse(r)
+  return sub(r, 1, 16), byte(r, 17) == 49, tonumber(sub(r, 18)) or 0
+end
+
+local function hold_record(id, live, till)
+  if live then return id .. '1' .. till end
+  return id .. '0' .. till
+end
+
+-- Whether this queue holds any key now (false for a group).
+local function keyed()
+  return not GROUP_MODE and redis.call('EXISTS', K_DEDUP) == 1
+end
+
+-- Entries that stopped being live (acked, dead-lettered or discarded: a dead message does not
+-- hold its key): each key an entry holds is free at once when its window passed, else it stays
+-- taken, not live, until hold_until (then purge_holds forgets it). An entry that is not its
+-- key's holder (requeued while another message held the key) changes nothing.
+local function leave_keys(entries, now)
+  if #entries == 0 or not keyed() then return end
+  local drop, dk = {}, 0
+  for i = 1, #entries do
+    local e = plain(entries[i])
+    local k = entry_key(e)
+    if k then
+      local r = redis.call('HGET', K_DEDUP, k)
+      if r then
+        local id, live, till = hold_parse(r)
+        if id == sub(e, 3, 18) then
+          if now < till then
+            if live then redis.call('HSET', K_DEDUP, k, hold_record(id, false, till)) end
+          else
+            redis.call('HDEL', K_DEDUP, k)
+            if till > 0 then
+              dk = dk + 1
+              drop[dk] = k
+            end
+          end
+        end
+      end
+    end
+  end
+  vcall('ZREM', K_HOLDS, drop)
+end
+
+-- Requeued dead letters (live again) keep their keys: each holds its key again when it is
+-- still the recorded holder, or when nobody holds the key now (then with no window); when
+-- another message holds the key (live, or within its window), it is requeued without holding
+-- it. In order, so of two requeued messages with one key the first takes it.
+local function retake_keys(entries, now)
+  if GROUP_MODE then return end
+  for i = 1, #entries do
+    local e = plain(entries[i])
+    local k = entry_key(e)
+    if k then
+      local mine = sub(e, 3, 18)
+      local r = redis.call('HGET', K_DEDUP, k)
+      if not r then
+        redis.call('HSET', K_DEDUP, k, hold_record(mine, true, 0))
+      else
+        local id, live, till = hold_parse(r)
+        if id == mine then
+          if not live then redis.call('HSET', K_DEDUP, k, hold_record(id, true, till)) end
+        elseif not live and now >= till then
+          redis.call('HSET', K_DEDUP, k, hold_record(mine, true, 0))
+        end
+      end
+    end
+  end
+end
+
+-- Forget up to `max` keys whose window passed (oldest first) and whose holder is not live.
+-- A key whose holder is still live leaves the holds set only: leave_keys frees it at once.
+local function purge_holds(now, max)
+  local got = redis.call('ZRANGEBYSCORE', K_HOLDS, '-inf', now, 'LIMIT', 0, max)
+  if #got == 0 then return end
+  local recs = vget('HMGET', K_DEDUP, got)
+  local gone, gk = {}, 0
+  for i = 1, #got do
+    if recs[i] then
+      local _, live, till = hold_parse(recs[i])
+      if not live and till <= now then
+        gk = gk + 1
+        gone[gk] = got[i]
+      end
+    end
+  end
+  vcall('ZREM', K_HOLDS, got)
+  vcall('HDEL', K_DEDUP, gone)
+end
+
 -- Move entries to the dead-letter store (or discard them when dead letters are off).
 -- entries, atts (deliveries made), errs: parallel lists; ids (optional, sparse): the id the
 -- client filed an undecodable entry under (see dead_form). Each dead letter gets its own key
@@ -72,6 +165,7 @@ end
 local function bury(entries, atts, errs, now, ids)
   local n = #entries
   if n == 0 then return end
+  leave_keys(entries, now)
   if DEAD_LETTER then
     local seq = redis.call('HINCRBY', K_COUNTERS, 'dead_seq', n) - n
     local z, x, h, m = {}, {}, {}, {}

@@ -21,8 +21,12 @@ local kinds = ARGV[A + 1]
 local first = A + 2
 local last = A + 1 + n
 local all_acks = kinds == string.rep('a', n)
--- A queue's acks need no entry bytes (a group's do: they name the stream entry to XACK).
-local oks, entries, all_held = held_argv(first, last, now, GROUP_MODE or not all_acks)
+-- A queue's acks need no entry bytes (a group's do: they name the stream entry to XACK),
+-- unless the queue holds deduplication keys (Q11): an acked holder frees its key.
+local keys_held = false
+if not GROUP_MODE and all_acks then keys_held = keyed() end
+local oks, entries, all_held = held_argv(first, last, now,
+  GROUP_MODE or not all_acks or keys_held)
 if all_held and all_acks then
   -- Fast path: no per-operation bookkeeping and a one-integer reply.
   acall('HDEL', K_LEASED, first, last)
@@ -32,6 +36,7 @@ if all_held and all_acks then
   for i = 1, n do toks[i] = ARGV[first + i - 1] end
   unbatch(toks)
   forget(entries)
+  if keys_held then leave_keys(entries, now) end
   count('acked', n)
   return n
 end
@@ -91,6 +96,7 @@ vcall('ZREM', K_DEADLINES, gone)
 unbatch(gone)
 if #acks > 0 then
   forget(acks)
+  leave_keys(acks, now)
   count('acked', #acks)
 end
 local nready, ndelayed = schedule(r_ents, r_delays, now)

@@ -5,7 +5,7 @@
 -- (Q9) even while other clients publish and settle.
 --
 -- Reply: { ready0, ready1, ready2, ready3, delayed, in_flight, dead,
---          published, acked, retried, dead_lettered }.
+--          published, acked, retried, dead_lettered, deduplicated }.
 
 local now = now_ms()
 maintain(now)
@@ -14,6 +14,7 @@ for p = 1, 4 do out[p] = redis.call('LLEN', K_READY[p]) end
 out[5] = redis.call('ZCARD', K_DELAYED)
 out[6] = redis.call('HLEN', K_LEASED)
 out[7] = redis.call('ZCARD', K_DEAD)
-local c = redis.call('HMGET', K_COUNTERS, 'published', 'acked', 'retried', 'dead_lettered')
-for i = 1, 4 do out[7 + i] = tonumber(c[i] or 0) or 0 end
+local c = redis.call('HMGET', K_COUNTERS, 'published', 'acked', 'retried', 'dead_lettered',
+  'deduplicated')
+for i = 1, 5 do out[7 + i] = tonumber(c[i] or 0) or 0 end
 return out
