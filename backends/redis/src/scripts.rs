@@ -565,6 +565,58 @@ mod tests {
         Ok(())
     }
 
+    /// lib.lua reads version-2 entries (a deduplication key at the end, Q11) as it reads
+    /// version 1: wire bytes with their id, priority and attempts, and their key found from the
+    /// end; a copy with other attempts is the same message. Lua 5.1, no Redis.
+    #[test]
+    fn lib_lua_reads_keyed_entries() -> mlua::Result<()> {
+        use courier_core::{Message, Priority, wire};
+        let lua = mlua::Lua::new();
+        let chunk = format!(
+            "{LIB}\n\
+             return function(e, a)\n\
+               setup({{}}, {{'1', '1', '0 0', '1', '1', 'q', '', '-1', '0'}})\n\
+               local p, n = entry_info(e)\n\
+               return is_wire(e), has_id(e), entry_key(e) or false, p, n, with_attempts(e, a)\n\
+             end\n"
+        );
+        let call: mlua::Function = lua.load(chunk).set_name("lib.lua").eval()?;
+        let messages = [
+            Message::new("k", "p"),
+            Message::new("k", "p").with_dedup_key("order-1"),
+            Message::new("", "").with_dedup_key("k"),
+            Message::new("kind", vec![7u8; 300])
+                .with_header("h", "v")
+                .with_priority(Priority::Critical)
+                .with_max_attempts(4)
+                .with_dedup_key("é".repeat(100)),
+        ];
+        for mut m in messages {
+            m.attempt = 3;
+            let e = wire::encode(&m).expect("encode");
+            let (wire_ok, id_ok, key, p, n, copy): (
+                bool,
+                bool,
+                mlua::Value,
+                u8,
+                u32,
+                mlua::LuaString,
+            ) = call.call((lua.create_string(&e[..])?, 7))?;
+            assert!(wire_ok && id_ok, "{m:?}");
+            let key = match key {
+                mlua::Value::String(s) => Some(s.to_str()?.to_string()),
+                _ => None,
+            };
+            assert_eq!(key, m.dedup_key, "the key, read from the end");
+            assert_eq!((p, n), (m.priority as u8, 3));
+            let copy = wire::decode(&bytes::Bytes::from(copy.as_bytes().to_vec()))
+                .expect("the copy decodes");
+            m.attempt = 7;
+            assert_eq!(copy, m, "only the attempts changed");
+        }
+        Ok(())
+    }
+
     /// The delay table argument is core's table, exactly (nanoseconds), and cached.
     #[test]
     fn delay_table_is_cores_table() {

@@ -596,7 +596,8 @@ async fn racing_publishers(functions: bool) {
 }
 
 async fn keyed_behaves_as_unkeyed(functions: bool) {
-    let cfg = config().with_visibility_timeout(Duration::from_millis(200));
+    // Leases long enough to settle within on a loaded machine, short enough to expire twice.
+    let cfg = config().with_visibility_timeout(Duration::from_millis(500));
     let Some((b, _c)) = open("alike", cfg, functions).await else {
         return;
     };
