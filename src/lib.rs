@@ -18,8 +18,8 @@ pub use courier_core::message::headers;
 
 // Work queues: the trait, its conveniences, configuration and what they return.
 pub use courier_core::{
-    DeadLetter, Delivery, FailureAction, FailureMode, Lease, Page, Queue, QueueConfig, QueueExt,
-    QueueStats, RetryPolicy, Selection, Settle,
+    DeadLetter, Delivery, FailureAction, FailureMode, Lease, MAX_DEDUP_KEY_LEN, Page, Published,
+    Queue, QueueConfig, QueueExt, QueueStats, RetryPolicy, Selection, Settle,
 };
 
 // Pub/sub: live broadcast with patterns.

@@ -230,7 +230,8 @@ pub trait Queue: Send + Sync + 'static {
     /// - [`crate::ErrorKind::PayloadTooLarge`]: a payload over the queue's `max_payload`. The
     ///   whole batch is rejected before anything is sent.
     /// - A backend failure (see [`Queue`]) part-way: [`Error::stored`] tells how many leading
-    ///   messages were stored (Q7). SQLite stores a batch in one transaction (nothing stored).
+    ///   messages were decided (Q7): stored, or found to be duplicates (Q11); publish the rest
+    ///   again. SQLite stores a batch in one transaction (nothing stored).
     ///   Redis stores it in script calls of up to 1,000 messages, each all or nothing; when the
     ///   connection is lost during a call, that call's messages may have been stored too.
     ///
