@@ -133,3 +133,28 @@ pub(crate) fn problems(root: &Path, backend: &Backend) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every catalogued mutant still applies to the tree (its `find` occurs exactly once), so a
+    /// change to a backend that moves the code a mutant targets fails here, in `cargo test`,
+    /// rather than silently at the next mutation run.
+    #[test]
+    fn every_catalogue_fits_the_tree() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let backends =
+            super::load(&root.join("conformance/mutants/catalogue"), &[]).expect("catalogues");
+        assert!(!backends.is_empty(), "no catalogue found");
+        let problems: Vec<String> = backends
+            .iter()
+            .flat_map(|b| super::problems(&root, b))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "mutants that no longer fit the tree (update their find/replace):\n  {}",
+            problems.join("\n  ")
+        );
+    }
+}
