@@ -292,6 +292,12 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                         )
                     })
                     .collect();
+                // A key's outcome depends on whether its holder is still live, and a lease in
+                // its expiry window may have ended on one backend and not yet on the other:
+                // keyed publishes wait until no timer is uncertain (Q11).
+                if batch.iter().any(|m| m.dedup_key.is_some()) {
+                    d.settle_timers().await;
+                }
                 // Fix created_at and due time once so both backends see the same message.
                 let now = reference.clock().now_ms();
                 for m in &mut batch {
