@@ -154,6 +154,9 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// Correlation id tying a request to its effects.
     pub const CORRELATION_ID: &str = "correlation_id";
+    /// This message's handler timeout in milliseconds (set by
+    /// [`super::Message::with_handler_timeout`]); wins over the queue's `handler_timeout`.
+    pub const HANDLER_TIMEOUT_MS: &str = "courier-handler-timeout-ms";
 }
 
 /// The envelope every backend stores and delivers.
@@ -268,6 +271,22 @@ impl Message {
     pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
         self.dedup_key = Some(key.into());
         self
+    }
+
+    /// Let a worker run this message's handler for at most `timeout` (whole milliseconds, at
+    /// least 1); it wins over the queue's `handler_timeout`. The limit travels as the header
+    /// [`headers::HANDLER_TIMEOUT_MS`], so it holds on every backend and through requeues.
+    pub fn with_handler_timeout(self, timeout: Duration) -> Self {
+        let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.with_header(headers::HANDLER_TIMEOUT_MS, ms.to_string())
+    }
+
+    /// The handler timeout this message carries ([`Message::with_handler_timeout`]), if any.
+    pub fn handler_timeout(&self) -> Option<Duration> {
+        self.header(headers::HANDLER_TIMEOUT_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms >= 1)
+            .map(Duration::from_millis)
     }
 
     /// Use a specific id (to tie a message to a record of yours, or in tests).

@@ -238,6 +238,12 @@ pub struct QueueConfig {
     /// live (ready, delayed or in flight).
     #[serde(with = "opt_duration_ms")]
     pub dedup_window: Option<Duration>,
+    /// How long a worker lets a handler run before it cancels it and counts a failed attempt
+    /// ("handler timed out after …", then the retry policy as for any failure). `None` (the
+    /// default): no limit, and the worker extends the lease for as long as the handler runs.
+    /// A message may set its own ([`crate::Message::with_handler_timeout`]), which wins.
+    #[serde(with = "opt_duration_ms")]
+    pub handler_timeout: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -248,6 +254,7 @@ impl Default for QueueConfig {
             dead_letter: true,
             max_payload: 1024 * 1024,
             dedup_window: None,
+            handler_timeout: None,
         }
     }
 }
@@ -284,6 +291,13 @@ impl QueueConfig {
         self
     }
 
+    /// This configuration with `timeout` as the longest a worker lets a handler run (see
+    /// [`QueueConfig::handler_timeout`]).
+    pub fn with_handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
     /// The deduplication window in whole milliseconds (0 = none: keys are held while live).
     pub fn dedup_window_ms(&self) -> u64 {
         self.dedup_window
@@ -294,7 +308,7 @@ impl QueueConfig {
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] for a zero visibility timeout, a zero `max_payload`,
-    /// a deduplication window under 1 ms, or a bad retry policy.
+    /// a deduplication window or handler timeout under 1 ms, or a bad retry policy.
     pub fn validate(&self) -> Result<()> {
         if self
             .dedup_window
@@ -335,6 +349,14 @@ impl QueueConfig {
         }
         if let Some(key) = &msg.dedup_key {
             crate::names::check_dedup_key(key)?;
+        }
+        if let Some(v) = msg.header(crate::message::headers::HANDLER_TIMEOUT_MS)
+            && !v.parse::<u64>().is_ok_and(|ms| ms >= 1)
+        {
+            return Err(Error::invalid(format!(
+                "header {} must be a whole number of milliseconds >= 1, not {v:?}",
+                crate::message::headers::HANDLER_TIMEOUT_MS
+            )));
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub struct Subscriber {
     options: SubscribeOptions,
     handler: Option<BoxHandler>,
     max_dead_letters: usize,
+    handler_timeout: Option<Duration>,
 }
 
 /// Counters of a subscriber.
@@ -43,6 +44,8 @@ pub struct SubscriberStats {
     pub retried: u64,
     /// Messages recorded as dead letters.
     pub dead: u64,
+    /// Handler runs cancelled at their timeout (also counted as retried or dead).
+    pub timed_out: u64,
     /// Messages dropped by the subscription buffer because the handler was too slow (P7).
     pub dropped: u64,
 }
@@ -53,6 +56,7 @@ struct Shared {
     handled: AtomicU64,
     retried: AtomicU64,
     dead: AtomicU64,
+    timed_out: AtomicU64,
     dropped: AtomicU64,
     dead_letters: Mutex<VecDeque<DeadLetter>>,
 }
@@ -67,7 +71,16 @@ impl Subscriber {
             options: SubscribeOptions::default(),
             handler: None,
             max_dead_letters: 10_000,
+            handler_timeout: None,
         }
+    }
+
+    /// Cancel a handler run after `timeout` and count it as a failed attempt ("handler timed
+    /// out after …"), retried or dead-lettered by the retry policy. A message's own limit
+    /// ([`crate::Message::with_handler_timeout`]) wins. Default: no limit.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
     }
 
     /// The retry policy applied in-process (default: [`RetryPolicy::default`]).
@@ -125,6 +138,7 @@ impl Subscriber {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let retry = self.retry;
         let max_dead = self.max_dead_letters;
+        let default_limit = self.handler_timeout;
         let task_shared = shared.clone();
         let pattern = self.pattern.clone();
         let task = tokio::spawn(async move {
@@ -142,14 +156,29 @@ impl Subscriber {
                 loop {
                     let mut m = msg.clone();
                     m.attempt = attempt;
-                    let outcome = AssertUnwindSafe(handler(m)).catch_unwind().await;
+                    let limit = msg.handler_timeout().or(default_limit);
+                    let run = AssertUnwindSafe(handler(m)).catch_unwind();
+                    let outcome = match limit {
+                        Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                        None => Some(run.await),
+                    };
                     let (error, mode) = match outcome {
-                        Ok(Ok(())) => {
+                        Some(Ok(Ok(()))) => {
                             shared.handled.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Ok(Err(e)) => (e.message().to_string(), e.mode()),
-                        Err(_) => ("handler panicked".to_string(), crate::FailureMode::Backoff),
+                        Some(Ok(Err(e))) => (e.message().to_string(), e.mode()),
+                        Some(Err(_)) => {
+                            ("handler panicked".to_string(), crate::FailureMode::Backoff)
+                        }
+                        None => {
+                            shared.timed_out.fetch_add(1, Ordering::Relaxed);
+                            let limit = limit.unwrap_or_default();
+                            (
+                                crate::worker::timed_out_error(limit),
+                                crate::FailureMode::Backoff,
+                            )
+                        }
                     };
                     match retry.decide(attempt, msg.max_attempts, mode, &mut rng) {
                         FailureAction::Retry(d) => {
@@ -211,6 +240,7 @@ impl SubscriberHandle {
             handled: l(&self.shared.handled),
             retried: l(&self.shared.retried),
             dead: l(&self.shared.dead),
+            timed_out: l(&self.shared.timed_out),
             dropped: l(&self.shared.dropped),
         }
     }

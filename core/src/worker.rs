@@ -180,6 +180,7 @@ pub struct WorkerCounters {
     retried: AtomicU64,
     dead: AtomicU64,
     panicked: AtomicU64,
+    timed_out: AtomicU64,
     released: AtomicU64,
     lease_lost: AtomicU64,
     in_progress: AtomicU64,
@@ -199,6 +200,8 @@ pub struct WorkerStats {
     pub dead: u64,
     /// Handlers that panicked (also counted as retried or dead).
     pub panicked: u64,
+    /// Handlers cancelled at their timeout (also counted as retried or dead).
+    pub timed_out: u64,
     /// Deliveries given back unhandled at stop.
     pub released: u64,
     /// Settle or extend calls refused because the lease was gone.
@@ -218,6 +221,7 @@ impl WorkerCounters {
             retried: l(&self.retried),
             dead: l(&self.dead),
             panicked: l(&self.panicked),
+            timed_out: l(&self.timed_out),
             released: l(&self.released),
             lease_lost: l(&self.lease_lost),
             in_progress: l(&self.in_progress),
@@ -478,6 +482,8 @@ struct HandlerTable {
 enum Outcome {
     Done(HandlerResult),
     Panicked(String),
+    /// Cancelled at its timeout.
+    TimedOut(Duration),
 }
 
 struct Finished {
@@ -567,7 +573,7 @@ impl Driver {
             // Start handlers while there is room.
             while running.len() < self.concurrency {
                 let Some(d) = buffer.pop_front() else { break };
-                if let Some(done) = self.start(d, &mut slots, &mut running, &mut pending) {
+                if let Some(done) = self.start(d, &mut slots, &mut running, &mut pending, &config) {
                     self.finish(done, &mut slots, &mut pending, &config, &mut rng);
                 }
             }
@@ -697,6 +703,7 @@ impl Driver {
         slots: &mut Slots,
         running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
         pending: &mut Vec<Settle>,
+        config: &QueueConfig,
     ) -> Option<Finished> {
         let handler = self
             .table
@@ -715,6 +722,8 @@ impl Driver {
             self.counters.dead.fetch_add(1, Ordering::Relaxed);
             return None;
         };
+        // The message's own limit wins over the queue's.
+        let limit = d.message.handler_timeout().or(config.handler_timeout);
         let slot = slots.insert(d.lease, d.message.max_attempts);
         let now = self.counters.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
@@ -730,6 +739,30 @@ impl Driver {
                 });
             }
         };
+        if let Some(limit) = limit {
+            // Cancelled at the limit: the future is dropped where it runs (in its task when
+            // handlers are spawned), its slot freed and its lease no longer extended.
+            let timed = async move {
+                match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => outcome_of(r),
+                    Err(_) => Outcome::TimedOut(limit),
+                }
+            };
+            if self.spawn_handlers {
+                let task = tokio::spawn(timed);
+                running.push(Box::pin(async move {
+                    let outcome = task
+                        .await
+                        .unwrap_or_else(|e| Outcome::Panicked(e.to_string()));
+                    Finished { slot, outcome }
+                }));
+            } else {
+                running.push(Box::pin(
+                    timed.map(move |outcome| Finished { slot, outcome }),
+                ));
+            }
+            return None;
+        }
         if self.spawn_handlers {
             let task = tokio::spawn(fut);
             running.push(Box::pin(async move {
@@ -784,6 +817,10 @@ impl Driver {
             Outcome::Panicked(text) => {
                 self.counters.panicked.fetch_add(1, Ordering::Relaxed);
                 (format!("handler panicked: {text}"), FailureMode::Backoff)
+            }
+            Outcome::TimedOut(limit) => {
+                self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                (timed_out_error(limit), FailureMode::Backoff)
             }
         };
         match config.retry.decide(lease.attempt, max_override, mode, rng) {
@@ -872,6 +909,11 @@ impl Driver {
         }
         tracing::warn!(source = %self.source.describe(), error = %format_args!("{e:#}"), "courier worker: lease extension failed");
     }
+}
+
+/// The error recorded for a handler cancelled at its timeout.
+pub(crate) fn timed_out_error(limit: Duration) -> String {
+    format!("handler timed out after {limit:?}")
 }
 
 fn extend_interval(config: &QueueConfig) -> Duration {

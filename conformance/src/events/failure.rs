@@ -62,7 +62,50 @@ pub(super) fn cases() -> Vec<Case> {
             ["E3"],
             consumer_backoff
         ),
+        case!(
+            "events::failure::hung_consumer_handler_times_out",
+            ["E3", "W"],
+            consumer_timeout
+        ),
     ]
+}
+
+/// A group's `handler_timeout` cancels a handler that never returns; each run is a failed
+/// attempt of the group, then a group dead letter with the timeout reason.
+async fn consumer_timeout(cx: Ctx) -> Outcome {
+    let b = cx.backend.events.clone();
+    let t = cx.name("t");
+    let g = cx.name("g");
+    let limit = Duration::from_millis(250);
+    b.configure_group(
+        &t,
+        &g,
+        plain_config()
+            .with_retry(RetryPolicy::exact(2, Duration::ZERO, 1.0, Duration::ZERO))
+            .with_handler_timeout(limit),
+    )?;
+    let h = GroupConsumer::builder(b.clone(), &g)
+        .on(&t, |_m: Message| async {
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .idle_wait(Duration::from_millis(100))
+        .start()
+        .await?;
+    let id = emit_one(&*b, &t, Message::new("e", "x")).await?;
+    let (s, ok) = gstats_until(&*b, &t, &g, limit * 2 + cx.prompt(), |s| s.queue.dead == 1).await?;
+    stop_worker(h).await?;
+    ensure!(ok, "dead-lettered after 2 timed-out attempts: {s:?}");
+    let dl = within(
+        cx.prompt(),
+        "dead_letters",
+        b.dead_letters(&t, &g, Page::first(10)),
+    )
+    .await??;
+    ensure_eq!(dl.len(), 1, "dead letters");
+    ensure_eq!((dl[0].message.id, dl[0].attempts), (id, 2), "dead letter");
+    ensure_eq!(dl[0].error, "handler timed out after 250ms", "the reason");
+    Ok(())
 }
 
 async fn lease_expiry(cx: Ctx) -> Outcome {

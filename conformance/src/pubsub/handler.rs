@@ -17,6 +17,11 @@ pub(super) fn cases() -> Vec<Case> {
             handler_retried_then_dead
         ),
         case!(
+            "pubsub::handler::hung_handler_times_out",
+            ["P8", "W"],
+            handler_times_out
+        ),
+        case!(
             "pubsub::handler::success_on_retry_leaves_no_dead_letter",
             ["P8"],
             handler_success_on_retry
@@ -92,6 +97,53 @@ async fn dead_letters_until(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A subscriber's `handler_timeout` cancels a handler that never returns: each run is a failed
+/// attempt, retried in-process, then a dead letter with the timeout reason; a message's own
+/// limit wins.
+async fn handler_times_out(cx: Ctx) -> Outcome {
+    let ch = cx.name("hangs");
+    let limit = Duration::from_millis(200);
+    let h = Subscriber::builder(cx.backend.pubsub.clone(), &ch)
+        .retry(RetryPolicy::exact(2, Duration::ZERO, 1.0, Duration::ZERO))
+        .handler_timeout(limit)
+        .handler(|m: Message| async move {
+            if m.kind == "hang" {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+        .start();
+    let h = within(cx.prompt() + Duration::from_secs(5), "subscriber start", h).await??;
+    publish(&cx, &ch, Message::new("hang", "")).await?;
+    publish(
+        &cx,
+        &ch,
+        Message::new("hang", "").with_handler_timeout(Duration::from_millis(100)),
+    )
+    .await?;
+    publish(&cx, &ch, Message::new("ok", "")).await?;
+    let dl = dead_letters_until(&h, 2, limit * 4 + cx.prompt()).await?;
+    ensure_eq!(
+        dl.iter()
+            .map(|d| (d.attempts, d.error.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, "handler timed out after 200ms"),
+            (2, "handler timed out after 100ms")
+        ],
+        "dead letters (attempts, reason)"
+    );
+    ensure!(
+        subscriber_until(&h, cx.prompt(), |s| s.handled == 1).await,
+        "the ok message was not handled: {:?}",
+        h.stats()
+    );
+    let st = h.stats();
+    ensure_eq!((st.timed_out, st.dead), (4, 2), "(timed_out, dead)");
+    stop(h).await?;
+    Ok(())
 }
 
 async fn handler_retried_then_dead(cx: Ctx) -> Outcome {

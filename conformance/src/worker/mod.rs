@@ -35,11 +35,13 @@ mod lease;
 mod priority;
 mod scheduler;
 mod stop;
+mod timeout;
 
 pub(crate) fn cases() -> Vec<Case> {
     let mut all = Vec::new();
     all.extend(handlers::cases());
     all.extend(failure::cases());
+    all.extend(timeout::cases());
     all.extend(lease::cases());
     all.extend(concurrency::cases());
     all.extend(stop::cases());
