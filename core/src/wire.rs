@@ -13,10 +13,15 @@ pub const MAGIC: u8 = 0xC7;
 /// The format version written by this crate for a message without a deduplication key
 /// (byte-identical to every earlier release).
 pub const VERSION: u8 = 1;
-/// The format version written for a message with a deduplication key (Q11): version 1's
-/// layout, then the key's bytes and the key's length (u16) as the last two bytes, so a reader
-/// (a Redis script) finds the key from the end without parsing the rest.
+/// The format version written for a message with optional fields (a deduplication key, Q11):
+/// version 1's layout, then the **extension**: tagged fields (`tag u8, length u16, value`),
+/// then the extension's length (u16) as the last two bytes, so a reader (a Redis script) finds
+/// the fields from the end without parsing the rest. Readers skip tags they do not know, so a
+/// new optional field needs a new tag, not a new version.
 pub const VERSION_KEYED: u8 = 2;
+
+/// Extension tag of the deduplication key (UTF-8).
+pub const TAG_DEDUP_KEY: u8 = 1;
 
 const FIXED_LEN: usize = 2 + 16 + 1 + 4 + 4 + 8 + 8;
 
@@ -63,8 +68,15 @@ pub fn encode(msg: &Message) -> Result<Bytes> {
     }
     put_long(&mut buf, &msg.payload, "payload")?;
     if let Some(k) = key {
-        buf.put_slice(k);
+        // The extension: one field, then its length. A key is at most 200 bytes (checked at
+        // publish), so the field and the extension fit their u16 lengths.
+        let field = 3 + k.len();
+        let ext = u16::try_from(field)
+            .map_err(|_| Error::invalid("dedup key longer than 65532 bytes"))?;
+        buf.put_u8(TAG_DEDUP_KEY);
         buf.put_u16(k.len() as u16);
+        buf.put_slice(k);
+        buf.put_u16(ext);
     }
     Ok(buf.freeze())
 }
@@ -129,25 +141,41 @@ pub fn decode(data: &Bytes) -> Result<Message> {
     }
     let pl = r.u32("payload length")? as usize;
     let payload = r.take(pl, "payload")?;
-    let dedup_key = if version == VERSION_KEYED {
+    let mut dedup_key = None;
+    if version == VERSION_KEYED {
         let rest = data.len() - r.pos;
         if rest < 2 {
             return Err(Error::decode(format!(
                 "version {VERSION_KEYED} message ends {rest} bytes after the payload, before \
-                 its dedup key length"
+                 its extension length"
             )));
         }
-        let kl = u16::from_be_bytes([data[data.len() - 2], data[data.len() - 1]]) as usize;
-        if kl + 2 != rest {
+        let ext = u16::from_be_bytes([data[data.len() - 2], data[data.len() - 1]]) as usize;
+        if ext + 2 != rest {
             return Err(Error::decode(format!(
-                "dedup key length {kl} does not match the {rest} bytes after the payload"
+                "extension length {ext} does not match the {rest} bytes after the payload"
             )));
         }
-        Some(r.string(kl, "dedup key")?)
-    } else {
-        None
-    };
-    if version == VERSION_KEYED {
+        let end = r.pos + ext;
+        while r.pos < end {
+            let tag = r.u8("extension tag")?;
+            let len = r.u16("extension field length")? as usize;
+            if r.pos + len > end {
+                return Err(Error::decode(format!(
+                    "extension field {tag} of {len} bytes runs past the extension"
+                )));
+            }
+            match tag {
+                TAG_DEDUP_KEY if dedup_key.is_some() => {
+                    return Err(Error::decode("two dedup keys in the extension"));
+                }
+                TAG_DEDUP_KEY => dedup_key = Some(r.string(len, "dedup key")?),
+                // A field of a later release: skipped.
+                _ => {
+                    r.take(len, "extension field")?;
+                }
+            }
+        }
         r.pos += 2;
     }
     if r.pos != data.len() {
@@ -241,24 +269,46 @@ mod tests {
     }
 
     #[test]
-    fn keyed_message_is_version_2_with_the_key_last() {
+    fn keyed_message_is_version_2_with_the_key_in_the_extension() {
         let m = Message::new("k", vec![9u8; 5]).with_dedup_key("order-17/ünï");
         let bytes = encode(&m).expect("encode");
         assert_eq!(bytes[1], VERSION_KEYED);
         let key = "order-17/ünï".as_bytes();
         let n = bytes.len();
-        assert_eq!(&bytes[n - 2..], &(key.len() as u16).to_be_bytes());
+        // ... payload | tag 1 | key length | key | extension length
+        let ext = 3 + key.len();
+        assert_eq!(&bytes[n - 2..], &(ext as u16).to_be_bytes());
+        assert_eq!(bytes[n - 2 - ext], TAG_DEDUP_KEY);
+        assert_eq!(
+            &bytes[n - 1 - ext..n + 1 - ext],
+            &(key.len() as u16).to_be_bytes()
+        );
         assert_eq!(&bytes[n - 2 - key.len()..n - 2], key);
         assert_eq!(round_trip(&m), m);
         // Without a key the bytes are version 1, as before.
         let plain = encode(&Message::new("k", vec![9u8; 5])).expect("encode");
         assert_eq!(plain[1], VERSION);
-        assert_eq!(plain.len() + key.len() + 2, n);
-        // A key length that does not match the bytes after the payload is refused.
+        assert_eq!(plain.len() + ext + 2, n);
+        // An extension length that does not match the bytes after the payload is refused.
         let mut bad = bytes.to_vec();
         bad[n - 1] ^= 1;
         let e = decode(&Bytes::from(bad)).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Decode, "{e}");
+    }
+
+    #[test]
+    fn unknown_extension_fields_are_skipped() {
+        let m = Message::new("k", vec![1u8, 2]).with_dedup_key("key");
+        let bytes = encode(&m).expect("encode");
+        // Splice a field of a later release (tag 9, 4 bytes) before the key's field.
+        let n = bytes.len();
+        let ext = u16::from_be_bytes([bytes[n - 2], bytes[n - 1]]) as usize;
+        let start = n - 2 - ext;
+        let mut v = bytes[..start].to_vec();
+        v.extend_from_slice(&[9, 0, 4, 0xAA, 0xBB, 0xCC, 0xDD]);
+        v.extend_from_slice(&bytes[start..n - 2]);
+        v.extend_from_slice(&((ext + 7) as u16).to_be_bytes());
+        assert_eq!(decode(&Bytes::from(v)).expect("decode"), m);
     }
 
     #[test]

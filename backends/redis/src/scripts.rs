@@ -565,9 +565,9 @@ mod tests {
         Ok(())
     }
 
-    /// lib.lua reads version-2 entries (a deduplication key at the end, Q11) as it reads
+    /// lib.lua reads version-2 entries (a deduplication key in the extension, Q11) as it reads
     /// version 1: wire bytes with their id, priority and attempts, and their key found from the
-    /// end; a copy with other attempts is the same message. Lua 5.1, no Redis.
+    /// extension at the end; a copy with other attempts is the same message. Lua 5.1, no Redis.
     #[test]
     fn lib_lua_reads_keyed_entries() -> mlua::Result<()> {
         use courier_core::{Message, Priority, wire};
@@ -607,7 +607,7 @@ mod tests {
                 mlua::Value::String(s) => Some(s.to_str()?.to_string()),
                 _ => None,
             };
-            assert_eq!(key, m.dedup_key, "the key, read from the end");
+            assert_eq!(key, m.dedup_key, "the key, read from the extension");
             assert_eq!((p, n), (m.priority as u8, 3));
             let copy = wire::decode(&bytes::Bytes::from(copy.as_bytes().to_vec()))
                 .expect("the copy decodes");

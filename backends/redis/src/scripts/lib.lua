@@ -189,8 +189,8 @@ end
 
 
 -- Is this entry Courier wire bytes: version 1 (at least the 51 bytes of the smallest one), or
--- version 2, a message with a deduplication key (version 1's layout, then the key's bytes and
--- its length as a big-endian u16 in the last two bytes: at least 53 bytes)? Both share every
+-- version 2, a message with optional fields (version 1's layout, then the extension of tagged
+-- fields and its length as a big-endian u16 in the last two bytes: at least 53 bytes)? Both share every
 -- header field read here (id, priority, attempt, max_attempts), so the scripts treat them alike.
 local function is_wire(e)
   if #e < 51 or byte(e, 1) ~= 199 then return false end
@@ -198,13 +198,25 @@ local function is_wire(e)
   return v == 1 or (v == 2 and #e >= 53)
 end
 
--- The deduplication key of an entry (Q11): in version 2, the bytes before the last two, which
--- hold its length. nil for any other entry (or a key length that does not fit the entry).
+-- The deduplication key of an entry (Q11): in version 2, the field tagged 1 of the extension
+-- (tagged fields `tag, u16 length, value`, followed by the extension's u16 length as the last
+-- two bytes; docs/wire-format.md). nil for any other entry, or an extension that does not fit.
 local function entry_key(e)
   if byte(e, 2) ~= 2 or not is_wire(e) then return nil end
-  local l = byte(e, -2) * 256 + byte(e, -1)
-  if l == 0 or #e < 53 + l then return nil end
-  return sub(e, -2 - l, -3)
+  local n = #e
+  local ext = byte(e, n - 1) * 256 + byte(e, n)
+  local pos = n - 1 - ext
+  if pos < 52 then return nil end
+  while pos + 2 <= n - 2 do
+    local l = byte(e, pos + 1) * 256 + byte(e, pos + 2)
+    if pos + 2 + l > n - 2 then return nil end
+    if byte(e, pos) == 1 then
+      if l == 0 then return nil end
+      return sub(e, pos + 3, pos + 2 + l)
+    end
+    pos = pos + 3 + l
+  end
+  return nil
 end
 
 -- An entry's priority (0..3) and the deliveries counted so far (its attempt field); 2 and 0
