@@ -36,6 +36,10 @@ pub(crate) const MAX_LEASE_PAD: Duration = Duration::from_millis(250);
 /// How long a call waits to see its own record in the log once the broker confirmed it.
 const SEEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A follower that delivers nothing for this long while calls of this handle wait for their
+/// records is restarted (see [`follower`]).
+const STALL: Duration = Duration::from_secs(3);
+
 /// A state machine that a stream replicates.
 pub(crate) trait Model: Send + 'static {
     /// What applying a record answers its proposer.
@@ -63,6 +67,8 @@ struct State<M: Model> {
     /// Log time of the last applied record.
     clock: u64,
     pending: HashMap<u64, oneshot::Sender<M::Out>>,
+    /// When the follower last delivered a record (or (re)started).
+    progress: std::time::Instant,
 }
 
 /// One replicated model and the follower that keeps it up to date.
@@ -108,12 +114,25 @@ impl<M: Model> Replica<M> {
                 next_offset: 0,
                 clock: 0,
                 pending: HashMap::new(),
+                progress: std::time::Instant::now(),
             }),
             changed: Notify::new(),
             following: AtomicBool::new(false),
             requests: AtomicU64::new(1),
             round_trip_us: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the follower looks stuck: calls wait for their records, and it has delivered
+    /// nothing for [`STALL`].
+    fn stalled(&self) -> bool {
+        let st = self.state.lock();
+        !st.pending.is_empty() && st.progress.elapsed() >= STALL
+    }
+
+    /// Note that the follower (re)started or delivered a record.
+    fn note_progress(&self) {
+        self.state.lock().progress = std::time::Instant::now();
     }
 
     /// Read the model (as of the last applied record).
@@ -240,6 +259,7 @@ impl<M: Model> Replica<M> {
         let mut orphan = None;
         {
             let mut st = self.state.lock();
+            st.progress = std::time::Instant::now();
             if offset < st.next_offset {
                 return None; // re-read after a reconnect
             }
@@ -300,7 +320,10 @@ async fn follower<M: Model, L: Log>(weak: Weak<Replica<M>>, env: Env<L>, name: S
         if *closed.borrow() {
             return;
         }
-        let Some(next) = weak.upgrade().map(|r| r.state.lock().next_offset) else {
+        let Some(next) = weak.upgrade().map(|r| {
+            r.note_progress();
+            r.state.lock().next_offset
+        }) else {
             return;
         };
         let mut read = 0u64;
@@ -312,9 +335,27 @@ async fn follower<M: Model, L: Log>(weak: Weak<Replica<M>>, env: Env<L>, name: S
             replica.deliver(&env, offset, bytes);
             true
         };
+        // A follow that neither delivers nor fails while calls wait for their records is
+        // dropped and started again, rather than leaving every call of this handle to time
+        // out. (Seen once in 7 RabbitMQ restart runs: one handle's calls got no answer for
+        // 30 s after the node came back; a consumer registered on a stream while the node
+        // was starting is the suspect, not proven.)
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(STALL / 3).await;
+                match weak.upgrade() {
+                    Some(r) if !r.stalled() => {}
+                    _ => break,
+                }
+            }
+        };
         let outcome = tokio::select! {
             r = env.log.follow(&name, next, &mut sink) => r,
             _ = closed.changed() => return,
+            () = watchdog => {
+                tracing::warn!(log = %name, stall_ms = STALL.as_millis() as u64, "courier: the follower delivered nothing while calls waited for their records; restarting it");
+                Err(Error::new(ErrorKind::Unavailable, "follower stalled"))
+            }
         };
         match outcome {
             Ok(()) => return,
