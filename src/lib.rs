@@ -269,6 +269,29 @@ pub fn apply_env(config: &mut CourierConfig) {
 mod tests {
     use super::*;
 
+    /// The per-queue keys of Q11 and of handler timeouts read from TOML in milliseconds, are
+    /// unset when absent, and are validated.
+    #[test]
+    fn config_reads_dedup_window_and_handler_timeout() {
+        let c = parse_config(
+            "[queues.billing]\ndedup_window = 600000\nhandler_timeout = 30000\n\n[queues.plain]\n",
+        )
+        .expect("parse");
+        let billing = &c.queues["billing"];
+        assert_eq!(
+            billing.dedup_window,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(
+            billing.handler_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        let plain = &c.queues["plain"];
+        assert_eq!((plain.dedup_window, plain.handler_timeout), (None, None));
+        let e = parse_config("[queues.q]\nhandler_timeout = 0\n").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+
     /// The scheme parser every `connect` goes through, fuzzed (the URL parsers of the
     /// backends have their own: `backends/sqlite/tests/fuzz_url.rs`): it never panics, refuses
     /// with `InvalidInput` only, and never shows a password, wherever in the text it stands.

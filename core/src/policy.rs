@@ -311,6 +311,14 @@ impl QueueConfig {
     /// a deduplication window or handler timeout under 1 ms, or a bad retry policy.
     pub fn validate(&self) -> Result<()> {
         if self
+            .handler_timeout
+            .is_some_and(|t| t < Duration::from_millis(1))
+        {
+            return Err(Error::invalid(
+                "handler_timeout must be at least 1 ms (leave it unset for no limit)",
+            ));
+        }
+        if self
             .dedup_window
             .is_some_and(|w| w < Duration::from_millis(1))
         {
