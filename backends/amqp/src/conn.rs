@@ -78,6 +78,10 @@ impl Session {
     }
 }
 
+/// How long closing a connection or channel may take before it is given up (a connection the
+/// server already closed may never answer).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The backend's connection manager.
 pub(crate) struct Conn {
     /// May hold a password: never printed.
@@ -143,14 +147,23 @@ impl Conn {
     /// Forget the session of `generation` (a call found it broken); the next `session`
     /// reconnects.
     pub(crate) async fn invalidate(&self, generation: u64) {
-        let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|s| s.generation == generation)
-            && let Some(s) = current.take()
-        {
-            let _ = s
-                .connection
-                .close(320, "courier: reconnecting".into())
-                .await;
+        let stale = {
+            let mut current = self.current.lock().await;
+            if current.as_ref().is_some_and(|s| s.generation == generation) {
+                current.take()
+            } else {
+                None
+            }
+        };
+        // Outside the lock, and bounded: a connection the server already closed (a restart,
+        // a connection exception) may never answer close-ok, and every call of this handle
+        // waits on this lock for its session.
+        if let Some(s) = stale {
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                s.connection.close(320, "courier: reconnecting".into()),
+            )
+            .await;
         }
     }
 
@@ -159,10 +172,11 @@ impl Conn {
         let current = self.current.lock().await;
         match current.as_ref() {
             Some(s) => {
-                let _ = s
-                    .connection
-                    .close(320, "courier: cut by a test".into())
-                    .await;
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    s.connection.close(320, "courier: cut by a test".into()),
+                )
+                .await;
                 true
             }
             None => false,
@@ -253,6 +267,20 @@ pub(crate) fn map_err(operation: &'static str, e: lapin::Error) -> Error {
         .with_backend(BACKEND_NAME)
         .with_operation(operation)
         .with_source(e)
+}
+
+/// Whether RabbitMQ failed a publish because the stream it names was not started yet, when
+/// another connection declared it a moment ago: it closes the connection either with
+/// `RESOURCE_ERROR - Stream not found` or, in 3.10, with an `INTERNAL_ERROR` after the channel
+/// crashed in the stream writer's `write` (seen in the log: `osiris_writer`, line 125, before
+/// anything was written). Such a publish may be sent again. Should the broker have written it
+/// after all, the record applies twice, which the replicated model tolerates: a second claim's
+/// answer nobody waits for is released, a second settle is refused, and a second publish is an
+/// at-least-once duplicate (Q1).
+pub(crate) fn stream_not_started(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if (amqp.get_id() == 506 && amqp.get_message().as_str().contains("Stream not found"))
+            || amqp.get_id() == 541)
 }
 
 /// [`map_err`] with what the call was doing.

@@ -3,6 +3,7 @@
 //! publisher-confirm channel and read by a stream consumer from a given offset.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,10 +15,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
 use crate::KIT;
-use crate::conn::{Conn, amqp_err};
+use crate::conn::{CLOSE_TIMEOUT, Conn, amqp_err, stream_not_started};
 
 /// Records a follower reads ahead (stream consumers need a prefetch; acks are credit).
 const PREFETCH: u16 = 2_000;
+
+/// Appends refused because the stream was not started yet that are tried again.
+const APPEND_RETRIES: u32 = 5;
 
 /// Streams on one RabbitMQ connection.
 pub struct AmqpLog {
@@ -43,11 +47,18 @@ fn offset_of(props: &BasicProperties) -> Option<u64> {
     }
 }
 
-#[async_trait]
-impl Log for AmqpLog {
-    async fn append(&self, name: &str, record: Bytes, operation: &'static str) -> Result<()> {
+impl AmqpLog {
+    /// One append; on failure, whether RabbitMQ refused it because the stream was not started
+    /// yet (then nothing was stored: see [`stream_not_started`]).
+    async fn append_once(
+        &self,
+        name: &str,
+        record: &Bytes,
+        operation: &'static str,
+    ) -> std::result::Result<(), (Error, bool)> {
         let stream = self.stream(name);
-        let session = self.conn.session(operation).await?;
+        let session = self.conn.session(operation).await.map_err(|e| (e, false))?;
+        let mut refused = false;
         let r = async {
             session.declare_stream(&stream, operation).await?;
             let confirm = session
@@ -59,13 +70,19 @@ impl Log for AmqpLog {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &record,
+                    record,
                     BasicProperties::default().with_delivery_mode(2),
                 )
                 .await
-                .map_err(|e| amqp_err(operation, format!("appending to stream {stream:?}"), e))?
+                .map_err(|e| {
+                    refused = stream_not_started(&e);
+                    amqp_err(operation, format!("appending to stream {stream:?}"), e)
+                })?
                 .await
-                .map_err(|e| amqp_err(operation, format!("confirm from stream {stream:?}"), e))?;
+                .map_err(|e| {
+                    refused = stream_not_started(&e);
+                    amqp_err(operation, format!("confirm from stream {stream:?}"), e)
+                })?;
             match confirm {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(returned)) => Err(KIT.tag(operation)(Error::new(
@@ -85,7 +102,28 @@ impl Log for AmqpLog {
         if let Err(e) = &r {
             self.conn.failed(&session, e).await;
         }
-        r
+        r.map_err(|e| (e, refused))
+    }
+}
+
+#[async_trait]
+impl Log for AmqpLog {
+    async fn append(&self, name: &str, record: Bytes, operation: &'static str) -> Result<()> {
+        // RabbitMQ refuses (and closes the connection for) a publish to a stream another
+        // connection declared a moment ago whose writer has not started: nothing was stored,
+        // so that refusal alone is retried, on a new connection, a few times.
+        let mut refused = 0u32;
+        loop {
+            match self.append_once(name, &record, operation).await {
+                Err((e, true)) if refused < APPEND_RETRIES => {
+                    refused += 1;
+                    tracing::debug!(error = %e, refused, "courier amqp: stream not started yet; appending again");
+                    tokio::time::sleep(Duration::from_millis(20) * refused).await;
+                }
+                Err((e, _)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
     }
 
     async fn follow(
@@ -145,7 +183,11 @@ impl Log for AmqpLog {
             )))
         }
         .await;
-        let _ = channel.close(200, "courier: follower done".into()).await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            channel.close(200, "courier: follower done".into()),
+        )
+        .await;
         r
     }
 }
