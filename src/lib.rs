@@ -292,6 +292,20 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
 
+    /// Message expiry reads from TOML: `message_ttl` in milliseconds, `drop_expired` a bool.
+    #[test]
+    fn config_reads_message_ttl_and_drop_expired() {
+        let c = parse_config("[queues.relay]\nmessage_ttl = 5000\ndrop_expired = true\n")
+            .expect("parse");
+        let relay = &c.queues["relay"];
+        assert_eq!(
+            (relay.message_ttl, relay.drop_expired),
+            (Some(std::time::Duration::from_secs(5)), true)
+        );
+        let e = parse_config("[queues.q]\nmessage_ttl = 0\n").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+
     /// The scheme parser every `connect` goes through, fuzzed (the URL parsers of the
     /// backends have their own: `backends/sqlite/tests/fuzz_url.rs`): it never panics, refuses
     /// with `InvalidInput` only, and never shows a password, wherever in the text it stands.

@@ -41,6 +41,10 @@ pub use crate::worker::{GroupSource, QueueSource, Source};
 /// letter's reason when that was the last attempt). The same on every backend.
 pub const LEASE_EXPIRED: &str = "lease expired";
 
+/// The dead-letter reason of a message that expired before a consumer leased it
+/// ([`crate::Message::expires_at`]). The same on every backend.
+pub const EXPIRED: &str = "expired";
+
 /// The decision for a delivery whose lease ended without ack, nack or release: an expired
 /// lease counts as one failed attempt (Q4), retried after the policy's backoff or buried when
 /// out of attempts (Q5, Q6). `attempt` is the number of the delivery that expired,
@@ -255,7 +259,16 @@ impl Kit {
         let mut ids = Vec::with_capacity(messages.len());
         let mut items = Vec::with_capacity(messages.len());
         for (i, mut m) in messages.into_iter().enumerate() {
+            // A queue's default time to live; an event's expiry is its own (E-rules).
+            if batch == Batch::Publish
+                && m.ttl.is_none()
+                && m.expires_at.is_none()
+                && let Some(ttl) = config.message_ttl
+            {
+                m.ttl = Some(ttl);
+            }
             m.prepare_for_publish(now);
+            QueueConfig::check_expiry(&m, now).map_err(|e| indexed(i, e))?;
             ids.push(m.id);
             items.push(encode(m).map_err(|e| indexed(i, e))?);
         }

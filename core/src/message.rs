@@ -187,6 +187,12 @@ pub struct Message {
     /// (or within the queue's `dedup_window`), publishing this one stores nothing and reports
     /// the existing message as a duplicate ([`crate::Published::Duplicate`]).
     pub dedup_key: Option<String>,
+    /// Relative time to live, resolved into [`Message::expires_at`] at publish.
+    pub ttl: Option<Duration>,
+    /// Not delivered from this instant on (ms since the epoch): a message not yet leased by
+    /// then is expired instead (dead-lettered with the reason `"expired"`, or dropped when the
+    /// queue says so) and counted in `QueueStats::expired`.
+    pub expires_at: Option<u64>,
 }
 
 impl Message {
@@ -204,6 +210,8 @@ impl Message {
             delay: None,
             not_before: None,
             dedup_key: None,
+            ttl: None,
+            expires_at: None,
         }
     }
 
@@ -273,6 +281,26 @@ impl Message {
         self
     }
 
+    /// Expire the message `ttl` after publish: if no consumer has leased it by then, it is
+    /// never delivered (see [`Message::expires_at`]). Retries do not extend it: a message whose
+    /// retry comes due after its expiry expires then. Whole milliseconds, rounded up; a `ttl`
+    /// of zero is refused at publish, and so is a delay that ends at or after the expiry.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Expire the message at `at_ms` (ms since the epoch; see [`Message::with_ttl`]).
+    pub fn with_expires_at(mut self, at_ms: u64) -> Self {
+        self.expires_at = Some(at_ms);
+        self
+    }
+
+    /// Whether the message has expired at `now_ms`: it has an expiry and `now_ms` reached it.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| now_ms >= at)
+    }
+
     /// Let a worker run this message's handler for at most `timeout` (whole milliseconds, at
     /// least 1); it wins over the queue's `handler_timeout`. The limit travels as the header
     /// [`headers::HANDLER_TIMEOUT_MS`], so it holds on every backend and through requeues.
@@ -318,6 +346,10 @@ impl Message {
         if let Some(d) = self.delay.take() {
             let due = now_ms.saturating_add(d.as_millis().min(u64::MAX as u128) as u64);
             self.not_before = Some(self.not_before.map_or(due, |nb| nb.max(due)));
+        }
+        if let Some(t) = self.ttl.take() {
+            let at = now_ms.saturating_add(crate::clock::ms_ceil(t).max(1));
+            self.expires_at = Some(self.expires_at.map_or(at, |e| e.min(at)));
         }
         self.attempt = 0;
     }

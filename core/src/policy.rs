@@ -244,6 +244,14 @@ pub struct QueueConfig {
     /// A message may set its own ([`crate::Message::with_handler_timeout`]), which wins.
     #[serde(with = "opt_duration_ms")]
     pub handler_timeout: Option<Duration>,
+    /// The time to live given at publish to a message that sets no expiry of its own
+    /// ([`crate::Message::with_ttl`]). `None` (the default): messages do not expire.
+    #[serde(with = "opt_duration_ms")]
+    pub message_ttl: Option<Duration>,
+    /// Discard expired messages instead of keeping them in dead letters (reason `"expired"`).
+    /// Either way they are counted in `QueueStats::expired`. Default `false`; with
+    /// `dead_letter` off, expired messages are discarded too.
+    pub drop_expired: bool,
 }
 
 impl Default for QueueConfig {
@@ -255,6 +263,8 @@ impl Default for QueueConfig {
             max_payload: 1024 * 1024,
             dedup_window: None,
             handler_timeout: None,
+            message_ttl: None,
+            drop_expired: false,
         }
     }
 }
@@ -298,6 +308,25 @@ impl QueueConfig {
         self
     }
 
+    /// This configuration giving messages without an expiry of their own `ttl` to live (see
+    /// [`QueueConfig::message_ttl`]).
+    pub fn with_message_ttl(mut self, ttl: Duration) -> Self {
+        self.message_ttl = Some(ttl);
+        self
+    }
+
+    /// This configuration discarding (`true`) or dead-lettering (`false`, the default) expired
+    /// messages.
+    pub fn with_drop_expired(mut self, drop: bool) -> Self {
+        self.drop_expired = drop;
+        self
+    }
+
+    /// Whether an expired message goes to dead letters (else it is discarded).
+    pub fn keeps_expired(&self) -> bool {
+        self.dead_letter && !self.drop_expired
+    }
+
     /// The deduplication window in whole milliseconds (0 = none: keys are held while live).
     pub fn dedup_window_ms(&self) -> u64 {
         self.dedup_window
@@ -316,6 +345,14 @@ impl QueueConfig {
         {
             return Err(Error::invalid(
                 "handler_timeout must be at least 1 ms (leave it unset for no limit)",
+            ));
+        }
+        if self
+            .message_ttl
+            .is_some_and(|t| t < Duration::from_millis(1))
+        {
+            return Err(Error::invalid(
+                "message_ttl must be at least 1 ms (leave it unset for no expiry)",
             ));
         }
         if self
@@ -358,12 +395,40 @@ impl QueueConfig {
         if let Some(key) = &msg.dedup_key {
             crate::names::check_dedup_key(key)?;
         }
+        if msg.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("ttl must be at least 1 ms"));
+        }
         if let Some(v) = msg.header(crate::message::headers::HANDLER_TIMEOUT_MS)
             && !v.parse::<u64>().is_ok_and(|ms| ms >= 1)
         {
             return Err(Error::invalid(format!(
                 "header {} must be a whole number of milliseconds >= 1, not {v:?}",
                 crate::message::headers::HANDLER_TIMEOUT_MS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check a prepared message's expiry at publish time `now`: it is still ahead, and it
+    /// comes after the message's delay ends (a message that could only expire is refused).
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] naming both instants.
+    pub fn check_expiry(msg: &crate::Message, now: u64) -> Result<()> {
+        let Some(at) = msg.expires_at else {
+            return Ok(());
+        };
+        if at <= now {
+            return Err(Error::invalid(format!(
+                "message expires at {at} ms, not after the publish time {now} ms"
+            )));
+        }
+        if let Some(due) = msg.not_before
+            && due >= at
+        {
+            return Err(Error::invalid(format!(
+                "message delay ends at {due} ms, at or after its expiry at {at} ms: it could \
+                 never be delivered"
             )));
         }
         Ok(())

@@ -123,6 +123,11 @@ pub struct QueueStats {
     /// Publishes that stored nothing because their deduplication key was taken (counter, Q11).
     #[serde(default)]
     pub deduplicated: u64,
+    /// Messages that expired before a consumer leased them ([`crate::Message::expires_at`]):
+    /// moved to dead letters with the reason `"expired"`, or discarded (counter). Not counted in
+    /// `dead_lettered`.
+    #[serde(default)]
+    pub expired: u64,
 }
 
 impl QueueStats {

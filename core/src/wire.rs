@@ -10,10 +10,11 @@ use crate::message::{Headers, Message, MessageId, Priority};
 
 /// First byte of every encoded message.
 pub const MAGIC: u8 = 0xC7;
-/// The format version written by this crate for a message without a deduplication key
-/// (byte-identical to every earlier release).
+/// The format version written by this crate for a message without optional fields (no
+/// deduplication key, no expiry): byte-identical to every earlier release.
 pub const VERSION: u8 = 1;
-/// The format version written for a message with optional fields (a deduplication key, Q11):
+/// The format version written for a message with optional fields (a deduplication key, Q11;
+/// an expiry):
 /// version 1's layout, then the **extension**: tagged fields (`tag u8, length u16, value`),
 /// then the extension's length (u16) as the last two bytes, so a reader (a Redis script) finds
 /// the fields from the end without parsing the rest. Readers skip tags they do not know, so a
@@ -22,6 +23,8 @@ pub const VERSION_KEYED: u8 = 2;
 
 /// Extension tag of the deduplication key (UTF-8).
 pub const TAG_DEDUP_KEY: u8 = 1;
+/// Extension tag of the expiry instant ([`Message::expires_at`], ms since the epoch, u64).
+pub const TAG_EXPIRES_AT: u8 = 2;
 
 const FIXED_LEN: usize = 2 + 16 + 1 + 4 + 4 + 8 + 8;
 
@@ -47,7 +50,8 @@ pub fn encode(msg: &Message) -> Result<Bytes> {
         return Err(Error::invalid("dedup key longer than 65535 bytes"));
     }
     buf.put_u8(MAGIC);
-    buf.put_u8(if key.is_some() {
+    let expires = msg.expires_at;
+    buf.put_u8(if key.is_some() || expires.is_some() {
         VERSION_KEYED
     } else {
         VERSION
@@ -67,15 +71,22 @@ pub fn encode(msg: &Message) -> Result<Bytes> {
         put_long(&mut buf, v.as_bytes(), "header value")?;
     }
     put_long(&mut buf, &msg.payload, "payload")?;
-    if let Some(k) = key {
-        // The extension: one field, then its length. A key is at most 200 bytes (checked at
-        // publish), so the field and the extension fit their u16 lengths.
-        let field = 3 + k.len();
+    if key.is_some() || expires.is_some() {
+        // The extension: its fields, then its length. A key is at most 200 bytes (checked at
+        // publish), so the fields and the extension fit their u16 lengths.
+        let field = key.map_or(0, |k| 3 + k.len()) + expires.map_or(0, |_| 3 + 8);
         let ext = u16::try_from(field)
-            .map_err(|_| Error::invalid("dedup key longer than 65532 bytes"))?;
-        buf.put_u8(TAG_DEDUP_KEY);
-        buf.put_u16(k.len() as u16);
-        buf.put_slice(k);
+            .map_err(|_| Error::invalid("dedup key longer than 65521 bytes"))?;
+        if let Some(k) = key {
+            buf.put_u8(TAG_DEDUP_KEY);
+            buf.put_u16(k.len() as u16);
+            buf.put_slice(k);
+        }
+        if let Some(at) = expires {
+            buf.put_u8(TAG_EXPIRES_AT);
+            buf.put_u16(8);
+            buf.put_u64(at);
+        }
         buf.put_u16(ext);
     }
     Ok(buf.freeze())
@@ -142,6 +153,7 @@ pub fn decode(data: &Bytes) -> Result<Message> {
     let pl = r.u32("payload length")? as usize;
     let payload = r.take(pl, "payload")?;
     let mut dedup_key = None;
+    let mut expires_at = None;
     if version == VERSION_KEYED {
         let rest = data.len() - r.pos;
         if rest < 2 {
@@ -170,6 +182,15 @@ pub fn decode(data: &Bytes) -> Result<Message> {
                     return Err(Error::decode("two dedup keys in the extension"));
                 }
                 TAG_DEDUP_KEY => dedup_key = Some(r.string(len, "dedup key")?),
+                TAG_EXPIRES_AT if expires_at.is_some() => {
+                    return Err(Error::decode("two expiry fields in the extension"));
+                }
+                TAG_EXPIRES_AT if len != 8 => {
+                    return Err(Error::decode(format!(
+                        "expiry field of {len} bytes (expected 8)"
+                    )));
+                }
+                TAG_EXPIRES_AT => expires_at = Some(r.u64("expires_at")?),
                 // A field of a later release: skipped.
                 _ => {
                     r.take(len, "extension field")?;
@@ -196,6 +217,8 @@ pub fn decode(data: &Bytes) -> Result<Message> {
         delay: None,
         not_before: (not_before != 0).then_some(not_before),
         dedup_key,
+        ttl: None,
+        expires_at,
     })
 }
 
@@ -294,6 +317,28 @@ mod tests {
         bad[n - 1] ^= 1;
         let e = decode(&Bytes::from(bad)).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Decode, "{e}");
+    }
+
+    #[test]
+    fn expiring_message_carries_tag_2_after_the_key() {
+        let m = Message::new("k", vec![3u8]).with_expires_at(0x0102_0304_0506_0708);
+        let bytes = encode(&m).expect("encode");
+        assert_eq!(bytes[1], VERSION_KEYED);
+        let n = bytes.len();
+        // ... payload | tag 2 | 0x0008 | u64 | extension length 11
+        assert_eq!(&bytes[n - 2..], &11u16.to_be_bytes());
+        assert_eq!(&bytes[n - 13..n - 10], &[TAG_EXPIRES_AT, 0, 8]);
+        assert_eq!(&bytes[n - 10..n - 2], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(round_trip(&m), m);
+        let both = m.with_dedup_key("key");
+        let bytes = encode(&both).expect("encode");
+        let n = bytes.len();
+        assert_eq!(&bytes[n - 2..], &(11u16 + 6).to_be_bytes());
+        assert_eq!(round_trip(&both), both);
+        // An expiry field that is not 8 bytes is refused.
+        let mut bad = bytes.to_vec();
+        bad[n - 12] = 7;
+        assert!(decode(&Bytes::from(bad)).is_err());
     }
 
     #[test]

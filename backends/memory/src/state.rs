@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courier_core::backend::{LEASE_EXPIRED, expired_lease, ms_ceil};
+use courier_core::backend::{EXPIRED, LEASE_EXPIRED, expired_lease, ms_ceil};
 use courier_core::{
     DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, Published,
     QueueConfig, QueueStats, Result, Selection, Settle,
@@ -164,6 +164,7 @@ pub struct QueueState {
     retried: u64,
     dead_lettered: u64,
     deduplicated: u64,
+    expired: u64,
     /// Deduplication keys (Q11): key → holder. Only queues use keys.
     keys: HashMap<String, KeyHold>,
     /// `(hold_until, key)` of keys accepted with a window, to forget them once it passed.
@@ -192,6 +193,7 @@ impl QueueState {
             retried: 0,
             dead_lettered: 0,
             deduplicated: 0,
+            expired: 0,
             keys: HashMap::new(),
             holds: BTreeSet::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
@@ -421,7 +423,9 @@ impl QueueState {
     }
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a level, into
-    /// `out`. The caller has run [`QueueState::tick`] for `now`.
+    /// `out`. A message met on the way whose expiry `now` reached is expired instead
+    /// ([`QueueState::expire`]) and does not count towards `max`. The caller has run
+    /// [`QueueState::tick`] for `now`.
     pub fn lease(&mut self, now: u64, max: usize, out: &mut Vec<Delivery>) {
         let n = max.min(self.ready_len());
         if n == 0 {
@@ -436,6 +440,10 @@ impl QueueState {
                 let Some(mut entry) = self.ready[level].pop_front() else {
                     break;
                 };
+                if entry.message.is_expired(now) {
+                    self.expire(*entry, now);
+                    continue;
+                }
                 left -= 1;
                 entry.deliveries = entry.deliveries.saturating_add(1);
                 entry.message.attempt = entry.deliveries;
@@ -556,16 +564,31 @@ impl QueueState {
         self.bury(*entry, error, now);
     }
 
+    /// A message whose expiry passed before it was leased: counted as expired, then kept in
+    /// dead letters with the reason [`EXPIRED`] and the deliveries made so far (none unless it
+    /// failed before), or discarded when the queue drops expired messages.
+    fn expire(&mut self, entry: Stored, now: u64) {
+        tracing::trace!(id = %entry.message.id, "courier memory: message expired");
+        self.leave_key(&entry.message, now);
+        self.expired += 1;
+        if self.config.keeps_expired() {
+            self.store_dead(entry, EXPIRED.to_string(), now);
+        }
+    }
+
     /// Move to dead letters (or discard when dead letters are off); counted either way.
     ///
     /// A dead message does not hold its key (Q11): dead letters wait for an operator, and a
     /// key held by them would refuse every new attempt at that work indefinitely.
-    fn bury(&mut self, mut entry: Stored, error: String, now: u64) {
+    fn bury(&mut self, entry: Stored, error: String, now: u64) {
         self.leave_key(&entry.message, now);
         self.dead_lettered += 1;
-        if !self.config.dead_letter {
-            return;
+        if self.config.dead_letter {
+            self.store_dead(entry, error, now);
         }
+    }
+
+    fn store_dead(&mut self, mut entry: Stored, error: String, now: u64) {
         entry.message.attempt = entry.deliveries;
         let seq = self.next_seq();
         self.dead_ids.insert((entry.message.id, now, seq));
@@ -592,6 +615,7 @@ impl QueueState {
         st.retried = self.retried;
         st.dead_lettered = self.dead_lettered;
         st.deduplicated = self.deduplicated;
+        st.expired = self.expired;
         st
     }
 

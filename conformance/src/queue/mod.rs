@@ -16,6 +16,7 @@ mod dead_letters;
 mod dedup;
 mod delay;
 mod durability;
+mod expiry;
 mod lease;
 mod priority;
 mod retry;
@@ -30,6 +31,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(retry::cases());
     all.extend(dead_letters::cases());
     all.extend(dedup::cases());
+    all.extend(expiry::cases());
     all.extend(batch::cases());
     all.extend(stats::cases());
     all.extend(conservation::cases());
