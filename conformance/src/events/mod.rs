@@ -16,6 +16,7 @@ use crate::{Case, Ctx, Failure, Outcome, ensure, ensure_eq, within};
 mod bad_input;
 mod concurrency;
 mod emit;
+mod expiry;
 mod failure;
 mod groups;
 mod local;
@@ -29,6 +30,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(emit::cases());
     all.extend(groups::cases());
     all.extend(failure::cases());
+    all.extend(expiry::cases());
     all.extend(order::cases());
     all.extend(replay::cases());
     all.extend(retention::cases());
