@@ -103,7 +103,10 @@ fn put_config(b: &mut BytesMut, c: &QueueConfig) {
     b.put_f64(c.retry.factor);
     b.put_u64(dur_ns(c.retry.max_delay));
     b.put_f64(c.retry.jitter);
-    b.put_u8(u8::from(c.dead_letter));
+    // Flags: bit 0 dead letters on, bit 1 expired messages dropped (only meaningful with
+    // dead letters on, so an older reader, which takes any non-zero byte for "on", still
+    // reads dead_letter right).
+    b.put_u8(u8::from(c.dead_letter) | (u8::from(c.dead_letter && c.drop_expired) << 1));
     b.put_u64(c.max_payload as u64);
 }
 
@@ -354,7 +357,9 @@ impl Reader {
         let factor = self.f64()?;
         let max_delay = Duration::from_nanos(self.u64()?);
         let jitter = self.f64()?;
-        let dead_letter = self.u8()? != 0;
+        let flags = self.u8()?;
+        let dead_letter = flags & 1 != 0;
+        let drop_expired = flags & 2 != 0;
         let max_payload = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
         let retry = RetryPolicy::default()
             .with_max_attempts(max_attempts)
@@ -366,6 +371,7 @@ impl Reader {
             .with_visibility_timeout(visibility)
             .with_retry(retry)
             .with_dead_letter(dead_letter)
+            .with_drop_expired(drop_expired)
             .with_max_payload(max_payload))
     }
     fn lease(&mut self) -> Result<Lease> {
@@ -544,6 +550,11 @@ mod tests {
                 5_000,
             ),
             Op::Claim { config, max: 5 },
+            Op::Claim {
+                config: config.with_dead_letter(true).with_drop_expired(true),
+                max: 1,
+            },
+            Op::Publish(vec![Entry::Message(m.clone().with_expires_at(123_456))], 0),
             Op::Settle {
                 config,
                 ops: vec![

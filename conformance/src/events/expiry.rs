@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use courier_core::backend::EXPIRED;
-use courier_core::{EventBusExt, Message, Page};
+use courier_core::{Message, Page};
 
 use super::{ack_all, bus, emit_one, expect_none, gstats, recv_n, topic_len};
 use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, plain_config, within};
