@@ -1,5 +1,5 @@
 //! The differential case: one seeded random workload (publish, batch publish, delays,
-//! priorities, receive, ack, nack with backoff, permanent failure, release, lease expiry,
+//! expiries, priorities, receive, ack, nack with backoff, permanent failure, release, lease expiry,
 //! dead-letter requeue) driven through the memory backend (the reference model) and the
 //! backend under test in lock step, comparing every delivery (id, attempt, order), every
 //! retry decision, the stats after every step and the dead letters at the end.
@@ -25,12 +25,12 @@ pub(crate) fn cases() -> Vec<Case> {
     vec![
         case!(
             "differential::queue::seed_1",
-            ["Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9"],
+            ["Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9", "Q12"],
             seed_1
         ),
         case!(
             "differential::queue::seed_2",
-            ["Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9"],
+            ["Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9", "Q12"],
             seed_2
         ),
     ]
@@ -46,6 +46,9 @@ async fn seed_2(cx: Ctx) -> Outcome {
 
 const LIMIT: Duration = Duration::from_secs(10);
 const DELAY: Duration = Duration::from_millis(250);
+/// The time to live of expiring messages (Q12): longer than `DELAY`, so a delayed message
+/// may expire too.
+const TTL: Duration = Duration::from_millis(400);
 /// Margin on either side of a timer's due time inside which the driver does not look.
 const MARGIN: Duration = Duration::from_millis(80);
 const STEPS: usize = 160;
@@ -131,11 +134,12 @@ impl Driver<'_> {
                 s.retried,
                 s.deduplicated,
                 s.dead_lettered,
+                s.expired,
             )
         };
         if view(&m) != view(&r) {
             return Err(self.fail(format!(
-                "step {step}: stats differ\n model {m:?}\n  real {r:?}\n(ready+delayed, in flight, dead, published, acked, retried, dead_lettered)"
+                "step {step}: stats differ\n model {m:?}\n  real {r:?}\n(ready+delayed, in flight, dead, published, acked, retried, deduplicated, dead_lettered, expired)"
             )));
         }
         Ok(())
@@ -262,6 +266,7 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                 let k = if op == 0 { 1 } else { rng.random_range(2..6) };
                 let mut batch = Vec::new();
                 let mut delayed = false;
+                let mut expiring = false;
                 for _ in 0..k {
                     n += 1;
                     let p = Priority::from_index(rng.random_range(0..4)).unwrap_or_default();
@@ -273,6 +278,10 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                     }
                     if rng.random_bool(0.1) {
                         m = m.with_max_attempts(1);
+                    }
+                    if rng.random_bool(0.15) {
+                        m = m.with_ttl(TTL);
+                        expiring = true;
                     }
                     // Keys from a small pool, so duplicates (Q11) happen against stored
                     // messages and inside batches, and keys free up on ack and burial.
@@ -314,6 +323,9 @@ async fn run(cx: Ctx, seed: u64) -> Outcome {
                 ensure_eq!(a, b, "step {step}: publish outcomes (stored or duplicate)");
                 if delayed {
                     d.timers.push((started, DELAY));
+                }
+                if expiring {
+                    d.timers.push((started, TTL));
                 }
                 d.log.push(format!("step {step}: publish {batch_view:?}"));
             }
