@@ -51,6 +51,10 @@ pub enum Outcome {
     Retry(String),
     /// Failed for the last time: the message is a dead letter now.
     Dead(String),
+    /// Never (or no more) delivered: its expiry passed before a worker leased it (Q12). The
+    /// queue reports it (stats `expired`, a dead letter with the reason "expired"); no handler
+    /// ran, so the scenario records it from there.
+    Expired(String),
 }
 
 /// One record.
@@ -253,6 +257,7 @@ impl Ledger {
             Outcome::Ok => "ok".to_string(),
             Outcome::Retry(err) => format!("FAILED (will retry): {err}"),
             Outcome::Dead(err) => format!("FAILED -> DEAD LETTER: {err}"),
+            Outcome::Expired(why) => format!("EXPIRED, not delivered: {why}"),
         };
         let attempt = if e.attempt > 1 {
             format!(" [attempt {}]", e.attempt)

@@ -57,6 +57,7 @@ impl std::fmt::Display for Shortfall {
 pub struct Expectations {
     ok: BTreeMap<Key, usize>,
     dead: BTreeMap<Key, (usize, u32)>,
+    expired: BTreeMap<Key, usize>,
     observer: Option<String>,
 }
 
@@ -127,14 +128,25 @@ impl Expectations {
         e.0 += n;
     }
 
+    /// `n` tasks of `kind` that must expire in their queue before they are handled (Q12).
+    pub fn expired_task(&mut self, kind: &str, n: usize) {
+        let owner = owner_of(kind).map_or("nobody", |s| s.name());
+        *self
+            .expired
+            .entry((Channel::Task, kind.to_string(), owner.to_string()))
+            .or_insert(0) += n;
+    }
+
     /// Expected successful deliveries in total.
     pub fn total(&self) -> usize {
-        self.ok.values().sum::<usize>() + self.dead.values().map(|(n, _)| n).sum::<usize>()
+        self.ok.values().sum::<usize>()
+            + self.dead.values().map(|(n, _)| n).sum::<usize>()
+            + self.expired.values().sum::<usize>()
     }
 
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.ok.len() + self.dead.len()
+        self.ok.len() + self.dead.len() + self.expired.len()
     }
 
     /// What the ledger does not show yet.
@@ -142,6 +154,7 @@ impl Expectations {
         let mut ok: BTreeMap<Key, usize> = BTreeMap::new();
         let mut dead: BTreeMap<Key, usize> = BTreeMap::new();
         let mut failed: BTreeMap<Key, usize> = BTreeMap::new();
+        let mut expired: BTreeMap<Key, usize> = BTreeMap::new();
         for e in entries {
             let k = (e.channel, e.name.clone(), e.to.clone());
             match e.outcome {
@@ -151,9 +164,20 @@ impl Expectations {
                     *failed.entry(k).or_insert(0) += 1;
                 }
                 Outcome::Retry(_) => *failed.entry(k).or_insert(0) += 1,
+                Outcome::Expired(_) => *expired.entry(k).or_insert(0) += 1,
             }
         }
         let mut out = Vec::new();
+        for (k, n) in &self.expired {
+            let got = expired.get(k).copied().unwrap_or(0);
+            if got < *n {
+                out.push(Shortfall {
+                    what: format!("expiry of {}", describe(k)),
+                    expected: *n,
+                    got,
+                });
+            }
+        }
         for (k, n) in &self.ok {
             let got = ok.get(k).copied().unwrap_or(0);
             if got < *n {
@@ -197,7 +221,7 @@ impl Expectations {
         ok.iter()
             .filter_map(|(k, got)| match self.ok.get(k) {
                 Some(n) if got > n => Some(format!("{}: expected {n}, got {got}", describe(k))),
-                None if !self.dead.contains_key(k) => {
+                None if !self.dead.contains_key(k) && !self.expired.contains_key(k) => {
                     Some(format!("{}: not in the table, got {got}", describe(k)))
                 }
                 _ => None,
@@ -237,6 +261,9 @@ pub enum Phase {
     Join,
     /// Pairwise WebRTC offers, answers, ICE candidates, connections.
     Negotiate,
+    /// carol sends an ICE candidate to dave, who is invited but joins late: the candidate
+    /// waits for his session and expires (Q12) instead of being relayed stale.
+    LateJoiner,
     /// alice starts the recording.
     Record,
     /// alice's audio and video go through media and ai; carol's transcript through ai; and a
@@ -254,12 +281,13 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in order.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Register,
         Phase::Login,
         Phase::Create,
         Phase::Join,
         Phase::Negotiate,
+        Phase::LateJoiner,
         Phase::Record,
         Phase::Media,
         Phase::StopRecording,
@@ -276,6 +304,10 @@ impl Phase {
             Phase::Create => "alice creates the meeting",
             Phase::Join => "all three join",
             Phase::Negotiate => "WebRTC offers, answers and ICE candidates between every pair",
+            Phase::LateJoiner => {
+                "carol's ICE candidate for dave (invited, not joined yet) waits for his session \
+                 and expires after 250 ms instead of being relayed stale"
+            }
             Phase::Record => "alice starts recording",
             Phase::Media => {
                 "alice's audio+video chunk goes through media and ai, carol's transcript through \
@@ -378,9 +410,12 @@ impl Scenario {
     }
 
     async fn task<T: Serialize>(&self, from: &str, kind: &str, payload: &T) -> Result<(), String> {
-        let msg = Message::json(kind, payload)
+        let mut msg = Message::json(kind, payload)
             .map_err(|e| e.to_string())?
             .with_header(SOURCE, from);
+        if let Some(ttl) = crate::topology::task_ttl(kind) {
+            msg = msg.with_ttl(ttl);
+        }
         self.courier
             .dispatcher()
             .dispatch(msg)
@@ -482,6 +517,10 @@ impl Scenario {
                     self.task(&format!("client:{offerer}"), "signaling_webrtc_offer", &o)
                         .await?;
                 }
+            }
+            Phase::LateJoiner => {
+                e.expired_task("signaling_ice_candidate", 1);
+                self.late_candidate().await?;
             }
             Phase::Record => {
                 e.task("media_recording_start", 1);
@@ -607,6 +646,71 @@ impl Scenario {
         Ok(())
     }
 
+    /// carol's candidate for dave, with a 250 ms expiry of its own: signaling retries it while
+    /// dave has no session (every 100 ms, fewer than the queue's attempts in 250 ms), then the
+    /// receive that reaches it after 250 ms expires it. The queue reports the expiry (stats
+    /// `expired`, and the dead letter when dead letters are on); the timeline gets it from
+    /// there, since no handler ran.
+    async fn late_candidate(&mut self) -> Result<(), String> {
+        let ttl = Duration::from_millis(250);
+        let ice = Ice {
+            meeting_id: MEETING.into(),
+            from: "carol".into(),
+            to: "dave".into(),
+            candidate: candidate("carol"),
+        };
+        let msg = Message::json("signaling_ice_candidate", &ice)
+            .map_err(|e| e.to_string())?
+            .with_header(SOURCE, "client:carol")
+            .with_ttl(ttl);
+        let id = msg.id;
+        self.courier
+            .dispatcher()
+            .dispatch(msg)
+            .await
+            .map_err(|e| format!("dispatch signaling_ice_candidate: {e}"))?;
+        let q = self.names.queue(ServiceKind::Signaling);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let st = self
+                .courier
+                .queue()
+                .stats(&q)
+                .await
+                .map_err(|e| format!("stats of {q}: {e}"))?;
+            if st.expired > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the candidate for dave did not expire in {q}: {st:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let dead = self.courier.queue().dead_letter(&q, id).await.ok();
+        let mut entry = Entry::now(
+            Channel::Task,
+            "client:carol",
+            "signaling_ice_candidate",
+            ServiceKind::Signaling.name(),
+            dead.as_ref().map_or(1, |d| d.attempts),
+            Outcome::Expired(format!(
+                "{} ms after publish, dave never had a session",
+                ttl.as_millis()
+            )),
+            match &dead {
+                Some(d) => format!("dead letter, reason {:?}", d.error),
+                None => "dropped (dead letters off)".into(),
+            },
+        );
+        if let Some(d) = &dead {
+            entry.at_ms = d.failed_at;
+        }
+        self.ledger.push(entry);
+        Ok(())
+    }
+
     /// Subscribe each user's client to its signal channel. A client answers offers (answer +
     /// its ICE candidate), sends its candidate on an answer, and, as the offerer, reports the
     /// connection once the answerer's candidate arrived.
@@ -691,7 +795,10 @@ async fn client_reacts(
     let send = |payload: Result<Message, courier::Error>| {
         let source = source.clone();
         async move {
-            let msg = payload?.with_header(SOURCE, source);
+            let mut msg = payload?.with_header(SOURCE, source);
+            if let Some(ttl) = crate::topology::task_ttl(&msg.kind) {
+                msg = msg.with_ttl(ttl);
+            }
             courier.dispatcher().dispatch(msg).await.map(|_| ())
         }
     };
@@ -865,8 +972,16 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
     let w = queues.iter().map(String::len).max().unwrap_or(5).max(5);
     let _ = writeln!(
         out,
-        "{:<w$} {:>9} {:>9} {:>6} {:>8} {:>14} {:>5} {:>6}",
-        "queue", "priority", "published", "acked", "retried", "dead-lettered", "dead", "ready"
+        "{:<w$} {:>9} {:>9} {:>6} {:>8} {:>14} {:>8} {:>5} {:>6}",
+        "queue",
+        "priority",
+        "published",
+        "acked",
+        "retried",
+        "dead-lettered",
+        "expired",
+        "dead",
+        "ready"
     );
     let mut stats = Vec::new();
     for s in ServiceKind::ALL {
@@ -874,12 +989,13 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
         let st = platform.courier().queue().stats(&q).await?;
         let _ = writeln!(
             out,
-            "{q:<w$} {:>9} {:>9} {:>6} {:>8} {:>14} {:>5} {:>6}",
+            "{q:<w$} {:>9} {:>9} {:>6} {:>8} {:>14} {:>8} {:>5} {:>6}",
             s.priority().to_string(),
             st.published,
             st.acked,
             st.retried,
             st.dead_lettered,
+            st.expired,
             st.dead,
             st.ready_total() + st.delayed + st.in_flight
         );

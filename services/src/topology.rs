@@ -229,6 +229,29 @@ pub fn owner_of(kind: &str) -> Option<ServiceKind> {
         .find(|s| s.tasks().contains(&kind))
 }
 
+/// How long a live-signaling task stays worth running (Q12): an offer, answer or ICE candidate
+/// not handled within this is stale (the peer has given up or restarted negotiation), so it
+/// expires in the queue instead of being relayed late.
+pub const SIGNAL_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long presence and WebRTC events stay worth delivering to a consumer group (Q12): a
+/// group that reaches a "user is online" or "offer sent" event later than this skips it.
+pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The expiry of a task kind, if it has one: the live-signaling tasks.
+pub fn task_ttl(kind: &str) -> Option<std::time::Duration> {
+    matches!(
+        kind,
+        "signaling_webrtc_offer" | "signaling_webrtc_answer" | "signaling_ice_candidate"
+    )
+    .then_some(SIGNAL_TTL)
+}
+
+/// The expiry of an event topic, if it has one: presence and WebRTC signaling events.
+pub fn event_ttl(topic: &str) -> Option<std::time::Duration> {
+    (topic == "user.status_changed" || topic.starts_with("webrtc.")).then_some(PRESENCE_TTL)
+}
+
 /// The service that emits a topic.
 pub fn emitter_of(topic: &str) -> Option<ServiceKind> {
     ServiceKind::ALL

@@ -44,7 +44,10 @@ impl Ctx {
             "{} does not own {topic}",
             self.service
         );
-        let msg = Message::json(topic, payload)?.with_header(SOURCE, self.service.name());
+        let mut msg = Message::json(topic, payload)?.with_header(SOURCE, self.service.name());
+        if let Some(ttl) = crate::topology::event_ttl(topic) {
+            msg = msg.with_ttl(ttl);
+        }
         self.courier
             .events()
             .emit(&self.names.topic(topic), msg)
