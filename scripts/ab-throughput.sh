@@ -6,7 +6,7 @@
 # BEFORE_BIN / AFTER_BIN are `throughput` binaries (build the old one in a worktree:
 # `git worktree add /tmp/before <rev> && CARGO_TARGET_DIR=/tmp/before-target cargo build
 # --release -p courier-benches --bin throughput`). Each round runs BEFORE, AFTER, and AFTER with
-# --keys, on every backend in BACKENDS (default: memory, SQLite, Redis, NATS, RabbitMQ on their
+# --keys, and AFTER with --ttl-ms (every message expiring in an hour), on every backend in BACKENDS (default: memory, SQLite, Redis, NATS, RabbitMQ on their
 # usual local ports). Prints one line per run, then per backend the median publish rates, the
 # geometric mean of the pairwise after/before publish ratios, and the keyed publish cost.
 set -euo pipefail
@@ -24,6 +24,7 @@ for spec in $backends; do
         one before "$before" "$url" "$n"
         one after "$after" "$url" "$n"
         one keys "$after" "$url" "$n" --keys
+        one ttl "$after" "$url" "$n" "--ttl-ms 3600000"
     done
 done
 python3 - "$out" <<'PY'
@@ -41,7 +42,11 @@ for url, r in runs.items():
     ma = statistics.median(p for p, _ in r["after"])
     mb = statistics.median(p for p, _ in r["before"])
     mk = statistics.median(p for p, _ in r["keys"])
+    mt = statistics.median(p for p, _ in r["ttl"])
+    et = statistics.median(e for _, e in r["ttl"])
+    ea = statistics.median(e for _, e in r["after"])
     print(f"{url}: publish/s median before {mb:.0f} after {ma:.0f}; after/before publish "
-          f"{ratio:.3f} (e2e {e2e:.3f}); with --keys {mk:.0f}/s = +{1e6/mk - 1e6/ma:.2f} us/msg")
+          f"{ratio:.3f} (e2e {e2e:.3f}); with --keys {mk:.0f}/s = +{1e6/mk - 1e6/ma:.2f} us/msg; "
+          f"with --ttl-ms {mt:.0f}/s = +{1e6/mt - 1e6/ma:.2f} us/msg (e2e {et:.0f}/s vs {ea:.0f}/s)")
 PY
 rm -f "$out"

@@ -56,6 +56,9 @@ pub struct Params {
     /// Give every published message a unique deduplication key (Q11): the cost of the key
     /// check, all messages stored.
     pub keys: bool,
+    /// Give every published message this time to live (Q12; long enough that none expires):
+    /// the cost of carrying and checking an expiry.
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// One run's figures.
@@ -134,13 +137,17 @@ async fn publish_all(
         let n = share(p, t);
         let batch = p.batch.max(1);
         let keys = p.keys;
+        let ttl = p.ttl;
         tasks.push(tokio::spawn(async move {
             let mut left = n;
             while left > 0 {
                 let k = left.min(batch);
                 let msgs: Vec<Message> = (0..k)
                     .map(|i| {
-                        let m = Message::new("b", body.clone());
+                        let mut m = Message::new("b", body.clone());
+                        if let Some(ttl) = ttl {
+                            m = m.with_ttl(ttl);
+                        }
                         if keys {
                             m.with_dedup_key(format!("{name}-{t}-{}", left - i))
                         } else {

@@ -37,6 +37,10 @@ struct Args {
     /// Give every published message a unique deduplication key (the cost of the key check).
     #[arg(long)]
     keys: bool,
+    /// Give every published message this time to live in ms (Q12; make it longer than the
+    /// run, so nothing expires): the cost of carrying and checking an expiry.
+    #[arg(long)]
+    ttl_ms: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -59,6 +63,7 @@ fn main() {
             .unwrap_or((args.batch * 4).max(args.concurrency)),
         latency_samples: args.latency_samples,
         keys: args.keys,
+        ttl: args.ttl_ms.map(std::time::Duration::from_millis),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
