@@ -1,0 +1,473 @@
+//! The `courier` binary run as a process against SQLite and Redis (memory lives only inside
+//! one process, so its case calls `courier_cli::run` in-process): after a scripted workload
+//! through the library, the CLI's numbers are the library's; a requeue of 1,000 dead letters
+//! handles each once; a purge without `--yes` and without a terminal refuses; errors are one
+//! line with exit code 2 and never show a password.
+//!
+//! Redis is skipped loudly when absent, unless `COURIER_REQUIRE_BACKENDS=1`.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use courier::{Courier, Message, MessageId, Priority, QueueStats, Settle};
+
+/// The longest any await or child process of these tests may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("cli-{}-{nanos}-{what}", std::process::id())
+}
+
+/// Removes the SQLite file (and its journal files) when dropped.
+struct TempDb(String);
+
+impl TempDb {
+    fn new(what: &str) -> TempDb {
+        let path = std::env::temp_dir().join(format!("{}.db", unique(what)));
+        TempDb(path.display().to_string())
+    }
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.0)
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+        }
+    }
+}
+
+/// What a run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run the binary with `args`, stdin closed (no terminal), bounded by `LIMIT`.
+fn courier_cli(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(args)
+        .env_remove("COURIER_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn courier");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("courier {args:?} ran longer than {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = courier::Result<T>>) -> T {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: no answer within {LIMIT:?}"),
+    }
+}
+
+fn require_backends() -> bool {
+    std::env::var("COURIER_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
+}
+
+/// Redis, when reachable.
+async fn redis() -> Option<(Courier, String)> {
+    let url = std::env::var("COURIER_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let probe = async {
+        let c = courier::connect(&url).await?;
+        c.queue().stats("cli-probe").await?;
+        Ok::<_, courier::Error>(c)
+    };
+    let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(c)) => return Some((c, url)),
+        Ok(Err(e)) => format!("Redis at {} is unreachable: {e}", courier::redact_url(&url)),
+        Err(_) => format!("Redis at {} gave no answer", courier::redact_url(&url)),
+    };
+    assert!(!require_backends(), "COURIER_REQUIRE_BACKENDS=1: {why}");
+    eprintln!("\n{}", "=".repeat(88));
+    eprintln!("SKIPPED CLI test over Redis: {why}");
+    eprintln!("Set COURIER_REQUIRE_BACKENDS=1 to make this a failure.");
+    eprintln!("{}\n", "=".repeat(88));
+    None
+}
+
+/// A workload that leaves every state populated and nothing time-dependent for a minute:
+/// ready at three priorities, delayed for an hour, one in flight (30 s lease), two dead, one
+/// acked, one retried back to ready, one duplicate.
+async fn workload(c: &Courier, q: &str) -> QueueStats {
+    let mut batch = Vec::new();
+    for i in 0..12 {
+        let p = [Priority::Critical, Priority::Normal, Priority::Low][i % 3];
+        batch.push(Message::new(format!("k{i}"), vec![i as u8]).with_priority(p));
+    }
+    batch.push(Message::new("later", "").with_delay(Duration::from_secs(3600)));
+    batch.push(Message::new("keyed", "").with_dedup_key("once"));
+    batch.push(Message::new("keyed", "").with_dedup_key("once"));
+    within("publish", c.queue().publish_batch(q, batch)).await;
+    let got = within("receive", c.queue().receive(q, 5, Duration::from_secs(5))).await;
+    assert_eq!(got.len(), 5);
+    let ops = vec![
+        Settle::Ack(got[0].lease),
+        Settle::Bury {
+            lease: got[1].lease,
+            error: "bad input".into(),
+        },
+        Settle::Bury {
+            lease: got[2].lease,
+            error: "still bad".into(),
+        },
+        Settle::Retry {
+            lease: got[3].lease,
+            delay: Duration::ZERO,
+            error: "flaky".into(),
+        },
+    ];
+    for r in within("settle", c.queue().settle(q, ops)).await {
+        r.expect("settle");
+    }
+    within("stats", c.queue().stats(q)).await
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn assert_same_stats(v: &serde_json::Value, s: &QueueStats) {
+    let got = (
+        [
+            v["ready"]["critical"].as_u64(),
+            v["ready"]["high"].as_u64(),
+            v["ready"]["normal"].as_u64(),
+            v["ready"]["low"].as_u64(),
+        ],
+        v["delayed"].as_u64(),
+        v["in_flight"].as_u64(),
+        v["dead"].as_u64(),
+        v["published"].as_u64(),
+        v["acked"].as_u64(),
+        v["retried"].as_u64(),
+        v["dead_lettered"].as_u64(),
+        v["deduplicated"].as_u64(),
+        v["expired"].as_u64(),
+    );
+    let want = (
+        s.ready.map(Some),
+        Some(s.delayed),
+        Some(s.in_flight),
+        Some(s.dead),
+        Some(s.published),
+        Some(s.acked),
+        Some(s.retried),
+        Some(s.dead_lettered),
+        Some(s.deduplicated),
+        Some(s.expired),
+    );
+    assert_eq!(got, want, "the CLI's stats are the library's: {v}");
+}
+
+async fn stats_match(c: &Courier, url: &str) {
+    let q = unique("stats");
+    let want = workload(c, &q).await;
+    assert_eq!((want.dead, want.in_flight, want.delayed), (2, 1, 1));
+    let run = courier_cli(&["--url", url, "--json", "stats", &q]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["queue"], q.as_str());
+    assert_same_stats(&lines[0], &want);
+    // The table shows the same figures.
+    let run = courier_cli(&["--url", url, "stats", &q]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let row = run.stdout.lines().nth(1).expect("a row");
+    let ready = format!(
+        "{}/{}/{}/{}",
+        want.ready[0], want.ready[1], want.ready[2], want.ready[3]
+    );
+    assert!(row.starts_with(&q) && row.contains(&ready), "{row}");
+}
+
+async fn requeue_1000(c: &Courier, url: &str) {
+    let q = unique("requeue");
+    let msgs: Vec<Message> = (0..1000)
+        .map(|i| Message::new("job", format!("{i}")))
+        .collect();
+    let ids: HashSet<MessageId> = msgs.iter().map(|m| m.id).collect();
+    within("publish", c.queue().publish_batch(&q, msgs)).await;
+    let mut buried = 0;
+    while buried < 1000 {
+        let got = within(
+            "receive",
+            c.queue().receive(&q, 250, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(!got.is_empty(), "only {buried} of 1000 received");
+        let ops = got
+            .iter()
+            .map(|d| Settle::Bury {
+                lease: d.lease,
+                error: "poison".into(),
+            })
+            .collect();
+        for r in within("settle", c.queue().settle(&q, ops)).await {
+            r.expect("bury");
+        }
+        buried += got.len();
+    }
+    assert_eq!(within("stats", c.queue().stats(&q)).await.dead, 1000);
+    let run = courier_cli(&["--url", url, "--json", "dead", "requeue", &q, "--all"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let v = &json_lines(&run.stdout)[0];
+    assert_eq!(
+        (v["requeued"].as_u64(), v["ids_left"].as_u64()),
+        (Some(1000), Some(0)),
+        "{v}"
+    );
+    let s = within("stats", c.queue().stats(&q)).await;
+    assert_eq!((s.dead, s.ready_total()), (0, 1000), "{s:?}");
+    // Each message is back exactly once.
+    let mut seen = HashSet::new();
+    while seen.len() < 1000 {
+        let got = within(
+            "receive",
+            c.queue().receive(&q, 500, Duration::from_secs(5)),
+        )
+        .await;
+        assert!(!got.is_empty(), "only {} of 1000 back", seen.len());
+        for d in &got {
+            assert!(seen.insert(d.message.id), "{} twice", d.message.id);
+            assert_eq!(d.message.attempt, 1, "attempts reset");
+        }
+        let acks = got.iter().map(|d| Settle::Ack(d.lease)).collect();
+        within("ack", c.queue().settle(&q, acks)).await;
+    }
+    assert_eq!(seen, ids);
+    let more = within("receive", c.queue().receive(&q, 10, Duration::ZERO)).await;
+    assert!(more.is_empty(), "no extra copies");
+}
+
+async fn purge_refuses_without_yes(c: &Courier, url: &str) {
+    let q = workload_dead(c).await;
+    let run = courier_cli(&["--url", url, "dead", "purge", &q, "--all"]);
+    assert_eq!(run.code, 2, "refused: {}", run.stderr);
+    assert!(run.stderr.contains("--yes"), "says how: {}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    assert_eq!(
+        within("stats", c.queue().stats(&q)).await.dead,
+        2,
+        "nothing purged"
+    );
+    let run = courier_cli(&["--url", url, "dead", "purge", &q, "--all", "--yes"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(within("stats", c.queue().stats(&q)).await.dead, 0);
+}
+
+async fn workload_dead(c: &Courier) -> String {
+    let q = unique("purge");
+    workload(c, &q).await;
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stats_requeue_and_purge() {
+    let db = TempDb::new("sqlite");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    stats_match(&c, &url).await;
+    requeue_1000(&c, &url).await;
+    purge_refuses_without_yes(&c, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stats_requeue_and_purge() {
+    let Some((c, url)) = redis().await else {
+        return;
+    };
+    stats_match(&c, &url).await;
+    requeue_1000(&c, &url).await;
+    purge_refuses_without_yes(&c, &url).await;
+}
+
+/// memory:// lives inside one process: the same commands, run in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_in_process() {
+    let c = within("connect", courier::connect("memory://")).await;
+    let q = unique("mem");
+    let want = workload(&c, &q).await;
+    let cli = courier_cli::Cli::try_parse_from(["courier", "--json", "stats", q.as_str()])
+        .expect("parse");
+    let mut out = String::new();
+    let done = within("run", courier_cli::run(&c, &cli, &mut out)).await;
+    assert_eq!(done, courier_cli::Done::Ok);
+    assert_same_stats(&json_lines(&out)[0], &want);
+    let cli = courier_cli::Cli::try_parse_from([
+        "courier",
+        "--json",
+        "dead",
+        "requeue",
+        q.as_str(),
+        "--all",
+    ])
+    .expect("parse");
+    out.clear();
+    within("run", courier_cli::run(&c, &cli, &mut out)).await;
+    assert_eq!(json_lines(&out)[0]["requeued"].as_u64(), Some(2));
+    assert_eq!(within("stats", c.queue().stats(&q)).await.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_list_and_show_name_the_error() {
+    let db = TempDb::new("show");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    let q = unique("show");
+    workload(&c, &q).await;
+    let run = courier_cli(&["--url", &url, "--json", "dead", "list", &q]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 2);
+    let errors: Vec<&str> = lines.iter().filter_map(|v| v["error"].as_str()).collect();
+    assert_eq!(errors, vec!["bad input", "still bad"], "oldest first");
+    let id = lines[0]["id"].as_str().expect("id").to_string();
+    let run = courier_cli(&["--url", &url, "--json", "dead", "show", &q, &id]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let v = &json_lines(&run.stdout)[0];
+    assert_eq!(
+        (v["id"].as_str(), v["attempts"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
+    // An id that is not there: one line, exit 2.
+    let run = courier_cli(&[
+        "--url",
+        &url,
+        "dead",
+        "show",
+        &q,
+        &MessageId::new().to_string(),
+    ]);
+    assert_eq!(
+        (run.code, run.stderr.lines().count()),
+        (2, 1),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn errors_are_one_line_with_exit_2_and_no_password() {
+    for (args, says) in [
+        (
+            vec!["--url", "redis://:hunter2secret@127.0.0.1:1", "stats", "q"],
+            "unavailable",
+        ),
+        (
+            vec!["--url", "bogus://x", "stats", "q"],
+            "unknown backend scheme",
+        ),
+        (vec!["stats", "q"], "no backend URL"),
+        (vec!["--url", "memory://", "stats", "bad name!"], "invalid"),
+    ] {
+        let run = courier_cli(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert!(
+            !run.stderr.contains("hunter2"),
+            "password shown: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("stack backtrace"), "{}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_live_messages() {
+    let db = TempDb::new("tail");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    let chan = unique("chan").replace('-', "_");
+    let pattern = format!("{chan}.*");
+    let url2 = url.clone();
+    let tail = tokio::task::spawn_blocking(move || {
+        courier_cli(&[
+            "--url",
+            &url2,
+            "tail",
+            &pattern,
+            "--count",
+            "2",
+            "--for",
+            "30s",
+            "--payload",
+        ])
+    });
+    // The subscription is live once the process says so; publish until two arrive (pub/sub
+    // is at most once: messages before the subscription are not seen).
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0;
+    while !tail.is_finished() {
+        assert!(Instant::now() < deadline, "tail never finished");
+        n += 1;
+        within(
+            "publish",
+            c.pubsub().publish(
+                &format!("{chan}.room"),
+                Message::new("ping", format!("hello {n}")),
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = tokio::time::timeout(LIMIT, tail)
+        .await
+        .expect("tail ends")
+        .expect("tail thread");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("ping ") && l.contains("hello ")),
+        "{}",
+        run.stdout
+    );
+}
