@@ -22,7 +22,7 @@ use courier_core::{
 };
 use std::sync::LazyLock;
 
-use courier_core::backend::{LEASE_EXPIRED, expired_lease};
+use courier_core::backend::{EXPIRED, LEASE_EXPIRED, expired_lease};
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::KIT;
@@ -85,6 +85,8 @@ pub(crate) struct Q {
     retried: i64,
     dead_lettered: i64,
     deduplicated: i64,
+    /// Messages a claim reached at or after their expiry (Q12).
+    expired: i64,
     dirty: bool,
     /// Something became ready during this operation.
     pub(crate) readied: bool,
@@ -119,6 +121,7 @@ impl Q {
             retried: 0,
             dead_lettered: 0,
             deduplicated: 0,
+            expired: 0,
             dirty: false,
             readied: false,
         }
@@ -196,7 +199,7 @@ pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
     ctx.conn
         .prepare_cached(
             "SELECT next_seq, front_seq, cursor, published, acked, retried, dead_lettered, \
-             deduplicated FROM courier_queues WHERE qid = ?1",
+             deduplicated, expired FROM courier_queues WHERE qid = ?1",
         )
         .and_then(|mut s| {
             s.query_row([qid], |r| {
@@ -210,6 +213,7 @@ pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
                     retried: r.get(5)?,
                     dead_lettered: r.get(6)?,
                     deduplicated: r.get(7)?,
+                    expired: r.get(8)?,
                     dirty: false,
                     readied: false,
                 })
@@ -226,8 +230,8 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
     ctx.conn
         .prepare_cached(
             "UPDATE courier_queues SET next_seq = ?2, front_seq = ?3, cursor = ?4, \
-             published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8, deduplicated = ?9 \
-             WHERE qid = ?1",
+             published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8, deduplicated = ?9, \
+             expired = ?10 WHERE qid = ?1",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -239,7 +243,8 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
                 q.acked,
                 q.retried,
                 q.dead_lettered,
-                q.deduplicated
+                q.deduplicated,
+                q.expired
             ])
         })
         .map_err(ctx.err("save queue"))?;
@@ -633,8 +638,23 @@ pub(crate) fn bury(
 ) -> Result<()> {
     q.dead_lettered += 1;
     q.dirty = true;
-    // A dead (or discarded) message does not hold its key (Q11).
-    let gone = if !config.dead_letter {
+    retire(ctx, q, rid, error, now, config.dead_letter)
+}
+
+/// A ready row a claim reached at or after its expiry (Q12): to dead letters with the reason
+/// [`EXPIRED`] and its deliveries unchanged, or deleted when the queue does not keep expired
+/// messages; counted in `expired` (not `dead_lettered`) either way, and its key is freed as a
+/// bury frees it.
+fn expire(ctx: &Ctx<'_>, q: &mut Q, rid: i64, now: u64, config: &QueueConfig) -> Result<()> {
+    q.expired += 1;
+    q.dirty = true;
+    retire(ctx, q, rid, EXPIRED, now, config.keeps_expired())
+}
+
+/// A row stops being live: dead with `error` when `keep`, else deleted. A dead (or discarded)
+/// message does not hold its key (Q11).
+fn retire(ctx: &Ctx<'_>, q: &mut Q, rid: i64, error: &str, now: u64, keep: bool) -> Result<()> {
+    let gone = if !keep {
         remove_row(ctx, rid)?
     } else {
         let seq = q.seq();
@@ -703,16 +723,33 @@ pub(crate) fn ready_count(ctx: &Ctx<'_>, qid: i64, level: i64, limit: usize) -> 
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// A ready row about to be leased: row id, message id, deliveries so far, body.
+/// A ready row looked at by a claim: row id, message id, deliveries so far, body.
 type ReadyRow = (i64, Vec<u8>, i64, Vec<u8>);
 
+/// A ready row that decoded and has not expired: row id, message id, deliveries so far, the
+/// message.
+type LiveRow = (i64, Vec<u8>, i64, Message);
+
+/// What a claim remembers of each lease it made: token, row id, whether it has a key.
+type Hint = (i64, i64, bool);
+
 /// Lease up to `max` ready rows, highest level first, FIFO within a level. The caller ran
-/// [`tick`] for `now`. A stored body that cannot be decoded is buried with the decode error
-/// (Q10) and not returned.
+/// [`tick`] for `now`.
 ///
 /// One walk of `courier_messages_ready` in `(priority, seq)` order with a `LIMIT` finds the
-/// rows (strict priority, FIFO inside a level), then each is leased by its primary key with
-/// consecutive tokens in that order (`next_seq + rank`).
+/// rows (strict priority, FIFO inside a level), and each body is decoded before anything is
+/// leased:
+///
+/// - a body that cannot be decoded is buried with the decode error after one attempt (Q10);
+/// - a message whose expiry `now` has reached is expired instead ([`expire`], Q12): never
+///   leased, so "never delivered at or after `expires_at`" holds inside this transaction;
+/// - the others are leased by their primary key with consecutive tokens in that order
+///   (`next_seq + rank`).
+///
+/// Rows taken out on the way do not count toward `max`: while fewer than `max` were leased and
+/// the walk was cut short by its `LIMIT`, the next ready rows are looked at the same way. In the
+/// usual case (nothing expired or broken) a claim is one `SELECT` and the lease `UPDATE`s, as it
+/// was before expiry existed; the expiry check is a comparison on the decoded message.
 pub(crate) fn claim(
     ctx: &mut Ctx<'_>,
     q: &mut Q,
@@ -721,21 +758,62 @@ pub(crate) fn claim(
     config: &QueueConfig,
 ) -> Result<Vec<Delivery>> {
     let deadline = now.saturating_add(ms_ceil(config.visibility_timeout));
-    let rows: Vec<ReadyRow> = ctx
-        .conn
-        .prepare_cached(
-            "SELECT rid, id, deliveries, body FROM courier_messages INDEXED BY courier_messages_ready \
-             WHERE qid = ?1 AND state = 0 ORDER BY priority, seq LIMIT ?2",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![q.qid, i64::try_from(max).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect()
-        })
-        .map_err(ctx.err("receive"))?;
+    let mut out = Vec::new();
+    let mut hints: Vec<Hint> = Vec::new();
+    while out.len() < max {
+        let want = max - out.len();
+        let rows: Vec<ReadyRow> = ctx
+            .conn
+            .prepare_cached(
+                "SELECT rid, id, deliveries, body FROM courier_messages INDEXED BY courier_messages_ready \
+                 WHERE qid = ?1 AND state = 0 ORDER BY priority, seq LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![q.qid, i64::try_from(want).unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(ctx.err("receive"))?;
+        let walked = rows.len();
+        let mut live: Vec<LiveRow> = Vec::with_capacity(walked);
+        for (rid, id, deliveries, body) in rows {
+            match wire::decode(&bytes::Bytes::from(body)) {
+                Ok(message) if message.is_expired(now) => {
+                    tracing::debug!(id = %message.id, expires_at = ?message.expires_at, now, "courier sqlite: message expired before it was leased");
+                    expire(ctx, q, rid, now, config)?;
+                }
+                Ok(message) => live.push((rid, id, deliveries, message)),
+                Err(e) => bury_undecodable(ctx, q, rid, &id, &e, now, config)?,
+            }
+        }
+        lease_rows(ctx, q, deadline, live, &mut out, &mut hints)?;
+        if walked < want {
+            // Nothing more is ready.
+            break;
+        }
+    }
+    if ctx.leased.len() + hints.len() > LEASED_HINTS {
+        ctx.leased.clear();
+    }
+    for (token, rid, keyed) in hints {
+        ctx.leased.insert((q.qid, token), (rid, keyed));
+    }
+    Ok(out)
+}
+
+/// Lease `rows` in their order until `deadline` and append their deliveries to `out` (and
+/// what the ack path may skip looking up to `hints`).
+fn lease_rows(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    deadline: u64,
+    rows: Vec<LiveRow>,
+    out: &mut Vec<Delivery>,
+    hints: &mut Vec<Hint>,
+) -> Result<()> {
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     // Tokens in FIFO order; the rows are leased LEASE_CHUNK per statement execution (the
     // remainder one by one): one execution opens the table and index cursors once.
@@ -771,39 +849,44 @@ pub(crate) fn claim(
                 .map_err(ctx.err("receive"))?;
         }
     }
-    let mut out = Vec::with_capacity(rows.len());
-    let mut leased = Vec::with_capacity(rows.len());
-    for ((rid, id, deliveries, body), token) in rows.into_iter().zip(tokens) {
+    out.reserve(rows.len());
+    hints.reserve(rows.len());
+    for ((rid, id, deliveries, mut message), token) in rows.into_iter().zip(tokens) {
         let attempt = u32_of(deliveries.saturating_add(1));
-        match wire::decode(&bytes::Bytes::from(body)) {
-            Ok(mut message) => {
-                message.attempt = attempt;
-                leased.push((token, rid, message.dedup_key.is_some()));
-                out.push(Delivery {
-                    message,
-                    lease: Lease {
-                        id: id_of(&id),
-                        token: u(token),
-                        attempt,
-                        deadline_ms: deadline,
-                    },
-                });
-            }
-            Err(e) => {
-                let error = courier_core::backend::undecodable_reason(&e);
-                let id = dead_letter_id(ctx, rid, &id)?;
-                tracing::warn!(id = %id, error = %format_args!("{error:#}"), "courier sqlite: stored message cannot be decoded; moving it to dead letters");
-                bury(ctx, q, rid, &error, now, config)?;
-            }
-        }
+        message.attempt = attempt;
+        hints.push((token, rid, message.dedup_key.is_some()));
+        out.push(Delivery {
+            message,
+            lease: Lease {
+                id: id_of(&id),
+                token: u(token),
+                attempt,
+                deadline_ms: deadline,
+            },
+        });
     }
-    if ctx.leased.len() + leased.len() > LEASED_HINTS {
-        ctx.leased.clear();
-    }
-    for (token, rid, keyed) in leased {
-        ctx.leased.insert((q.qid, token), (rid, keyed));
-    }
-    Ok(out)
+    Ok(())
+}
+
+/// A ready row whose body does not decode: buried with the decode error, after the one
+/// attempt it counts as (Q10), under an id of its own (see [`dead_letter_id`]).
+fn bury_undecodable(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    rid: i64,
+    stored_id: &[u8],
+    decode_error: &courier_core::Error,
+    now: u64,
+    config: &QueueConfig,
+) -> Result<()> {
+    let error = courier_core::backend::undecodable_reason(decode_error);
+    let id = dead_letter_id(ctx, rid, stored_id)?;
+    tracing::warn!(id = %id, error = %format_args!("{error:#}"), "courier sqlite: stored message cannot be decoded; moving it to dead letters");
+    ctx.conn
+        .prepare_cached("UPDATE courier_messages SET deliveries = deliveries + 1 WHERE rid = ?1")
+        .and_then(|mut s| s.execute([rid]))
+        .map_err(ctx.err("receive"))?;
+    bury(ctx, q, rid, &error, now, config)
 }
 
 /// The id a row that does not decode is buried under: its own, or a fresh one (stored in the
@@ -1021,6 +1104,7 @@ pub(crate) fn stats(ctx: &Ctx<'_>, q: &Q) -> Result<QueueStats> {
     st.retried = u(q.retried);
     st.dead_lettered = u(q.dead_lettered);
     st.deduplicated = u(q.deduplicated);
+    st.expired = u(q.expired);
     for level in 0..4i64 {
         st.ready[level as usize] = count(
             ctx,

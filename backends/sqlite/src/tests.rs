@@ -548,6 +548,74 @@ async fn migration_3_keeps_a_version_2_database_and_adds_deduplication() {
     assert_eq!((st.published, st.acked, st.deduplicated), (2, 2, 1));
 }
 
+#[tokio::test]
+async fn migration_4_keeps_a_version_3_database_and_counts_expiry() {
+    let dir = TempDir::new("migrate-v3");
+    let path = dir.file("q.db");
+    let old = Message::new("old", "v3");
+    {
+        // A database as version 3 left it: a queue with counters and one ready message.
+        let c = rusqlite::Connection::open(&path).expect("open");
+        for sql in &schema::MIGRATIONS[..3] {
+            c.execute_batch(sql).expect("v1..v3 schema");
+        }
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        c.pragma_update(None, "user_version", 3)
+            .expect("user_version");
+        c.execute(
+            "INSERT INTO courier_queues (qid, kind, name, next_seq, published, dead_lettered, \
+             deduplicated) VALUES (5, 'queue', 'q', 2, 4, 1, 2)",
+            [],
+        )
+        .expect("queue row");
+        let body = courier_core::wire::encode(&old).expect("encode");
+        c.execute(
+            "INSERT INTO courier_messages (qid, id, priority, state, seq, body) \
+             VALUES (5, ?1, 2, 0, 1, ?2)",
+            rusqlite::params![&old.id.as_bytes()[..], &body[..]],
+        )
+        .expect("insert");
+    }
+    let b = within(open(&path)).await;
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    let q: &dyn Queue = &b;
+    let st = within(q.stats("q")).await.expect("stats");
+    assert_eq!(
+        (st.published, st.dead_lettered, st.deduplicated, st.expired),
+        (4, 1, 2, 0)
+    );
+    // The old row has no expiry; a new one that expires is counted, and the count is stored.
+    within(q.publish(
+        "q",
+        Message::new("brief", "").with_ttl(Duration::from_millis(30)),
+    ))
+    .await
+    .expect("publish");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let ds = within(q.receive("q", 10, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].message.id, old.id);
+    within(q.ack("q", &ds[0].lease)).await.expect("ack");
+    drop(b);
+    let b = within(open(&path)).await;
+    let q: &dyn Queue = &b;
+    let st = within(q.stats("q")).await.expect("stats");
+    assert_eq!(
+        (
+            st.published,
+            st.acked,
+            st.expired,
+            st.dead_lettered,
+            st.dead,
+            st.stored()
+        ),
+        (5, 1, 1, 1, 1, 1)
+    );
+}
+
 /// `f`, or a failure after 20 s: the deduplication tests bound every await.
 async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
@@ -1736,6 +1804,165 @@ async fn runs_on_paused_tokio_time() {
     assert_eq!(d2.lease.attempt, 2);
     let gap = d2.lease.deadline_ms - d.lease.deadline_ms;
     assert!((660_000..661_000).contains(&gap), "{gap}");
+}
+
+/// A backend on tokio's (paused) virtual time with long leases and exact retries.
+async fn virtual_time(config: QueueConfig) -> SqliteBackend {
+    SqliteBackend::builder()
+        .in_memory()
+        .clock(Arc::new(courier_core::TokioClock::new()))
+        .default_config(config)
+        .build()
+        .await
+        .expect("open")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receive_walks_past_many_expired_rows_and_frees_their_keys() {
+    let b =
+        virtual_time(QueueConfig::default().with_visibility_timeout(Duration::from_secs(60))).await;
+    let q: &dyn Queue = &b;
+    // 100 expiring Critical messages (every third with a key) ahead of 40 live Normal ones: a
+    // receive of 35 needs several walks of the ready index (35 + 35 + 30 expired, then live).
+    let stale: Vec<Message> = (0..100)
+        .map(|k| {
+            let m = Message::new(format!("stale{k}"), "")
+                .with_priority(Priority::Critical)
+                .with_ttl(Duration::from_secs(1));
+            if k % 3 == 0 {
+                m.with_dedup_key(format!("key{k}"))
+            } else {
+                m
+            }
+        })
+        .collect();
+    q.publish_batch("q", stale).await.expect("publish");
+    let live: Vec<Message> = (0..40)
+        .map(|k| Message::new(format!("live{k}"), ""))
+        .collect();
+    q.publish_batch("q", live).await.expect("publish");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ds = q.receive("q", 35, Duration::ZERO).await.expect("receive");
+    let kinds: Vec<String> = ds.iter().map(|d| d.message.kind.clone()).collect();
+    let want: Vec<String> = (0..35).map(|k| format!("live{k}")).collect();
+    assert_eq!(
+        kinds, want,
+        "35 live messages in FIFO order, in one receive"
+    );
+    assert!(ds.iter().all(|d| d.lease.attempt == 1));
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!(
+        (
+            st.expired,
+            st.dead,
+            st.dead_lettered,
+            st.in_flight,
+            st.ready_total()
+        ),
+        (100, 100, 0, 35, 5)
+    );
+    let dl = q.dead_letters("q", Page::first(200)).await.expect("dead");
+    assert_eq!(dl.len(), 100);
+    assert!(
+        dl.iter()
+            .all(|d| d.error == courier_core::backend::EXPIRED && d.attempts == 0)
+    );
+    let order: Vec<&str> = dl.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(
+        order[..3],
+        ["stale0", "stale1", "stale2"],
+        "buried in FIFO order"
+    );
+    // Every expired key is free again.
+    for k in (0..100).step_by(3) {
+        let r = q
+            .publish_unique(
+                "q",
+                Message::new("again", "").with_dedup_key(format!("key{k}")),
+            )
+            .await
+            .expect("publish");
+        assert!(!r.is_duplicate(), "key{k} still held");
+    }
+    // Acks of the live leases work as usual (the ack hints point at the right rows).
+    for d in &ds {
+        q.ack("q", &d.lease).await.expect("ack");
+    }
+    assert_eq!(q.stats("q").await.expect("stats").acked, 35);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_messages_are_discarded_when_dead_letters_are_off() {
+    let b = virtual_time(QueueConfig::default().with_dead_letter(false)).await;
+    let q: &dyn Queue = &b;
+    let m = Message::new("gone", "")
+        .with_ttl(Duration::from_millis(500))
+        .with_dedup_key("k");
+    q.publish_unique("q", m).await.expect("publish");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        q.receive("q", 5, Duration::ZERO)
+            .await
+            .expect("r")
+            .is_empty()
+    );
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!(
+        (
+            st.expired,
+            st.dead,
+            st.dead_lettered,
+            st.stored(),
+            st.published
+        ),
+        (1, 0, 0, 0, 1)
+    );
+    let r = q
+        .publish_unique("q", Message::new("again", "").with_dedup_key("k"))
+        .await
+        .expect("publish");
+    assert!(!r.is_duplicate(), "the discarded message freed its key");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_expires_events_it_reaches_late_and_counts_them() {
+    let b =
+        virtual_time(QueueConfig::default().with_visibility_timeout(Duration::from_secs(60))).await;
+    let bus: &dyn EventBus = &b;
+    bus.emit_batch(
+        "t",
+        vec![
+            Message::new("e1", "").with_ttl(Duration::from_secs(1)),
+            Message::new("e2", ""),
+            Message::new("e3", "").with_ttl(Duration::from_secs(1)),
+            Message::new("e4", ""),
+        ],
+    )
+    .await
+    .expect("emit");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut kinds = Vec::new();
+    loop {
+        let ds = bus
+            .receive("t", "g", 2, Duration::ZERO)
+            .await
+            .expect("receive");
+        if ds.is_empty() {
+            break;
+        }
+        for d in ds {
+            kinds.push(d.message.kind.clone());
+            bus.settle("t", "g", vec![Settle::Ack(d.lease)])
+                .await
+                .expect("ack");
+        }
+    }
+    assert_eq!(kinds, ["e2", "e4"]);
+    let st = bus.group_stats("t", "g").await.expect("stats");
+    assert_eq!(
+        (st.queue.expired, st.queue.dead, st.queue.acked, st.lag),
+        (2, 2, 2, 0)
+    );
 }
 
 #[tokio::test]
