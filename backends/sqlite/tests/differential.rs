@@ -1,12 +1,15 @@
 //! The same seeded workload through the reference model (memory) and SQLite: what is
 //! delivered, in which order, with which attempt numbers, and what ends in dead letters must
-//! be identical. No timing is involved (zero backoff, long leases), so it is exact.
+//! be identical. No timing is involved (zero backoff, long leases), so it is exact. The runs
+//! with expiry (Q12) add message expiries and pauses on tokio's paused virtual time (both
+//! backends on a `TokioClock`), so they are exact as well.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::{
     EventBus, FailureMode, Message, Page, Priority, Queue, QueueConfig, QueueExt, RetryPolicy,
-    Selection, Settle,
+    Selection, Settle, TokioClock,
 };
 use courier_memory::MemoryBackend;
 use courier_sqlite::SqliteBackend;
@@ -19,8 +22,38 @@ fn config() -> QueueConfig {
         .with_retry(RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO))
 }
 
+/// Options of a workload.
+#[derive(Clone, Copy)]
+struct Workload {
+    /// Give half of the messages an expiry of 1–60 ms (and a few a deduplication key), and
+    /// let virtual time pass between steps.
+    expiry: bool,
+}
+
+const PLAIN: Workload = Workload { expiry: false };
+const EXPIRY: Workload = Workload { expiry: true };
+
+/// With `w.expiry`: maybe an expiry and a key for a new message, and maybe a pause.
+fn expiring(w: Workload, rng: &mut SmallRng, mut m: Message) -> Message {
+    if w.expiry {
+        if rng.random_range(0..2) == 0 {
+            m = m.with_ttl(Duration::from_millis(rng.random_range(1..=60)));
+        }
+        if rng.random_range(0..6) == 0 {
+            m = m.with_dedup_key(format!("k{}", rng.random_range(0..4)));
+        }
+    }
+    m
+}
+
+async fn pause(w: Workload, rng: &mut SmallRng) {
+    if w.expiry {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..8))).await;
+    }
+}
+
 /// Run the workload on one backend and return a trace of everything observable.
-async fn run(q: &dyn Queue, seed: u64) -> Vec<String> {
+async fn run(q: &dyn Queue, seed: u64, w: Workload) -> Vec<String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut trace = Vec::new();
     let mut held = Vec::new();
@@ -37,10 +70,14 @@ async fn run(q: &dyn Queue, seed: u64) -> Vec<String> {
                         if rng.random_range(0..8) == 0 {
                             m = m.with_max_attempts(1);
                         }
-                        m
+                        expiring(w, &mut rng, m)
                     })
                     .collect();
-                q.publish_batch("d", msgs).await.expect("publish");
+                let r = q.publish_batch("d", msgs).await.expect("publish");
+                if w.expiry {
+                    let dup = r.iter().filter(|p| p.is_duplicate()).count();
+                    trace.push(format!("{step} published {} dup {dup}", r.len()));
+                }
             }
             3..=4 => {
                 let max = rng.random_range(1..4);
@@ -89,6 +126,7 @@ async fn run(q: &dyn Queue, seed: u64) -> Vec<String> {
                 }
             }
         }
+        pause(w, &mut rng).await;
         if step % 50 == 0 {
             trace.push(format!(
                 "{step} stats {:?}",
@@ -116,8 +154,8 @@ async fn queue_matches_the_reference_model() {
             .build()
             .await
             .expect("open");
-        let a = run(&mem, seed).await;
-        let b = run(&lite, seed).await;
+        let a = run(&mem, seed, PLAIN).await;
+        let b = run(&lite, seed, PLAIN).await;
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             assert_eq!(x, y, "seed {seed}: first difference at trace line {i}");
         }
@@ -125,7 +163,7 @@ async fn queue_matches_the_reference_model() {
     }
 }
 
-async fn run_events(bus: &dyn EventBus, seed: u64) -> Vec<String> {
+async fn run_events(bus: &dyn EventBus, seed: u64, w: Workload) -> Vec<String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut trace = Vec::new();
     let mut held: Vec<(String, courier_core::Delivery)> = Vec::new();
@@ -139,9 +177,8 @@ async fn run_events(bus: &dyn EventBus, seed: u64) -> Vec<String> {
         match rng.random_range(0..8) {
             0..=2 => {
                 n += 1;
-                bus.emit_batch("t", vec![Message::new(format!("e{n}"), "")])
-                    .await
-                    .expect("emit");
+                let e = expiring(w, &mut rng, Message::new(format!("e{n}"), ""));
+                bus.emit_batch("t", vec![e]).await.expect("emit");
             }
             3..=4 => {
                 let ds = bus
@@ -203,6 +240,7 @@ async fn run_events(bus: &dyn EventBus, seed: u64) -> Vec<String> {
                 }
             }
         }
+        pause(w, &mut rng).await;
         if step % 40 == 0 {
             for g in ["g1", "g2"] {
                 trace.push(format!(
@@ -225,11 +263,71 @@ async fn event_bus_matches_the_reference_model() {
             .build()
             .await
             .expect("open");
-        let a = run_events(&mem, seed).await;
-        let b = run_events(&lite, seed).await;
+        let a = run_events(&mem, seed, PLAIN).await;
+        let b = run_events(&lite, seed, PLAIN).await;
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             assert_eq!(x, y, "seed {seed}: first difference at trace line {i}");
         }
         assert_eq!(a.len(), b.len(), "seed {seed}");
     }
+}
+
+/// Both backends on tokio's paused virtual time, so expiries fall at the same steps.
+async fn on_virtual_time(config: QueueConfig) -> (MemoryBackend, SqliteBackend) {
+    let mem = MemoryBackend::builder()
+        .clock(Arc::new(TokioClock::new()))
+        .default_config(config)
+        .build();
+    let lite = SqliteBackend::builder()
+        .in_memory()
+        .clock(Arc::new(TokioClock::new()))
+        .default_config(config)
+        .build()
+        .await
+        .expect("open");
+    (mem, lite)
+}
+
+/// Expiry (Q12) on top of the same workload: expired messages skipped at the lease that
+/// reaches them (dead letters with "expired", or discarded with `drop_expired`), keys freed,
+/// retries not extending expiries, counters.
+#[tokio::test(start_paused = true)]
+async fn queue_with_expiry_matches_the_reference_model() {
+    let mut expired = 0;
+    for seed in 0..6 {
+        let config = config().with_drop_expired(seed % 3 == 2);
+        let (mem, lite) = on_virtual_time(config).await;
+        let a = run(&mem, seed, EXPIRY).await;
+        let b = run(&lite, seed, EXPIRY).await;
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "seed {seed}: first difference at trace line {i}");
+        }
+        assert_eq!(a.len(), b.len(), "seed {seed}");
+        expired += q_stats(&lite).await.expired;
+    }
+    assert!(expired > 50, "the workload expires messages: {expired}");
+}
+
+async fn q_stats(q: &dyn Queue) -> courier_core::QueueStats {
+    q.stats("d").await.expect("stats")
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_bus_with_expiry_matches_the_reference_model() {
+    let mut expired = 0;
+    for seed in 0..4 {
+        let config = config().with_drop_expired(seed % 2 == 1);
+        let (mem, lite) = on_virtual_time(config).await;
+        let a = run_events(&mem, seed, EXPIRY).await;
+        let b = run_events(&lite, seed, EXPIRY).await;
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "seed {seed}: first difference at trace line {i}");
+        }
+        assert_eq!(a.len(), b.len(), "seed {seed}");
+        for g in ["g1", "g2"] {
+            let bus: &dyn EventBus = &lite;
+            expired += bus.group_stats("t", g).await.expect("stats").queue.expired;
+        }
+    }
+    assert!(expired > 20, "the workload expires events: {expired}");
 }
