@@ -726,10 +726,6 @@ pub(crate) fn ready_count(ctx: &Ctx<'_>, qid: i64, level: i64, limit: usize) -> 
 /// A ready row looked at by a claim: row id, message id, deliveries so far, body.
 type ReadyRow = (i64, Vec<u8>, i64, Vec<u8>);
 
-/// A ready row that decoded and has not expired: row id, message id, deliveries so far, the
-/// message.
-type LiveRow = (i64, Vec<u8>, i64, Message);
-
 /// What a claim remembers of each lease it made: token, row id, whether it has a key.
 type Hint = (i64, i64, bool);
 
@@ -743,8 +739,8 @@ type Hint = (i64, i64, bool);
 /// - a body that cannot be decoded is buried with the decode error after one attempt (Q10);
 /// - a message whose expiry `now` has reached is expired instead ([`expire`], Q12): never
 ///   leased, so "never delivered at or after `expires_at`" holds inside this transaction;
-/// - the others are leased by their primary key with consecutive tokens in that order
-///   (`next_seq + rank`).
+/// - the others get increasing tokens in that order (from `next_seq`) and are leased by their
+///   primary key.
 ///
 /// Rows taken out on the way do not count toward `max`: while fewer than `max` were leased and
 /// the walk was cut short by its `LIMIT`, the next ready rows are looked at the same way. In the
@@ -776,18 +772,37 @@ pub(crate) fn claim(
             })
             .map_err(ctx.err("receive"))?;
         let walked = rows.len();
-        let mut live: Vec<LiveRow> = Vec::with_capacity(walked);
+        // The deliveries are built as the rows are looked at (each message moved once); the
+        // rows are leased right after, in the same transaction.
+        let mut to_lease: Vec<(i64, i64)> = Vec::with_capacity(walked);
+        out.reserve(walked);
+        hints.reserve(walked);
         for (rid, id, deliveries, body) in rows {
             match wire::decode(&bytes::Bytes::from(body)) {
                 Ok(message) if message.is_expired(now) => {
                     tracing::debug!(id = %message.id, expires_at = ?message.expires_at, now, "courier sqlite: message expired before it was leased");
                     expire(ctx, q, rid, now, config)?;
                 }
-                Ok(message) => live.push((rid, id, deliveries, message)),
+                Ok(mut message) => {
+                    let token = q.seq();
+                    let attempt = u32_of(deliveries.saturating_add(1));
+                    message.attempt = attempt;
+                    hints.push((token, rid, message.dedup_key.is_some()));
+                    to_lease.push((rid, token));
+                    out.push(Delivery {
+                        message,
+                        lease: Lease {
+                            id: id_of(&id),
+                            token: u(token),
+                            attempt,
+                            deadline_ms: deadline,
+                        },
+                    });
+                }
                 Err(e) => bury_undecodable(ctx, q, rid, &id, &e, now, config)?,
             }
         }
-        lease_rows(ctx, q, deadline, live, &mut out, &mut hints)?;
+        lease_rows(ctx, deadline, &to_lease)?;
         if walked < want {
             // Nothing more is ready.
             break;
@@ -802,24 +817,11 @@ pub(crate) fn claim(
     Ok(out)
 }
 
-/// Lease `rows` in their order until `deadline` and append their deliveries to `out` (and
-/// what the ack path may skip looking up to `hints`).
-fn lease_rows(
-    ctx: &Ctx<'_>,
-    q: &mut Q,
-    deadline: u64,
-    rows: Vec<LiveRow>,
-    out: &mut Vec<Delivery>,
-    hints: &mut Vec<Hint>,
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // Tokens in FIFO order; the rows are leased LEASE_CHUNK per statement execution (the
-    // remainder one by one): one execution opens the table and index cursors once.
-    let tokens: Vec<i64> = rows.iter().map(|_| q.seq()).collect();
+/// Lease `(rid, token)` rows until `deadline`, counting the delivery: [`LEASE_CHUNK`] rows per
+/// statement execution (one execution opens the table and index cursors once), the remainder
+/// one by one.
+fn lease_rows(ctx: &Ctx<'_>, deadline: u64, rows: &[(i64, i64)]) -> Result<()> {
     let mut chunks = rows.chunks_exact(LEASE_CHUNK);
-    let mut at = 0;
     for chunk in chunks.by_ref() {
         let mut stmt = ctx
             .conn
@@ -827,13 +829,12 @@ fn lease_rows(
             .map_err(ctx.err("receive"))?;
         stmt.raw_bind_parameter(1, i(deadline))
             .map_err(ctx.err("receive"))?;
-        for (k, row) in chunk.iter().enumerate() {
-            stmt.raw_bind_parameter(2 + 2 * k, row.0)
-                .and_then(|()| stmt.raw_bind_parameter(3 + 2 * k, tokens[at + k]))
+        for (k, (rid, token)) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(2 + 2 * k, *rid)
+                .and_then(|()| stmt.raw_bind_parameter(3 + 2 * k, *token))
                 .map_err(ctx.err("receive"))?;
         }
         stmt.raw_execute().map_err(ctx.err("receive"))?;
-        at += LEASE_CHUNK;
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
@@ -844,26 +845,10 @@ fn lease_rows(
                  deliveries = deliveries + 1, token = ?3 WHERE rid = ?2",
             )
             .map_err(ctx.err("receive"))?;
-        for (k, row) in rest.iter().enumerate() {
-            stmt.execute(params![i(deadline), row.0, tokens[at + k]])
+        for (rid, token) in rest {
+            stmt.execute(params![i(deadline), rid, token])
                 .map_err(ctx.err("receive"))?;
         }
-    }
-    out.reserve(rows.len());
-    hints.reserve(rows.len());
-    for ((rid, id, deliveries, mut message), token) in rows.into_iter().zip(tokens) {
-        let attempt = u32_of(deliveries.saturating_add(1));
-        message.attempt = attempt;
-        hints.push((token, rid, message.dedup_key.is_some()));
-        out.push(Delivery {
-            message,
-            lease: Lease {
-                id: id_of(&id),
-                token: u(token),
-                attempt,
-                deadline_ms: deadline,
-            },
-        });
     }
     Ok(())
 }
