@@ -277,6 +277,9 @@ fn read_dead_list(operation: &'static str, reply: Value) -> Result<Vec<DeadLette
     Ok(out)
 }
 
+/// Read a stats reply (stats.lua, group_stats.lua): the gauges and counters every snapshot
+/// has, and the values from the 12th on (deduplicated for a queue, lag for a group; expired,
+/// the 13th of both, is read here too).
 fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<Value>)> {
     let items = array(reply).ok_or_else(|| bad_reply(operation, "not an array"))?;
     if items.len() < 11 {
@@ -292,6 +295,8 @@ fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<
     stats.acked = n(8);
     stats.retried = n(9);
     stats.dead_lettered = n(10);
+    // The 13th value of both stats scripts (their 12th differs: deduplicated or lag).
+    stats.expired = items.get(12).and_then(uint).unwrap_or(0);
     Ok((stats, items.into_iter().skip(11).collect()))
 }
 
@@ -377,7 +382,9 @@ impl RedisBackend {
     ) -> Result<Claimed> {
         let mut cmd = script.call(keys);
         common_args(&mut cmd, config, mode);
-        cmd.arg(max);
+        // n, then whether expired messages are kept as dead letters (Q12; see claim.lua).
+        cmd.arg(max)
+            .arg(if config.keeps_expired() { "1" } else { "0" });
         let reply = self.run("receive", script, &cmd).await?;
         read_claim("receive", reply)
     }

@@ -617,6 +617,151 @@ mod tests {
         Ok(())
     }
 
+    /// lib.lua's expiry reader (Q12): `entry_expiry` finds the instant in extension tag 2 of a
+    /// version-2 entry, whatever else the extension holds; version 1, wrapped and junk entries,
+    /// and a tag 2 that is not 8 bytes, have none. Lua 5.1, no Redis.
+    #[test]
+    fn lib_lua_reads_expiry() -> mlua::Result<()> {
+        use courier_core::{Message, wire};
+        let lua = mlua::Lua::new();
+        let chunk = format!(
+            "{LIB}\n\
+             return function(e)\n\
+               setup({{}}, {{'1', '1', '0 0', '1', '1', 'q', '', '-1', '0'}})\n\
+               return entry_expiry(e) or false, entry_key(e) or false\n\
+             end\n"
+        );
+        let call: mlua::Function = lua.load(chunk).set_name("lib.lua").eval()?;
+        let read = |e: &[u8]| -> mlua::Result<(Option<f64>, Option<String>)> {
+            let (at, key): (mlua::Value, mlua::Value) = call.call(lua.create_string(e)?)?;
+            let at = match at {
+                mlua::Value::Number(x) => Some(x),
+                mlua::Value::Integer(x) => Some(x as f64),
+                _ => None,
+            };
+            let key = match key {
+                mlua::Value::String(s) => Some(s.to_str()?.to_string()),
+                _ => None,
+            };
+            Ok((at, key))
+        };
+        let now = 1_760_000_000_123u64;
+        let messages = [
+            Message::new("k", "p"),
+            Message::new("k", "p").with_dedup_key("order-1"),
+            Message::new("k", "p").with_expires_at(now),
+            Message::new("k", "p")
+                .with_dedup_key("order-2")
+                .with_expires_at(now + 1),
+            Message::new("", "").with_expires_at(1),
+            Message::new("kind", vec![7u8; 300])
+                .with_header("h", "v")
+                .with_dedup_key("é".repeat(100))
+                .with_expires_at((1 << 53) - 1),
+            Message::new("k", "p").with_expires_at(u64::MAX),
+        ];
+        for m in messages {
+            let e = wire::encode(&m).expect("encode");
+            let (at, key) = read(&e)?;
+            assert_eq!(at, m.expires_at.map(|x| x as f64), "{m:?}");
+            assert_eq!(key, m.dedup_key, "{m:?}");
+            // Wrapped (0xC7 0xFF, id, bytes), the same message never expires.
+            let mut wrapped = vec![0xC7, 0xFF];
+            wrapped.extend_from_slice(m.id.as_bytes());
+            wrapped.extend_from_slice(&e);
+            assert_eq!(read(&wrapped)?, (None, None), "wrapped {m:?}");
+        }
+        // An unknown tag before tag 2 is skipped; a tag 2 of another length is no expiry.
+        let m = Message::new("k", "p").with_expires_at(now);
+        let e = wire::encode(&m).expect("encode");
+        let body = &e[..e.len() - 2 - 11];
+        let with_ext = |fields: &[u8]| {
+            let mut out = body.to_vec();
+            out.extend_from_slice(fields);
+            out.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+            out
+        };
+        let mut fields = vec![9, 0, 3, 1, 2, 3, 2, 0, 8];
+        fields.extend_from_slice(&now.to_be_bytes());
+        assert_eq!(read(&with_ext(&fields))?, (Some(now as f64), None));
+        let mut short = vec![2, 0, 4];
+        short.extend_from_slice(&[0, 0, 0, 1]);
+        assert_eq!(read(&with_ext(&short))?, (None, None), "4-byte tag 2");
+        // An extension whose fields run past its end is read as none.
+        assert_eq!(read(&with_ext(&[2, 0, 200, 1]))?, (None, None));
+        // Junk: version byte 2 but too short, or not Courier's magic.
+        assert_eq!(read(&[0xC7, 2, 0, 11])?, (None, None));
+        let mut foreign = e.to_vec();
+        foreign[0] = 0;
+        assert_eq!(read(&foreign)?, (None, None), "not Courier's magic");
+        Ok(())
+    }
+
+    /// lib_more.lua's `split_expired`, the claim's filter (Q12): moves the entries whose expiry
+    /// `now` reached, in order, and keeps the live ones in order; `now == expires_at` expires.
+    #[test]
+    fn lib_more_lua_splits_expired_entries() -> mlua::Result<()> {
+        use courier_core::{Message, wire};
+        let lua = mlua::Lua::new();
+        let chunk = format!(
+            "{LIB}{EXPIRY}{LIB_MORE}\n\
+             return function(entries, now)\n\
+               setup({{}}, {{'1', '1', '0 0', '1', '1', 'q', '', '-1', '0'}})\n\
+               local gone = {{'earlier'}}\n\
+               split_expired(entries, now, gone)\n\
+               return entries, gone\n\
+             end\n"
+        );
+        let call: mlua::Function = lua.load(chunk).set_name("lib_more.lua").eval()?;
+        let now = 1_760_000_000_000u64;
+        let msgs = [
+            Message::new("v1", ""),
+            Message::new("due", "").with_expires_at(now),
+            Message::new("later", "").with_expires_at(now + 1),
+            Message::new("keyed", "").with_dedup_key("k"),
+            Message::new("past", "")
+                .with_dedup_key("k2")
+                .with_expires_at(now - 1000),
+            Message::new("v1b", ""),
+        ];
+        let entries: Vec<Vec<u8>> = msgs
+            .iter()
+            .map(|m| wire::encode(m).expect("encode").to_vec())
+            .chain([b"junk".to_vec()])
+            .collect();
+        let kinds = |list: Vec<mlua::LuaString>| -> Vec<String> {
+            list.into_iter()
+                .map(|s| {
+                    let b = bytes::Bytes::from(s.as_bytes().to_vec());
+                    wire::decode(&b)
+                        .map_or_else(|_| String::from_utf8_lossy(&b).into_owned(), |m| m.kind)
+                })
+                .collect()
+        };
+        let list = lua.create_sequence_from(
+            entries
+                .iter()
+                .map(|e| lua.create_string(e))
+                .collect::<mlua::Result<Vec<_>>>()?,
+        )?;
+        let (live, gone): (Vec<mlua::LuaString>, Vec<mlua::LuaString>) =
+            call.call((list, now as f64))?;
+        assert_eq!(kinds(live), ["v1", "later", "keyed", "v1b", "junk"]);
+        assert_eq!(kinds(gone), ["earlier", "due", "past"]);
+        // Nothing expired: the list is left as it is.
+        let list = lua.create_sequence_from(
+            entries
+                .iter()
+                .map(|e| lua.create_string(e))
+                .collect::<mlua::Result<Vec<_>>>()?,
+        )?;
+        let (live, gone): (Vec<mlua::LuaString>, Vec<mlua::LuaString>) =
+            call.call((list, (now - 1001) as f64))?;
+        assert_eq!(live.len(), entries.len());
+        assert_eq!(kinds(gone), ["earlier"]);
+        Ok(())
+    }
+
     /// The delay table argument is core's table, exactly (nanoseconds), and cached.
     #[test]
     fn delay_table_is_cores_table() {

@@ -5,14 +5,19 @@
 -- both ready and leased, never leased twice, and never lost between pop and lease (a reliable
 -- fetch: there is no moment where a message was popped but not yet recorded as leased).
 --
--- ARGV[A]: n.
+-- Expiry (Q12): the entries popped after their expiry are expired instead (in the same run, on
+-- the server clock) and do not count towards n (see take_live in lib_more.lua).
+--
+-- ARGV[A]: n. ARGV[A + 1]: '1' keeps expired messages as dead letters, '0' drops them.
 -- Reply: see lease() in lib_more.lua; when nothing was leased: { now, 0, next_due_ms }, where
--- next_due_ms says when to look again (-1: only a publish can help).
+-- next_due_ms says when to look again (-1: only a publish can help; 0: at once, the claim
+-- stopped at its bound on expired entries).
 
 local now = now_ms()
 maintain(now)
-local entries = take(tonumber(ARGV[A]))
+local entries, cut = take_live(tonumber(ARGV[A]), now, ARGV[A + 1] == '1')
 if #entries == 0 then
+  if cut then return { now, 0, 0 } end
   -- Idle: drop stale wake-up tokens so the caller's BLPOP waits for a new event. Safe: a
   -- publish after this point pushes a fresh token.
   redis.call('DEL', K_WAKE)

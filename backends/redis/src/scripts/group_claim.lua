@@ -10,7 +10,11 @@
 -- from the log), so retention may trim the log meanwhile; info maps each to its stream id, to
 -- acknowledge it in the log when the group is done with it.
 --
--- ARGV[A]: n.
+-- Expiry (Q12), per group: an event this claim reaches after its expiry, from the group's ready
+-- list or read from the log, is expired for this group (its dead letters, or dropped; its
+-- stream entry acknowledged) and does not count towards n. Other groups are not affected.
+--
+-- ARGV[A]: n. ARGV[A + 1]: '1' keeps expired events as dead letters, '0' drops them.
 -- Reply: as claim.lua; when nothing was leased:
 --   { now, 0, next_due_ms, last id of the log, last id of the wake stream }.
 
@@ -23,13 +27,21 @@ end
 local now = now_ms()
 maintain(now)
 local n = tonumber(ARGV[A])
-local entries = take(n)
+local keep = ARGV[A + 1] == '1'
+local entries, cut = take_live(n, now, keep)
 -- Pull from the log only as many events as can be leased now (so `lag` stays meaningful);
--- an event emitted with a delay waits it out in the group's delayed set first.
+-- an event emitted with a delay waits it out in the group's delayed set first. Events read
+-- after their expiry are expired once the loop is done (forget() needs their stream ids in
+-- info); a round that expired some does not count towards the 8, EXPIRE_MAX bounds those.
 local created = false
 local pulled = 0
 local rounds = 0
-while #entries < n and rounds < 8 do
+local gone = {}
+while #entries < n and rounds < 8 and not cut do
+  if #gone >= EXPIRE_MAX then
+    cut = true
+    break
+  end
   rounds = rounds + 1
   local read = { 'XREADGROUP', 'GROUP', GROUP, 'courier', 'COUNT', n - #entries, 'STREAMS', K_LOG, '>' }
   local r = redis.pcall(unpack(read))
@@ -42,7 +54,7 @@ while #entries < n and rounds < 8 do
     r = redis.call(unpack(read))
   end
   if not (r and r[1]) or #r[1][2] == 0 then break end
-  local hi, z = {}, {}
+  local hi, z, fresh = {}, {}, {}
   local got = r[1][2]
   for i = 1, #got do
     local sid = got[i][1]
@@ -64,7 +76,7 @@ while #entries < n and rounds < 8 do
         z[#z + 1] = d
         z[#z + 1] = m
       else
-        entries[#entries + 1] = m
+        fresh[#fresh + 1] = m
       end
     else
       -- Not an event written by Courier: skip it for good.
@@ -73,9 +85,17 @@ while #entries < n and rounds < 8 do
   end
   vcall('HSET', K_INFO, hi)
   delay_add(z)
+  local before = #gone
+  split_expired(fresh, now, gone)
+  if #gone > before then rounds = rounds - 1 end
+  local k = #entries
+  for i = 1, #fresh do entries[k + i] = fresh[i] end
 end
 count('published', pulled)
+expire(gone, now, keep)
 if #entries == 0 then
-  return { now, 0, next_due(now), last_id(K_LOG), last_id(K_WAKE) }
+  local due = next_due(now)
+  if cut then due = 0 end
+  return { now, 0, due, last_id(K_LOG), last_id(K_WAKE) }
 end
 return lease(entries, now)

@@ -5,7 +5,7 @@
 -- 5000 unread events, an estimate from Redis beyond that.
 --
 -- Reply: { ready, 0, 0, 0, delayed, in_flight, dead, published(0), acked, retried,
---          dead_lettered, lag }.
+--          dead_lettered, lag, expired }.
 
 local now = now_ms()
 maintain(now)
@@ -13,8 +13,10 @@ local out = { redis.call('LLEN', K_READY[1]), 0, 0, 0 }
 out[5] = redis.call('ZCARD', K_DELAYED)
 out[6] = redis.call('HLEN', K_LEASED)
 out[7] = redis.call('ZCARD', K_DEAD)
-local c = redis.call('HMGET', K_COUNTERS, 'published', 'acked', 'retried', 'dead_lettered')
+local c = redis.call('HMGET', K_COUNTERS, 'published', 'acked', 'retried', 'dead_lettered',
+  'expired')
 for i = 1, 4 do out[7 + i] = tonumber(c[i] or 0) or 0 end
+local expired = tonumber(c[5] or 0) or 0
 
 local lag = nil
 local last = nil
@@ -63,4 +65,5 @@ else
   end
 end
 out[12] = lag
+out[13] = expired
 return out

@@ -30,7 +30,8 @@
 --   9     dead      ZSET "id#seq" -> seq, the burial sequence number (oldest first)
 --   10    deadidx   ZSET "id#seq" -> 0 (finds an id's dead letters with ZRANGEBYLEX)
 --   11    deadinfo  HASH "id#seq" -> "attempts|failed_at_ms|priority|error"
---   12    counters  HASH published / acked / retried / dead_lettered / *_seq
+--   12    counters  HASH published / acked / retried / dead_lettered / expired /
+--                   deduplicated / *_seq
 --   13    wake      queue: LIST of wake-up tokens (consumers BLPOP it);
 --                   group: STREAM of wake-up entries (consumers XREAD it)
 --   14    deadlines ZSET lease deadlines (ms): a claim batch (its 15-digit name) -> the
@@ -73,11 +74,24 @@
 -- A wrapped entry whose inner bytes do decode (readers upgraded since it was buried) is
 -- delivered as that message; a settle unwraps it (see plain), an expired lease buries it.
 --
+-- Message expiry (Q12; not the subject of expiry.lua, which handles expired leases): a
+-- version-2 entry may carry its expires_at (extension tag 2, see entry_expiry). Only a claim
+-- looks at it: take_live (lib_more.lua) checks each entry it pops against the server's now and,
+-- when now >= expires_at, expires it instead of leasing it (see expire: a dead letter "expired"
+-- with the deliveries made so far as its attempts, or dropped; counted in `expired`, not in
+-- dead_lettered; its deduplication key left as a bury leaves it), then pops more in its place
+-- until n live entries are leased, nothing is ready, or EXPIRE_MAX entries were expired in the
+-- call. Until a claim reaches it, a message past its expiry stays ready or delayed (and stats
+-- count it there); a leased one finishes normally. Wrapped and junk entries never expire. An
+-- entry with no extension pays one byte read for the check.
+--
 -- ARGV[1..9] (every script):
 --   visibility_ms, max_attempts, delay table (core's retry delays, see expiry.lua), seed,
 --   dead_letter (1/0), mode ('q' queue, 'g' group), group name, retention max_len (-1 = none),
 --   retention max_age_ms (0 = none).
--- The script's own arguments start at ARGV[10] (`A`).
+-- The script's own arguments start at ARGV[10] (`A`). claim.lua and group_claim.lua take two:
+--   ARGV[A] n (how many to lease), ARGV[A + 1] '1' to keep expired messages as dead letters,
+--   '0' to drop them (the config's keeps_expired(): dead_letter and not drop_expired).
 
 -- The state of one call. A script is run in one of two ways (see src/scripts.rs): as a Redis
 -- Function (Redis >= 7: this library is loaded once and each call only runs its function) or
@@ -198,10 +212,11 @@ local function is_wire(e)
   return v == 1 or (v == 2 and #e >= 53)
 end
 
--- The deduplication key of an entry (Q11): in version 2, the field tagged 1 of the extension
--- (tagged fields `tag, u16 length, value`, followed by the extension's u16 length as the last
--- two bytes; docs/wire-format.md). nil for any other entry, or an extension that does not fit.
-local function entry_key(e)
+-- The field tagged `tag` in a version-2 entry's extension (tagged fields `tag, u16 length,
+-- value`, followed by the extension's u16 length as the last two bytes; docs/wire-format.md):
+-- the position of its value and its length, or nil when the entry is not version-2 wire bytes,
+-- has no such field, or has an extension that does not fit.
+local function ext_field(e, tag)
   if byte(e, 2) ~= 2 or not is_wire(e) then return nil end
   local n = #e
   local ext = byte(e, n - 1) * 256 + byte(e, n)
@@ -210,13 +225,31 @@ local function entry_key(e)
   while pos + 2 <= n - 2 do
     local l = byte(e, pos + 1) * 256 + byte(e, pos + 2)
     if pos + 2 + l > n - 2 then return nil end
-    if byte(e, pos) == 1 then
-      if l == 0 then return nil end
-      return sub(e, pos + 3, pos + 2 + l)
-    end
+    if byte(e, pos) == tag then return pos + 3, l end
     pos = pos + 3 + l
   end
   return nil
+end
+
+-- The deduplication key of an entry (Q11): the field tagged 1 of a version-2 entry's
+-- extension. nil for any other entry, an empty key, or an extension that does not fit.
+local function entry_key(e)
+  local at, l = ext_field(e, 1)
+  if not at or l == 0 then return nil end
+  return sub(e, at, at + l - 1)
+end
+
+-- The expiry of an entry (Q12), in ms since the epoch: the field tagged 2 of a version-2
+-- entry's extension, a big-endian u64 (8 bytes, as the decoder requires; exact up to 2^53 ms,
+-- and any later instant stays later than every server clock). nil when the entry has none:
+-- version 1, wrapped or junk bytes, or a field of another length. Callers on the claim path
+-- first compare byte 2 with 2, so entries without an extension cost one byte read.
+local function entry_expiry(e)
+  local at, l = ext_field(e, 2)
+  if not at or l ~= 8 then return nil end
+  local b1, b2, b3, b4, b5, b6, b7, b8 = byte(e, at, at + 7)
+  return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7) * 256
+    + b8
 end
 
 -- An entry's priority (0..3) and the deliveries counted so far (its attempt field); 2 and 0

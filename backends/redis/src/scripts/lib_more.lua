@@ -158,38 +158,64 @@ local function purge_holds(now, max)
   vcall('HDEL', K_DEDUP, gone)
 end
 
--- Move entries to the dead-letter store (or discard them when dead letters are off).
--- entries, atts (deliveries made), errs: parallel lists; ids (optional, sparse): the id the
--- client filed an undecodable entry under (see dead_form). Each dead letter gets its own key
--- "id#seq", so the same id may be dead more than once (as in the reference model).
+-- Store entries as dead letters. entries, atts (deliveries made), errs: parallel lists; ids
+-- (optional, sparse): the id the client filed an undecodable entry under (see dead_form). Each
+-- dead letter gets its own key "id#seq", so the same id may be dead more than once (as in the
+-- reference model).
+local function store_dead(entries, atts, errs, now, ids)
+  local n = #entries
+  local seq = redis.call('HINCRBY', K_COUNTERS, 'dead_seq', n) - n
+  local z, x, h, m = {}, {}, {}, {}
+  for i = 1, n do
+    local e = entries[i]
+    local d = dead_form(e, ids and ids[i], seq + i, now)
+    local key = entry_id(d) .. '#' .. (seq + i)
+    local p = entry_info(e)
+    z[2 * i - 1] = seq + i
+    z[2 * i] = key
+    x[2 * i - 1] = 0
+    x[2 * i] = key
+    h[2 * i - 1] = key
+    h[2 * i] = atts[i] .. '|' .. now .. '|' .. p .. '|' .. errs[i]
+    m[2 * i - 1] = key
+    m[2 * i] = d
+  end
+  vcall('ZADD', K_DEAD, z)
+  vcall('ZADD', K_DEADIDX, x)
+  vcall('HSET', K_DEADINFO, h)
+  vcall('HSET', K_MSGS, m)
+end
+
+-- Move entries to the dead-letter store (or discard them when dead letters are off), counted
+-- in dead_lettered. entries, atts, errs, ids: as store_dead's.
 local function bury(entries, atts, errs, now, ids)
   local n = #entries
   if n == 0 then return end
   leave_keys(entries, now)
-  if DEAD_LETTER then
-    local seq = redis.call('HINCRBY', K_COUNTERS, 'dead_seq', n) - n
-    local z, x, h, m = {}, {}, {}, {}
-    for i = 1, n do
-      local e = entries[i]
-      local d = dead_form(e, ids and ids[i], seq + i, now)
-      local key = entry_id(d) .. '#' .. (seq + i)
-      local p = entry_info(e)
-      z[2 * i - 1] = seq + i
-      z[2 * i] = key
-      x[2 * i - 1] = 0
-      x[2 * i] = key
-      h[2 * i - 1] = key
-      h[2 * i] = atts[i] .. '|' .. now .. '|' .. p .. '|' .. errs[i]
-      m[2 * i - 1] = key
-      m[2 * i] = d
-    end
-    vcall('ZADD', K_DEAD, z)
-    vcall('ZADD', K_DEADIDX, x)
-    vcall('HSET', K_DEADINFO, h)
-    vcall('HSET', K_MSGS, m)
-  end
+  if DEAD_LETTER then store_dead(entries, atts, errs, now, ids) end
   forget(entries)
   count('dead_lettered', n)
+end
+
+-- Entries a claim popped after their expiry (Q12, see lib.lua's header): kept as dead letters
+-- "expired" with the deliveries made so far (their attempt field, not incremented: 0 if
+-- never delivered) when `keep`, else discarded; counted in `expired` either way, never in
+-- dead_lettered. Like a bury they leave their deduplication keys and, in a group, their
+-- stream entries.
+local function expire(entries, now, keep)
+  local n = #entries
+  if n == 0 then return end
+  leave_keys(entries, now)
+  if keep then
+    local atts, errs = {}, {}
+    for i = 1, n do
+      local _, a = entry_info(entries[i])
+      atts[i], errs[i] = a, 'expired'
+    end
+    store_dead(entries, atts, errs, now)
+  end
+  forget(entries)
+  count('expired', n)
 end
 
 -- The dead keys of the given ids (every dead letter of each), oldest first.
@@ -410,6 +436,69 @@ local function take(n)
     end
   end
   return out
+end
+
+-- How many expired entries one claim handles at most, so a long run of them cannot block the
+-- server for long: past it the claim leases what it has and, with nothing to lease, replies
+-- "look again at once" (next_due 0) instead of idle.
+local EXPIRE_MAX = 1000
+
+-- Move the entries whose expiry `now` reached (Q12) from `entries` (popped, in order) to the
+-- end of `gone`; the live ones keep their order. An entry without an extension costs one byte
+-- read, and nothing is copied unless something expired.
+local function split_expired(entries, now, gone)
+  local n = #entries
+  local first = nil
+  for i = 1, n do
+    local e = entries[i]
+    if byte(e, 2) == 2 then
+      local x = entry_expiry(e)
+      if x and now >= x then
+        first = i
+        break
+      end
+    end
+  end
+  if not first then return end
+  local k, g = first - 1, #gone
+  for i = first, n do
+    local e = entries[i]
+    local x = byte(e, 2) == 2 and entry_expiry(e)
+    if x and now >= x then
+      g = g + 1
+      gone[g] = e
+    else
+      k = k + 1
+      entries[k] = e
+    end
+  end
+  for i = n, k + 1, -1 do entries[i] = nil end
+end
+
+-- take(n) for a claim: the entries popped after their expiry are expired (see expire, `keep`
+-- as there) and more are popped in their place, until n live entries are taken, nothing is
+-- ready, or EXPIRE_MAX entries were expired. Returns the live entries, in priority then FIFO
+-- order, and true when that bound stopped it (ready entries may be left).
+local function take_live(n, now, keep)
+  local out = take(n)
+  local gone = {}
+  split_expired(out, now, gone)
+  -- Nothing expired: take's answer is final (fewer than n only when nothing more is ready).
+  if #gone == 0 then return out, false end
+  local cut = false
+  while #out < n do
+    if #gone >= EXPIRE_MAX then
+      cut = true
+      break
+    end
+    local more = take(n - #out)
+    if #more == 0 then break end
+    split_expired(more, now, gone)
+    local k = #out
+    for i = 1, #more do out[k + i] = more[i] end
+  end
+  expire(gone, now, keep)
+  return out, cut
 end
 
 -- Lease entries: each gets a token (see the header) under one deadline, now + VIS. Returns the
