@@ -62,6 +62,11 @@
 //!   without keys keep the plain publish script). A queue keeps each key's holder in a hash and
 //!   the keys' windows in a sorted set under its hash tag; ack, bury and an expired last lease
 //!   free the key in the script that ends the holder's life.
+//! - **Message expiry** (Q12, [`courier_core::Message::with_ttl`]): the claim script reads each
+//!   popped entry's `expires_at` from its wire extension and, at or past it on the server's
+//!   clock, dead-letters it as `"expired"` (or drops it: `drop_expired`) instead of leasing it,
+//!   popping another in its place; a consumer group does the same for itself. Nothing sweeps
+//!   expired messages before a claim reaches them.
 //!
 //! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages;
 //! deduplication is by key);
