@@ -736,17 +736,18 @@ impl Queue for RedisBackend {
         let config = self.queue_config(queue);
         let now = self.inner.clock.now_ms();
         // The whole batch is checked and encoded before anything is sent (Q7, Q10).
+        let mut keyed = false;
         let (ids, encoded) =
             KIT.prepare_batch(Batch::Publish, queue, &config, messages, now, |m| {
+                keyed |= m.dedup_key.is_some();
                 let delay = m.not_before.map_or(0, |at| at.saturating_sub(now));
                 Ok((m.priority.index(), delay, wire::encode(&m)?))
             })?;
         let keys = self.queue_keys(queue);
-        // A keyed message is wire version 2 (Q11). Batches without one take publish.lua, which
-        // does no per-message work; the others publish_keyed.lua, which decides each message.
-        let keyed = encoded
-            .iter()
-            .any(|(_, _, bytes)| bytes.get(1) == Some(&wire::VERSION_KEYED));
+        // Batches without a deduplication key (Q11) take publish.lua, which does no
+        // per-message work; the others publish_keyed.lua, which decides each message. Decided
+        // by the key, not by wire version 2: a message with only an expiry (Q12) is version 2
+        // too, and needs nothing of publish_keyed.lua (claims read its expiry).
         let script = if keyed {
             &self.inner.scripts.publish_keyed
         } else {
