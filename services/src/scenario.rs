@@ -647,7 +647,7 @@ impl Scenario {
     }
 
     /// carol's candidate for dave, with a 250 ms expiry of its own: signaling retries it while
-    /// dave has no session (every 100 ms, fewer than the queue's attempts in 250 ms), then the
+    /// dave has no session (every 100 ms; its own max_attempts is far above that), then the
     /// receive that reaches it after 250 ms expires it. The queue reports the expiry (stats
     /// `expired`, and the dead letter when dead letters are on); the timeline gets it from
     /// there, since no handler ran.
@@ -662,7 +662,10 @@ impl Scenario {
         let msg = Message::json("signaling_ice_candidate", &ice)
             .map_err(|e| e.to_string())?
             .with_header(SOURCE, "client:carol")
-            .with_ttl(ttl);
+            .with_ttl(ttl)
+            // Retried for as long as it is worth anything: its expiry, not the queue's
+            // attempts, ends it (a queue with few attempts would dead-letter it first).
+            .with_max_attempts(1_000);
         let id = msg.id;
         self.courier
             .dispatcher()

@@ -48,13 +48,29 @@ async fn demo_scenario_delivers_every_task_and_event_on_memory() {
         .expect("media queue");
     assert_eq!(media.dead, 1, "{}", report.text);
     assert_eq!(media.retried, 2, "{}", report.text);
+    // carol's candidate for dave expired (LateJoiner): signaling's one dead letter, counted as
+    // expired, not as a failure out of attempts.
+    let signaling = report
+        .queues
+        .iter()
+        .find(|(q, _)| q == "svc.signaling")
+        .map(|(_, s)| *s)
+        .expect("signaling queue");
+    assert_eq!(
+        (signaling.expired, signaling.dead, signaling.dead_lettered),
+        (1, 1, 0),
+        "{}",
+        report.text
+    );
+    assert_eq!(signaling.published, signaling.acked + 1, "{}", report.text);
     for (q, s) in &report.queues {
         assert_eq!(s.ready_total() + s.delayed + s.in_flight, 0, "{q} settled");
-        if q != "svc.media" {
+        if q != "svc.media" && q != "svc.signaling" {
             assert_eq!(s.dead, 0, "{q}");
             assert_eq!(s.published, s.acked, "{q}");
         }
     }
+    assert!(report.text.contains("EXPIRED, not delivered"));
     assert_eq!(report.group_dead_letters, 0);
     assert!(report.text.contains("deliberately malformed task"));
     assert!(report.text.contains("FAILED -> DEAD LETTER"));
