@@ -23,6 +23,14 @@ const PREFETCH: u16 = 2_000;
 /// Appends refused because the stream was not started yet that are tried again.
 const APPEND_RETRIES: u32 = 5;
 
+/// The longest one append (declare, publish, confirm) may take. Around a broker restart a
+/// confirm can fail to arrive at all (the stream's writer was restarting); without a bound the
+/// call, and the worker or publisher waiting on it, would wait forever on a connection that
+/// will never answer. On time out the session is dropped and the call fails `Unavailable`,
+/// which callers retry on a fresh connection (the record may or may not be stored, as for any
+/// failed publish; an unanswered claim is undone by the replica when it is applied).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Streams on one RabbitMQ connection.
 pub struct AmqpLog {
     pub(crate) conn: Arc<Conn>,
@@ -59,7 +67,7 @@ impl AmqpLog {
         let stream = self.stream(name);
         let session = self.conn.session(operation).await.map_err(|e| (e, false))?;
         let mut refused = false;
-        let r = async {
+        let append = async {
             session.declare_stream(&stream, operation).await?;
             let confirm = session
                 .publish
@@ -97,8 +105,17 @@ impl AmqpLog {
                     format!("RabbitMQ did not store the record for stream {stream:?} (nack)"),
                 ))),
             }
-        }
-        .await;
+        };
+        let r = match tokio::time::timeout(APPEND_TIMEOUT, append).await {
+            Ok(r) => r,
+            Err(_) => Err(KIT.tag(operation)(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no confirm from stream {stream:?} within {}s; reconnecting",
+                    APPEND_TIMEOUT.as_secs()
+                ),
+            ))),
+        };
         if let Err(e) = &r {
             self.conn.failed(&session, e).await;
         }
