@@ -268,6 +268,23 @@ pub fn plain_config() -> QueueConfig {
         .with_retry(RetryPolicy::exact(3, Duration::ZERO, 2.0, Duration::ZERO))
 }
 
+/// Wait (bounded by 10 s) until the backend's clock (the server's for Redis, the log's for
+/// RabbitMQ and NATS) reaches `at_ms`: for cases about instants on that clock (Q12 expiry).
+pub async fn clock_past(cx: &Ctx, at_ms: u64) -> Outcome {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let clock = cx.backend.queue.clock();
+    let limit = Instant::now() + LIMIT;
+    while clock.now_ms() < at_ms {
+        ensure!(
+            Instant::now() < limit,
+            "the backend clock did not reach {at_ms} within {LIMIT:?} (now {})",
+            clock.now_ms()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Await `fut` for at most `limit`, failing the case with `what` when it takes longer.
 pub async fn within<T>(
     limit: Duration,

@@ -11,7 +11,7 @@ use courier_core::backend::EXPIRED;
 use courier_core::{Message, Page};
 
 use super::{ack_all, bus, emit_one, expect_none, gstats, recv_n, topic_len};
-use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, plain_config, within};
+use crate::{Case, Ctx, Outcome, case, clock_past, ensure_eq, plain_config, within};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -28,20 +28,6 @@ pub(super) fn cases() -> Vec<Case> {
             group_drops
         ),
     ]
-}
-
-/// Wait (bounded) until the event bus's clock reaches `at_ms`.
-async fn clock_past(cx: &Ctx, at_ms: u64) -> Outcome {
-    let clock = cx.backend.queue.clock();
-    let limit = std::time::Instant::now() + LIMIT;
-    while clock.now_ms() < at_ms {
-        ensure!(
-            std::time::Instant::now() < limit,
-            "the backend clock did not reach {at_ms} within {LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 async fn late_group_skips(cx: Ctx) -> Outcome {

@@ -11,7 +11,9 @@ use courier_core::backend::EXPIRED;
 use courier_core::{ErrorKind, Message, Priority, Published, QueueExt, RetryPolicy, Settle};
 
 use super::{LIMIT, config_with, one, publish, publish_all, queue, settle};
-use crate::{Case, Ctx, Outcome, case, ensure, ensure_eq, expect_nothing, plain_config, within};
+use crate::{
+    Case, Ctx, Outcome, case, clock_past, ensure, ensure_eq, expect_nothing, plain_config, within,
+};
 
 pub(super) fn cases() -> Vec<Case> {
     vec![
@@ -56,21 +58,6 @@ pub(super) fn cases() -> Vec<Case> {
             bad_expiries_refused
         ),
     ]
-}
-
-/// Wait (bounded) until the backend's clock reaches `at_ms`.
-async fn clock_past(cx: &Ctx, at_ms: u64) -> Outcome {
-    let clock = cx.q().clock();
-    let limit = std::time::Instant::now() + LIMIT;
-    while clock.now_ms() < at_ms {
-        ensure!(
-            std::time::Instant::now() < limit,
-            "the backend clock did not reach {at_ms} within {LIMIT:?} (now {})",
-            clock.now_ms()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 async fn stats(cx: &Ctx, q: &str) -> Result<courier_core::QueueStats, crate::Failure> {
