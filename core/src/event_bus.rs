@@ -250,6 +250,39 @@ pub trait EventBus: Send + Sync + 'static {
     /// As [`crate::Queue::purge_dead`]: it may or may not have been applied (on Redis,
     /// possibly in part).
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64>;
+
+    /// The topics this backend stores (E7): every topic an event was ever emitted to or a
+    /// consumer group exists on, by any process sharing the backend, sorted by name, each
+    /// once. A topic whose events were all trimmed stays listed.
+    ///
+    /// # Errors
+    /// A backend failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("{}: listing topics is not implemented", self.backend_name()),
+        ))
+    }
+
+    /// The consumer groups of `topic` (E7), sorted by name, each once: every group created
+    /// by [`EventBus::create_group`], [`EventBus::reset_group`] or a first
+    /// [`EventBus::receive`], by any process. An unknown topic has no groups (not an error).
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid topic name, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        let _ = topic;
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("{}: listing groups is not implemented", self.backend_name()),
+        ))
+    }
 }
 
 const _: Option<&dyn EventBus> = None;

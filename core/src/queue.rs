@@ -359,6 +359,23 @@ pub trait Queue: Send + Sync + 'static {
     /// Dropping the future may or may not have deleted the selection (on Redis, possibly a
     /// part of it: it purges in script calls of up to 1,000).
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64>;
+
+    /// The queues this backend stores (Q13): every queue a message was ever published to, by
+    /// any process sharing the backend, sorted by name, each once. An emptied queue stays
+    /// listed (its counters remain); a queue only configured, read or received from is not
+    /// listed. A queue may also be listed after a publish to it that failed.
+    ///
+    /// # Errors
+    /// A backend failure (see [`Queue`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    async fn list_queues(&self) -> Result<Vec<String>> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("{}: listing queues is not implemented", self.backend_name()),
+        ))
+    }
 }
 
 /// Conveniences for every [`Queue`], including `dyn Queue`.

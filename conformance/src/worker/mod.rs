@@ -202,6 +202,9 @@ impl Queue for Counting {
     fn queue_config(&self, queue: &str) -> QueueConfig {
         self.inner.queue_config(queue)
     }
+    async fn list_queues(&self) -> courier_core::Result<Vec<String>> {
+        self.inner.list_queues().await
+    }
     async fn publish_batch(
         &self,
         queue: &str,
