@@ -251,6 +251,24 @@ impl Topic {
     pub fn group_config(&self, group: &str) -> Option<QueueConfig> {
         self.groups.get(group).map(|g| g.state.config)
     }
+
+    /// The groups that were placed (created, reset or received from), sorted (E7). A group
+    /// only configured or looked at is not one of them.
+    pub fn placed_groups(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.placed)
+            .map(|(name, _)| name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether the topic is listed (E7): an event was emitted to it or a group was placed.
+    pub fn is_listed(&self) -> bool {
+        self.next > 0 || self.groups.values().any(|g| g.placed)
+    }
 }
 
 /// FNV-1a: a hash of a name that is the same in every process and build.
@@ -544,5 +562,28 @@ impl EventBus for MemoryBackend {
         self.on_group(topic, group, "purge_dead", |v, _| {
             v.group.state.purge_dead(&which)
         })?
+    }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        let topics: Vec<(String, Arc<TopicShared>)> = self
+            .inner
+            .topics
+            .read()
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        let mut v: Vec<String> = topics
+            .into_iter()
+            .filter(|(_, t)| t.topic.lock().is_listed())
+            .map(|(name, _)| name)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        KIT.check_name("topic", topic, "list_groups")?;
+        let t = self.inner.topics.read().get(topic).cloned();
+        Ok(t.map(|t| t.topic.lock().placed_groups()).unwrap_or_default())
     }
 }

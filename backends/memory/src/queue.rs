@@ -175,4 +175,21 @@ impl Queue for MemoryBackend {
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
         self.on_queue(queue, "purge_dead", |st, _| st.purge_dead(&which))?
     }
+
+    async fn list_queues(&self) -> Result<Vec<String>> {
+        let queues: Vec<(String, Arc<QueueShared>)> = self
+            .inner
+            .queues
+            .read()
+            .iter()
+            .map(|(name, q)| (name.clone(), q.clone()))
+            .collect();
+        let mut v: Vec<String> = queues
+            .into_iter()
+            .filter(|(_, q)| q.state.lock().stats().published > 0)
+            .map(|(name, _)| name)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
 }

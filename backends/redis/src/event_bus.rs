@@ -462,4 +462,36 @@ impl EventBus for RedisBackend {
         self.dead_move_with(&self.group_keys(topic, group), &config, mode, false, which)
             .await
     }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        let prefix = &self.inner.prefix;
+        let keys = self.scan(&keys::topic_scan(prefix), "list_topics").await?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| keys::topic_of(prefix, k).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The log's consumer groups (`XINFO GROUPS`): a group exists in Redis once it was placed.
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        const OP: &str = "list_groups";
+        KIT.check_name("topic", topic, OP)?;
+        let log = keys::log(&self.inner.prefix, topic);
+        let mut conn = self.conn(OP);
+        let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&log)
+            .query_async(&mut conn)
+            .await;
+        let mut names: Vec<String> = match reply {
+            Ok(r) => r.groups.into_iter().map(|g| g.name).collect(),
+            // The topic has no log: no event, no group.
+            Err(e) if e.to_string().contains("no such key") => Vec::new(),
+            Err(e) => return Err(map_err(OP, e)),
+        };
+        names.sort();
+        Ok(names)
+    }
 }

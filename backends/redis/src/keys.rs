@@ -72,6 +72,34 @@ pub(crate) const GROUP_WAKE: usize = 12;
 /// See [`GROUP_WAKE`].
 pub(crate) const GROUP_LOG: usize = 15;
 
+/// A `SCAN` pattern matching one key of every queue that was published to (its counters,
+/// which a publish creates and nothing removes), for listing (Q13).
+pub(crate) fn queue_scan(prefix: &str) -> String {
+    format!("{{{prefix}:q:*}}:{LAYOUT}:counters")
+}
+
+/// The queue a [`queue_scan`] key belongs to; `None` for a key of another prefix that the
+/// pattern also matched (a longer prefix makes a name with `:`, which no queue has).
+pub(crate) fn queue_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    let name = key
+        .strip_prefix(&format!("{{{prefix}:q:"))?
+        .strip_suffix(&format!("}}:{LAYOUT}:counters"))?;
+    courier_core::names::validate_name("name", name).ok().map(|()| name)
+}
+
+/// A `SCAN` pattern matching every topic's log (an emit or a group creates it, E7).
+pub(crate) fn topic_scan(prefix: &str) -> String {
+    format!("{{{prefix}:t:*}}:log")
+}
+
+/// The topic a [`topic_scan`] key belongs to (see [`queue_of`]).
+pub(crate) fn topic_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    let name = key
+        .strip_prefix(&format!("{{{prefix}:t:"))?
+        .strip_suffix("}:log")?;
+    courier_core::names::validate_name("name", name).ok().map(|()| name)
+}
+
 /// The Redis channel of a pub/sub channel (pub/sub channels are not per database, so the prefix
 /// also isolates them).
 pub(crate) fn channel(prefix: &str, channel: &str) -> String {
@@ -123,6 +151,18 @@ mod tests {
         assert!(k.iter().all(|key| slot_tag(key) == "app:t:meeting.created"));
         assert_eq!(k[GROUP_LOG], log("app", "meeting.created"));
         assert!(k[GROUP_WAKE].ends_with(":wake"));
+    }
+
+    #[test]
+    fn listing_patterns_find_names_of_their_prefix_only() {
+        let counters = &queue("app", "orders")[QUEUE_COUNTERS];
+        assert_eq!(queue_of("app", counters), Some("orders"));
+        assert_eq!(queue_scan("app"), "{app:q:*}:v2:counters");
+        // The pattern of prefix `app` also matches the keys of prefix `app:q`; they are skipped.
+        assert_eq!(queue_of("app", &queue("app:q", "orders")[QUEUE_COUNTERS]), None);
+        assert_eq!(queue_of("app", &queue("app", "orders")[0]), None);
+        assert_eq!(topic_of("app", &log("app", "meeting.events")), Some("meeting.events"));
+        assert_eq!(topic_of("app", &log("app:t", "x")), None);
     }
 
     #[test]

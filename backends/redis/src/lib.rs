@@ -251,6 +251,35 @@ impl RedisBackend {
         Ok(id)
     }
 
+    /// Every key matching `pattern`, each once, by `SCAN` (never `KEYS`: a large database
+    /// keeps serving while the listing pages through it, 1,000 keys a call). On one node; a
+    /// cluster would scan every master.
+    pub(crate) async fn scan(&self, pattern: &str, operation: &'static str) -> Result<Vec<String>> {
+        let mut conn = self.conn(operation);
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| crate::error::map_err(operation, e))?;
+            found.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // SCAN may return a key twice (when the table is resized during the iteration).
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     /// The shared connection, for a call of `operation`; its outcomes keep the `commands`
     /// pool's [`Health`].
     fn conn(&self, operation: &'static str) -> Conn {

@@ -917,6 +917,17 @@ impl Queue for RedisBackend {
         self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, false, which)
             .await
     }
+
+    async fn list_queues(&self) -> Result<Vec<String>> {
+        let prefix = &self.inner.prefix;
+        let keys = self.scan(&keys::queue_scan(prefix), "list_queues").await?;
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| keys::queue_of(prefix, k).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
 }
 
 #[cfg(test)]

@@ -599,4 +599,38 @@ impl EventBus for SqliteBackend {
         )
         .await
     }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        // A group's row exists once it was placed (`Open::Create`: receive, reset, create).
+        self.inner
+            .writer
+            .call("list_topics", |ctx| {
+                store::names(
+                    ctx,
+                    "list topics",
+                    "SELECT topic FROM courier_topics WHERE next > 0 \
+                     UNION SELECT topic FROM courier_queues WHERE kind = 'group' \
+                     ORDER BY 1",
+                    None,
+                )
+            })
+            .await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        KIT.check_name("topic", topic, "list_groups")?;
+        let t = topic.to_owned();
+        self.inner
+            .writer
+            .call("list_groups", move |ctx| {
+                store::names(
+                    ctx,
+                    "list groups",
+                    "SELECT name FROM courier_queues WHERE kind = 'group' AND topic = ?1 \
+                     ORDER BY name",
+                    Some(&t),
+                )
+            })
+            .await
+    }
 }

@@ -217,4 +217,20 @@ impl Queue for SqliteBackend {
         })
         .await
     }
+
+    async fn list_queues(&self) -> Result<Vec<String>> {
+        // A queue's row is made by any call on it; `published` tells those published to.
+        self.inner
+            .writer
+            .call("list_queues", |ctx| {
+                store::names(
+                    ctx,
+                    "list queues",
+                    "SELECT name FROM courier_queues WHERE kind = 'queue' AND published > 0 \
+                     ORDER BY name",
+                    None,
+                )
+            })
+            .await
+    }
 }

@@ -140,6 +140,23 @@ impl Q {
 const ABSENT_QID: i64 = -1;
 
 /// The row id of a queue or group if it exists (in any process), without creating it.
+/// The names one listing query returns (Q13, E7), in its order. `what` names the listing in
+/// errors.
+pub(crate) fn names(
+    ctx: &Ctx<'_>,
+    what: &'static str,
+    sql: &str,
+    param: Option<&str>,
+) -> Result<Vec<String>> {
+    ctx.conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(param), |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(ctx.err(what))
+}
+
 pub(crate) fn find_qid(
     ctx: &mut Ctx<'_>,
     key: &str,

@@ -19,6 +19,7 @@ mod emit;
 mod expiry;
 mod failure;
 mod groups;
+mod listing;
 mod local;
 mod order;
 mod replay;
@@ -29,6 +30,7 @@ pub(crate) fn cases() -> Vec<Case> {
     let mut all = Vec::new();
     all.extend(emit::cases());
     all.extend(groups::cases());
+    all.extend(listing::cases());
     all.extend(failure::cases());
     all.extend(expiry::cases());
     all.extend(order::cases());

@@ -18,6 +18,7 @@ mod delay;
 mod durability;
 mod expiry;
 mod lease;
+mod listing;
 mod priority;
 mod retry;
 mod stats;
@@ -32,6 +33,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(dead_letters::cases());
     all.extend(dedup::cases());
     all.extend(expiry::cases());
+    all.extend(listing::cases());
     all.extend(batch::cases());
     all.extend(stats::cases());
     all.extend(conservation::cases());
