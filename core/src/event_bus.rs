@@ -259,13 +259,9 @@ pub trait EventBus: Send + Sync + 'static {
     /// A backend failure.
     ///
     /// # Cancel safety
-    /// Cancel safe: it only reads.
-    async fn list_topics(&self) -> Result<Vec<String>> {
-        Err(crate::Error::new(
-            crate::ErrorKind::Unsupported,
-            format!("{}: listing topics is not implemented", self.backend_name()),
-        ))
-    }
+    /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
+    /// registry log, which holds no state).
+    async fn list_topics(&self) -> Result<Vec<String>>;
 
     /// The consumer groups of `topic` (E7), sorted by name, each once: every group created
     /// by [`EventBus::create_group`], [`EventBus::reset_group`] or a first
@@ -275,14 +271,9 @@ pub trait EventBus: Send + Sync + 'static {
     /// [`crate::ErrorKind::InvalidInput`] for an invalid topic name, or a backend failure.
     ///
     /// # Cancel safety
-    /// Cancel safe: it only reads.
-    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
-        let _ = topic;
-        Err(crate::Error::new(
-            crate::ErrorKind::Unsupported,
-            format!("{}: listing groups is not implemented", self.backend_name()),
-        ))
-    }
+    /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
+    /// registry log, which holds no state).
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>>;
 }
 
 const _: Option<&dyn EventBus> = None;

@@ -369,13 +369,9 @@ pub trait Queue: Send + Sync + 'static {
     /// A backend failure (see [`Queue`]).
     ///
     /// # Cancel safety
-    /// Cancel safe: it only reads.
-    async fn list_queues(&self) -> Result<Vec<String>> {
-        Err(crate::Error::new(
-            crate::ErrorKind::Unsupported,
-            format!("{}: listing queues is not implemented", self.backend_name()),
-        ))
-    }
+    /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
+    /// registry log, which holds no state).
+    async fn list_queues(&self) -> Result<Vec<String>>;
 }
 
 /// Conveniences for every [`Queue`], including `dyn Queue`.

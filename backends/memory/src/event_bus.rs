@@ -584,6 +584,7 @@ impl EventBus for MemoryBackend {
     async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
         KIT.check_name("topic", topic, "list_groups")?;
         let t = self.inner.topics.read().get(topic).cloned();
-        Ok(t.map(|t| t.topic.lock().placed_groups()).unwrap_or_default())
+        Ok(t.map(|t| t.topic.lock().placed_groups())
+            .unwrap_or_default())
     }
 }

@@ -84,7 +84,9 @@ pub(crate) fn queue_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
     let name = key
         .strip_prefix(&format!("{{{prefix}:q:"))?
         .strip_suffix(&format!("}}:{LAYOUT}:counters"))?;
-    courier_core::names::validate_name("name", name).ok().map(|()| name)
+    courier_core::names::validate_name("name", name)
+        .ok()
+        .map(|()| name)
 }
 
 /// A `SCAN` pattern matching every topic's log (an emit or a group creates it, E7).
@@ -97,7 +99,9 @@ pub(crate) fn topic_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
     let name = key
         .strip_prefix(&format!("{{{prefix}:t:"))?
         .strip_suffix("}:log")?;
-    courier_core::names::validate_name("name", name).ok().map(|()| name)
+    courier_core::names::validate_name("name", name)
+        .ok()
+        .map(|()| name)
 }
 
 /// The Redis channel of a pub/sub channel (pub/sub channels are not per database, so the prefix
@@ -159,9 +163,15 @@ mod tests {
         assert_eq!(queue_of("app", counters), Some("orders"));
         assert_eq!(queue_scan("app"), "{app:q:*}:v2:counters");
         // The pattern of prefix `app` also matches the keys of prefix `app:q`; they are skipped.
-        assert_eq!(queue_of("app", &queue("app:q", "orders")[QUEUE_COUNTERS]), None);
+        assert_eq!(
+            queue_of("app", &queue("app:q", "orders")[QUEUE_COUNTERS]),
+            None
+        );
         assert_eq!(queue_of("app", &queue("app", "orders")[0]), None);
-        assert_eq!(topic_of("app", &log("app", "meeting.events")), Some("meeting.events"));
+        assert_eq!(
+            topic_of("app", &log("app", "meeting.events")),
+            Some("meeting.events")
+        );
         assert_eq!(topic_of("app", &log("app:t", "x")), None);
     }
 

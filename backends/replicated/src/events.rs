@@ -15,7 +15,7 @@ use crate::models::{Answer, MAX_CLAIM, TopicModel};
 use crate::queue::encode_entry;
 use crate::record::Op;
 use crate::replica::Replica;
-use crate::{Log, Replicated};
+use crate::{Log, Replicated, registry};
 
 fn unexpected(kit: Kit, operation: &'static str, answer: &Answer) -> Error {
     kit.tag(operation)(Error::new(
@@ -109,6 +109,9 @@ impl<L: Log> EventBus for Replicated<L> {
                 .kit
                 .prepare_batch(Batch::Emit, topic, &config, events, now, encode_entry)?;
         self.retention_applied(topic).await?;
+        if !entries.is_empty() {
+            self.register(registry::Kind::Topic, topic, "emit").await?;
+        }
         let replica = self.topic_replica(topic);
         self.append_entries(&replica, entries, Op::Emit, "emit")
             .await?;
@@ -126,6 +129,8 @@ impl<L: Log> EventBus for Replicated<L> {
         self.inner.kit.check_group(topic, group, "receive")?;
         self.inner.kit.check_max(max)?;
         self.retention_applied(topic).await?;
+        self.register(registry::Kind::Topic, topic, "receive")
+            .await?;
         let replica = self.topic_replica(topic);
         let env = &self.inner.env;
         let until = tokio::time::Instant::now() + wait;
@@ -189,7 +194,10 @@ impl<L: Log> EventBus for Replicated<L> {
     }
 
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()> {
+        self.inner.kit.check_group(topic, group, "reset_group")?;
         self.retention_applied(topic).await?;
+        self.register(registry::Kind::Topic, topic, "reset_group")
+            .await?;
         let op = |config| Op::ResetGroup { config, from };
         match self.group_call(topic, group, op, "reset_group").await? {
             Answer::Reset(r) => r.map_err(self.inner.kit.tag("reset_group")),
@@ -198,7 +206,10 @@ impl<L: Log> EventBus for Replicated<L> {
     }
 
     async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
+        self.inner.kit.check_group(topic, group, "create_group")?;
         self.retention_applied(topic).await?;
+        self.register(registry::Kind::Topic, topic, "create_group")
+            .await?;
         let op = |config| Op::CreateGroup { config, from };
         match self.group_call(topic, group, op, "create_group").await? {
             Answer::Created(r) => r.map_err(self.inner.kit.tag("create_group")),
@@ -246,6 +257,20 @@ impl<L: Log> EventBus for Replicated<L> {
             Answer::Count(r) => r.map_err(self.inner.kit.tag("purge_dead")),
             other => Err(unexpected(self.inner.kit, "purge_dead", &other)),
         }
+    }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        self.registered(registry::Kind::Topic, "list_topics").await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
+        self.inner.kit.check_name("topic", topic, "list_groups")?;
+        self.retention_applied(topic).await?;
+        let config = self.inner.configs.default_config();
+        self.topic_replica(topic)
+            .call(&self.inner.env, "", Op::Sync { config }, "list_groups")
+            .await?;
+        Ok(self.topic_replica(topic).read(|m| m.topic.placed_groups()))
     }
 }
 

@@ -23,6 +23,7 @@ mod events;
 mod models;
 mod queue;
 mod record;
+mod registry;
 mod replica;
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ struct Inner<L: Log> {
     retention_tasks: Mutex<HashMap<String, tokio::task::JoinHandle<Result<()>>>>,
     /// Test support (see [`Replicated::batch_fault_switch`]).
     batch_fault: Arc<AtomicUsize>,
+    /// The queues and topics this handle registered (see `registry`).
+    registered: registry::Registered,
 }
 
 impl<L: Log> Drop for Inner<L> {
@@ -127,6 +130,7 @@ impl<L: Log> Replicated<L> {
                 topics: RwLock::default(),
                 retention_tasks: Mutex::default(),
                 batch_fault: Arc::default(),
+                registered: registry::Registered::default(),
             }),
         }
     }
@@ -153,6 +157,32 @@ impl<L: Log> Replicated<L> {
     #[doc(hidden)]
     pub fn batch_fault_switch(&self) -> Arc<AtomicUsize> {
         self.inner.batch_fault.clone()
+    }
+
+    /// Register `name` in the registry before its first use by this handle (Q13, E7).
+    async fn register(
+        &self,
+        kind: registry::Kind,
+        name: &str,
+        operation: &'static str,
+    ) -> Result<()> {
+        registry::register(
+            &*self.inner.env.log,
+            &self.inner.registered,
+            kind,
+            name,
+            operation,
+        )
+        .await
+    }
+
+    /// The registered names of `kind` (Q13, E7).
+    async fn registered(
+        &self,
+        kind: registry::Kind,
+        operation: &'static str,
+    ) -> Result<Vec<String>> {
+        registry::list(&*self.inner.env.log, self.inner.kit, kind, operation).await
     }
 
     /// Whether the armed batch fault fires now (see [`Replicated::batch_fault_switch`]).
@@ -258,6 +288,9 @@ macro_rules! forward_queue_and_event_bus {
                 which: courier_core::Selection,
             ) -> courier_core::Result<u64> {
                 courier_core::Queue::purge_dead(self.$store(), queue, which).await
+            }
+            async fn list_queues(&self) -> courier_core::Result<Vec<String>> {
+                courier_core::Queue::list_queues(self.$store()).await
             }
         }
 
@@ -370,6 +403,12 @@ macro_rules! forward_queue_and_event_bus {
                 which: courier_core::Selection,
             ) -> courier_core::Result<u64> {
                 courier_core::EventBus::purge_dead(self.$store(), topic, group, which).await
+            }
+            async fn list_topics(&self) -> courier_core::Result<Vec<String>> {
+                courier_core::EventBus::list_topics(self.$store()).await
+            }
+            async fn list_groups(&self, topic: &str) -> courier_core::Result<Vec<String>> {
+                courier_core::EventBus::list_groups(self.$store(), topic).await
             }
         }
     };

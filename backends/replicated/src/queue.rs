@@ -14,7 +14,7 @@ use courier_core::{
 use crate::models::{Answer, MAX_CLAIM, QueueModel};
 use crate::record::{Entry, Op};
 use crate::replica::{Model, Replica};
-use crate::{Log, Replicated};
+use crate::{Log, Replicated, registry};
 
 /// The most bytes of messages one publish record holds; a larger batch takes several
 /// records, each stored whole or not at all (Q7).
@@ -174,6 +174,10 @@ impl<L: Log> Queue for Replicated<L> {
             now,
             encode_entry,
         )?;
+        if !entries.is_empty() {
+            self.register(registry::Kind::Queue, queue, "publish")
+                .await?;
+        }
         let replica = self.queue_replica(queue);
         // The key checks happen where the record is applied, in log order, so racing
         // publishers of one key store exactly one message on every replica (Q11).
@@ -286,5 +290,9 @@ impl<L: Log> Queue for Replicated<L> {
             Answer::Count(r) => r.map_err(self.inner.kit.tag("purge_dead")),
             other => Err(unexpected(self.inner.kit, "purge_dead", &other)),
         }
+    }
+
+    async fn list_queues(&self) -> Result<Vec<String>> {
+        self.registered(registry::Kind::Queue, "list_queues").await
     }
 }

@@ -1,4 +1,4 @@
-//! EventBus cases: rules E1–E6 of DESIGN §6 (durable events with consumer groups), and the
+//! EventBus cases: rules E1–E7 of DESIGN §6 (durable events with consumer groups), and the
 //! failure rules of §3 applied per group (E3).
 //!
 //! One file per rule: the `events::<rule>::*` cases live in `events/<rule>.rs`; the helpers

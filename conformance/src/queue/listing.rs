@@ -81,14 +81,14 @@ async fn emptied_stays(cx: Ctx) -> Outcome {
     let purged = queue(&cx, "gone-purged", plain_config())?;
     publish(&cx, &acked, Message::new("done", "1")).await?;
     let d = one(&cx, &acked, LIMIT).await?;
-    settle(&cx, &acked, Settle::Ack(d.lease.clone())).await?;
+    settle(&cx, &acked, Settle::Ack(d.lease)).await?;
     publish(&cx, &purged, Message::new("doomed", "1")).await?;
     let d = one(&cx, &purged, LIMIT).await?;
     settle(
         &cx,
         &purged,
         Settle::Bury {
-            lease: d.lease.clone(),
+            lease: d.lease,
             error: "poison".into(),
         },
     )

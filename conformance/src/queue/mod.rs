@@ -1,4 +1,4 @@
-//! Queue cases: rules Q1–Q11 of DESIGN §3 and its precise choices.
+//! Queue cases: rules Q1–Q13 of DESIGN §3 and its precise choices.
 //!
 //! One file per rule: the `queue::<rule>::*` cases live in `queue/<rule>.rs`; the helpers
 //! they share are below.
