@@ -48,10 +48,12 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The queues the backend stores (every queue published to, by any process), with their
+    /// depth.
+    Queues,
     /// A table per queue: ready per priority, delayed, in flight, dead and the counters.
     Stats {
-        /// The queues.
-        #[arg(required = true)]
+        /// The queues (default: every queue the backend stores).
         queues: Vec<String>,
         /// Print again every SECONDS, with rates (Ctrl-C stops).
         #[arg(long, value_name = "SECONDS")]
@@ -188,12 +190,13 @@ pub enum DeadCommand {
 /// `courier events …`.
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
+    /// The topics the backend stores, with their retained events and groups.
+    Topics,
     /// Groups of a topic with their lag, pending and dead events.
     Groups {
         /// The topic.
         topic: String,
-        /// The groups.
-        #[arg(required = true)]
+        /// The groups (default: every group of the topic).
         groups: Vec<String>,
     },
     /// Move a group to another position of the log (its pending events are dropped).
@@ -264,7 +267,15 @@ pub async fn run(courier: &Courier, cli: &Cli, out: &mut String) -> courier::Res
             queues,
             watch,
             times,
-        } => stats(courier, queues, *watch, *times, cli.json, out).await,
+        } => {
+            let queues = if queues.is_empty() {
+                courier.queue().list_queues().await?
+            } else {
+                queues.clone()
+            };
+            stats(courier, &queues, *watch, *times, cli.json, out).await
+        }
+        Command::Queues => queues(courier, cli.json, out).await,
         Command::Dead { command } => dead(courier, command, cli.json, out).await,
         Command::Publish {
             queue,
@@ -328,6 +339,40 @@ pub async fn run(courier: &Courier, cli: &Cli, out: &mut String) -> courier::Res
             "bench runs on its own connections: use the binary (`courier bench --url …`)",
         )),
     }
+}
+
+/// `courier queues`: every stored queue, one line each.
+async fn queues(courier: &Courier, as_json: bool, out: &mut String) -> courier::Result<Done> {
+    let names = courier.queue().list_queues().await?;
+    if !as_json {
+        let w = names.iter().map(String::len).max().unwrap_or(5).max(5);
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>10}",
+            "queue", "ready", "delayed", "in-flight", "dead", "published"
+        );
+        for q in &names {
+            let s = courier.queue().stats(q).await?;
+            let _ = writeln!(
+                out,
+                "{q:<w$} {:>8} {:>8} {:>9} {:>7} {:>10}",
+                s.ready_total(),
+                s.delayed,
+                s.in_flight,
+                s.dead,
+                s.published
+            );
+        }
+        if names.is_empty() {
+            let _ = writeln!(out, "(no queue: nothing was published on this backend)");
+        }
+        return Ok(Done::Ok);
+    }
+    for q in &names {
+        let s = courier.queue().stats(q).await?;
+        let _ = writeln!(out, "{}", stats_json(q, &s));
+    }
+    Ok(Done::Ok)
 }
 
 fn stats_json(queue: &str, s: &QueueStats) -> serde_json::Value {
@@ -833,7 +878,40 @@ async fn events(
     out: &mut String,
 ) -> courier::Result<Done> {
     match command {
+        EventsCommand::Topics => {
+            let topics = courier.events().list_topics().await?;
+            for t in &topics {
+                let len = courier.events().topic_len(t).await?;
+                let groups = courier.events().list_groups(t).await?;
+                if as_json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        json!({"topic": t, "retained": len, "groups": groups})
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{t}: {len} event(s) retained; groups: {}",
+                        if groups.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            groups.join(", ")
+                        }
+                    );
+                }
+            }
+            if topics.is_empty() && !as_json {
+                let _ = writeln!(out, "(no topic: nothing was emitted on this backend)");
+            }
+            Ok(Done::Ok)
+        }
         EventsCommand::Groups { topic, groups } => {
+            let groups = if groups.is_empty() {
+                courier.events().list_groups(topic).await?
+            } else {
+                groups.clone()
+            };
             let len = courier.events().topic_len(topic).await?;
             if !as_json {
                 let _ = writeln!(out, "topic {topic}: {len} event(s) retained");
@@ -843,7 +921,7 @@ async fn events(
                     "group", "lag", "ready", "in-flight", "dead", "acked", "expired"
                 );
             }
-            for g in groups {
+            for g in &groups {
                 let s = courier.events().group_stats(topic, g).await?;
                 if as_json {
                     let _ = writeln!(

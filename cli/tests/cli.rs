@@ -471,3 +471,119 @@ async fn tail_prints_live_messages() {
         run.stdout
     );
 }
+
+/// `courier queues`, `stats` without names, `events topics` and `events groups` without
+/// names list what the backend stores (Q13, E7), with the library's numbers. `exact`: the
+/// backend holds only this test's names (a fresh SQLite file); else (a shared Redis) the
+/// test's names must be among the listed ones.
+async fn listing(c: &Courier, url: &str, exact: bool) {
+    use courier::{EventBusExt, QueueExt, ReplayFrom};
+    let (q1, q2, q3) = (unique("list-a"), unique("list-b"), unique("list-c"));
+    let s1 = workload(c, &q1).await;
+    within("publish", c.queue().publish(&q2, Message::new("one", "x"))).await;
+    let s2 = within("stats", c.queue().stats(&q2)).await;
+    // Only read: not listed.
+    within("stats", c.queue().stats(&q3)).await;
+    let t = unique("topic");
+    within("emit", c.events().emit(&t, Message::new("joined", "{}"))).await;
+    for g in ["audit", "billing"] {
+        within(
+            "create_group",
+            c.events().create_group(&t, g, ReplayFrom::Start),
+        )
+        .await;
+    }
+
+    let run = courier_cli(&["--url", url, "--json", "queues"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    let names: Vec<&str> = lines.iter().filter_map(|v| v["queue"].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "sorted by name");
+    assert!(
+        !names.contains(&q3.as_str()),
+        "{q3} was only read: {names:?}"
+    );
+    if exact {
+        assert_eq!(names, [q1.as_str(), q2.as_str()]);
+    }
+    for (q, want) in [(&q1, &s1), (&q2, &s2)] {
+        let v = lines
+            .iter()
+            .find(|v| v["queue"] == q.as_str())
+            .unwrap_or_else(|| panic!("{q} is listed: {names:?}"));
+        assert_same_stats(v, want);
+    }
+    // The table names them too.
+    let run = courier_cli(&["--url", url, "queues"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(
+        run.stdout.contains(&q1) && run.stdout.contains(&q2),
+        "{}",
+        run.stdout
+    );
+
+    if exact {
+        let run = courier_cli(&["--url", url, "--json", "stats"]);
+        assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+        let lines = json_lines(&run.stdout);
+        assert_eq!(lines.len(), 2, "stats without names covers every queue");
+        assert_same_stats(&lines[0], &s1);
+    }
+
+    let run = courier_cli(&["--url", url, "--json", "events", "topics"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    let v = lines
+        .iter()
+        .find(|v| v["topic"] == t.as_str())
+        .unwrap_or_else(|| panic!("{t} is listed: {lines:?}"));
+    assert_eq!(v["retained"].as_u64(), Some(1), "{v}");
+    assert_eq!(v["groups"], serde_json::json!(["audit", "billing"]), "{v}");
+    if exact {
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    let run = courier_cli(&["--url", url, "--json", "events", "groups", &t]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    let groups: Vec<(&str, Option<u64>)> = lines
+        .iter()
+        .map(|v| (v["group"].as_str().unwrap_or(""), v["lag"].as_u64()))
+        .collect();
+    assert_eq!(groups, [("audit", Some(1)), ("billing", Some(1))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_lists_queues_topics_and_groups() {
+    let db = TempDb::new("listing");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    listing(&c, &url, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lists_queues_topics_and_groups() {
+    let Some((c, url)) = redis().await else {
+        return;
+    };
+    listing(&c, &url, false).await;
+}
+
+/// memory:// in-process: `courier queues` names what this process published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_lists_queues_in_process() {
+    let c = within("connect", courier::connect("memory://")).await;
+    let q = unique("mem-list");
+    let want = workload(&c, &q).await;
+    within("stats", c.queue().stats("only-read")).await;
+    let cli = courier_cli::Cli::try_parse_from(["courier", "--json", "queues"]).expect("parse");
+    let mut out = String::new();
+    let done = within("run", courier_cli::run(&c, &cli, &mut out)).await;
+    assert_eq!(done, courier_cli::Done::Ok);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["queue"], q.as_str());
+    assert_same_stats(&lines[0], &want);
+}
