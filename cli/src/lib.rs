@@ -22,6 +22,8 @@ use courier::{
 };
 use serde_json::json;
 
+pub mod dashboard;
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -136,6 +138,9 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         payload: usize,
     },
+    /// A web UI: queues with depth and rates, dead letters (view, requeue, purge), event groups
+    /// with lag, updating live (see [`dashboard`]).
+    Dashboard(dashboard::Args),
 }
 
 /// `courier dead …`.
@@ -335,6 +340,7 @@ pub async fn run(courier: &Courier, cli: &Cli, out: &mut String) -> courier::Res
             duration,
         } => tail(courier, pattern, *payload, *count, *duration, cli.json, out).await,
         Command::Events { command } => events(courier, command, cli.json, out).await,
+        Command::Dashboard(args) => dashboard::run(courier, cli, args).await,
         Command::Bench { .. } => Err(Error::invalid(
             "bench runs on its own connections: use the binary (`courier bench --url …`)",
         )),
@@ -375,7 +381,7 @@ async fn queues(courier: &Courier, as_json: bool, out: &mut String) -> courier::
     Ok(Done::Ok)
 }
 
-fn stats_json(queue: &str, s: &QueueStats) -> serde_json::Value {
+pub(crate) fn stats_json(queue: &str, s: &QueueStats) -> serde_json::Value {
     json!({
         "queue": queue,
         "ready": {"critical": s.ready[0], "high": s.ready[1], "normal": s.ready[2], "low": s.ready[3]},
@@ -511,18 +517,18 @@ fn flush(out: &mut String) {
     out.clear();
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn parse_id(text: &str) -> courier::Result<MessageId> {
+pub(crate) fn parse_id(text: &str) -> courier::Result<MessageId> {
     text.parse::<MessageId>()
         .map_err(|_| Error::invalid(format!("{text:?} is not a message id")))
 }
 
-fn dead_json(d: &DeadLetter, with_payload: bool) -> serde_json::Value {
+pub(crate) fn dead_json(d: &DeadLetter, with_payload: bool) -> serde_json::Value {
     let mut v = json!({
         "id": d.message.id.to_string(),
         "kind": d.message.kind,

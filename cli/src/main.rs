@@ -32,6 +32,10 @@ fn main() -> ExitCode {
 
 async fn main_async(cli: &Cli) -> courier::Result<Done> {
     let url = resolve_url(cli)?;
+    if let Command::Dashboard(args) = &cli.command {
+        // Refuse a bad --listen or a missing token before connecting.
+        courier_cli::dashboard::preflight(args)?;
+    }
     if let Command::Bench {
         messages,
         batch,

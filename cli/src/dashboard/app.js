@@ -1,0 +1,402 @@
+// The Courier dashboard: polls /api/overview about once a second and renders it. Every value
+// goes into the page through textContent (payloads and errors are never parsed as HTML).
+'use strict';
+
+const CSRF = document.querySelector('meta[name="courier-csrf"]').content;
+const PRIOS = ['critical', 'high', 'normal', 'low'];
+const PAGE = 50;
+const POLL_MS = 1000;
+const HISTORY = 120; // chart points: two minutes at one a second
+
+const $ = (id) => document.getElementById(id);
+
+let last = null; // the previous overview, for rates
+const history = []; // {publ, ack} per poll
+let shownQueues = [];
+let deadQueue = null;
+let deadOffset = 0;
+let deadTotal = 0;
+let detailId = null;
+let ticks = 0;
+
+// --- HTTP ----------------------------------------------------------------------------------------
+
+async function api(path, options) {
+  const r = await fetch(path, Object.assign({ credentials: 'same-origin', cache: 'no-store' }, options));
+  const text = await r.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch (_) {
+    body = { error: text.trim() };
+  }
+  if (!r.ok) throw new Error(body.error || 'HTTP ' + r.status);
+  return body;
+}
+
+function post(path, body) {
+  return api(path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Courier-Csrf': CSRF },
+    body: JSON.stringify(body),
+  });
+}
+
+const queuePath = (q) => '/api/queues/' + encodeURIComponent(q) + '/dead';
+
+// --- helpers -------------------------------------------------------------------------------------
+
+function cell(tr, text, cls) {
+  const td = document.createElement('td');
+  td.textContent = String(text);
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function emptyRow(tbody, cols, text) {
+  const tr = document.createElement('tr');
+  const td = cell(tr, text, 'name note');
+  td.colSpan = cols;
+  tbody.appendChild(tr);
+}
+
+function note(id, text) {
+  $(id).textContent = text || '';
+  $(id).hidden = !text;
+}
+
+function when(ms) {
+  if (!ms) return '';
+  return new Date(ms).toISOString().replace('T', ' ').slice(0, 19) + 'Z';
+}
+
+function status(text, ok) {
+  $('status').textContent = text;
+  $('status').className = 'status ' + (ok ? 'ok' : 'err');
+}
+
+function button(text, cls, onclick) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = text;
+  b.className = cls;
+  b.addEventListener('click', onclick);
+  return b;
+}
+
+// An in-page confirmation (a modal with Confirm and Cancel).
+function ask(text) {
+  return new Promise((resolve) => {
+    $('confirm-text').textContent = text;
+    $('confirm').hidden = false;
+    const done = (answer) => {
+      $('confirm').hidden = true;
+      $('confirm-yes').onclick = null;
+      $('confirm-no').onclick = null;
+      resolve(answer);
+    };
+    $('confirm-yes').onclick = () => done(true);
+    $('confirm-no').onclick = () => done(false);
+    $('confirm-yes').focus();
+  });
+}
+
+// --- overview ------------------------------------------------------------------------------------
+
+function renderQueues(ov) {
+  const prev = last ? new Map(last.queues.map((q) => [q.queue, q])) : new Map();
+  const secs = last ? Math.max((ov.at_ms - last.at_ms) / 1000, 0.001) : 0;
+  const tbody = $('queues').tBodies[0];
+  tbody.replaceChildren();
+  let publ = 0;
+  let ack = 0;
+  let rated = false;
+  const depth = (q) => PRIOS.reduce((s, p) => s + q.ready[p], 0);
+  const max = Math.max(1, ...ov.queues.map(depth));
+  for (const q of ov.queues) {
+    const tr = document.createElement('tr');
+    tr.dataset.queue = q.queue;
+    cell(tr, q.queue, 'name');
+    for (const p of PRIOS) cell(tr, q.ready[p], 'ready-' + p);
+    cell(tr, q.delayed, 'delayed');
+    cell(tr, q.in_flight, 'in-flight');
+    const dead = cell(tr, '', 'dead' + (q.dead > 0 ? ' some' : ''));
+    dead.appendChild(
+      button(String(q.dead), 'link', () => {
+        location.hash = '#/dead/' + encodeURIComponent(q.queue);
+      }),
+    );
+    const o = prev.get(q.queue);
+    let pr = '–';
+    let ar = '–';
+    if (o && secs) {
+      const p1 = Math.max(0, q.published - o.published) / secs;
+      const a1 = Math.max(0, q.acked - o.acked) / secs;
+      publ += p1;
+      ack += a1;
+      rated = true;
+      pr = p1.toFixed(1);
+      ar = a1.toFixed(1);
+    }
+    cell(tr, pr, 'publ-rate');
+    cell(tr, ar, 'ack-rate');
+    const bar = cell(tr, '', 'bar');
+    const stack = document.createElement('div');
+    stack.className = 'stack';
+    stack.title = PRIOS.map((p) => p + ' ' + q.ready[p]).join(', ');
+    for (const p of PRIOS) {
+      const s = document.createElement('span');
+      s.className = p;
+      s.style.width = (q.ready[p] / max) * 100 + '%';
+      stack.appendChild(s);
+    }
+    bar.appendChild(stack);
+    tbody.appendChild(tr);
+  }
+  if (!ov.queues.length) emptyRow(tbody, 11, 'no queues to show');
+  if (rated) {
+    history.push({ publ, ack });
+    while (history.length > HISTORY) history.shift();
+  }
+  drawChart();
+  note('queues-note', ov.queues_note);
+}
+
+function renderGroups(ov) {
+  const tbody = $('groups').tBodies[0];
+  tbody.replaceChildren();
+  for (const g of ov.groups) {
+    const tr = document.createElement('tr');
+    tr.dataset.group = g.topic + '/' + g.group;
+    cell(tr, g.topic, 'name');
+    cell(tr, g.group, 'name');
+    cell(tr, g.lag, 'lag');
+    cell(tr, g.ready + g.delayed, 'pending');
+    cell(tr, g.in_flight, 'in-flight');
+    cell(tr, g.dead, 'dead' + (g.dead > 0 ? ' some' : ''));
+    cell(tr, g.acked, 'acked');
+    cell(tr, g.retained, 'retained');
+    tbody.appendChild(tr);
+  }
+  if (!ov.groups.length) emptyRow(tbody, 8, 'no event groups to show');
+  note('groups-note', ov.groups_note);
+}
+
+function drawChart() {
+  const c = $('rates');
+  const g = c.getContext('2d');
+  const w = c.width;
+  const h = c.height;
+  const pad = { l: 40, r: 8, t: 8, b: 16 };
+  g.clearRect(0, 0, w, h);
+  g.font = '11px system-ui, sans-serif';
+  g.fillStyle = '#6b7280';
+  g.strokeStyle = '#e3e6eb';
+  g.lineWidth = 1;
+  const max = Math.max(1, ...history.map((p) => Math.max(p.publ, p.ack)));
+  const top = niceCeil(max);
+  for (let i = 0; i <= 2; i++) {
+    const y = pad.t + ((h - pad.t - pad.b) * i) / 2;
+    g.beginPath();
+    g.moveTo(pad.l, y + 0.5);
+    g.lineTo(w - pad.r, y + 0.5);
+    g.stroke();
+    g.fillText(fmtRate((top * (2 - i)) / 2), 2, y + 4);
+  }
+  g.fillText('now', w - pad.r - 20, h - 3);
+  g.fillText('−2 min', pad.l, h - 3);
+  if (history.length < 2) {
+    g.fillText('measuring…', w / 2 - 30, h / 2);
+    return;
+  }
+  const x = (i) => pad.l + ((w - pad.l - pad.r) * (i + HISTORY - history.length)) / (HISTORY - 1);
+  const y = (v) => h - pad.b - ((h - pad.t - pad.b) * v) / top;
+  for (const [key, color] of [
+    ['publ', '#2e86de'],
+    ['ack', '#27ae60'],
+  ]) {
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
+    history.forEach((p, i) => (i ? g.lineTo(x(i), y(p[key])) : g.moveTo(x(i), y(p[key]))));
+    g.stroke();
+  }
+}
+
+function niceCeil(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function fmtRate(v) {
+  return v >= 1000 ? (v / 1000).toFixed(1) + 'k' : v >= 10 ? v.toFixed(0) : v.toFixed(1);
+}
+
+async function refreshOverview() {
+  const ov = await api('/api/overview');
+  $('backend').textContent = ov.backend + (ov.url ? ' · ' + ov.url : '');
+  renderQueues(ov);
+  renderGroups(ov);
+  shownQueues = ov.queues.map((q) => q.queue);
+  fillSelect();
+  last = ov;
+}
+
+// --- dead letters --------------------------------------------------------------------------------
+
+function fillSelect() {
+  const sel = $('dead-queue');
+  const names = shownQueues.slice();
+  if (deadQueue && !names.includes(deadQueue)) names.unshift(deadQueue);
+  const have = Array.from(sel.options).map((o) => o.value);
+  if (have.join('\n') === names.join('\n')) {
+    if (deadQueue) sel.value = deadQueue;
+    return;
+  }
+  sel.replaceChildren(
+    ...names.map((n) => {
+      const o = document.createElement('option');
+      o.value = n;
+      o.textContent = n;
+      return o;
+    }),
+  );
+  if (deadQueue) sel.value = deadQueue;
+}
+
+async function loadDead() {
+  if (!deadQueue) {
+    $('dead-count').textContent = '';
+    return;
+  }
+  const q = deadQueue;
+  const page = await api(queuePath(q) + '?offset=' + deadOffset + '&limit=' + PAGE);
+  if (q !== deadQueue) return;
+  deadTotal = page.dead;
+  $('dead-count').textContent = page.dead + ' dead';
+  $('dead-count').dataset.count = String(page.dead);
+  $('requeue-all').disabled = page.dead === 0;
+  $('purge-all').disabled = page.dead === 0;
+  const tbody = $('dead-list').tBodies[0];
+  tbody.replaceChildren();
+  for (const d of page.items) {
+    const tr = document.createElement('tr');
+    tr.dataset.id = d.id;
+    cell(tr, d.id, 'name id');
+    cell(tr, d.kind, 'name');
+    cell(tr, d.priority, 'priority');
+    cell(tr, d.attempts, 'attempts');
+    cell(tr, when(d.failed_at_ms), 'name');
+    const err = cell(tr, (d.error || '').split('\n')[0], 'error');
+    err.title = d.error || '';
+    const act = cell(tr, '', 'act');
+    act.appendChild(button('view', 'link view', () => showDetail(d.id)));
+    act.appendChild(button('requeue', 'link requeue', () => requeue([d.id])));
+    act.appendChild(button('purge', 'link purge', () => purge([d.id])));
+    tbody.appendChild(tr);
+  }
+  if (!page.items.length) emptyRow(tbody, 7, deadOffset ? 'no more dead letters' : 'no dead letters');
+  const to = deadOffset + page.items.length;
+  $('dead-range').textContent = page.items.length ? deadOffset + 1 + '–' + to + ' of ' + page.dead : '';
+  $('dead-prev').disabled = deadOffset === 0;
+  $('dead-next').disabled = to >= page.dead;
+}
+
+async function showDetail(id) {
+  const d = await api(queuePath(deadQueue) + '/' + encodeURIComponent(id));
+  detailId = id;
+  $('detail-id').textContent = d.id;
+  $('detail-kind').textContent = d.kind;
+  $('detail-priority').textContent = d.priority;
+  $('detail-attempts').textContent = String(d.attempts);
+  $('detail-created').textContent = when(d.created_at_ms);
+  $('detail-failed').textContent = when(d.failed_at_ms);
+  $('detail-error').textContent = d.error;
+  $('detail-headers').textContent = JSON.stringify(d.headers, null, 2);
+  let payload = d.payload;
+  try {
+    payload = JSON.stringify(JSON.parse(d.payload), null, 2);
+  } catch (_) {
+    // not JSON: shown as it is (text, or hex for binary)
+  }
+  $('detail-payload').textContent = payload;
+  $('dead-detail').hidden = false;
+}
+
+async function act(verb, ids) {
+  const q = deadQueue;
+  const what = ids ? (ids.length === 1 ? 'dead letter ' + ids[0] : ids.length + ' dead letters') : 'all ' + deadTotal + ' dead letters';
+  const sure = await ask(verb[0].toUpperCase() + verb.slice(1) + ' ' + what + ' of ' + q + '?' + (verb === 'purge' ? ' They are deleted for good.' : ''));
+  if (!sure) return;
+  try {
+    const r = await post(queuePath(q) + '/' + verb, ids ? { ids } : { all: true });
+    const n = verb === 'purge' ? r.purged : r.requeued;
+    $('dead-result').textContent = (verb === 'purge' ? 'purged ' : 'requeued ') + n;
+    if (ids && ids.includes(detailId)) $('dead-detail').hidden = true;
+    if (!ids) $('dead-detail').hidden = true;
+  } catch (e) {
+    $('dead-result').textContent = verb + ' failed: ' + e.message;
+  }
+  await Promise.allSettled([loadDead(), refreshOverview()]);
+}
+
+const requeue = (ids) => act('requeue', ids);
+const purge = (ids) => act('purge', ids);
+
+// --- routing and polling -------------------------------------------------------------------------
+
+function route() {
+  const h = location.hash || '#/';
+  const dead = h.startsWith('#/dead');
+  $('view-overview').hidden = dead;
+  $('view-dead').hidden = !dead;
+  $('nav-overview').classList.toggle('active', !dead);
+  $('nav-dead').classList.toggle('active', dead);
+  if (!dead) return;
+  const named = decodeURIComponent(h.slice('#/dead/'.length));
+  const q = named || deadQueue || shownQueues[0] || null;
+  if (q !== deadQueue) {
+    deadQueue = q;
+    deadOffset = 0;
+    $('dead-detail').hidden = true;
+    $('dead-result').textContent = '';
+  }
+  fillSelect();
+  loadDead().catch((e) => status(e.message, false));
+}
+
+async function tick() {
+  try {
+    await refreshOverview();
+    if (!$('view-dead').hidden) {
+      if (!deadQueue && shownQueues.length) route();
+      else if (ticks % 2 === 0) await loadDead();
+    }
+    status('live · ' + new Date().toLocaleTimeString(), true);
+  } catch (e) {
+    status(e.message, false);
+  }
+  ticks += 1;
+  setTimeout(tick, POLL_MS);
+}
+
+$('dead-queue').addEventListener('change', (e) => {
+  location.hash = '#/dead/' + encodeURIComponent(e.target.value);
+});
+$('requeue-all').addEventListener('click', () => requeue(null));
+$('purge-all').addEventListener('click', () => purge(null));
+$('detail-requeue').addEventListener('click', () => detailId && requeue([detailId]));
+$('detail-purge').addEventListener('click', () => detailId && purge([detailId]));
+$('dead-prev').addEventListener('click', () => {
+  deadOffset = Math.max(0, deadOffset - PAGE);
+  loadDead().catch((e) => status(e.message, false));
+});
+$('dead-next').addEventListener('click', () => {
+  deadOffset += PAGE;
+  loadDead().catch((e) => status(e.message, false));
+});
+window.addEventListener('hashchange', route);
+route();
+tick();
