@@ -204,13 +204,15 @@ function drawChart() {
     g.stroke();
     g.fillText(fmtRate((top * (2 - i)) / 2), 2, y + 4);
   }
+  // The x axis spans what was gathered, at least 30 polls and at most HISTORY.
+  const span = Math.min(HISTORY, Math.max(30, history.length));
   g.fillText('now', w - pad.r - 20, h - 3);
-  g.fillText('−2 min', pad.l, h - 3);
+  g.fillText('−' + Math.round((span * POLL_MS) / 1000) + ' s', pad.l, h - 3);
   if (history.length < 2) {
     g.fillText('measuring…', w / 2 - 30, h / 2);
     return;
   }
-  const x = (i) => pad.l + ((w - pad.l - pad.r) * (i + HISTORY - history.length)) / (HISTORY - 1);
+  const x = (i) => pad.l + ((w - pad.l - pad.r) * (i + span - history.length)) / (span - 1);
   const y = (v) => h - pad.b - ((h - pad.t - pad.b) * v) / top;
   for (const [key, color] of [
     ['publ', '#2e86de'],
