@@ -57,6 +57,9 @@ pub const TOKEN_ENV: &str = "COURIER_DASHBOARD_TOKEN";
 /// The header a POST must carry the page's CSRF token in.
 pub const CSRF_HEADER: &str = "x-courier-csrf";
 
+/// How long one request may wait for the backend before it is answered 504.
+const REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The session cookie set after `/?token=…`.
 const COOKIE: &str = "courier_dashboard";
 
@@ -318,7 +321,17 @@ async fn csrf_then(app: &App, req: Request, next: Next) -> Response {
             );
         }
     }
-    next.run(req).await
+    match tokio::time::timeout(REQUEST_LIMIT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => api_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!(
+                "the backend gave no answer within {} s (a requeue or purge may or may not \
+                 have been applied; the next refresh shows which)",
+                REQUEST_LIMIT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// Equal, in time that depends only on the lengths.

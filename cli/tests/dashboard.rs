@@ -948,11 +948,19 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// The text of the first element matching `css`; None when there is none, or when it was
+    /// replaced between finding and reading it (a stale element: the caller polls again).
     fn text_of(&self, css: &str) -> Option<String> {
         let id = self.find_all(css).into_iter().next()?;
-        self.cmd("GET", &format!("/element/{id}/text"), None)
+        self.cmd_try("GET", &format!("/element/{id}/text"))
+            .ok()?
             .as_str()
             .map(String::from)
+    }
+
+    fn cmd_try(&self, method: &str, what: &str) -> Result<Value, String> {
+        let body = (method == "POST").then(|| json!({}));
+        self.try_call(method, &format!("/session/{}{what}", self.session), body)
     }
 
     /// Poll (bounded) until `css`'s text satisfies `ok`; its text.
@@ -971,16 +979,24 @@ impl Browser {
         }
     }
 
+    /// Click the first element matching `css`, waiting (bounded) for it to be there; a click
+    /// on an element replaced meanwhile is tried again on the new one.
     fn click(&self, css: &str) {
         let deadline = Instant::now() + LIMIT;
-        let id = loop {
-            if let Some(id) = self.find_all(css).into_iter().next() {
-                break id;
+        loop {
+            let tried = match self.find_all(css).into_iter().next() {
+                Some(id) => self.cmd_try("POST", &format!("/element/{id}/click")),
+                None => Err("not there".to_string()),
+            };
+            match tried {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "cannot click {css} within {LIMIT:?}: {e}"
+                ),
             }
-            assert!(Instant::now() < deadline, "no {css} to click");
             std::thread::sleep(Duration::from_millis(100));
-        };
-        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+        }
     }
 
     fn screenshot(&self) -> Vec<u8> {

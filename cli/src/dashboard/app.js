@@ -54,6 +54,52 @@ function cell(tr, text, cls) {
   return td;
 }
 
+// Rows are updated in place, keyed (data-key), rather than rebuilt on every refresh: a button
+// under the pointer stays the same element while the numbers around it change.
+function syncRows(tbody, items, keyOf, fill) {
+  const old = new Map();
+  for (const r of Array.from(tbody.rows)) {
+    if (r.dataset.key === undefined) r.remove();
+    else old.set(r.dataset.key, r);
+  }
+  let prev = null;
+  for (const item of items) {
+    const key = keyOf(item);
+    let tr = old.get(key);
+    if (tr) {
+      old.delete(key);
+    } else {
+      tr = document.createElement('tr');
+      tr.dataset.key = key;
+    }
+    fill(tr, item);
+    const at = prev ? prev.nextSibling : tbody.firstChild;
+    if (at !== tr) tbody.insertBefore(tr, at);
+    prev = tr;
+  }
+  for (const r of old.values()) r.remove();
+}
+
+// The row's i-th cell (made on first use), with class `cls`.
+function cellAt(tr, i, cls) {
+  while (tr.cells.length <= i) tr.appendChild(document.createElement('td'));
+  const td = tr.cells[i];
+  if (cls !== undefined && td.className !== cls) td.className = cls;
+  return td;
+}
+
+function setText(el, text) {
+  const t = String(text);
+  if (el.textContent !== t) el.textContent = t;
+}
+
+// The row's i-th cell showing `text`.
+function put(tr, i, text, cls) {
+  const td = cellAt(tr, i, cls);
+  setText(td, text);
+  return td;
+}
+
 function emptyRow(tbody, cols, text) {
   const tr = document.createElement('tr');
   const td = cell(tr, text, 'name note');
@@ -108,25 +154,27 @@ function renderQueues(ov) {
   const prev = last ? new Map(last.queues.map((q) => [q.queue, q])) : new Map();
   const secs = last ? Math.max((ov.at_ms - last.at_ms) / 1000, 0.001) : 0;
   const tbody = $('queues').tBodies[0];
-  tbody.replaceChildren();
   let publ = 0;
   let ack = 0;
   let rated = false;
   const depth = (q) => PRIOS.reduce((s, p) => s + q.ready[p], 0);
   const max = Math.max(1, ...ov.queues.map(depth));
-  for (const q of ov.queues) {
-    const tr = document.createElement('tr');
+  syncRows(tbody, ov.queues, (q) => q.queue, (tr, q) => {
     tr.dataset.queue = q.queue;
-    cell(tr, q.queue, 'name');
-    for (const p of PRIOS) cell(tr, q.ready[p], 'ready-' + p);
-    cell(tr, q.delayed, 'delayed');
-    cell(tr, q.in_flight, 'in-flight');
-    const dead = cell(tr, '', 'dead' + (q.dead > 0 ? ' some' : ''));
-    dead.appendChild(
-      button(String(q.dead), 'link', () => {
-        location.hash = '#/dead/' + encodeURIComponent(q.queue);
-      }),
-    );
+    put(tr, 0, q.queue, 'name');
+    PRIOS.forEach((p, i) => put(tr, 1 + i, q.ready[p], 'ready-' + p));
+    put(tr, 5, q.delayed, 'delayed');
+    put(tr, 6, q.in_flight, 'in-flight');
+    const dead = cellAt(tr, 7, 'dead' + (q.dead > 0 ? ' some' : ''));
+    if (!dead.firstChild) {
+      dead.appendChild(
+        button('', 'link', () => {
+          location.hash = '#/dead/' + encodeURIComponent(q.queue);
+        }),
+      );
+      dead.firstChild.title = 'browse the dead letters';
+    }
+    setText(dead.firstChild, q.dead);
     const o = prev.get(q.queue);
     let pr = '–';
     let ar = '–';
@@ -139,21 +187,25 @@ function renderQueues(ov) {
       pr = p1.toFixed(1);
       ar = a1.toFixed(1);
     }
-    cell(tr, pr, 'publ-rate');
-    cell(tr, ar, 'ack-rate');
-    const bar = cell(tr, '', 'bar');
-    const stack = document.createElement('div');
-    stack.className = 'stack';
-    stack.title = PRIOS.map((p) => p + ' ' + q.ready[p]).join(', ');
-    for (const p of PRIOS) {
-      const s = document.createElement('span');
-      s.className = p;
-      s.style.width = (q.ready[p] / max) * 100 + '%';
-      stack.appendChild(s);
+    put(tr, 8, pr, 'publ-rate');
+    put(tr, 9, ar, 'ack-rate');
+    const bar = cellAt(tr, 10, 'bar');
+    if (!bar.firstChild) {
+      const stack = document.createElement('div');
+      stack.className = 'stack';
+      for (const p of PRIOS) {
+        const span = document.createElement('span');
+        span.className = p;
+        stack.appendChild(span);
+      }
+      bar.appendChild(stack);
     }
-    bar.appendChild(stack);
-    tbody.appendChild(tr);
-  }
+    const stack = bar.firstChild;
+    stack.title = PRIOS.map((p) => p + ' ' + q.ready[p]).join(', ');
+    PRIOS.forEach((p, i) => {
+      stack.children[i].style.width = (q.ready[p] / max) * 100 + '%';
+    });
+  });
   if (!ov.queues.length) emptyRow(tbody, 11, 'no queues to show');
   if (rated) {
     history.push({ publ, ack });
@@ -165,20 +217,17 @@ function renderQueues(ov) {
 
 function renderGroups(ov) {
   const tbody = $('groups').tBodies[0];
-  tbody.replaceChildren();
-  for (const g of ov.groups) {
-    const tr = document.createElement('tr');
+  syncRows(tbody, ov.groups, (g) => g.topic + '/' + g.group, (tr, g) => {
     tr.dataset.group = g.topic + '/' + g.group;
-    cell(tr, g.topic, 'name');
-    cell(tr, g.group, 'name');
-    cell(tr, g.lag, 'lag');
-    cell(tr, g.ready + g.delayed, 'pending');
-    cell(tr, g.in_flight, 'in-flight');
-    cell(tr, g.dead, 'dead' + (g.dead > 0 ? ' some' : ''));
-    cell(tr, g.acked, 'acked');
-    cell(tr, g.retained, 'retained');
-    tbody.appendChild(tr);
-  }
+    put(tr, 0, g.topic, 'name');
+    put(tr, 1, g.group, 'name');
+    put(tr, 2, g.lag, 'lag');
+    put(tr, 3, g.ready + g.delayed, 'pending');
+    put(tr, 4, g.in_flight, 'in-flight');
+    put(tr, 5, g.dead, 'dead' + (g.dead > 0 ? ' some' : ''));
+    put(tr, 6, g.acked, 'acked');
+    put(tr, 7, g.retained, 'retained');
+  });
   if (!ov.groups.length) emptyRow(tbody, 8, 'no event groups to show');
   note('groups-note', ov.groups_note);
 }
@@ -282,23 +331,21 @@ async function loadDead() {
   $('requeue-all').disabled = page.dead === 0;
   $('purge-all').disabled = page.dead === 0;
   const tbody = $('dead-list').tBodies[0];
-  tbody.replaceChildren();
-  for (const d of page.items) {
-    const tr = document.createElement('tr');
+  syncRows(tbody, page.items, (d) => d.id, (tr, d) => {
     tr.dataset.id = d.id;
-    cell(tr, d.id, 'name id');
-    cell(tr, d.kind, 'name');
-    cell(tr, d.priority, 'priority');
-    cell(tr, d.attempts, 'attempts');
-    cell(tr, when(d.failed_at_ms), 'name');
-    const err = cell(tr, (d.error || '').split('\n')[0], 'error');
-    err.title = d.error || '';
-    const act = cell(tr, '', 'act');
-    act.appendChild(button('view', 'link view', () => showDetail(d.id)));
-    act.appendChild(button('requeue', 'link requeue', () => requeue([d.id])));
-    act.appendChild(button('purge', 'link purge', () => purge([d.id])));
-    tbody.appendChild(tr);
-  }
+    put(tr, 0, d.id, 'name id');
+    put(tr, 1, d.kind, 'name');
+    put(tr, 2, d.priority, 'priority');
+    put(tr, 3, d.attempts, 'attempts');
+    put(tr, 4, when(d.failed_at_ms), 'name');
+    put(tr, 5, (d.error || '').split('\n')[0], 'error').title = d.error || '';
+    const act = cellAt(tr, 6, 'act');
+    if (!act.firstChild) {
+      act.appendChild(button('view', 'link view', () => showDetail(d.id)));
+      act.appendChild(button('requeue', 'link requeue', () => requeue([d.id])));
+      act.appendChild(button('purge', 'link purge', () => purge([d.id])));
+    }
+  });
   if (!page.items.length) emptyRow(tbody, 7, deadOffset ? 'no more dead letters' : 'no dead letters');
   const to = deadOffset + page.items.length;
   $('dead-range').textContent = page.items.length ? deadOffset + 1 + '–' + to + ' of ' + page.dead : '';
