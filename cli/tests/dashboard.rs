@@ -8,7 +8,8 @@
 //!
 //! Redis, and Chromium with chromedriver (`bash scripts/chromium.sh`), are skipped loudly when
 //! absent, unless `COURIER_REQUIRE_BACKENDS=1`. With `COURIER_SCREENSHOT=path.png` the browser
-//! test saves the overview page there (docs/dashboard.png is made so).
+//! test saves the overview page there (docs/dashboard.png is made so), and with
+//! `COURIER_SCREENSHOT_DEAD=path.png` the dead-letter browser with its confirmation open.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -1131,6 +1132,9 @@ async fn browser_shows_counts_and_requeues() {
         // Requeue all, confirmed in the page.
         b.click("#requeue-all");
         b.wait_text("#confirm-text", |t| t.contains("Requeue all 2"));
+        if let Some(path) = std::env::var_os("COURIER_SCREENSHOT_DEAD").filter(|p| !p.is_empty()) {
+            std::fs::write(&path, b.screenshot()).expect("write the dead-letter screenshot");
+        }
         b.click("#confirm-yes");
         b.wait_text("#dead-count", |t| t == "0 dead");
         b.wait_text("#dead-result", |t| t == "requeued 2");

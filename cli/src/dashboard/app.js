@@ -446,6 +446,9 @@ $('dead-next').addEventListener('click', () => {
   deadOffset += PAGE;
   loadDead().catch((e) => status(e.message, false));
 });
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape' && !$('confirm').hidden) $('confirm-no').click();
+});
 window.addEventListener('hashchange', route);
 route();
 tick();
