@@ -12,6 +12,7 @@
 //! | GET | `/api/queues/{queue}/dead/{id}` | one dead letter with its payload |
 //! | POST | `/api/queues/{queue}/dead/requeue` | `{"all":true}` or `{"ids":[…]}` |
 //! | POST | `/api/queues/{queue}/dead/purge` | the same |
+//! | | `/api/groups/{topic}/{group}/dead…` | the same four for an event group's dead letters |
 //!
 //! Which queues and groups: the ones named with `--queue` and `--group TOPIC/GROUP` when any
 //! are, else every one the backend lists ([`courier::Queue::list_queues`],
@@ -33,6 +34,7 @@
 //! - The page shows the backend's name and its URL with any password replaced
 //!   ([`courier::redact_url`]); errors are the CLI's one-line errors, which never contain one.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -45,7 +47,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use courier::{Courier, Error, ErrorKind, Page, Selection};
+use courier::{Courier, DeadLetter, Error, ErrorKind, MessageId, Page, Selection};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -229,6 +231,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/queues/{queue}/dead/{id}", get(dead_one))
         .route("/api/queues/{queue}/dead/requeue", post(requeue))
         .route("/api/queues/{queue}/dead/purge", post(purge))
+        .route("/api/groups/{topic}/{group}/dead", get(dead_list))
+        .route("/api/groups/{topic}/{group}/dead/{id}", get(dead_one))
+        .route("/api/groups/{topic}/{group}/dead/requeue", post(requeue))
+        .route("/api/groups/{topic}/{group}/dead/purge", post(purge))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page") })
         .layer(from_fn_with_state(app.clone(), guard))
         .with_state(app)
@@ -593,22 +599,109 @@ fn default_limit() -> usize {
     50
 }
 
+/// Whose dead letters: a queue's, or an event group's.
+enum Target {
+    Queue(String),
+    Group(String, String),
+}
+
+impl Target {
+    /// From the route's parameters: `{queue}`, or `{topic}` and `{group}`.
+    fn from_params(p: &HashMap<String, String>) -> Target {
+        let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+        match p.get("queue") {
+            Some(q) => Target::Queue(q.clone()),
+            None => Target::Group(get("topic"), get("group")),
+        }
+    }
+
+    /// `queue`, or `topic/group` (names hold no '/').
+    fn label(&self) -> String {
+        match self {
+            Target::Queue(q) => q.clone(),
+            Target::Group(t, g) => format!("{t}/{g}"),
+        }
+    }
+
+    async fn dead_count(&self, c: &Courier) -> courier::Result<u64> {
+        Ok(match self {
+            Target::Queue(q) => c.queue().stats(q).await?.dead,
+            Target::Group(t, g) => c.events().group_stats(t, g).await?.queue.dead,
+        })
+    }
+
+    async fn dead_letters(&self, c: &Courier, page: Page) -> courier::Result<Vec<DeadLetter>> {
+        match self {
+            Target::Queue(q) => c.queue().dead_letters(q, page).await,
+            Target::Group(t, g) => c.events().dead_letters(t, g, page).await,
+        }
+    }
+
+    /// One dead letter. A group has no look-up by id: its pages are read until it shows.
+    async fn one(&self, c: &Courier, id: MessageId) -> courier::Result<DeadLetter> {
+        let (t, g) = match self {
+            Target::Queue(q) => return c.queue().dead_letter(q, id).await,
+            Target::Group(t, g) => (t, g),
+        };
+        const PAGE: usize = 500;
+        let mut offset = 0;
+        loop {
+            let page = c
+                .events()
+                .dead_letters(
+                    t,
+                    g,
+                    Page {
+                        offset,
+                        limit: PAGE,
+                    },
+                )
+                .await?;
+            let n = page.len();
+            if let Some(d) = page.into_iter().find(|d| d.message.id == id) {
+                return Ok(d);
+            }
+            if n < PAGE {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no dead letter {id} in group {g} of topic {t}"),
+                ));
+            }
+            offset += n;
+        }
+    }
+
+    async fn requeue(&self, c: &Courier, which: Selection) -> courier::Result<u64> {
+        match self {
+            Target::Queue(q) => c.queue().requeue_dead(q, which).await,
+            Target::Group(t, g) => c.events().requeue_dead(t, g, which).await,
+        }
+    }
+
+    async fn purge(&self, c: &Courier, which: Selection) -> courier::Result<u64> {
+        match self {
+            Target::Queue(q) => c.queue().purge_dead(q, which).await,
+            Target::Group(t, g) => c.events().purge_dead(t, g, which).await,
+        }
+    }
+}
+
 async fn dead_list(
     State(app): State<Arc<App>>,
-    Path(queue): Path<String>,
+    Path(params): Path<HashMap<String, String>>,
     Query(page): Query<PageQuery>,
 ) -> Response {
-    let q = app.courier.queue();
+    let target = Target::from_params(&params);
     let listed = async {
-        let stats = q.stats(&queue).await?;
+        let dead = target.dead_count(&app.courier).await?;
         let page = Page {
             offset: page.offset,
             limit: page.limit.clamp(1, 500),
         };
-        let items = q.dead_letters(&queue, page).await?;
+        let items = target.dead_letters(&app.courier, page).await?;
         Ok::<_, Error>(json!({
-            "queue": queue,
-            "dead": stats.dead,
+            "of": target.label(),
+            "dead": dead,
             "offset": page.offset,
             "items": items.iter().map(|d| dead_json(d, false)).collect::<Vec<_>>(),
         }))
@@ -621,11 +714,12 @@ async fn dead_list(
 
 async fn dead_one(
     State(app): State<Arc<App>>,
-    Path((queue, id)): Path<(String, String)>,
+    Path(params): Path<HashMap<String, String>>,
 ) -> Response {
+    let target = Target::from_params(&params);
     let one = async {
-        let id = parse_id(&id)?;
-        app.courier.queue().dead_letter(&queue, id).await
+        let id = parse_id(params.get("id").map_or("", String::as_str))?;
+        target.one(&app.courier, id).await
     };
     match one.await {
         Ok(d) => Json(dead_json(&d, true)).into_response(),
@@ -660,30 +754,26 @@ impl Which {
 
 async fn requeue(
     State(app): State<Arc<App>>,
-    Path(queue): Path<String>,
+    Path(params): Path<HashMap<String, String>>,
     Json(which): Json<Which>,
 ) -> Response {
-    let moved = async {
-        let s = which.selection()?;
-        app.courier.queue().requeue_dead(&queue, s).await
-    };
+    let target = Target::from_params(&params);
+    let moved = async { target.requeue(&app.courier, which.selection()?).await };
     match moved.await {
-        Ok(n) => Json(json!({ "queue": queue, "requeued": n })).into_response(),
+        Ok(n) => Json(json!({ "of": target.label(), "requeued": n })).into_response(),
         Err(e) => backend_error(&e),
     }
 }
 
 async fn purge(
     State(app): State<Arc<App>>,
-    Path(queue): Path<String>,
+    Path(params): Path<HashMap<String, String>>,
     Json(which): Json<Which>,
 ) -> Response {
-    let gone = async {
-        let s = which.selection()?;
-        app.courier.queue().purge_dead(&queue, s).await
-    };
+    let target = Target::from_params(&params);
+    let gone = async { target.purge(&app.courier, which.selection()?).await };
     match gone.await {
-        Ok(n) => Json(json!({ "queue": queue, "purged": n })).into_response(),
+        Ok(n) => Json(json!({ "of": target.label(), "purged": n })).into_response(),
         Err(e) => backend_error(&e),
     }
 }

@@ -109,7 +109,7 @@ impl Workload {
 /// A queue with every state populated and nothing time-dependent for a minute: ready at three
 /// priorities (4 each, one of them retried back), delayed for an hour, one in flight (30 s
 /// lease), two dead (errors "bad input" and "still bad"), one acked; and a group that has read
-/// 2 of 5 events.
+/// 2 of 5 events, one of them dead ("bad event").
 async fn workload(c: &Courier) -> Workload {
     let w = Workload {
         queue: unique("q"),
@@ -165,6 +165,13 @@ async fn workload(c: &Courier) -> Workload {
     )
     .await;
     assert_eq!(got.len(), 2);
+    let bury = vec![Settle::Bury {
+        lease: got[0].lease,
+        error: "bad event".into(),
+    }];
+    for r in within("bury event", ev.settle(&w.topic, &w.group, bury)).await {
+        r.expect("bury event");
+    }
     w
 }
 
@@ -555,6 +562,37 @@ async fn api_matches_and_requeues(c: &Courier, url: &str) {
     );
     let ov = d.json("/api/overview");
     assert_same_stats(&ov["queues"][0], &after);
+
+    // An event group's dead letters, the same way.
+    let (t, g) = (w.topic.as_str(), w.group.as_str());
+    assert_eq!(gs.queue.dead, 1);
+    let dead = d.json(&format!("/api/groups/{t}/{g}/dead"));
+    assert_eq!(dead["dead"].as_u64(), Some(1), "{dead}");
+    let id = dead["items"][0]["id"].as_str().expect("id");
+    let one = d.json(&format!("/api/groups/{t}/{g}/dead/{id}"));
+    assert_eq!(
+        (one["error"].as_str(), one["payload"].as_str()),
+        (Some("bad event"), Some("0"))
+    );
+    let missing = d.get(
+        &format!("/api/groups/{t}/{g}/dead/{}", courier::MessageId::new()),
+        &[],
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let path = format!("/api/groups/{t}/{g}/dead/requeue");
+    let r = http(d.addr, "POST", &path, &[json_ct], Some(all));
+    assert_eq!(r.status, 403, "no CSRF token: {}", r.body);
+    let r = http(
+        d.addr,
+        "POST",
+        &path,
+        &[json_ct, ("X-Courier-Csrf", &csrf)],
+        Some(&format!(r#"{{"ids":["{id}"]}}"#)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["requeued"].as_u64(), Some(1));
+    let gs = within("group stats", c.events().group_stats(t, g)).await;
+    assert_eq!(gs.queue.dead, 0, "{gs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1092,7 +1130,8 @@ async fn browser_shows_counts_and_requeues() {
         }
     });
     let page = format!("http://{}/", d.addr);
-    let group = format!("tr[data-group=\"{}\"] td.lag", w.group_flag());
+    let group_row = format!("tr[data-group=\"{}\"]", w.group_flag());
+    let group = format!("{group_row} td.lag");
     let (shot, counts) = tokio::task::spawn_blocking(move || {
         let b = Browser::start(&chromium, &chromedriver);
         b.goto(&page);
@@ -1138,6 +1177,13 @@ async fn browser_shows_counts_and_requeues() {
         b.click("#confirm-yes");
         b.wait_text("#dead-count", |t| t == "0 dead");
         b.wait_text("#dead-result", |t| t == "requeued 2");
+        // An event group's dead count opens its dead letters too.
+        b.click("#nav-overview");
+        b.click(&format!("{group_row} td.dead button"));
+        b.wait_text("#dead-count", |t| t == "1 dead");
+        b.wait_text("#dead-list tbody tr[data-id] td.error", |t| {
+            t == "bad event"
+        });
         (shot, counts)
     })
     .await

@@ -12,7 +12,9 @@ const $ = (id) => document.getElementById(id);
 
 let last = null; // the previous overview, for rates
 const history = []; // {publ, ack} per poll
+// What the dead-letter browser shows: a queue's name, or `topic/group` (names hold no '/').
 let shownQueues = [];
+let shownGroups = [];
 let deadQueue = null;
 let deadOffset = 0;
 let deadTotal = 0;
@@ -42,7 +44,15 @@ function post(path, body) {
   });
 }
 
-const queuePath = (q) => '/api/queues/' + encodeURIComponent(q) + '/dead';
+function queuePath(key) {
+  const [a, b] = key.split('/');
+  if (b === undefined) return '/api/queues/' + encodeURIComponent(a) + '/dead';
+  return '/api/groups/' + encodeURIComponent(a) + '/' + encodeURIComponent(b) + '/dead';
+}
+
+const deadLink = (key) => () => {
+  location.hash = '#/dead/' + encodeURIComponent(key);
+};
 
 // --- helpers -------------------------------------------------------------------------------------
 
@@ -167,11 +177,7 @@ function renderQueues(ov) {
     put(tr, 6, q.in_flight, 'in-flight');
     const dead = cellAt(tr, 7, 'dead' + (q.dead > 0 ? ' some' : ''));
     if (!dead.firstChild) {
-      dead.appendChild(
-        button('', 'link', () => {
-          location.hash = '#/dead/' + encodeURIComponent(q.queue);
-        }),
-      );
+      dead.appendChild(button('', 'link', deadLink(q.queue)));
       dead.firstChild.title = 'browse the dead letters';
     }
     setText(dead.firstChild, q.dead);
@@ -224,7 +230,12 @@ function renderGroups(ov) {
     put(tr, 2, g.lag, 'lag');
     put(tr, 3, g.ready + g.delayed, 'pending');
     put(tr, 4, g.in_flight, 'in-flight');
-    put(tr, 5, g.dead, 'dead' + (g.dead > 0 ? ' some' : ''));
+    const dead = cellAt(tr, 5, 'dead' + (g.dead > 0 ? ' some' : ''));
+    if (!dead.firstChild) {
+      dead.appendChild(button('', 'link', deadLink(g.topic + '/' + g.group)));
+      dead.firstChild.title = 'browse the dead letters';
+    }
+    setText(dead.firstChild, g.dead);
     put(tr, 6, g.acked, 'acked');
     put(tr, 7, g.retained, 'retained');
   });
@@ -291,6 +302,7 @@ async function refreshOverview() {
   renderQueues(ov);
   renderGroups(ov);
   shownQueues = ov.queues.map((q) => q.queue);
+  shownGroups = ov.groups.map((g) => g.topic + '/' + g.group);
   fillSelect();
   last = ov;
 }
@@ -299,7 +311,7 @@ async function refreshOverview() {
 
 function fillSelect() {
   const sel = $('dead-queue');
-  const names = shownQueues.slice();
+  const names = shownQueues.concat(shownGroups);
   if (deadQueue && !names.includes(deadQueue)) names.unshift(deadQueue);
   const have = Array.from(sel.options).map((o) => o.value);
   if (have.join('\n') === names.join('\n')) {
@@ -310,7 +322,7 @@ function fillSelect() {
     ...names.map((n) => {
       const o = document.createElement('option');
       o.value = n;
-      o.textContent = n;
+      o.textContent = n.includes('/') ? n.replace('/', ' / ') + ' (event group)' : n;
       return o;
     }),
   );
