@@ -16,8 +16,9 @@
 //!
 //! Which queues and groups: the ones named with `--queue` and `--group TOPIC/GROUP` when any
 //! are, else every one the backend lists ([`courier::Queue::list_queues`],
-//! [`courier::EventBus::list_topics`], [`courier::EventBus::list_groups`]). A backend that
-//! cannot list yet (`Unsupported`) shows what is named, and the page says so.
+//! [`courier::EventBus::list_topics`], [`courier::EventBus::list_groups`]; contract rules
+//! Q13 and E7, on every backend). A backend that answers `Unsupported` (one written outside
+//! this repository) shows what is named, and the page says so.
 //!
 //! Security:
 //! - It listens on loopback by default. Any other address needs a token (`--token` or

@@ -611,8 +611,8 @@ async fn redis_api_counts_and_requeue() {
     api_matches_and_requeues(&c, &url).await;
 }
 
-/// Without names, the dashboard shows what the backend lists; a backend that cannot list yet
-/// (Unsupported) shows none and says to name them, and named queues show either way.
+/// Without names, the dashboard shows what the backend lists (Q13, E7: every backend lists;
+/// this fresh SQLite file holds only the workload); named queues show alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_or_named_queues() {
     let db = TempDb::new("list");
@@ -622,44 +622,20 @@ async fn listing_or_named_queues() {
     let want = within("stats", c.queue().stats(&w.queue)).await;
     let listed = Dashboard::start(&url, &["--listen", "127.0.0.1:0"]);
     let ov = listed.json("/api/overview");
-    match ov["queues_from"].as_str() {
-        Some("listed") => {
-            let q = ov["queues"]
-                .as_array()
-                .expect("queues")
-                .iter()
-                .find(|v| v["queue"] == w.queue.as_str())
-                .unwrap_or_else(|| panic!("the listing misses {}: {ov}", w.queue));
-            assert_same_stats(q, &want);
-        }
-        Some("unsupported") => {
-            assert_eq!(ov["queues"], json!([]), "{ov}");
-            assert!(
-                ov["queues_note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("--queue")),
-                "{ov}"
-            );
-        }
-        other => panic!("queues_from {other:?}: {ov}"),
-    }
-    match ov["groups_from"].as_str() {
-        Some("listed") => assert!(
-            ov["groups"]
-                .as_array()
-                .expect("groups")
-                .iter()
-                .any(|g| g["topic"] == w.topic.as_str() && g["group"] == "billing"),
-            "{ov}"
-        ),
-        Some("unsupported") => assert!(
-            ov["groups_note"]
-                .as_str()
-                .is_some_and(|n| n.contains("--group")),
-            "{ov}"
-        ),
-        other => panic!("groups_from {other:?}: {ov}"),
-    }
+    assert_eq!(ov["queues_from"], "listed", "{ov}");
+    let queues = ov["queues"].as_array().expect("queues");
+    assert_eq!(queues.len(), 1, "only the workload's queue: {ov}");
+    assert_eq!(queues[0]["queue"], w.queue.as_str(), "{ov}");
+    assert_same_stats(&queues[0], &want);
+    assert_eq!(ov["groups_from"], "listed", "{ov}");
+    assert!(
+        ov["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g["topic"] == w.topic.as_str() && g["group"] == "billing"),
+        "{ov}"
+    );
     drop(listed);
     let named = Dashboard::start(&url, &["--listen", "127.0.0.1:0", "--queue", &w.queue]);
     let ov = named.json("/api/overview");
