@@ -348,6 +348,22 @@ pub trait Queue: Send + Sync + 'static {
     /// letter is either requeued or still dead, never both and never lost.
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64>;
 
+    /// As [`Queue::requeue_dead`], and each requeued message gets `priority`: it goes to the
+    /// back of that level's line and keeps that priority if it is retried later (Q8).
+    ///
+    /// # Errors
+    /// As [`Queue::requeue_dead`].
+    ///
+    /// # Cancel safety
+    /// As [`Queue::requeue_dead`]: each dead letter is either requeued at `priority` or still
+    /// dead, never both and never lost.
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: crate::Priority,
+    ) -> Result<u64>;
+
     /// Delete dead letters. Returns how many.
     ///
     /// # Errors

@@ -108,6 +108,25 @@ fn put_long(buf: &mut BytesMut, b: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A copy of the encoded message `data` with its priority byte (offset 18) set to `priority`,
+/// for a backend that changes a stored message's priority without decoding it (a requeue at
+/// another priority). `None` when `data` is not a Courier message of a known version (junk
+/// stays as it is).
+pub fn with_priority(data: &[u8], priority: Priority) -> Option<Bytes> {
+    if data.len() < FIXED_LEN
+        || data[0] != MAGIC
+        || (data[1] != VERSION && data[1] != VERSION_KEYED)
+    {
+        return None;
+    }
+    let mut b = BytesMut::from(data);
+    b[PRIORITY_OFFSET] = priority.index() as u8;
+    Some(b.freeze())
+}
+
+/// The offset of the priority byte.
+const PRIORITY_OFFSET: usize = 18;
+
 /// Decode a message. The payload shares `data`'s buffer (no copy).
 ///
 /// # Errors
@@ -272,6 +291,20 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn priority_is_set_in_place() {
+        let m = Message::new("k", "payload")
+            .with_priority(Priority::Low)
+            .with_dedup_key("key");
+        let raw = encode(&m).expect("encode");
+        let high = with_priority(&raw, Priority::High).expect("a message");
+        let back = decode(&high).expect("decode");
+        assert_eq!(back.priority, Priority::High);
+        assert_eq!((back.id, back.kind.as_str()), (m.id, "k"));
+        assert_eq!(back.dedup_key, m.dedup_key);
+        assert_eq!(with_priority(b"junk", Priority::High), None);
+        assert_eq!(with_priority(&[0u8; 64], Priority::High), None);
+    }
 
     fn round_trip(m: &Message) -> Message {
         let bytes = encode(m).expect("encode");

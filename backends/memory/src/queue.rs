@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
-    DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Published, Queue, QueueConfig,
-    QueueStats, Result, Selection, Settle, SharedClock,
+    DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Priority, Published, Queue,
+    QueueConfig, QueueStats, Result, Selection, Settle, SharedClock,
 };
 use parking_lot::Mutex;
 
@@ -164,6 +164,17 @@ impl Queue for MemoryBackend {
                     "no dead letter {id} in queue {queue:?}"
                 )))
             })
+    }
+
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: Priority,
+    ) -> Result<u64> {
+        self.on_queue(queue, "requeue_dead_at", |st, now| {
+            st.requeue_dead_at(&which, Some(priority), now)
+        })?
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {

@@ -668,11 +668,28 @@ impl QueueState {
     /// and deduplication keys kept (a requeued message holds its key again unless another
     /// message holds it at `now`). Returns how many.
     pub fn requeue_dead(&mut self, which: &Selection, now: u64) -> Result<u64> {
+        self.requeue_dead_at(which, None, now)
+    }
+
+    /// As [`QueueState::requeue_dead`], at `priority` when one is given (Q8): each message
+    /// gets that priority and goes to the back of that level's line.
+    ///
+    /// # Errors
+    /// As [`QueueState::requeue_dead`].
+    pub fn requeue_dead_at(
+        &mut self,
+        which: &Selection,
+        priority: Option<Priority>,
+        now: u64,
+    ) -> Result<u64> {
         let mut n = 0;
         for key in self.selected(which, "requeue_dead")? {
             if let Some(d) = self.take_dead(key) {
                 let mut message = d.message;
                 message.attempt = 0;
+                if let Some(p) = priority {
+                    message.priority = p;
+                }
                 self.retake_key(&message, now);
                 self.push_back(Stored::new(message));
                 n += 1;

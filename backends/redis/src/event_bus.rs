@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::error::{KIT, map_err};
 use courier_core::backend::Batch;
 
-use crate::queue::{Claimed, Origin, block_for, wait_end};
+use crate::queue::{Claimed, DeadMove, Origin, block_for, wait_end};
 use crate::reply::{array, string};
 use crate::scripts::{Mode, max_len_arg};
 use crate::{BACKEND_NAME, RedisBackend, keys};
@@ -448,8 +448,14 @@ impl EventBus for RedisBackend {
             group,
             retention: self.retention(topic),
         };
-        self.dead_move_with(&self.group_keys(topic, group), &config, mode, true, which)
-            .await
+        self.dead_move_with(
+            &self.group_keys(topic, group),
+            &config,
+            mode,
+            DeadMove::Requeue(None),
+            which,
+        )
+        .await
     }
 
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
@@ -459,8 +465,14 @@ impl EventBus for RedisBackend {
             group,
             retention: self.retention(topic),
         };
-        self.dead_move_with(&self.group_keys(topic, group), &config, mode, false, which)
-            .await
+        self.dead_move_with(
+            &self.group_keys(topic, group),
+            &config,
+            mode,
+            DeadMove::Purge,
+            which,
+        )
+        .await
     }
 
     async fn list_topics(&self) -> Result<Vec<String>> {

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use courier_core::backend::Batch;
 use courier_core::clock::ms_ceil;
 use courier_core::{
-    DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Published,
-    Queue, QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock, wire,
+    DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Priority,
+    Published, Queue, QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock,
+    wire,
 };
 use redis::{Cmd, Value};
 use tokio::time::Instant;
@@ -20,6 +21,15 @@ use crate::error::{KIT, bad_reply, map_err};
 use crate::reply::{array, int, string, take_bytes, uint};
 use crate::scripts::{Lua, Mode, common_args};
 use crate::{BACKEND_NAME, RedisBackend, keys};
+
+/// What `dead_move.lua` does with the dead letters it selects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DeadMove {
+    /// Back to ready, at their own priority or at this one (Q8).
+    Requeue(Option<Priority>),
+    /// Delete them.
+    Purge,
+}
 
 /// Messages per publish script call (larger batches take several calls).
 const PUBLISH_CHUNK: usize = 1000;
@@ -632,22 +642,22 @@ impl RedisBackend {
         keys: &[String],
         config: &QueueConfig,
         mode: Mode<'_>,
-        requeue: bool,
+        how: DeadMove,
         which: Selection,
     ) -> Result<u64> {
-        let operation = if requeue {
-            "requeue_dead"
-        } else {
-            "purge_dead"
+        let (operation, action) = match how {
+            DeadMove::Requeue(None) => ("requeue_dead", "requeue".to_string()),
+            // The script sets each entry's priority byte and puts it in that level's list.
+            DeadMove::Requeue(Some(p)) => ("requeue_dead_at", format!("requeue:{}", p.index())),
+            DeadMove::Purge => ("purge_dead", "purge".to_string()),
         };
         let script = &self.inner.scripts.dead_move;
-        let action = if requeue { "requeue" } else { "purge" };
         let mut total = 0u64;
         match which {
             Selection::All => loop {
                 let mut cmd = script.call(keys);
                 common_args(&mut cmd, config, mode);
-                cmd.arg(action).arg("all").arg(DEAD_CHUNK);
+                cmd.arg(&action).arg("all").arg(DEAD_CHUNK);
                 let reply = self.run(operation, script, &cmd).await?;
                 let n = uint(&reply).unwrap_or(0);
                 total += n;
@@ -659,7 +669,7 @@ impl RedisBackend {
                 for chunk in ids.chunks(DEAD_CHUNK) {
                     let mut cmd = script.call(keys);
                     common_args(&mut cmd, config, mode);
-                    cmd.arg(action).arg("ids");
+                    cmd.arg(&action).arg("ids");
                     for id in chunk {
                         cmd.arg(id.to_string());
                     }
@@ -904,18 +914,43 @@ impl Queue for RedisBackend {
             })
     }
 
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: Priority,
+    ) -> Result<u64> {
+        self.check_queue(queue, "requeue_dead_at")?;
+        let config = self.queue_config(queue);
+        let how = DeadMove::Requeue(Some(priority));
+        self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, how, which)
+            .await
+    }
+
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
         self.check_queue(queue, "requeue_dead")?;
         let config = self.queue_config(queue);
-        self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, true, which)
-            .await
+        self.dead_move_with(
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            DeadMove::Requeue(None),
+            which,
+        )
+        .await
     }
 
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
         self.check_queue(queue, "purge_dead")?;
         let config = self.queue_config(queue);
-        self.dead_move_with(&self.queue_keys(queue), &config, Mode::Queue, false, which)
-            .await
+        self.dead_move_with(
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            DeadMove::Purge,
+            which,
+        )
+        .await
     }
 
     async fn list_queues(&self) -> Result<Vec<String>> {

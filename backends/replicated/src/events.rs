@@ -244,7 +244,11 @@ impl<L: Log> EventBus for Replicated<L> {
     }
 
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64> {
-        let op = |config| Op::RequeueDead { config, which };
+        let op = |config| Op::RequeueDead {
+            config,
+            which,
+            priority: None,
+        };
         match self.group_call(topic, group, op, "requeue_dead").await? {
             Answer::Count(r) => r.map_err(self.inner.kit.tag("requeue_dead")),
             other => Err(unexpected(self.inner.kit, "requeue_dead", &other)),

@@ -282,6 +282,14 @@ macro_rules! forward_queue_and_event_bus {
             ) -> courier_core::Result<u64> {
                 courier_core::Queue::requeue_dead(self.$store(), queue, which).await
             }
+            async fn requeue_dead_at(
+                &self,
+                queue: &str,
+                which: courier_core::Selection,
+                priority: courier_core::Priority,
+            ) -> courier_core::Result<u64> {
+                courier_core::Queue::requeue_dead_at(self.$store(), queue, which, priority).await
+            }
             async fn purge_dead(
                 &self,
                 queue: &str,

@@ -123,7 +123,9 @@ impl Model for QueueModel {
             Op::Extend {
                 lease, visibility, ..
             } => Answer::Extended(st.extend(&lease, visibility, now)),
-            Op::RequeueDead { which, .. } => Answer::Count(st.requeue_dead(&which, now)),
+            Op::RequeueDead {
+                which, priority, ..
+            } => Answer::Count(st.requeue_dead_at(&which, priority, now)),
             Op::PurgeDead { which, .. } => Answer::Count(st.purge_dead(&which)),
             Op::Sync { .. }
             | Op::Emit(_)

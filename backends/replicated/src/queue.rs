@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, Kit};
 use courier_core::{
-    DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Published, Queue,
-    QueueConfig, QueueStats, Result, Selection, Settle, SharedClock, wire,
+    DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Priority, Published,
+    Queue, QueueConfig, QueueStats, Result, Selection, Settle, SharedClock, wire,
 };
 
 use crate::models::{Answer, MAX_CLAIM, QueueModel};
@@ -56,6 +56,26 @@ pub(crate) fn encode_entry(m: Message) -> Result<(MessageId, bytes::Bytes)> {
 }
 
 impl<L: Log> Replicated<L> {
+    /// A queue's dead letters back to ready, at their own priority or at `priority` (Q8).
+    async fn requeue(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: Option<Priority>,
+        operation: &'static str,
+    ) -> Result<u64> {
+        let config = self.inner.configs.queue(queue);
+        let op = Op::RequeueDead {
+            config,
+            which,
+            priority,
+        };
+        match self.queue_call(queue, op, operation).await? {
+            Answer::Count(r) => r.map_err(self.inner.kit.tag(operation)),
+            other => Err(unexpected(self.inner.kit, operation, &other)),
+        }
+    }
+
     fn queue_replica(&self, queue: &str) -> Arc<Replica<QueueModel>> {
         if let Some(r) = self.inner.queues.read().get(queue) {
             return r.clone();
@@ -271,14 +291,17 @@ impl<L: Log> Queue for Replicated<L> {
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {
-        let config = self.inner.configs.queue(queue);
-        match self
-            .queue_call(queue, Op::RequeueDead { config, which }, "requeue_dead")
-            .await?
-        {
-            Answer::Count(r) => r.map_err(self.inner.kit.tag("requeue_dead")),
-            other => Err(unexpected(self.inner.kit, "requeue_dead", &other)),
-        }
+        self.requeue(queue, which, None, "requeue_dead").await
+    }
+
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: Priority,
+    ) -> Result<u64> {
+        self.requeue(queue, which, Some(priority), "requeue_dead_at")
+            .await
     }
 
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use courier_core::{
-    Error, Lease, Message, MessageId, QueueConfig, ReplayFrom, Result, Retention, RetryPolicy,
-    Selection, Settle, wire,
+    Error, Lease, Message, MessageId, Priority, QueueConfig, ReplayFrom, Result, Retention,
+    RetryPolicy, Selection, Settle, wire,
 };
 
 const MAGIC: &[u8; 2] = b"CR";
@@ -52,10 +52,11 @@ pub(crate) enum Op {
         lease: Lease,
         visibility: Duration,
     },
-    /// Queue or group: dead letters back to ready.
+    /// Queue or group: dead letters back to ready, at their own priority or at this one.
     RequeueDead {
         config: QueueConfig,
         which: Selection,
+        priority: Option<Priority>,
     },
     /// Queue or group: delete dead letters.
     PurgeDead {
@@ -202,6 +203,9 @@ pub(crate) mod code {
     /// A publish with a deduplication window: the window (u64 ms), then as `PUBLISH`. A
     /// publish without one is written as `PUBLISH`, as before windows existed.
     pub(crate) const PUBLISH_WINDOW: u8 = 12;
+    /// A requeue at a priority (Q8): as `REQUEUE_DEAD`, then the priority (u8, 0..3). A
+    /// requeue that keeps each message's priority is written as `REQUEUE_DEAD`, as before.
+    pub(crate) const REQUEUE_DEAD_AT: u8 = 13;
 }
 
 /// Encode a record.
@@ -215,7 +219,8 @@ pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -
         Op::Claim { .. } => code::CLAIM,
         Op::Settle { .. } => code::SETTLE,
         Op::Extend { .. } => code::EXTEND,
-        Op::RequeueDead { .. } => code::REQUEUE_DEAD,
+        Op::RequeueDead { priority: None, .. } => code::REQUEUE_DEAD,
+        Op::RequeueDead { .. } => code::REQUEUE_DEAD_AT,
         Op::PurgeDead { .. } => code::PURGE_DEAD,
         Op::Sync { .. } => code::SYNC,
         Op::Emit(_) => code::EMIT,
@@ -287,7 +292,18 @@ pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -
             put_lease(&mut b, lease);
             b.put_u64(dur_ns(*visibility));
         }
-        Op::RequeueDead { config, which } | Op::PurgeDead { config, which } => {
+        Op::RequeueDead {
+            config,
+            which,
+            priority,
+        } => {
+            put_config(&mut b, config);
+            put_selection(&mut b, which)?;
+            if let Some(p) = priority {
+                b.put_u8(p.index() as u8);
+            }
+        }
+        Op::PurgeDead { config, which } => {
             put_config(&mut b, config);
             put_selection(&mut b, which)?;
         }
@@ -489,7 +505,19 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record> {
         code::REQUEUE_DEAD => Op::RequeueDead {
             config: r.config()?,
             which: r.selection()?,
+            priority: None,
         },
+        code::REQUEUE_DEAD_AT => {
+            let (config, which) = (r.config()?, r.selection()?);
+            let p = r.u8()?;
+            let priority = Priority::from_index(usize::from(p))
+                .ok_or_else(|| Error::decode(format!("requeue record: priority byte {p}")))?;
+            Op::RequeueDead {
+                config,
+                which,
+                priority: Some(priority),
+            }
+        }
         code::PURGE_DEAD => Op::PurgeDead {
             config: r.config()?,
             which: r.selection()?,
@@ -523,7 +551,6 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use courier_core::Priority;
 
     #[test]
     fn records_round_trip() {
@@ -573,6 +600,16 @@ mod tests {
             Op::ResetGroup {
                 config,
                 from: ReplayFrom::Time(12),
+            },
+            Op::RequeueDead {
+                config,
+                which: Selection::Ids(vec![m.id]),
+                priority: None,
+            },
+            Op::RequeueDead {
+                config,
+                which: Selection::All,
+                priority: Some(Priority::Low),
             },
         ];
         for op in ops {

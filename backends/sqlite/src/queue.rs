@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
-    DeadLetter, Error, Lease, Message, MessageId, Page, Published, Queue, QueueConfig, QueueStats,
-    Result, Selection, Settle, SharedClock,
+    DeadLetter, Error, Lease, Message, MessageId, Page, Priority, Published, Queue, QueueConfig,
+    QueueStats, Result, Selection, Settle, SharedClock,
 };
 
 use crate::backend::{SqliteBackend, claim};
@@ -202,6 +202,18 @@ impl Queue for SqliteBackend {
                 "no dead letter {id} in queue {queue:?}"
             )))
         })
+    }
+
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: Selection,
+        priority: Priority,
+    ) -> Result<u64> {
+        self.on_queue(queue, "requeue_dead_at", move |ctx, q, now, _| {
+            store::requeue_dead_at(ctx, q, &which, now, Some(priority))
+        })
+        .await
     }
 
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64> {

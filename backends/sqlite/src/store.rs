@@ -17,8 +17,8 @@
 
 use courier_core::clock::ms_ceil;
 use courier_core::{
-    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Published, QueueConfig,
-    QueueStats, Result, Selection, Settle, wire,
+    DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, Published,
+    QueueConfig, QueueStats, Result, Selection, Settle, wire,
 };
 use std::sync::LazyLock;
 
@@ -1245,8 +1245,23 @@ fn selected(ctx: &Ctx<'_>, q: &Q, which: &Selection) -> Result<Vec<i64>> {
 /// and deduplication keys kept (a requeued message holds its key again unless another message
 /// holds it at `now`). Returns how many.
 pub(crate) fn requeue_dead(ctx: &Ctx<'_>, q: &mut Q, which: &Selection, now: u64) -> Result<u64> {
+    requeue_dead_at(ctx, q, which, now, None)
+}
+
+/// As [`requeue_dead`], at `priority` when one is given (Q8): the row's level and the
+/// priority in its body both change, so the message is delivered, and retried, at it.
+pub(crate) fn requeue_dead_at(
+    ctx: &Ctx<'_>,
+    q: &mut Q,
+    which: &Selection,
+    now: u64,
+    priority: Option<Priority>,
+) -> Result<u64> {
     let rids = selected(ctx, q, which)?;
     for rid in &rids {
+        if let Some(p) = priority {
+            set_priority(ctx, *rid, p)?;
+        }
         let seq = q.seq();
         let row: Option<Left> = ctx
             .conn
@@ -1265,6 +1280,22 @@ pub(crate) fn requeue_dead(ctx: &Ctx<'_>, q: &mut Q, which: &Selection, now: u64
         q.readied = true;
     }
     Ok(rids.len() as u64)
+}
+
+/// Give the row `rid` the priority `p`: its level, and the priority byte of its body (an
+/// undecodable body is left as it is; its next delivery buries it again anyway).
+fn set_priority(ctx: &Ctx<'_>, rid: i64, p: Priority) -> Result<()> {
+    let body: Vec<u8> = ctx
+        .conn
+        .prepare_cached("SELECT body FROM courier_messages WHERE rid = ?1")
+        .and_then(|mut s| s.query_row([rid], |r| r.get(0)))
+        .map_err(ctx.err("requeue_dead_at"))?;
+    let body = wire::with_priority(&body, p).map_or(body, |b| b.to_vec());
+    ctx.conn
+        .prepare_cached("UPDATE courier_messages SET priority = ?2, body = ?3 WHERE rid = ?1")
+        .and_then(|mut s| s.execute(params![rid, p.index() as i64, body]))
+        .map_err(ctx.err("requeue_dead_at"))?;
+    Ok(())
 }
 
 /// Delete dead letters. Returns how many.

@@ -59,6 +59,14 @@ async fn topics_listed(cx: Ctx) -> Outcome {
         b.create_group(&grouped, "g", ReplayFrom::Start),
     )
     .await??;
+    // A queue is not a topic (Q13 lists it, E7 does not).
+    let queue = cx.name("t-queue");
+    within(
+        LIMIT,
+        "publish",
+        cx.q().publish_batch(&queue, vec![Message::new("q", "1")]),
+    )
+    .await??;
     // Only configured and read: not listed.
     b.configure_group(&looked, "g", short_lease(1_000, 2))?;
     within(LIMIT, "group_stats", b.group_stats(&looked, "g")).await??;
@@ -72,7 +80,7 @@ async fn topics_listed(cx: Ctx) -> Outcome {
     ensure_eq!(
         topics(b).await?,
         vec![emitted.clone(), grouped.clone()],
-        "topics with an event or a group, sorted (not {looked}, only configured and read)"
+        "topics with an event or a group, sorted (not {looked}, only configured and read, nor the queue {queue})"
     );
     ensure_eq!(
         groups(b, &looked).await?,

@@ -54,6 +54,11 @@ pub(super) fn cases() -> Vec<Case> {
             requeued_to_back
         ),
         case!(
+            "queue::dead_letters::requeue_at_priority_joins_the_back_of_that_level",
+            ["Q6", "Q2", "Q5"],
+            requeued_at_priority
+        ),
+        case!(
             "queue::dead_letters::error_text_kept_verbatim",
             ["Q6"],
             error_verbatim
@@ -404,6 +409,96 @@ async fn requeued_to_back(cx: Ctx) -> Outcome {
         got[1].message.priority,
         courier_core::Priority::High,
         "priority kept"
+    );
+    Ok(())
+}
+
+/// `requeue_dead_at` moves dead letters to another level: to the back of its line, delivered
+/// with that priority, and retried at it; the rest stay dead.
+async fn requeued_at_priority(cx: Ctx) -> Outcome {
+    use courier_core::Priority;
+    let q = queue(&cx, "rqat", plain_config())?;
+    let low = |k: &str| Message::new(k, "").with_priority(Priority::Low);
+    let ids = publish_all(&cx, &q, vec![low("l1"), low("l2")]).await?;
+    for d in receive_n(cx.q(), &q, 2, LIMIT).await? {
+        let error = "bad".into();
+        settle(
+            &cx,
+            &q,
+            Settle::Bury {
+                lease: d.lease,
+                error,
+            },
+        )
+        .await?;
+    }
+    let high = Message::new("h1", "").with_priority(Priority::High);
+    publish_all(&cx, &q, vec![high, Message::new("n1", "")]).await?;
+    let n = within(
+        LIMIT,
+        "requeue_dead_at",
+        cx.q()
+            .requeue_dead_at(&q, Selection::Ids(vec![ids[0]]), Priority::High),
+    )
+    .await??;
+    ensure_eq!(n, 1, "one requeued");
+    let s = within(LIMIT, "stats", cx.q().stats(&q)).await??;
+    ensure_eq!(
+        (s.ready, s.dead),
+        ([0, 2, 1, 0], 1),
+        "l1 counted at High, l2 still dead"
+    );
+    let got = receive_n(cx.q(), &q, 3, LIMIT).await?;
+    let seen: Vec<(&str, Priority, u32)> = got
+        .iter()
+        .map(|d| {
+            (
+                d.message.kind.as_str(),
+                d.message.priority,
+                d.message.attempt,
+            )
+        })
+        .collect();
+    ensure_eq!(
+        seen,
+        vec![
+            ("h1", Priority::High, 1),
+            ("l1", Priority::High, 1),
+            ("n1", Priority::Normal, 1)
+        ],
+        "l1 behind h1 at High, ahead of Normal, attempts reset"
+    );
+    // A retry keeps the new priority: l1 comes back ahead of a Normal message published first.
+    publish(&cx, &q, Message::new("n2", "")).await?;
+    let retry = Settle::Retry {
+        lease: got[1].lease,
+        delay: Duration::ZERO,
+        error: "again".into(),
+    };
+    settle(&cx, &q, retry).await?;
+    let d = one(&cx, &q, LIMIT).await?;
+    ensure_eq!(
+        (
+            d.message.kind.as_str(),
+            d.message.priority,
+            d.message.attempt
+        ),
+        ("l1", Priority::High, 2),
+        "the retried message stays at High"
+    );
+    let n = within(
+        LIMIT,
+        "requeue_dead_at",
+        cx.q()
+            .requeue_dead_at(&q, Selection::All, Priority::Critical),
+    )
+    .await??;
+    ensure_eq!(n, 1, "the other one requeued");
+    let d = one(&cx, &q, LIMIT).await?;
+    ensure_eq!(
+        (d.message.kind.as_str(), d.message.priority),
+        ("l2", Priority::Critical),
+        "l2 at Critical, first"
     );
     Ok(())
 }

@@ -53,6 +53,16 @@ async fn published_listed(cx: Ctx) -> Outcome {
         vec![Message::new("x", "x"), Message::new("y", "y")],
     )
     .await?;
+    // A topic is not a queue (E7 lists it, Q13 does not).
+    let topic = cx.name("list-topic");
+    within(
+        LIMIT,
+        "emit",
+        cx.backend
+            .events
+            .emit_batch(&topic, vec![Message::new("e", "1")]),
+    )
+    .await??;
     // Only configured (above), read and received from: not listed.
     within(LIMIT, "stats", cx.q().stats(&c)).await??;
     within(
@@ -71,7 +81,7 @@ async fn published_listed(cx: Ctx) -> Outcome {
     ensure_eq!(
         listed(cx.q()).await?,
         vec![a.clone(), b.clone()],
-        "the published queues, sorted, each once (not {c}, only configured, read and received from)"
+        "the published queues, sorted, each once (not {c}, only configured, read and received from, nor the topic {topic})"
     );
     Ok(())
 }

@@ -202,6 +202,14 @@ impl Queue for Counting {
     fn queue_config(&self, queue: &str) -> QueueConfig {
         self.inner.queue_config(queue)
     }
+    async fn requeue_dead_at(
+        &self,
+        queue: &str,
+        which: courier_core::Selection,
+        priority: courier_core::Priority,
+    ) -> courier_core::Result<u64> {
+        self.inner.requeue_dead_at(queue, which, priority).await
+    }
     async fn list_queues(&self) -> courier_core::Result<Vec<String>> {
         self.inner.list_queues().await
     }

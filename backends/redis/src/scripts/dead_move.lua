@@ -6,10 +6,16 @@
 -- 'all' handles at most `limit` entries per call (the oldest); the client repeats until fewer
 -- come back, so one call never blocks the server for long.
 --
--- ARGV[A]: 'requeue' | 'purge', then 'all', limit  |  'ids', id, ... (every dead letter of
--- each id; unknown ids are ignored).
+-- ARGV[A]: 'requeue' | 'requeue:<0..3>' (at that priority, Q8) | 'purge', then 'all', limit
+-- |  'ids', id, ... (every dead letter of each id; unknown ids are ignored).
 -- Reply: how many entries were moved.
 
+local action, at = ARGV[A], nil
+if sub(action, 1, 8) == 'requeue:' then
+  at = tonumber(sub(action, 9))
+  if at == nil or at < 0 or at > 3 then return redis.error_reply('bad priority ' .. action) end
+  action = 'requeue'
+end
 local now = now_ms()
 maintain(now)
 local keys
@@ -25,7 +31,7 @@ if n == 0 then return 0 end
 vcall('ZREM', K_DEAD, keys)
 vcall('ZREM', K_DEADIDX, keys)
 vcall('HDEL', K_DEADINFO, keys)
-if ARGV[A] == 'purge' then
+if action == 'purge' then
   vcall('HDEL', K_MSGS, keys)
   return n
 end
@@ -36,6 +42,9 @@ for i = 1, n do
   local b = bytes[i] or ''
   if is_wire(b) then
     entries[i] = with_attempts(b, 0)
+    -- At another priority: its priority byte (offset 18) changes, so the entry goes to that
+    -- level's list here and is delivered and retried at it.
+    if at then entries[i] = with_priority(entries[i], at) end
   elseif is_wrapped(b) then
     -- Junk (see lib.lua): back as it was stored, so the next delivery finds the same bytes,
     -- fails with the same error and buries them under the same id.

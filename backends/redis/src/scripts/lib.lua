@@ -265,6 +265,11 @@ local function entry_info(e)
   return p, ((a1 * 256 + a2) * 256 + a3) * 256 + a4
 end
 
+-- A copy of the wire entry e with its priority byte set to p (0..3).
+local function with_priority(e, p)
+  return sub(e, 1, 18) .. char(p) .. sub(e, 20)
+end
+
 -- A copy of the entry with its attempt field set to a (an entry that is not wire bytes is
 -- returned as it is).
 local function with_attempts(e, a)
