@@ -176,6 +176,10 @@ pub enum DeadCommand {
         /// Every dead letter of the queue.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// Requeue at this priority (critical, high, normal, low) instead of each message's
+        /// own; a later retry keeps it.
+        #[arg(long, value_parser = parse_priority)]
+        priority: Option<Priority>,
     },
     /// Delete dead letters for good.
     Purge {
@@ -629,6 +633,7 @@ async fn in_chunks(
     queue: &str,
     ids: Vec<MessageId>,
     purge: bool,
+    at: Option<Priority>,
     as_json: bool,
     out: &mut String,
 ) -> courier::Result<Done> {
@@ -644,10 +649,10 @@ async fn in_chunks(
     for chunk in ids.chunks(CHUNK) {
         let which = Selection::Ids(chunk.to_vec());
         let call = async {
-            if purge {
-                courier.queue().purge_dead(queue, which).await
-            } else {
-                courier.queue().requeue_dead(queue, which).await
+            match (purge, at) {
+                (true, _) => courier.queue().purge_dead(queue, which).await,
+                (false, None) => courier.queue().requeue_dead(queue, which).await,
+                (false, Some(p)) => courier.queue().requeue_dead_at(queue, which, p).await,
             }
         };
         // A chunk in flight completes (it is one atomic call); Ctrl-C stops before the next.
@@ -766,9 +771,14 @@ async fn dead(
             }
             Ok(Done::Ok)
         }
-        DeadCommand::Requeue { queue, ids, all } => {
+        DeadCommand::Requeue {
+            queue,
+            ids,
+            all,
+            priority,
+        } => {
             let ids = selection(courier, queue, ids, *all).await?;
-            in_chunks(courier, queue, ids, false, as_json, out).await
+            in_chunks(courier, queue, ids, false, *priority, as_json, out).await
         }
         DeadCommand::Purge {
             queue,
@@ -781,7 +791,7 @@ async fn dead(
                 let _ = writeln!(out, "nothing purged");
                 return Ok(Done::Ok);
             }
-            in_chunks(courier, queue, ids, true, as_json, out).await
+            in_chunks(courier, queue, ids, true, None, as_json, out).await
         }
     }
 }

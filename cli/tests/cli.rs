@@ -587,3 +587,50 @@ async fn memory_lists_queues_in_process() {
     assert_eq!(lines[0]["queue"], q.as_str());
     assert_same_stats(&lines[0], &want);
 }
+
+/// `dead requeue --priority` puts the dead letters back at that level (Q6 `requeue_dead_at`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_at_a_priority() {
+    let db = TempDb::new("requeue-at");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    let q = unique("rqat");
+    let before = workload(&c, &q).await;
+    assert_eq!(before.dead, 2);
+    let run = courier_cli(&[
+        "--url",
+        &url,
+        "--json",
+        "dead",
+        "requeue",
+        &q,
+        "--all",
+        "--priority",
+        "low",
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(json_lines(&run.stdout)[0]["requeued"].as_u64(), Some(2));
+    let after = within("stats", c.queue().stats(&q)).await;
+    assert_eq!(after.dead, 0);
+    assert_eq!(
+        after.ready,
+        [
+            before.ready[0],
+            before.ready[1],
+            before.ready[2],
+            before.ready[3] + 2
+        ],
+        "both back at Low"
+    );
+    let run = courier_cli(&[
+        "--url",
+        &url,
+        "dead",
+        "requeue",
+        &q,
+        "--all",
+        "--priority",
+        "urgent",
+    ]);
+    assert_eq!(run.code, 2, "a bad priority is refused: {}", run.stderr);
+}
