@@ -190,6 +190,20 @@ impl Kit {
         Ok(())
     }
 
+    /// The prologue of `EventBus::read_events`: a valid topic name and a `max` of at least 1.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`], tagged `read_events`.
+    pub fn check_read(self, topic: &str, max: usize) -> Result<()> {
+        self.check_name("topic", topic, "read_events")?;
+        if max == 0 {
+            return Err(self.tag("read_events")(Error::invalid(
+                "read_events max must be at least 1",
+            )));
+        }
+        Ok(())
+    }
+
     /// The prologue of `Queue::configure`: the name and the configuration are valid.
     ///
     /// # Errors

@@ -209,6 +209,22 @@ pub trait EventBus: Send + Sync + 'static {
     /// Cancel safe: it only reads.
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats>;
 
+    /// Up to `max` events of the topic's retained log from the position `from` (E5: where a
+    /// reset would place a group; `End` gives none), oldest first, without a consumer group:
+    /// nothing is leased, no group is created or moves. A tool that follows a topic (`courier
+    /// events tail`) calls it again from the last event it got (`ReplayFrom::Id`, which
+    /// includes that event). An event that does not decode (Q10) is skipped.
+    ///
+    /// # Errors
+    /// - [`crate::ErrorKind::NotFound`] for an event id that is not retained.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid topic name or `max` 0, or a
+    ///   backend failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record, which holds no
+    /// state).
+    async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>>;
+
     /// Events retained in the topic's log.
     ///
     /// # Errors

@@ -247,6 +247,34 @@ impl Topic {
             .unwrap_or_default()
     }
 
+    /// Up to `max` retained events from `from`, oldest first, as of the last trim (E5).
+    ///
+    /// # Errors
+    /// `NotFound` for an id that is not retained.
+    pub fn read(&self, from: ReplayFrom, max: usize, topic: &str) -> Result<Vec<Message>> {
+        let start = match from {
+            ReplayFrom::Start => 0,
+            ReplayFrom::End => self.log.len(),
+            ReplayFrom::Time(ms) => self.log.partition_point(|e| e.at < ms),
+            ReplayFrom::Id(id) => match self.log.iter().position(|e| e.message.id == id) {
+                Some(i) => i,
+                None => {
+                    return Err(KIT.tag("read_events")(Error::not_found(format!(
+                        "event {id} is not retained in topic {topic:?}"
+                    ))));
+                }
+            },
+            other => return Err(KIT.unsupported("read_events", other)),
+        };
+        Ok(self
+            .log
+            .iter()
+            .skip(start)
+            .take(max)
+            .map(|e| e.message.clone())
+            .collect())
+    }
+
     /// A group's configuration, if the group has state here.
     pub fn group_config(&self, group: &str) -> Option<QueueConfig> {
         self.groups.get(group).map(|g| g.state.config)
@@ -537,6 +565,18 @@ impl EventBus for MemoryBackend {
 
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.on_group(topic, group, "group_stats", |v, _| v.stats())
+    }
+
+    async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>> {
+        KIT.check_read(topic, max)?;
+        let t = self.inner.topics.read().get(topic).cloned();
+        let Some(t) = t else {
+            // An unknown topic has no events; an id cannot be retained in it.
+            return Topic::new(self.inner.default_config).read(from, max, topic);
+        };
+        let mut guard = t.topic.lock();
+        guard.trim(self.now());
+        guard.read(from, max, topic)
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {

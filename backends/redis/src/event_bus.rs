@@ -31,7 +31,7 @@ use crate::error::{KIT, map_err};
 use courier_core::backend::Batch;
 
 use crate::queue::{Claimed, DeadMove, Origin, block_for, wait_end};
-use crate::reply::{array, string};
+use crate::reply::{array, string, take_bytes};
 use crate::scripts::{Mode, max_len_arg};
 use crate::{BACKEND_NAME, RedisBackend, keys};
 
@@ -412,6 +412,50 @@ impl EventBus for RedisBackend {
         queue.ready = [0, 0, queue.ready[0], 0];
         let lag = rest.first().and_then(crate::reply::uint).unwrap_or(0);
         Ok(GroupStats { queue, lag })
+    }
+
+    /// `XRANGE` on the topic's log after applying its retention (the `topic_len` script), so
+    /// nothing past the retention is read.
+    async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>> {
+        const OP: &str = "read_events";
+        KIT.check_read(topic, max)?;
+        self.topic_len(topic).await?;
+        let log = keys::log(&self.inner.prefix, topic);
+        let start = match from {
+            ReplayFrom::Start => "-".to_string(),
+            ReplayFrom::End => return Ok(Vec::new()),
+            ReplayFrom::Time(ms) => format!("{ms}-0"),
+            ReplayFrom::Id(id) => self.find_event(&log, id, OP).await?.ok_or_else(|| {
+                KIT.tag(OP)(Error::not_found(format!(
+                    "event {id} is not retained in topic {topic:?}"
+                )))
+            })?,
+            other => return Err(KIT.unsupported(OP, other)),
+        };
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&log).arg(&start).arg("+").arg("COUNT").arg(max);
+        let mut conn = self.conn(OP);
+        let reply: redis::Value = crate::scripts::retry_refused(&mut conn, &cmd)
+            .await
+            .map_err(|e| map_err(OP, e))?;
+        let mut events = Vec::new();
+        for entry in array(reply).unwrap_or_default() {
+            let Some(fields) = array(entry).unwrap_or_default().into_iter().nth(1) else {
+                continue;
+            };
+            let mut fields = array(fields).unwrap_or_default();
+            let at = (0..fields.len())
+                .step_by(2)
+                .find(|&i| string(&fields[i]).as_deref() == Some("m"));
+            let Some(bytes) = at.and_then(|i| fields.get_mut(i + 1)).and_then(take_bytes) else {
+                continue;
+            };
+            // An event that does not decode is skipped (the trait says so).
+            if let Ok(m) = wire::decode(&bytes::Bytes::from(bytes)) {
+                events.push(m);
+            }
+        }
+        Ok(events)
     }
 
     async fn topic_len(&self, topic: &str) -> Result<u64> {

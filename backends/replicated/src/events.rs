@@ -224,6 +224,18 @@ impl<L: Log> EventBus for Replicated<L> {
         Ok(self.topic_replica(topic).read(|m| m.group_stats(group)))
     }
 
+    async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>> {
+        self.inner.kit.check_read(topic, max)?;
+        self.retention_applied(topic).await?;
+        let config = self.inner.configs.default_config();
+        self.topic_replica(topic)
+            .call(&self.inner.env, "", Op::Sync { config }, "read_events")
+            .await?;
+        self.topic_replica(topic)
+            .read(|m| m.topic.read(from, max, topic))
+            .map_err(self.inner.kit.tag("read_events"))
+    }
+
     async fn topic_len(&self, topic: &str) -> Result<u64> {
         self.inner.kit.check_name("topic", topic, "topic_len")?;
         self.retention_applied(topic).await?;

@@ -412,6 +412,14 @@ macro_rules! forward_queue_and_event_bus {
             ) -> courier_core::Result<u64> {
                 courier_core::EventBus::purge_dead(self.$store(), topic, group, which).await
             }
+            async fn read_events(
+                &self,
+                topic: &str,
+                from: courier_core::ReplayFrom,
+                max: usize,
+            ) -> courier_core::Result<Vec<courier_core::Message>> {
+                courier_core::EventBus::read_events(self.$store(), topic, from, max).await
+            }
             async fn list_topics(&self) -> courier_core::Result<Vec<String>> {
                 courier_core::EventBus::list_topics(self.$store()).await
             }

@@ -554,6 +554,36 @@ impl EventBus for SqliteBackend {
         .await
     }
 
+    async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>> {
+        KIT.check_read(topic, max)?;
+        let t = topic.to_owned();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.inner
+            .writer
+            .call("read_events", move |ctx| {
+                let now = ctx.now();
+                let tp = trim(ctx, &t, now)?;
+                let start = position(ctx, &t, &tp, from, "read_events")?.max(tp.base);
+                let bodies: Vec<Vec<u8>> = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT body FROM courier_events WHERE topic = ?1 AND seq >= ?2 \
+                         ORDER BY seq LIMIT ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![t, start, limit], |r| r.get(0))?
+                            .collect::<rusqlite::Result<Vec<Vec<u8>>>>()
+                    })
+                    .map_err(ctx.err("read_events"))?;
+                // An event that does not decode is skipped (the trait says so).
+                Ok(bodies
+                    .into_iter()
+                    .filter_map(|b| wire::decode(&bytes::Bytes::from(b)).ok())
+                    .collect())
+            })
+            .await
+    }
+
     async fn topic_len(&self, topic: &str) -> Result<u64> {
         KIT.check_name("topic", topic, "topic_len")?;
         let t = topic.to_owned();

@@ -22,6 +22,7 @@ mod groups;
 mod listing;
 mod local;
 mod order;
+mod read;
 mod replay;
 mod retention;
 mod stats;
@@ -35,6 +36,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(expiry::cases());
     all.extend(order::cases());
     all.extend(replay::cases());
+    all.extend(read::cases());
     all.extend(retention::cases());
     all.extend(stats::cases());
     all.extend(local::cases());
