@@ -102,6 +102,15 @@ impl Courier {
     }
 
     /// The backend's short name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// assert_eq!(courier.backend_name(), "memory");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn backend_name(&self) -> &'static str {
         self.queue.backend_name()
     }
