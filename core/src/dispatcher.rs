@@ -34,6 +34,25 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher publishing through `queue`.
+    ///
+    /// # Examples
+    ///
+    /// A [`crate::Courier`] has one ([`crate::Courier::dispatcher`]); build your own to route over
+    /// another queue handle.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Dispatcher;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let dispatcher = Dispatcher::new(courier.queue().clone());
+    /// dispatcher.route("invoice", "billing")?;
+    /// dispatcher.dispatch_json("invoice", &42).await?;
+    /// assert_eq!(courier.queue().stats("billing").await?.published, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(queue: Arc<dyn Queue>) -> Self {
         Dispatcher {
             queue,
@@ -46,6 +65,21 @@ impl Dispatcher {
     ///
     /// # Errors
     /// Invalid queue name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route("speech_recognition", "ai")?;
+    /// assert_eq!(d.queue_for("speech_recognition").as_deref(), Some("ai"));
+    /// // Queue names are checked when the route is made.
+    /// assert!(d.route("x", "not a queue name").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn route(&self, kind: &str, queue_name: &str) -> Result<()> {
         self.route_with_priority(kind, queue_name, None)
     }
@@ -54,6 +88,25 @@ impl Dispatcher {
     ///
     /// # Errors
     /// Invalid queue name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Priority};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route_with_priority("page_oncall", "alerts", Some(Priority::Critical))?;
+    /// d.dispatch(Message::new("page_oncall", "disk full")).await?;
+    /// // A message that chose its own priority keeps it.
+    /// d.dispatch(Message::new("page_oncall", "fyi").with_priority(Priority::Low)).await?;
+    /// let s = courier.queue().stats("alerts").await?;
+    /// assert_eq!((s.ready_at(Priority::Critical), s.ready_at(Priority::Low)), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn route_with_priority(
         &self,
         kind: &str,
@@ -75,6 +128,25 @@ impl Dispatcher {
     ///
     /// # Errors
     /// Invalid queue name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// // Without a route or a default queue, a kind is refused and nothing is sent.
+    /// let e = d.dispatch(Message::new("unknown", "")).await.unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    /// d.set_default_queue("misc")?;
+    /// d.dispatch(Message::new("unknown", "")).await?;
+    /// assert_eq!(courier.queue().stats("misc").await?.published, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_default_queue(&self, queue_name: &str) -> Result<()> {
         validate_name("queue", queue_name)?;
         *self.default_queue.write() = Some(queue_name.to_string());
@@ -82,6 +154,20 @@ impl Dispatcher {
     }
 
     /// The queue that owns `kind`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route("transcode", "media")?;
+    /// assert_eq!(d.queue_for("transcode").as_deref(), Some("media"));
+    /// assert_eq!(d.queue_for("other"), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn queue_for(&self, kind: &str) -> Option<String> {
         self.routes
             .read()
@@ -91,6 +177,24 @@ impl Dispatcher {
     }
 
     /// All routes as (kind, queue).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route("transcode", "media")?;
+    /// d.route("caption", "ai")?;
+    /// // Sorted by kind.
+    /// assert_eq!(
+    ///     d.routes(),
+    ///     [("caption".to_string(), "ai".to_string()), ("transcode".to_string(), "media".to_string())]
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn routes(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self
             .routes
@@ -136,6 +240,23 @@ impl Dispatcher {
     ///
     /// A message whose deduplication key is taken stores nothing and this returns the id of the
     /// message that holds the key; [`Dispatcher::dispatch_unique`] tells the two apart (Q11).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("transcode", "media")?;
+    /// let id = courier.dispatcher().dispatch(Message::new("transcode", "recording.mp4")).await?;
+    /// let d = courier.queue().receive_one("media", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!(d.message.id, id);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn dispatch(&self, msg: Message) -> Result<MessageId> {
         Ok(self.dispatch_unique(msg).await?.id())
     }
@@ -148,6 +269,24 @@ impl Dispatcher {
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have published the message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Published};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route("charge", "billing")?;
+    /// let first = d.dispatch_unique(Message::new("charge", "o-17").with_dedup_key("charge:o-17")).await?;
+    /// let again = d.dispatch_unique(Message::new("charge", "o-17").with_dedup_key("charge:o-17")).await?;
+    /// assert!(matches!(first, Published::Stored(_)));
+    /// assert_eq!(again, Published::Duplicate(first.id()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn dispatch_unique(&self, mut msg: Message) -> Result<Published> {
         let q = self.resolve(&mut msg)?;
         self.queue.publish_unique(&q, msg).await
@@ -161,6 +300,27 @@ impl Dispatcher {
     ///
     /// # Cancel safety
     /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueExt;
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Transcode { file: String, height: u32 }
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("transcode", "media")?;
+    /// let job = Transcode { file: "a.mp4".into(), height: 720 };
+    /// courier.dispatcher().dispatch_json("transcode", &job).await?;
+    /// let d = courier.queue().receive_one("media", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!(d.message.decode::<Transcode>()?, job);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn dispatch_json<T: serde::Serialize + ?Sized>(
         &self,
         kind: &str,
@@ -184,6 +344,31 @@ impl Dispatcher {
     ///
     /// The outcomes (stored or duplicate, Q11) come queue by queue, in the order above, and in
     /// batch order within a queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let d = courier.dispatcher();
+    /// d.route("transcode", "media")?;
+    /// d.route("caption", "ai")?;
+    /// let out = d
+    ///     .dispatch_batch(vec![
+    ///         Message::new("transcode", "a.mp4"),
+    ///         Message::new("caption", "a.mp4"),
+    ///         Message::new("transcode", "b.mp4"),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(out.len(), 3);
+    /// assert_eq!(courier.queue().stats("media").await?.published, 2);
+    /// assert_eq!(courier.queue().stats("ai").await?.published, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn dispatch_batch(&self, msgs: Vec<Message>) -> Result<Vec<Published>> {
         let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
         for mut m in msgs {

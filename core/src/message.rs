@@ -197,6 +197,22 @@ pub struct Message {
 
 impl Message {
     /// A message of `kind` carrying `payload`, with a fresh id and default priority.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Priority};
+    ///
+    /// let m = Message::new("resize", "photo-17.jpg");
+    /// assert_eq!(m.kind, "resize");
+    /// assert_eq!(&m.payload[..], b"photo-17.jpg");
+    /// assert_eq!(m.priority, Priority::Normal);
+    /// assert!(!m.id.is_nil());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(kind: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Message {
             id: MessageId::new(),
@@ -219,6 +235,22 @@ impl Message {
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] if `value` cannot be serialised.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// #[derive(serde::Serialize)]
+    /// struct Resize { file: &'static str, width: u32 }
+    ///
+    /// let m = Message::json("resize", &Resize { file: "a.jpg", width: 320 })?;
+    /// assert_eq!(&m.payload[..], br#"{"file":"a.jpg","width":320}"#);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn json<T: Serialize + ?Sized>(kind: impl Into<String>, value: &T) -> Result<Self> {
         let payload = serde_json::to_vec(value)
             .map_err(|e| Error::invalid("payload cannot be encoded as JSON").with_source(e))?;
@@ -229,6 +261,24 @@ impl Message {
     ///
     /// # Errors
     /// [`crate::ErrorKind::Decode`] naming the kind and the serde error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Resize { file: String, width: u32 }
+    ///
+    /// let m = Message::json("resize", &Resize { file: "a.jpg".into(), width: 320 })?;
+    /// assert_eq!(m.decode::<Resize>()?, Resize { file: "a.jpg".into(), width: 320 });
+    /// // A payload of another shape is a decode error (a handler's `?` makes it permanent).
+    /// assert_eq!(m.decode::<u32>().unwrap_err().kind(), ErrorKind::Decode);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.payload).map_err(|e| {
             Error::decode(format!(
@@ -240,30 +290,115 @@ impl Message {
     }
 
     /// Set the priority.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Priority, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("report", "later").with_priority(Priority::Low)).await?;
+    /// q.publish("jobs", Message::new("page", "now").with_priority(Priority::Critical)).await?;
+    /// // Strict priority (Q2): the critical message comes first although it was published last.
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!(d.message.kind, "page");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self
     }
 
     /// Add a header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, headers};
+    ///
+    /// let m = Message::new("charge", "o-17").with_header(headers::CORRELATION_ID, "req-9");
+    /// assert_eq!(m.header(headers::CORRELATION_ID), Some("req-9"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(key.into(), value.into());
         self
     }
 
     /// Deliver no sooner than `delay` after publish.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("mail", Message::new("reminder", "").with_delay(Duration::from_millis(50))).await?;
+    /// assert_eq!(q.stats("mail").await?.delayed, 1);
+    /// assert!(q.receive_one("mail", Duration::ZERO).await?.is_none());
+    /// assert!(q.receive_one("mail", Duration::from_secs(2)).await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
     }
 
     /// Deliver no sooner than `at_ms` (ms since the epoch).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let in_an_hour = q.clock().now_ms() + 3_600_000;
+    /// q.publish("mail", Message::new("reminder", "").with_not_before(in_an_hour)).await?;
+    /// assert_eq!(q.stats("mail").await?.delayed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_not_before(mut self, at_ms: u64) -> Self {
         self.not_before = Some(at_ms);
         self
     }
 
     /// Override the queue's `max_attempts` for this message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// // One try only, whatever the queue's retry policy says.
+    /// q.publish("jobs", Message::new("once", "").with_max_attempts(1)).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.nack("jobs", &d, "failed").await?;
+    /// assert_eq!(q.stats("jobs").await?.dead, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = Some(max_attempts);
         self
@@ -276,6 +411,23 @@ impl Message {
     /// publishing this message stores nothing and reports the existing message's id as
     /// [`crate::Published::Duplicate`]. Keys apply to queues only: events and pub/sub messages
     /// ignore them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let a = q.publish("billing", Message::new("charge", "o-17").with_dedup_key("charge:o-17")).await?;
+    /// let b = q.publish("billing", Message::new("charge", "o-17").with_dedup_key("charge:o-17")).await?;
+    /// assert_eq!(a, b, "the second publish is a duplicate of the first (Q11)");
+    /// assert_eq!(q.stats("billing").await?.ready_total(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
         self.dedup_key = Some(key.into());
         self
@@ -285,18 +437,65 @@ impl Message {
     /// never delivered (see [`Message::expires_at`]). Retries do not extend it: a message whose
     /// retry comes due after its expiry expires then. Whole milliseconds, rounded up; a `ttl`
     /// of zero is refused at publish, and so is a delay that ends at or after the expiry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("signaling", Message::new("ice", "c1").with_ttl(Duration::from_millis(20))).await?;
+    /// tokio::time::sleep(Duration::from_millis(40)).await;
+    /// // Expired before anyone leased it: never delivered (Q12).
+    /// assert!(q.receive_one("signaling", Duration::ZERO).await?.is_none());
+    /// assert_eq!(q.stats("signaling").await?.expired, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
     /// Expire the message at `at_ms` (ms since the epoch; see [`Message::with_ttl`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let m = Message::new("offer", "").with_expires_at(1_000);
+    /// assert!(!m.is_expired(999));
+    /// assert!(m.is_expired(1_000));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_expires_at(mut self, at_ms: u64) -> Self {
         self.expires_at = Some(at_ms);
         self
     }
 
     /// Whether the message has expired at `now_ms`: it has an expiry and `now_ms` reached it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let m = Message::new("offer", "").with_expires_at(5_000);
+    /// assert!(!m.is_expired(4_999) && m.is_expired(5_000));
+    /// assert!(!Message::new("offer", "").is_expired(u64::MAX), "no expiry, never expired");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at.is_some_and(|at| now_ms >= at)
     }
@@ -304,12 +503,41 @@ impl Message {
     /// Let a worker run this message's handler for at most `timeout` (whole milliseconds, at
     /// least 1); it wins over the queue's `handler_timeout`. The limit travels as the header
     /// [`headers::HANDLER_TIMEOUT_MS`], so it holds on every backend and through requeues.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let m = Message::new("transcode", "big.mp4").with_handler_timeout(Duration::from_secs(600));
+    /// assert_eq!(m.handler_timeout(), Some(Duration::from_secs(600)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_handler_timeout(self, timeout: Duration) -> Self {
         let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
         self.with_header(headers::HANDLER_TIMEOUT_MS, ms.to_string())
     }
 
     /// The handler timeout this message carries ([`Message::with_handler_timeout`]), if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(Message::new("k", "").handler_timeout(), None);
+    /// let m = Message::new("k", "").with_handler_timeout(Duration::from_millis(1500));
+    /// assert_eq!(m.handler_timeout(), Some(Duration::from_millis(1500)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn handler_timeout(&self) -> Option<Duration> {
         self.header(headers::HANDLER_TIMEOUT_MS)
             .and_then(|v| v.parse::<u64>().ok())
@@ -324,18 +552,66 @@ impl Message {
     /// lease, and so does emitting two events with the same id; this holds on every backend.
     /// For "at most one message per business key", use [`Message::with_dedup_key`] (Q11). Dead
     /// letters that share an id are all acted on by [`crate::Selection::Ids`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, MessageId, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let id: MessageId = "0190a0a0-0000-7000-8000-000000000017".parse()?;
+    /// let stored = courier.queue().publish("jobs", Message::new("k", "").with_id(id)).await?;
+    /// assert_eq!(stored, id);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_id(mut self, id: MessageId) -> Self {
         self.id = id;
         self
     }
 
     /// A header's value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let m = Message::new("k", "").with_header("tenant", "acme");
+    /// assert_eq!(m.header("tenant"), Some("acme"));
+    /// assert_eq!(m.header("missing"), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn header(&self, key: &str) -> Option<&str> {
         self.headers.get(key).map(String::as_str)
     }
 
     /// Fill in what publish assigns: the id when nil, `created_at` when 0, and resolve the
     /// relative delay into `not_before` against `now_ms`. Backends call this once per message.
+    ///
+    /// # Examples
+    ///
+    /// A backend calls this; shown here to make the resolution of relative times visible.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let mut m = Message::new("k", "")
+    ///     .with_delay(Duration::from_millis(500))
+    ///     .with_ttl(Duration::from_secs(10));
+    /// m.prepare_for_publish(1_000);
+    /// assert_eq!((m.created_at, m.not_before, m.expires_at), (1_000, Some(1_500), Some(11_000)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn prepare_for_publish(&mut self, now_ms: u64) {
         if self.id.is_nil() {
             self.id = MessageId::new();
@@ -355,6 +631,19 @@ impl Message {
     }
 
     /// When the message becomes deliverable (ms), or `None` when ready at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// assert_eq!(Message::new("k", "").due_at(), None);
+    /// assert_eq!(Message::new("k", "").with_not_before(9_000).due_at(), Some(9_000));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn due_at(&self) -> Option<u64> {
         self.not_before
     }

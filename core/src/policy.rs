@@ -67,6 +67,21 @@ pub enum FailureMode {
 
 impl RetryPolicy {
     /// A policy with no jitter (exact, for tests and deterministic systems).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::exact(4, Duration::from_millis(100), 2.0, Duration::from_millis(300));
+    /// let delays: Vec<_> = (1..=4).map(|a| p.base_delay(a)).collect();
+    /// assert_eq!(delays, [100, 200, 300, 300].map(Duration::from_millis));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn exact(max_attempts: u32, base: Duration, factor: f64, max_delay: Duration) -> Self {
         RetryPolicy {
             max_attempts,
@@ -78,30 +93,104 @@ impl RetryPolicy {
     }
 
     /// This policy with `max_attempts` deliveries in total (the first included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{QueueConfig, RetryPolicy};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().configure("ai", QueueConfig::default().with_retry(RetryPolicy::default().with_max_attempts(3)))?;
+    /// assert_eq!(courier.queue().queue_config("ai").retry.max_attempts, 3);
+    /// // 0 attempts is refused.
+    /// assert!(RetryPolicy::default().with_max_attempts(0).validate().is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts;
         self
     }
 
     /// This policy with `base` as the delay after the first failed attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::default().with_base(Duration::from_millis(250)).with_jitter(0.0);
+    /// assert_eq!(p.base_delay(1), Duration::from_millis(250));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_base(mut self, base: Duration) -> Self {
         self.base = base;
         self
     }
 
     /// This policy with `factor` as the growth per attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::default().with_base(Duration::from_secs(1)).with_factor(3.0);
+    /// assert_eq!(p.base_delay(3), Duration::from_secs(9));
+    /// assert!(RetryPolicy::default().with_factor(0.5).validate().is_err(), "delays may not shrink");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_factor(mut self, factor: f64) -> Self {
         self.factor = factor;
         self
     }
 
     /// This policy with `max_delay` as the bound of the computed delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::default().with_base(Duration::from_secs(1)).with_max_delay(Duration::from_secs(5));
+    /// assert_eq!(p.base_delay(10), Duration::from_secs(5));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
         self.max_delay = max_delay;
         self
     }
 
     /// This policy with `jitter` (a fraction in `[0, 1]`) around each delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::default().with_base(Duration::from_secs(10)).with_jitter(0.1);
+    /// assert_eq!(p.delay_bounds(1), (Duration::from_secs(9), Duration::from_secs(11)));
+    /// assert!(RetryPolicy::default().with_jitter(1.5).validate().is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_jitter(mut self, jitter: f64) -> Self {
         self.jitter = jitter;
         self
@@ -112,6 +201,20 @@ impl RetryPolicy {
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] when `max_attempts` is 0, `factor < 1` or not finite,
     /// or `jitter` is outside `[0, 1]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, RetryPolicy};
+    ///
+    /// assert!(RetryPolicy::default().validate().is_ok());
+    /// let e = RetryPolicy::default().with_max_attempts(0).validate().unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn validate(&self) -> Result<()> {
         if self.max_attempts == 0 {
             return Err(Error::invalid(
@@ -140,6 +243,21 @@ impl RetryPolicy {
     }
 
     /// The delay before jitter after failed attempt `attempt` (1-based).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::exact(5, Duration::from_secs(1), 2.0, Duration::from_secs(60));
+    /// assert_eq!(p.base_delay(1), Duration::from_secs(1));
+    /// assert_eq!(p.base_delay(4), Duration::from_secs(8));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(1_000) as i32;
         let secs = self.base.as_secs_f64() * self.factor.powi(exp);
@@ -152,6 +270,21 @@ impl RetryPolicy {
     }
 
     /// The delay after failed attempt `attempt`, with jitter drawn from `rng`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    ///
+    /// let p = RetryPolicy::default();
+    /// let (low, high) = p.delay_bounds(2);
+    /// let d = p.delay(2, &mut rand::rng());
+    /// assert!(low <= d && d <= high);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delay<R: Rng + ?Sized>(&self, attempt: u32, rng: &mut R) -> Duration {
         let d = self.base_delay(attempt);
         if self.jitter <= 0.0 || d.is_zero() {
@@ -162,6 +295,22 @@ impl RetryPolicy {
     }
 
     /// The jitter range of the delay after attempt `attempt`: `(low, high)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::exact(5, Duration::from_secs(2), 2.0, Duration::from_secs(60));
+    /// assert_eq!(p.delay_bounds(1), (Duration::from_secs(2), Duration::from_secs(2)), "no jitter");
+    /// let (low, high) = p.with_jitter(0.5).delay_bounds(1);
+    /// assert_eq!((low, high), (Duration::from_secs(1), Duration::from_secs(3)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delay_bounds(&self, attempt: u32) -> (Duration, Duration) {
         let d = self.base_delay(attempt).as_secs_f64();
         (
@@ -185,6 +334,23 @@ impl RetryPolicy {
     ///
     /// A script then only picks a value uniformly within the entry's `(low, high)`; the formula
     /// stays here, in one place.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::exact(9, Duration::from_secs(1), 2.0, Duration::from_secs(4));
+    /// let t = p.delay_bounds_table();
+    /// // 1 s, 2 s, 4 s, then the cap: beyond the table the last entry applies.
+    /// assert_eq!(t.len(), 3);
+    /// assert_eq!(t[2], p.delay_bounds(50));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delay_bounds_table(&self) -> Vec<(Duration, Duration)> {
         /// `base_delay` is the same for every attempt from this one on.
         const LAST: u32 = 1_001;
@@ -196,11 +362,42 @@ impl RetryPolicy {
     }
 
     /// The effective attempt limit for a message with an optional override.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::RetryPolicy;
+    ///
+    /// let p = RetryPolicy::default().with_max_attempts(5);
+    /// assert_eq!(p.limit(None), 5);
+    /// assert_eq!(p.limit(Some(2)), 2, "a message's own max_attempts wins");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn limit(&self, message_override: Option<u32>) -> u32 {
         message_override.unwrap_or(self.max_attempts).max(1)
     }
 
     /// Decide what happens after delivery number `attempt` failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureAction, FailureMode, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let p = RetryPolicy::exact(3, Duration::from_secs(1), 2.0, Duration::from_secs(60));
+    /// let rng = &mut rand::rng();
+    /// assert_eq!(p.decide(1, None, FailureMode::Backoff, rng), FailureAction::Retry(Duration::from_secs(1)));
+    /// assert_eq!(p.decide(3, None, FailureMode::Backoff, rng), FailureAction::Dead, "out of attempts");
+    /// assert_eq!(p.decide(1, None, FailureMode::Permanent, rng), FailureAction::Dead);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn decide<R: Rng + ?Sized>(
         &self,
         attempt: u32,
@@ -271,24 +468,96 @@ impl Default for QueueConfig {
 
 impl QueueConfig {
     /// This configuration with `visibility_timeout` as the lease length.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{QueueConfig, QueueExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("ai", QueueConfig::default().with_visibility_timeout(Duration::from_millis(50)))?;
+    /// q.publish("ai", Message::new("caption", "")).await?;
+    /// let first = q.receive_one("ai", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // Not settled within the lease: delivered again, attempt 2 (Q4).
+    /// let again = q.receive_one("ai", Duration::from_secs(2)).await?.expect("redelivered");
+    /// assert_eq!((first.message.attempt, again.message.attempt), (1, 2));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_visibility_timeout(mut self, visibility_timeout: Duration) -> Self {
         self.visibility_timeout = visibility_timeout;
         self
     }
 
     /// This configuration with `retry` as the retry policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{QueueConfig, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let retry = RetryPolicy::exact(3, Duration::from_millis(100), 2.0, Duration::from_secs(1));
+    /// courier.queue().configure("ai", QueueConfig::default().with_retry(retry))?;
+    /// assert_eq!(courier.queue().queue_config("ai").retry, retry);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
     /// This configuration keeping (`true`) or discarding (`false`) messages out of attempts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig, QueueExt, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("metrics", QueueConfig::default().with_dead_letter(false).with_retry(RetryPolicy::default().with_max_attempts(1)))?;
+    /// q.publish("metrics", Message::new("sample", "")).await?;
+    /// let d = q.receive_one("metrics", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.nack("metrics", &d, "bad sample").await?;
+    /// let s = q.stats("metrics").await?;
+    /// assert_eq!((s.dead, s.dead_lettered), (0, 1), "discarded and counted");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_dead_letter(mut self, dead_letter: bool) -> Self {
         self.dead_letter = dead_letter;
         self
     }
 
     /// This configuration with `max_payload` as the largest accepted payload, in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message, QueueConfig, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("small", QueueConfig::default().with_max_payload(4))?;
+    /// let e = q.publish("small", Message::new("k", "too long")).await.unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_max_payload(mut self, max_payload: usize) -> Self {
         self.max_payload = max_payload;
         self
@@ -296,6 +565,27 @@ impl QueueConfig {
 
     /// This configuration with `window` as the deduplication window (Q11): a key stays taken
     /// for `window` after its message was accepted, even once that message is acked or dead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("billing", QueueConfig::default().with_dedup_window(Duration::from_secs(600)))?;
+    /// let first = q.publish("billing", Message::new("charge", "").with_dedup_key("o-17")).await?;
+    /// let d = q.receive_one("billing", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.ack("billing", &d.lease).await?;
+    /// // Handled, but the key stays taken for the window (Q11).
+    /// let again = q.publish("billing", Message::new("charge", "").with_dedup_key("o-17")).await?;
+    /// assert_eq!(again, first);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = Some(window);
         self
@@ -303,6 +593,21 @@ impl QueueConfig {
 
     /// This configuration with `timeout` as the longest a worker lets a handler run (see
     /// [`QueueConfig::handler_timeout`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().configure("ai", QueueConfig::default().with_handler_timeout(Duration::from_secs(30)))?;
+    /// assert_eq!(courier.queue().queue_config("ai").handler_timeout, Some(Duration::from_secs(30)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout);
         self
@@ -310,6 +615,25 @@ impl QueueConfig {
 
     /// This configuration giving messages without an expiry of their own `ttl` to live (see
     /// [`QueueConfig::message_ttl`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("signaling", QueueConfig::default().with_message_ttl(Duration::from_millis(20)))?;
+    /// q.publish("signaling", Message::new("ice", "")).await?;
+    /// tokio::time::sleep(Duration::from_millis(40)).await;
+    /// assert!(q.receive_one("signaling", Duration::ZERO).await?.is_none());
+    /// assert_eq!(q.stats("signaling").await?.expired, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_message_ttl(mut self, ttl: Duration) -> Self {
         self.message_ttl = Some(ttl);
         self
@@ -317,17 +641,65 @@ impl QueueConfig {
 
     /// This configuration discarding (`true`) or dead-lettering (`false`, the default) expired
     /// messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("signaling", QueueConfig::default().with_drop_expired(true))?;
+    /// q.publish("signaling", Message::new("ice", "").with_ttl(Duration::from_millis(20))).await?;
+    /// tokio::time::sleep(Duration::from_millis(40)).await;
+    /// assert!(q.receive_one("signaling", Duration::ZERO).await?.is_none());
+    /// let s = q.stats("signaling").await?;
+    /// assert_eq!((s.expired, s.dead), (1, 0), "counted, not kept");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_drop_expired(mut self, drop: bool) -> Self {
         self.drop_expired = drop;
         self
     }
 
     /// Whether an expired message goes to dead letters (else it is discarded).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    ///
+    /// assert!(QueueConfig::default().keeps_expired());
+    /// assert!(!QueueConfig::default().with_drop_expired(true).keeps_expired());
+    /// assert!(!QueueConfig::default().with_dead_letter(false).keeps_expired());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn keeps_expired(&self) -> bool {
         self.dead_letter && !self.drop_expired
     }
 
     /// The deduplication window in whole milliseconds (0 = none: keys are held while live).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(QueueConfig::default().dedup_window_ms(), 0);
+    /// assert_eq!(QueueConfig::default().with_dedup_window(Duration::from_secs(2)).dedup_window_ms(), 2_000);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dedup_window_ms(&self) -> u64 {
         self.dedup_window
             .map_or(0, |w| w.as_millis().min(u64::MAX as u128) as u64)
@@ -338,6 +710,23 @@ impl QueueConfig {
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] for a zero visibility timeout, a zero `max_payload`,
     /// a deduplication window or handler timeout under 1 ms, or a bad retry policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    /// use std::time::Duration;
+    ///
+    /// assert!(QueueConfig::default().validate().is_ok());
+    /// assert!(QueueConfig::default().with_visibility_timeout(Duration::ZERO).validate().is_err());
+    /// // `configure` validates too.
+    /// let courier = courier::connect("memory://").await?;
+    /// assert!(courier.queue().configure("q", QueueConfig::default().with_max_payload(0)).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn validate(&self) -> Result<()> {
         if self
             .handler_timeout
@@ -377,6 +766,20 @@ impl QueueConfig {
     /// # Errors
     /// [`crate::ErrorKind::PayloadTooLarge`] or [`crate::ErrorKind::InvalidInput`] (a
     /// `max_attempts` override of 0).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message, QueueConfig};
+    ///
+    /// let c = QueueConfig::default().with_max_payload(3);
+    /// assert!(c.check_message(&Message::new("k", "abc")).is_ok());
+    /// assert_eq!(c.check_message(&Message::new("k", "abcd")).unwrap_err().kind(), ErrorKind::PayloadTooLarge);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check_message(&self, msg: &crate::Message) -> Result<()> {
         if msg.payload.len() > self.max_payload {
             return Err(Error::new(
@@ -414,6 +817,20 @@ impl QueueConfig {
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] naming both instants.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig};
+    ///
+    /// let m = Message::new("k", "").with_expires_at(2_000);
+    /// assert!(QueueConfig::check_expiry(&m, 1_000).is_ok());
+    /// assert!(QueueConfig::check_expiry(&m, 2_000).is_err(), "already expired at publish");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check_expiry(msg: &crate::Message, now: u64) -> Result<()> {
         let Some(at) = msg.expires_at else {
             return Ok(());

@@ -58,11 +58,48 @@ pub struct ScheduleHandle {
 
 impl ScheduleHandle {
     /// The schedule's name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Every, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("tick", "clock")?;
+    /// let h = courier.scheduler().recurring("heartbeat", Every::Interval(Duration::from_secs(60)), || Message::new("tick", ""))?;
+    /// assert_eq!(h.name(), "heartbeat");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Stop firing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Every, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("tick", "clock")?;
+    /// let h = courier.scheduler().recurring("fast", Every::Interval(Duration::from_millis(20)), || Message::new("tick", ""))?;
+    /// tokio::time::sleep(Duration::from_millis(100)).await;
+    /// h.cancel();
+    /// let fired = courier.queue().stats("clock").await?.published;
+    /// assert!(fired >= 1);
+    /// tokio::time::sleep(Duration::from_millis(100)).await;
+    /// assert_eq!(courier.queue().stats("clock").await?.published, fired, "no firing after cancel");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn cancel(self) {}
 }
 
@@ -108,6 +145,26 @@ pub(crate) fn next_cron_ms(cron: &Cron, after_ms: u64) -> Result<u64> {
 
 impl Scheduler {
     /// A scheduler publishing through `dispatcher`, reading time from `clock`.
+    ///
+    /// # Examples
+    ///
+    /// A [`crate::Courier`] has one ([`crate::Courier::scheduler`]); this builds one over your own
+    /// dispatcher.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Scheduler};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let scheduler = Scheduler::new(courier.dispatcher().clone(), courier.queue().clock());
+    /// courier.dispatcher().route("reminder", "mail")?;
+    /// scheduler.publish_after(Message::new("reminder", ""), Duration::from_secs(5)).await?;
+    /// assert_eq!(courier.queue().stats("mail").await?.delayed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(dispatcher: Dispatcher, clock: SharedClock) -> Self {
         Scheduler { dispatcher, clock }
     }
@@ -120,6 +177,27 @@ impl Scheduler {
     ///
     /// # Cancel safety
     /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("reminder", "mail")?;
+    /// let now = courier.queue().clock().now_ms();
+    /// courier.scheduler().publish_at(Message::new("reminder", "standup"), now + 50).await?;
+    /// // Not deliverable before its time (Q6) ...
+    /// assert!(courier.queue().receive_one("mail", Duration::ZERO).await?.is_none());
+    /// // ... and delivered after it.
+    /// let d = courier.queue().receive_one("mail", Duration::from_secs(2)).await?;
+    /// assert!(d.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish_at(&self, msg: Message, at_ms: u64) -> Result<MessageId> {
         self.dispatcher.dispatch(msg.with_not_before(at_ms)).await
     }
@@ -132,6 +210,24 @@ impl Scheduler {
     ///
     /// # Cancel safety
     /// As [`Dispatcher::dispatch`]: dropping the future may or may not have published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("follow_up", "mail")?;
+    /// courier.scheduler().publish_after(Message::new("follow_up", "ann"), Duration::from_millis(50)).await?;
+    /// assert_eq!(courier.queue().stats("mail").await?.delayed, 1);
+    /// let d = courier.queue().receive_one("mail", Duration::from_secs(2)).await?.expect("due by now");
+    /// assert_eq!(d.message.kind, "follow_up");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish_after(&self, msg: Message, delay: Duration) -> Result<MessageId> {
         self.dispatcher.dispatch(msg.with_delay(delay)).await
     }
@@ -147,6 +243,26 @@ impl Scheduler {
     /// # Errors
     /// An invalid cron expression, a zero interval, or a name longer than
     /// [`MAX_SCHEDULE_NAME_LEN`] bytes (it is part of the key).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Every, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.dispatcher().route("report", "reports")?;
+    /// // Every day at 06:00 UTC; the handle keeps it running.
+    /// let daily = courier
+    ///     .scheduler()
+    ///     .recurring("daily-report", Every::Cron("0 6 * * *".into()), || Message::new("report", ""))?;
+    /// assert_eq!(daily.name(), "daily-report");
+    /// // A malformed expression is refused.
+    /// assert!(courier.scheduler().recurring("bad", Every::Cron("every day".into()), || Message::new("report", "")).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recurring<F>(&self, name: &str, every: Every, make: F) -> Result<ScheduleHandle>
     where
         F: Fn() -> Message + Send + Sync + 'static,
