@@ -31,6 +31,17 @@ impl Default for SubscribeOptions {
 #[async_trait]
 pub trait PubSub: Send + Sync + 'static {
     /// The backend's short name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// assert_eq!(courier.pubsub().backend_name(), "memory");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn backend_name(&self) -> &'static str;
 
     /// Send `message` to every active subscription matching `channel` (P1). With no
@@ -56,6 +67,23 @@ pub trait PubSub: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future may or may not have published the message. Nothing is left to clean
     /// up: pub/sub is at most once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let ps = courier.pubsub();
+    /// // Nobody listening: dropped, not an error (P2).
+    /// assert_eq!(ps.publish("room.1", Message::new("chat", "hi")).await?, 0);
+    /// let _sub = ps.subscribe("room.*", SubscribeOptions::default()).await?;
+    /// assert_eq!(ps.publish("room.1", Message::new("chat", "hi")).await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish(&self, channel: &str, message: Message) -> Result<usize>;
 
     /// Subscribe to a channel or pattern (`*` one token, `>` the rest). Returns once the
@@ -72,6 +100,30 @@ pub trait PubSub: Send + Sync + 'static {
     /// Dropping the future before it returns leaves no subscription: a registration already
     /// made is undone (on Redis, the channel is unsubscribed when no other subscription of the
     /// handle needs it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let ps = courier.pubsub();
+    /// let mut one = ps.subscribe("room.*.signal", SubscribeOptions::default()).await?;
+    /// let mut rest = ps.subscribe("room.42.>", SubscribeOptions::default()).await?;
+    /// ps.publish("room.42.signal", Message::new("offer", "a")).await?;
+    /// ps.publish("room.42.ice.candidate", Message::new("ice", "b")).await?;
+    /// // `*` is one token, `>` the rest (P3).
+    /// assert_eq!(one.next_timeout(Duration::from_secs(1)).await.map(|m| m.kind).as_deref(), Some("offer"));
+    /// assert!(one.try_next().is_none());
+    /// assert_eq!(rest.next_timeout(Duration::from_secs(1)).await.map(|m| m.kind).as_deref(), Some("offer"));
+    /// assert_eq!(rest.next_timeout(Duration::from_secs(1)).await.map(|m| m.kind).as_deref(), Some("ice"));
+    /// assert!(ps.subscribe("room.>.x", SubscribeOptions::default()).await.is_err(), "`>` only last");
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn subscribe(&self, pattern: &str, options: SubscribeOptions) -> Result<Subscription>;
 }
 
@@ -189,6 +241,24 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe: a message is only taken from the buffer when it is returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let mut sub = courier.pubsub().subscribe("chat", SubscribeOptions::default()).await?;
+    /// courier.pubsub().publish("chat", Message::new("say", "hello")).await?;
+    /// // Bound the wait yourself (or use `next_timeout`).
+    /// let m = tokio::time::timeout(Duration::from_secs(1), sub.next()).await.ok().flatten();
+    /// assert_eq!(m.map(|m| m.payload).as_deref(), Some(&b"hello"[..]));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn next(&mut self) -> Option<Message> {
         loop {
             let notified = self.buffer.notify.notified();
@@ -209,26 +279,105 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe, as [`Subscription::next`]: no message is taken unless it is returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::SubscribeOptions;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let mut sub = courier.pubsub().subscribe("chat", SubscribeOptions::default()).await?;
+    /// assert!(sub.next_timeout(Duration::from_millis(10)).await.is_none(), "nothing published");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn next_timeout(&mut self, wait: Duration) -> Option<Message> {
         tokio::time::timeout(wait, self.next()).await.ok().flatten()
     }
 
     /// A buffered message, without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let mut sub = courier.pubsub().subscribe("chat", SubscribeOptions::default()).await?;
+    /// assert!(sub.try_next().is_none());
+    /// courier.pubsub().publish("chat", Message::new("say", "hi")).await?;
+    /// assert!(sub.try_next().is_some(), "memory delivers during publish");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn try_next(&mut self) -> Option<Message> {
         self.buffer.try_pop()
     }
 
     /// Messages dropped because this subscriber was too slow (P7).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let mut sub = courier.pubsub().subscribe("ticks", SubscribeOptions { buffer: 2 }).await?;
+    /// for i in 0..5 {
+    ///     courier.pubsub().publish("ticks", Message::new("tick", format!("{i}"))).await?;
+    /// }
+    /// // A slow subscriber loses the oldest messages, and is told how many (P7).
+    /// assert_eq!(sub.dropped(), 3);
+    /// assert_eq!(sub.try_next().map(|m| m.payload).as_deref(), Some(&b"3"[..]));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.buffer.dropped()
     }
 
     /// The pattern.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::SubscribeOptions;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier.pubsub().subscribe("room.*", SubscribeOptions::default()).await?;
+    /// assert_eq!(sub.pattern(), "room.*");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pattern(&self) -> &str {
         self.buffer.pattern.as_str()
     }
 
     /// Stop delivery now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier.pubsub().subscribe("chat", SubscribeOptions::default()).await?;
+    /// sub.unsubscribe();
+    /// assert_eq!(courier.pubsub().publish("chat", Message::new("say", "hi")).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn unsubscribe(self) {
         self.buffer.close();
     }

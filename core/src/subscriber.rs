@@ -63,6 +63,29 @@ struct Shared {
 
 impl Subscriber {
     /// A subscriber to `pattern` (a channel or a pattern with `*` / `>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Subscriber};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = Subscriber::builder(courier.pubsub().clone(), "room.*")
+    ///     .handler(|_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// courier.pubsub().publish("room.1", Message::new("joined", "ann")).await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while sub.stats().handled < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(sub.stats().handled, 1);
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(pubsub: Arc<dyn PubSub>, pattern: &str) -> Self {
         Subscriber {
             pubsub,
@@ -78,30 +101,166 @@ impl Subscriber {
     /// Cancel a handler run after `timeout` and count it as a failed attempt ("handler timed
     /// out after …"), retried or dead-lettered by the retry policy. A message's own limit
     /// ([`crate::Message::with_handler_timeout`]) wins. Default: no limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier
+    ///     .subscriber("cursor.*")
+    ///     .handler_timeout(Duration::from_millis(20))
+    ///     .retry(RetryPolicy::default().with_max_attempts(1))
+    ///     .handler(|_m: Message| async {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await;
+    ///         Ok(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// courier.pubsub().publish("cursor.ann", Message::new("move", "1,2")).await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while sub.stats().dead < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("timed out and dead");
+    /// let s = sub.stats();
+    /// assert_eq!((s.timed_out, s.dead), (1, 1));
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout);
         self
     }
 
     /// The retry policy applied in-process (default: [`RetryPolicy::default`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{HandlerError, Message, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier
+    ///     .subscriber("room.*")
+    ///     .retry(RetryPolicy::exact(3, Duration::from_millis(5), 1.0, Duration::from_millis(5)))
+    ///     .handler(|m: Message| async move {
+    ///         if m.attempt < 3 { Err(HandlerError::retry("busy")) } else { Ok(()) }
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// courier.pubsub().publish("room.1", Message::new("joined", "ann")).await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while sub.stats().handled < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(sub.stats().retried, 2);
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
     }
 
     /// Subscription options (buffer size).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, SubscribeOptions};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier
+    ///     .subscriber("ticks")
+    ///     .options(SubscribeOptions { buffer: 16 })
+    ///     .handler(|_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn options(mut self, options: SubscribeOptions) -> Self {
         self.options = options;
         self
     }
 
     /// Dead letters kept in memory at most (oldest dropped first; default 10,000).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{HandlerError, Message, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier
+    ///     .subscriber("room.*")
+    ///     .max_dead_letters(1)
+    ///     .retry(RetryPolicy::default().with_max_attempts(1))
+    ///     .handler(|_m: Message| async { Err(HandlerError::permanent("no")) })
+    ///     .start()
+    ///     .await?;
+    /// for body in ["a", "b"] {
+    ///     courier.pubsub().publish("room.1", Message::new("chat", body)).await?;
+    /// }
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while sub.stats().dead < 2 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("dead");
+    /// // Only the newest is kept.
+    /// let dead = sub.dead_letters();
+    /// assert_eq!(dead.len(), 1);
+    /// assert_eq!(&dead[0].message.payload[..], b"b");
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn max_dead_letters(mut self, n: usize) -> Self {
         self.max_dead_letters = n.max(1);
         self
     }
 
     /// The handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let sub = courier
+    ///     .subscriber("room.42.>")
+    ///     .handler(move |m: Message| {
+    ///         let tx = tx.clone();
+    ///         async move {
+    ///             let _ = tx.send(m.payload);
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// courier.pubsub().publish("room.42.ice.candidate", Message::new("ice", "c1")).await?;
+    /// let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    /// assert_eq!(got.ok().flatten().as_deref(), Some(&b"c1"[..]));
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn handler<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(crate::Message) -> Fut + Send + Sync + 'static,
@@ -123,6 +282,24 @@ impl Subscriber {
     ///
     /// # Cancel safety
     /// Dropping the future before it returns leaves no subscription and starts nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier.subscriber("room.*").handler(|_m: Message| async { Ok(()) }).start().await?;
+    /// // Active once `start` returns: this publish reaches it (P1).
+    /// assert_eq!(courier.pubsub().publish("room.1", Message::new("k", "")).await?, 1);
+    /// sub.stop().await;
+    /// let e = courier.subscriber("room.*").start().await.err().map(|e| e.kind());
+    /// assert_eq!(e, Some(ErrorKind::InvalidInput), "no handler");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(self) -> Result<SubscriberHandle> {
         // Checked here too, so the refusal does not depend on the backend's subscribe.
         crate::names::Pattern::parse(&self.pattern).map_err(|e| {
@@ -228,11 +405,61 @@ pub struct SubscriberHandle {
 
 impl SubscriberHandle {
     /// This subscription's dead letters, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{HandlerError, Message, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier
+    ///     .subscriber("room.*")
+    ///     .retry(RetryPolicy::default().with_max_attempts(1))
+    ///     .handler(|_m: Message| async { Err(HandlerError::permanent("malformed")) })
+    ///     .start()
+    ///     .await?;
+    /// courier.pubsub().publish("room.1", Message::new("chat", "??")).await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while sub.stats().dead < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("dead");
+    /// let dead = sub.dead_letters();
+    /// assert!(dead[0].error.contains("malformed"));
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.shared.dead_letters.lock().iter().cloned().collect()
     }
 
     /// Counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier.subscriber("room.*").handler(|_m: Message| async { Ok(()) }).start().await?;
+    /// courier.pubsub().publish("room.1", Message::new("k", "")).await?;
+    /// tokio::time::timeout(Duration::from_secs(5), async {
+    ///     while sub.stats().handled < 1 {
+    ///         tokio::time::sleep(Duration::from_millis(5)).await;
+    ///     }
+    /// })
+    /// .await
+    /// .expect("handled in time");
+    /// assert_eq!(sub.stats().received, 1);
+    /// sub.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> SubscriberStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SubscriberStats {
@@ -257,6 +484,22 @@ impl SubscriberHandle {
     /// # Cancel safety
     /// Dropping the future does not cancel the stop: the stop signal is sent at its first poll,
     /// or, when it is never polled, by dropping the handle it holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let sub = courier.subscriber("room.*").handler(|_m: Message| async { Ok(()) }).start().await?;
+    /// sub.stop().await;
+    /// // Unsubscribed: nobody receives this one (P2).
+    /// assert_eq!(courier.pubsub().publish("room.1", Message::new("k", "")).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn stop(mut self) {
         let _ = self.stop_tx.send(true);
         if let Some(t) = self.task.take() {

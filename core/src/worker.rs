@@ -255,6 +255,28 @@ pub struct Worker;
 
 impl Worker {
     /// A worker for queue `queue_name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, Worker};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("mail", Message::new("welcome", "ann")).await?;
+    /// let worker = Worker::builder(courier.queue().clone(), "mail")
+    ///     .handler("welcome", |_m: Message| async { Ok(()) })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// let report = worker.stop(Duration::from_secs(1)).await;
+    /// assert_eq!(report.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(queue: Arc<dyn Queue>, queue_name: &str) -> WorkerBuilder {
         WorkerBuilder::from_source(Arc::new(QueueSource::new(queue, queue_name)))
     }
@@ -262,6 +284,30 @@ impl Worker {
 
 impl WorkerBuilder {
     /// A worker over any [`Source`].
+    ///
+    /// # Examples
+    ///
+    /// [`Worker::builder`] is this over a [`QueueSource`]; a [`GroupSource`] reads a consumer group.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::backend::QueueSource;
+    /// use courier::{Message, QueueExt, WorkerBuilder};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("mail", Message::new("welcome", "")).await?;
+    /// let source = Arc::new(QueueSource::new(courier.queue().clone(), "mail"));
+    /// let worker = WorkerBuilder::from_source(source).handler("welcome", |_m| async { Ok(()) }).start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(worker.stop(Duration::from_secs(1)).await.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_source(source: Arc<dyn Source>) -> Self {
         WorkerBuilder {
             sources: vec![(source, None)],
@@ -283,12 +329,63 @@ impl WorkerBuilder {
     }
 
     /// Handlers running at once, at most (default 8, at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// for i in 0..6 {
+    ///     courier.queue().publish("thumbs", Message::new("thumb", format!("{i}"))).await?;
+    /// }
+    /// let worker = courier
+    ///     .worker("thumbs")
+    ///     .concurrency(3)
+    ///     .handler("thumb", |_m| async {
+    ///         tokio::time::sleep(Duration::from_millis(20)).await;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 6 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// let report = worker.stop(Duration::from_secs(1)).await;
+    /// assert!(report.stats.max_in_progress <= 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
     }
 
     /// Messages leased ahead of free handler slots (default: equal to `concurrency`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// // One handler at a time, and nothing leased ahead of it: other workers get the rest.
+    /// let worker = courier
+    ///     .worker("heavy")
+    ///     .concurrency(1)
+    ///     .prefetch(0)
+    ///     .handler("render", |_m: Message| async { Ok(()) })
+    ///     .start()?;
+    /// assert_eq!(worker.stats().received, 0);
+    /// worker.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -296,6 +393,26 @@ impl WorkerBuilder {
 
     /// How long one receive waits on the backend when idle (default 1 s). Waiting happens in
     /// the backend (blocking pop, notification), never by spinning.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let worker = courier
+    ///     .worker("mail")
+    ///     .idle_wait(Duration::from_millis(200))
+    ///     .handler("welcome", |_m: Message| async { Ok(()) })
+    ///     .start()?;
+    /// let report = worker.stop(Duration::from_secs(1)).await;
+    /// assert_eq!(report.stats.received, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn idle_wait(mut self, d: Duration) -> Self {
         self.idle_wait = d;
         self
@@ -303,12 +420,78 @@ impl WorkerBuilder {
 
     /// Run each handler on its own tokio task (spreads CPU-heavy handlers across cores, at the
     /// cost of a spawn per message). Default `false`: handlers are polled by the worker task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("cpu", Message::new("hash", "data")).await?;
+    /// let worker = courier
+    ///     .worker("cpu")
+    ///     .spawn_handlers(true)
+    ///     .handler("hash", |m: Message| async move {
+    ///         let sum: u64 = m.payload.iter().map(|&b| u64::from(b)).sum();
+    ///         assert!(sum > 0);
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(worker.stop(Duration::from_secs(1)).await.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn spawn_handlers(mut self, yes: bool) -> Self {
         self.spawn_handlers = yes;
         self
     }
 
     /// Bind a handler to a message kind.
+    ///
+    /// # Examples
+    ///
+    /// A handler's error decides what happens next: [`HandlerError::retry`] retries with the
+    /// queue's backoff, [`HandlerError::permanent`] (or a decode error through `?`) dead-letters at
+    /// once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{HandlerError, Message, QueueConfig, QueueExt, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("ai", QueueConfig::default().with_retry(RetryPolicy::exact(
+    ///     5, Duration::from_millis(10), 2.0, Duration::from_millis(50))))?;
+    /// q.publish("ai", Message::new("caption", "")).await?;
+    /// q.publish("ai", Message::new("caption", "bad input")).await?;
+    /// let worker = courier
+    ///     .worker("ai")
+    ///     .handler("caption", |m: Message| async move {
+    ///         if m.payload.is_empty() && m.attempt < 2 {
+    ///             return Err(HandlerError::retry("model warming up"));
+    ///         }
+    ///         if !m.payload.is_empty() {
+    ///             return Err(HandlerError::permanent("cannot caption this"));
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded + worker.stats().dead < 2 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("settled");
+    /// let report = worker.stop(Duration::from_secs(1)).await;
+    /// assert_eq!((report.stats.succeeded, report.stats.retried, report.stats.dead), (1, 1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn handler<F, Fut>(mut self, kind: &str, f: F) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
@@ -320,12 +503,64 @@ impl WorkerBuilder {
     }
 
     /// Bind an already boxed handler to a kind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, handler};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("mail", Message::new("welcome", "")).await?;
+    /// // One handler value shared by two kinds.
+    /// let h = handler::boxed(|_m: Message| async { Ok(()) });
+    /// let worker = courier.worker("mail").boxed_handler("welcome", h.clone()).boxed_handler("goodbye", h).start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(worker.stop(Duration::from_secs(1)).await.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn boxed_handler(mut self, kind: &str, h: BoxHandler) -> Self {
         self.handlers.insert(kind.to_string(), h);
         self
     }
 
     /// Bind a handler that decodes the JSON payload into `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Resize { file: String, width: u32 }
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish_json("images", "resize", &Resize { file: "a.jpg".into(), width: 320 }).await?;
+    /// // A payload that is not a `Resize` fails permanently: no retry can fix it.
+    /// courier.queue().publish("images", Message::new("resize", "not json")).await?;
+    /// let worker = courier
+    ///     .worker("images")
+    ///     .json_handler("resize", |job: Resize, _m: Message| async move {
+    ///         assert_eq!((job.file.as_str(), job.width), ("a.jpg", 320));
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded + worker.stats().dead < 2 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("settled");
+    /// let report = worker.stop(Duration::from_secs(1)).await;
+    /// assert_eq!((report.stats.succeeded, report.stats.dead), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn json_handler<T, F, Fut>(self, kind: &str, f: F) -> Self
     where
         T: serde::de::DeserializeOwned + Send + 'static,
@@ -337,6 +572,31 @@ impl WorkerBuilder {
 
     /// A handler for every kind without its own handler. Without one, an unknown kind fails
     /// permanently with a reason naming the kind.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, handler};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("misc", Message::new("something_new", "")).await?;
+    /// let worker = courier
+    ///     .worker("misc")
+    ///     .fallback(handler::boxed(|m: Message| async move {
+    ///         assert_eq!(m.kind, "something_new");
+    ///         Ok(())
+    ///     }))
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(worker.stop(Duration::from_secs(1)).await.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fallback(mut self, h: BoxHandler) -> Self {
         self.fallback = Some(h);
         self
@@ -351,6 +611,25 @@ impl WorkerBuilder {
     ///
     /// # Panics
     /// Outside a tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let worker = courier.worker("mail").handler("welcome", |_m: Message| async { Ok(()) }).start()?;
+    /// assert!(!worker.is_finished());
+    /// worker.stop(Duration::from_secs(1)).await;
+    /// // No handler, or a bad queue name: refused, nothing started.
+    /// assert_eq!(courier.worker("mail").start().err().map(|e| e.kind()), Some(ErrorKind::InvalidInput));
+    /// assert!(courier.worker("bad name").handler("k", |_m: Message| async { Ok(()) }).start().is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(self) -> Result<WorkerHandle> {
         for (source, _) in &self.sources {
             source.check()?;
@@ -425,6 +704,30 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Current counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("mail", Message::new("welcome", "")).await?;
+    /// let worker = courier.worker("mail").handler("welcome", |_m: Message| async { Ok(()) }).start()?;
+    /// tokio::time::timeout(Duration::from_secs(5), async {
+    ///     while worker.stats().succeeded < 1 {
+    ///         tokio::time::sleep(Duration::from_millis(5)).await;
+    ///     }
+    /// })
+    /// .await
+    /// .expect("handled in time");
+    /// assert_eq!(worker.stats().received, 1);
+    /// # worker.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> WorkerStats {
         self.counters.snapshot()
     }
@@ -443,6 +746,37 @@ impl WorkerHandle {
     /// same as dropping the handle: the worker stops with no grace period (running handlers are
     /// abandoned and their messages released). Dropped later, the worker goes on stopping in
     /// the background with the given grace; only the report is lost.
+    ///
+    /// # Examples
+    ///
+    /// Graceful shutdown: a handler still running after the grace period is abandoned and its
+    /// message released for another worker (W).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("slow", Message::new("render", "")).await?;
+    /// let worker = courier
+    ///     .worker("slow")
+    ///     .handler("render", |_m: Message| async {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while worker.stats().in_progress < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("started");
+    /// let report = worker.stop(Duration::from_millis(50)).await;
+    /// assert_eq!(report.abandoned, 1);
+    /// // Released at once: ready again, not waiting for the lease to end.
+    /// assert_eq!(courier.queue().stats("slow").await?.ready_total(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn stop(mut self, grace: Duration) -> WorkerReport {
         let _ = self.stop_tx.send(Some(grace));
         let mut abandoned = 0;
@@ -461,6 +795,22 @@ impl WorkerHandle {
     }
 
     /// Whether every driver task has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let worker = courier.worker("mail").handler("welcome", |_m: Message| async { Ok(()) }).start()?;
+    /// assert!(!worker.is_finished(), "running until stopped");
+    /// worker.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.tasks.iter().all(|t| t.is_finished())
     }
@@ -951,6 +1301,28 @@ pub struct GroupConsumer {
 
 impl GroupConsumer {
     /// A consumer in `group`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, GroupConsumer, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.events().emit("meeting.created", Message::new("meeting.created", "m1")).await?;
+    /// let consumer = GroupConsumer::builder(courier.events().clone(), "ai")
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while consumer.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(consumer.stop(Duration::from_secs(1)).await.stats.succeeded, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder(bus: Arc<dyn EventBus>, group: &str) -> Self {
         GroupConsumer {
             bus,
@@ -964,6 +1336,32 @@ impl GroupConsumer {
     }
 
     /// Handle every event of `topic` with `f`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.events().emit("meeting.created", Message::new("meeting.created", "m1")).await?;
+    /// courier.events().emit("meeting.ended", Message::new("meeting.ended", "m1")).await?;
+    /// // One group, two topics, one handler each.
+    /// let consumer = courier
+    ///     .group_consumer("billing")
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .on("meeting.ended", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while consumer.stats().succeeded < 2 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// assert_eq!(consumer.stop(Duration::from_secs(1)).await.stats.succeeded, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn on<F, Fut>(mut self, topic: &str, f: F) -> Self
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
@@ -975,6 +1373,38 @@ impl GroupConsumer {
     }
 
     /// Handle every event of typed event `E`'s topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct MeetingCreated { id: String }
+    /// impl courier::Event for MeetingCreated {
+    ///     const TOPIC: &'static str = "meeting.created";
+    /// }
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.events().emit_typed(&MeetingCreated { id: "m1".into() }).await?;
+    /// let consumer = courier
+    ///     .group_consumer("media")
+    ///     .on_event(|e: MeetingCreated, _m: Message| async move {
+    ///         assert_eq!(e.id, "m1");
+    ///         Ok(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # tokio::time::timeout(Duration::from_secs(5), async {
+    /// #     while consumer.stats().succeeded < 1 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn on_event<E, F, Fut>(mut self, f: F) -> Self
     where
         E: crate::Event,
@@ -987,6 +1417,27 @@ impl GroupConsumer {
     }
 
     /// Handlers running at once per topic (default 8).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// // Events of the topic handled one at a time, in log order.
+    /// let consumer = courier
+    ///     .group_consumer("audit")
+    ///     .concurrency(1)
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -995,12 +1446,54 @@ impl GroupConsumer {
     /// Events leased ahead of free handler slots, per topic (default: equal to
     /// `concurrency`). At most `concurrency + prefetch` events of a topic are leased at once,
     /// as for [`WorkerBuilder::prefetch`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let consumer = courier
+    ///     .group_consumer("audit")
+    ///     .concurrency(4)
+    ///     .prefetch(4)
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// assert_eq!(consumer.stats().received, 0);
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
     }
 
     /// How long one receive waits when idle (default 1 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let consumer = courier
+    ///     .group_consumer("audit")
+    ///     .idle_wait(Duration::from_millis(100))
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn idle_wait(mut self, d: Duration) -> Self {
         self.idle_wait = d;
         self
@@ -1017,6 +1510,39 @@ impl GroupConsumer {
     /// keeps its position and everything pending: restarting a consumer never skips or
     /// replays events. Configuring a group ([`EventBus::configure_group`]) does not create
     /// it. To move an existing group, use [`EventBus::reset_group`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("meeting.created", Message::new("meeting.created", "old")).await?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = courier
+    ///     .group_consumer("dashboard")
+    ///     .start_from(ReplayFrom::End)
+    ///     .on("meeting.created", move |m: Message| {
+    ///         let tx = tx.clone();
+    ///         async move {
+    ///             let _ = tx.send(m.payload);
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// bus.emit("meeting.created", Message::new("meeting.created", "new")).await?;
+    /// // The new group skipped the history: its first event is "new".
+    /// let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    /// assert_eq!(first.ok().flatten().as_deref(), Some(&b"new"[..]));
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start_from(mut self, from: ReplayFrom) -> Self {
         self.start_from = Some(from);
         self
@@ -1039,6 +1565,27 @@ impl GroupConsumer {
     /// # Cancel safety
     /// Dropping the future before it returns starts nothing; some groups may have been
     /// created (starting again is safe: an existing group is not moved).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let consumer = courier
+    ///     .group_consumer("media")
+    ///     .on("meeting.created", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await?;
+    /// consumer.stop(Duration::from_secs(1)).await;
+    /// // A consumer with no topic is refused.
+    /// assert!(courier.group_consumer("media").start().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(self) -> Result<WorkerHandle> {
         let mut sources = Vec::new();
         let mut topics: Vec<String> = Vec::new();
