@@ -1,4 +1,11 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## The guide
+//!
+//! One page per capability, each built around a runnable program in `examples/`:
+//! [`docs/guide/`](https://example.invalid/courier/tree/main/docs/guide) (start with its
+//! `README.md`). Every public method of the user API carries an example on `memory://`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -52,22 +59,27 @@ pub mod backend {
 
 /// The in-memory backend (feature `memory`, on by default).
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use courier_memory as memory;
 
 /// The embedded SQLite backend (feature `sqlite`, on by default).
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use courier_sqlite as sqlite;
 
 /// The Redis backend (feature `redis`).
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use courier_redis as redis;
 
 /// The RabbitMQ backend (feature `amqp`).
 #[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use courier_amqp as amqp;
 
 /// The NATS JetStream backend (feature `nats`).
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use courier_nats as nats;
 
 /// Connect to a backend by URL and return the [`Courier`] handle.
@@ -88,6 +100,25 @@ pub use courier_nats as nats;
 /// [`ErrorKind::InvalidInput`] for a malformed URL or unknown scheme,
 /// [`ErrorKind::Unsupported`] when the backend is not compiled into this build. Passwords in
 /// the URL never appear in the error.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// use courier::ErrorKind;
+///
+/// let courier = courier::connect("memory://").await?;
+/// assert_eq!(courier.backend_name(), "memory");
+/// let embedded = courier::connect("sqlite::memory:").await?;
+/// assert_eq!(embedded.backend_name(), "sqlite");
+/// // An unknown scheme is refused, and a password never shows in the error.
+/// let e = courier::connect("mqtt://user:secret@host").await.unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+/// assert!(!e.to_string().contains("secret"));
+/// # Ok(())
+/// # }
+/// ```
 pub async fn connect(url: &str) -> Result<Courier> {
     let (scheme, normalized) = scheme_of(url)?;
     let url = normalized.as_str();
@@ -160,6 +191,25 @@ pub async fn connect(url: &str) -> Result<Courier> {
 ///
 /// # Errors
 /// As [`connect`] and [`Courier::apply`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// let config = courier::parse_config(
+///     r#"
+///     url = "memory://"
+///     [routes]
+///     speech_recognition = "ai"
+///     "#,
+/// )?;
+/// let courier = courier::connect_with(&config).await?;
+/// courier.dispatcher().dispatch_json("speech_recognition", &"chunk-1").await?;
+/// assert_eq!(courier.queue().stats("ai").await?.published, 1);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn connect_with(config: &CourierConfig) -> Result<Courier> {
     let url = config.url.as_deref().unwrap_or("memory://");
     let courier = connect(url).await?;
@@ -223,6 +273,26 @@ fn scheme_of(url: &str) -> Result<(String, String)> {
 /// # Errors
 /// [`ErrorKind::NotFound`] when the file is missing, [`ErrorKind::InvalidInput`] for bad TOML,
 /// both naming the path.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// use courier::ErrorKind;
+///
+/// let path = std::env::temp_dir().join(format!("courier-doc-{}.toml", std::process::id()));
+/// std::fs::write(&path, "url = \"memory://\"\n[queues.ai]\nvisibility_timeout = 120000\n")
+///     .map_err(|e| courier::Error::invalid(e.to_string()))?;
+/// let config = courier::load_config(&path);
+/// let _ = std::fs::remove_file(&path);
+/// let config = config?;
+/// assert_eq!(config.queues["ai"].visibility_timeout.as_secs(), 120);
+/// let missing = courier::load_config(std::path::Path::new("/no/such/courier.toml"));
+/// assert_eq!(missing.unwrap_err().kind(), ErrorKind::NotFound);
+/// # Ok(())
+/// # }
+/// ```
 pub fn load_config(path: &Path) -> Result<CourierConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
@@ -242,6 +312,30 @@ pub fn load_config(path: &Path) -> Result<CourierConfig> {
 ///
 /// # Errors
 /// [`ErrorKind::InvalidInput`] with the TOML parser's message (line and column).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// use std::time::Duration;
+///
+/// let config = courier::parse_config(
+///     r#"
+///     [queue_defaults]
+///     retry = { max_attempts = 5, base = 1000, factor = 2.0, max_delay = 300000, jitter = 0.2 }
+///     [queues.ai]
+///     visibility_timeout = 120000
+///     "#,
+/// )?;
+/// assert_eq!(config.queues["ai"].visibility_timeout, Duration::from_secs(120));
+/// // Unknown keys and invalid values are refused, naming where.
+/// assert!(courier::parse_config("bogus = 1").is_err());
+/// let e = courier::parse_config("[queues.ai]\nretry = { max_attempts = 0 }").unwrap_err();
+/// assert!(e.message().contains("queues.ai"));
+/// # Ok(())
+/// # }
+/// ```
 pub fn parse_config(text: &str) -> Result<CourierConfig> {
     let config: CourierConfig =
         toml::from_str(text).map_err(|e| Error::invalid(format!("invalid TOML: {e}")))?;
@@ -257,6 +351,22 @@ pub fn parse_config(text: &str) -> Result<CourierConfig> {
 }
 
 /// Apply environment overrides to a configuration (`COURIER_URL`).
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier::Result<()> {
+/// let mut config = courier::parse_config("url = \"memory://\"")?;
+/// courier::apply_env(&mut config);
+/// // The URL is `COURIER_URL` when that is set and not empty, else the file's.
+/// match std::env::var("COURIER_URL") {
+///     Ok(url) if !url.is_empty() => assert_eq!(config.url, Some(url)),
+///     _ => assert_eq!(config.url.as_deref(), Some("memory://")),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub fn apply_env(config: &mut CourierConfig) {
     if let Ok(url) = std::env::var("COURIER_URL")
         && !url.is_empty()
