@@ -1,4 +1,4 @@
-//! Delayed, timed and recurring (interval and cron) messages (Q7, Q11).
+//! Delayed, timed and recurring (interval and cron) messages (Q3, Q11).
 //!
 //! One-off delays are stored by the backend as delayed messages (they survive a restart on a
 //! durable backend). Recurring schedules run in the process; every firing carries a

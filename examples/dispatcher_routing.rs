@@ -1,4 +1,4 @@
-//! The dispatcher: publish by kind, and let routes decide the queue (Q1, Q2).
+//! The dispatcher: publish by kind, and let routes decide the queue (Q2, Q10).
 //!
 //! Producers name what the work is (`transcode`, `caption`, …), not where it goes. Routes map
 //! kinds to queues (with an optional default priority per kind); a batch is split by queue;

@@ -1,4 +1,4 @@
-//! Two processes sharing one SQLite file: competing consumers across processes (Q1, Q13).
+//! Two processes sharing one SQLite file: competing consumers across processes (Q1, Q4).
 //!
 //! The parent publishes 40 jobs into a SQLite file and starts a copy of this program as a
 //! child process on the same file; both run a worker on the queue. Every job is handled

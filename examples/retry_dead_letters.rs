@@ -1,4 +1,4 @@
-//! Retries with exponential backoff, dead letters, and putting dead letters back (Q5, Q6, Q9).
+//! Retries with exponential backoff, dead letters, and putting dead letters back (Q5, Q6).
 //!
 //! A handler fails while a (simulated) upstream is down. Each failure is retried after the
 //! queue's backoff; after `max_attempts` deliveries the message goes to the dead letters with
@@ -69,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("expected one dead letter after 3 attempts, got {dead:?}").into());
     }
 
-    // The upstream is back: put the dead letters back in the queue (Q9). They start over with
+    // The upstream is back: put the dead letters back in the queue (Q6). They start over with
     // a fresh attempt count.
     upstream_up.store(true, Ordering::SeqCst);
     let n = tokio::time::timeout(WAIT, q.requeue_dead(queue, Selection::All)).await??;

@@ -115,7 +115,7 @@ pub trait PubSub: Send + Sync + 'static {
     /// let mut rest = ps.subscribe("room.42.>", SubscribeOptions::default()).await?;
     /// ps.publish("room.42.signal", Message::new("offer", "a")).await?;
     /// ps.publish("room.42.ice.candidate", Message::new("ice", "b")).await?;
-    /// // `*` is one token, `>` the rest (P3).
+    /// // `*` is one token, `>` the rest (P4).
     /// assert_eq!(one.next_timeout(Duration::from_secs(1)).await.map(|m| m.kind).as_deref(), Some("offer"));
     /// assert!(one.try_next().is_none());
     /// assert_eq!(rest.next_timeout(Duration::from_secs(1)).await.map(|m| m.kind).as_deref(), Some("offer"));

@@ -190,7 +190,7 @@ impl Scheduler {
     /// courier.dispatcher().route("reminder", "mail")?;
     /// let now = courier.queue().clock().now_ms();
     /// courier.scheduler().publish_at(Message::new("reminder", "standup"), now + 50).await?;
-    /// // Not deliverable before its time (Q6) ...
+    /// // Not deliverable before its time (Q3) ...
     /// assert!(courier.queue().receive_one("mail", Duration::ZERO).await?.is_none());
     /// // ... and delivered after it.
     /// let d = courier.queue().receive_one("mail", Duration::from_secs(2)).await?;
