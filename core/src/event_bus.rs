@@ -64,18 +64,95 @@ pub struct GroupStats {
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// The backend's short name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// assert_eq!(courier.events().backend_name(), "memory");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn backend_name(&self) -> &'static str;
 
     /// The clock the backend uses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("audit", Message::new("login", "ann")).await?;
+    /// // Replay from an instant on the backend's clock (E5).
+    /// let now = bus.clock().now_ms();
+    /// bus.reset_group("audit", "siem", ReplayFrom::Time(now + 1)).await?;
+    /// assert_eq!(bus.group_stats("audit", "siem").await?.lag, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn clock(&self) -> SharedClock;
 
     /// Set the failure rules (lease, retry, dead letters) of one group on one topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{QueueConfig, RetryPolicy};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// // The group's leases, retries and dead letters work as a queue's (E3).
+    /// bus.configure_group("meeting.created", "ai", QueueConfig::default().with_retry(RetryPolicy::default().with_max_attempts(2)))?;
+    /// assert_eq!(bus.group_config("meeting.created", "ai").retry.max_attempts, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn configure_group(&self, topic: &str, group: &str, config: QueueConfig) -> Result<()>;
 
     /// The failure rules in force for a group.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// assert_eq!(courier.events().group_config("meeting.created", "ai"), QueueConfig::default());
+    /// # Ok(())
+    /// # }
+    /// ```
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig;
 
     /// Set a topic's retention.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Retention};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.set_retention("metrics", Retention { max_len: Some(2), max_age: None })?;
+    /// for i in 0..5 {
+    ///     bus.emit("metrics", Message::new("sample", format!("{i}"))).await?;
+    /// }
+    /// // The oldest are trimmed.
+    /// assert!(bus.topic_len("metrics").await? <= 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn set_retention(&self, topic: &str, retention: Retention) -> Result<()>;
 
     /// Append events to a topic's log, in order (E1). Ids are assigned where nil.
@@ -94,6 +171,24 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future may or may not have appended the events: all or nothing on memory
     /// and SQLite, possibly a leading part of a batch over 1,000 events on Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::Message;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let ids = courier
+    ///     .events()
+    ///     .emit_batch("meeting.created", vec![Message::new("meeting.created", "m1"), Message::new("meeting.created", "m2")])
+    ///     .await?;
+    /// assert_eq!(ids.len(), 2);
+    /// assert_eq!(courier.events().topic_len("meeting.created").await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn emit_batch(&self, topic: &str, events: Vec<Message>) -> Result<Vec<MessageId>>;
 
     /// Lease up to `max` events for `group` (creating the group at the start of the retained
@@ -110,6 +205,27 @@ pub trait EventBus: Send + Sync + 'static {
     /// As [`crate::Queue::receive`]: dropping the future never loses an event. On the current
     /// backends, what a dropped receive had leased is given back at once, without counting the
     /// attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("meeting.created", Message::new("meeting.created", "m1")).await?;
+    /// // Each group gets every event (E2).
+    /// for group in ["media", "ai"] {
+    ///     let ds = bus.receive("meeting.created", group, 10, Duration::from_secs(1)).await?;
+    ///     assert_eq!(ds.len(), 1);
+    ///     bus.ack("meeting.created", group, &ds[0].lease).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn receive(
         &self,
         topic: &str,
@@ -130,6 +246,25 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// As [`crate::Queue::settle`]: dropping the future may or may not have applied the
     /// operations; settling again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("meeting.created", Message::new("meeting.created", "m1")).await?;
+    /// let ds = bus.receive("meeting.created", "ai", 10, Duration::from_secs(1)).await?;
+    /// let ops = ds.iter().map(|d| Settle::Ack(d.lease)).collect();
+    /// let results = bus.settle("meeting.created", "ai", ops).await?;
+    /// assert!(results.iter().all(|r| r.is_ok()));
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn settle(&self, topic: &str, group: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
 
     /// Extend a lease (see [`crate::Queue::extend`]).
@@ -141,6 +276,24 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// As [`crate::Queue::extend`]: the deadline may or may not have moved; the lease held
     /// (same token) still settles the event while it lasts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("recording.ready", Message::new("recording.ready", "r1")).await?;
+    /// let ds = bus.receive("recording.ready", "transcriber", 1, Duration::from_secs(1)).await?;
+    /// let lease = bus.extend("recording.ready", "transcriber", &ds[0].lease, Duration::from_secs(600)).await?;
+    /// bus.ack("recording.ready", "transcriber", &lease).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn extend(
         &self,
         topic: &str,
@@ -160,6 +313,28 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future may or may not have reset the group; a reset is applied whole or
     /// not at all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// let first = bus.emit("orders", Message::new("order", "o1")).await?;
+    /// bus.emit("orders", Message::new("order", "o2")).await?;
+    /// for d in bus.receive("orders", "search", 10, Duration::from_secs(1)).await? {
+    ///     bus.ack("orders", "search", &d.lease).await?;
+    /// }
+    /// // The search index was lost: read everything again from the first event (E5).
+    /// bus.reset_group("orders", "search", ReplayFrom::Id(first)).await?;
+    /// assert_eq!(bus.group_stats("orders", "search").await?.lag, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn reset_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<()>;
 
     /// Create `group` on `topic` reading from `from`, unless the group exists (E2, E5).
@@ -187,6 +362,25 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future may or may not have created the group. Calling again is safe: if
     /// the first call landed, the second returns `false` and changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("orders", Message::new("order", "old")).await?;
+    /// // A new group that skips the history; `true`: it was created now.
+    /// assert!(bus.create_group("orders", "dashboard", ReplayFrom::End).await?);
+    /// // Creating it again does not move it.
+    /// assert!(!bus.create_group("orders", "dashboard", ReplayFrom::Start).await?);
+    /// assert_eq!(bus.group_stats("orders", "dashboard").await?.lag, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
         let _ = (topic, group, from);
         Err(crate::Error::new(
@@ -207,6 +401,24 @@ pub trait EventBus: Send + Sync + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.create_group("orders", "billing", ReplayFrom::Start).await?;
+    /// bus.emit("orders", Message::new("order", "o1")).await?;
+    /// let s = bus.group_stats("orders", "billing").await?;
+    /// // Not yet handled: counted as lag or as ready, depending on the backend.
+    /// assert_eq!(s.lag + s.queue.ready_total(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats>;
 
     /// Up to `max` events of the topic's retained log from the position `from` (E5: where a
@@ -232,6 +444,22 @@ pub trait EventBus: Send + Sync + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// assert_eq!(bus.topic_len("orders").await?, 0);
+    /// bus.emit("orders", Message::new("order", "o1")).await?;
+    /// assert_eq!(bus.topic_len("orders").await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn topic_len(&self, topic: &str) -> Result<u64>;
 
     /// The group's dead letters, oldest first.
@@ -242,6 +470,25 @@ pub trait EventBus: Send + Sync + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Page, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("orders", Message::new("order", "corrupt")).await?;
+    /// let d = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?.remove(0);
+    /// bus.settle_one("orders", "billing", Settle::Bury { lease: d.lease, error: "bad total".into() }).await?;
+    /// let dead = bus.dead_letters("orders", "billing", Page::first(10)).await?;
+    /// assert_eq!(dead[0].error, "bad total");
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn dead_letters(&self, topic: &str, group: &str, page: Page) -> Result<Vec<DeadLetter>>;
 
     /// Requeue a group's dead letters for that group only. Returns how many.
@@ -254,6 +501,26 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// As [`crate::Queue::requeue_dead`]: it may or may not have been applied (on Redis,
     /// possibly in part); each dead letter is either requeued or still dead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Selection, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("orders", Message::new("order", "o1")).await?;
+    /// let d = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?.remove(0);
+    /// bus.settle_one("orders", "billing", Settle::Bury { lease: d.lease, error: "db down".into() }).await?;
+    /// assert_eq!(bus.requeue_dead("orders", "billing", Selection::All).await?, 1);
+    /// let again = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?;
+    /// assert_eq!(again.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn requeue_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64>;
 
     /// Delete a group's dead letters. Returns how many.
@@ -265,6 +532,25 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// As [`crate::Queue::purge_dead`]: it may or may not have been applied (on Redis,
     /// possibly in part).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Selection, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// let id = bus.emit("orders", Message::new("order", "junk")).await?;
+    /// let d = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?.remove(0);
+    /// bus.settle_one("orders", "billing", Settle::Bury { lease: d.lease, error: "junk".into() }).await?;
+    /// assert_eq!(bus.purge_dead("orders", "billing", Selection::Ids(vec![id])).await?, 1);
+    /// assert_eq!(bus.group_stats("orders", "billing").await?.queue.dead, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn purge_dead(&self, topic: &str, group: &str, which: Selection) -> Result<u64>;
 
     /// The topics this backend stores (E7): every topic an event was ever emitted to or a
@@ -277,6 +563,21 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
     /// registry log, which holds no state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.events().emit("orders", Message::new("order", "")).await?;
+    /// courier.events().emit("audit", Message::new("login", "")).await?;
+    /// assert_eq!(courier.events().list_topics().await?, ["audit", "orders"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn list_topics(&self) -> Result<Vec<String>>;
 
     /// The consumer groups of `topic` (E7), sorted by name, each once: every group created
@@ -289,6 +590,23 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
     /// registry log, which holds no state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::ReplayFrom;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.create_group("orders", "search", ReplayFrom::Start).await?;
+    /// bus.create_group("orders", "billing", ReplayFrom::End).await?;
+    /// assert_eq!(bus.list_groups("orders").await?, ["billing", "search"]);
+    /// assert!(bus.list_groups("unknown").await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn list_groups(&self, topic: &str) -> Result<Vec<String>>;
 }
 
@@ -305,6 +623,22 @@ pub trait EventBusExt: EventBus {
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have appended the event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let id = courier.events().emit("meeting.created", Message::json("meeting.created", &"m1")?).await?;
+    /// assert!(!id.is_nil());
+    /// // Emitting with no group yet is fine: the log keeps it for groups created later (E1, E2).
+    /// assert_eq!(courier.events().topic_len("meeting.created").await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn emit(&self, topic: &str, event: Message) -> Result<MessageId> {
         let mut ids = self.emit_batch(topic, vec![event]).await?;
         ids.pop().ok_or_else(|| {
@@ -321,6 +655,26 @@ pub trait EventBusExt: EventBus {
     ///
     /// # Cancel safety
     /// As [`EventBusExt::emit`]: it may or may not have appended the event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::EventBusExt;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct UserSignedUp { email: String }
+    /// impl courier::Event for UserSignedUp {
+    ///     const TOPIC: &'static str = "user.signed_up";
+    /// }
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.events().emit_typed(&UserSignedUp { email: "ann@example.com".into() }).await?;
+    /// assert_eq!(courier.events().topic_len("user.signed_up").await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn emit_typed<E: crate::Event + Sync>(&self, event: &E) -> Result<MessageId> {
         self.emit(E::TOPIC, Message::json(E::TOPIC, event)?).await
     }
@@ -334,6 +688,26 @@ pub trait EventBusExt: EventBus {
     ///
     /// # Cancel safety
     /// As [`EventBus::settle`]: it may or may not have been applied; settling again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("orders", Message::new("order", "o1")).await?;
+    /// let d = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?.remove(0);
+    /// bus.settle_one("orders", "billing", Settle::Retry { lease: d.lease, delay: Duration::ZERO, error: "busy".into() })
+    ///     .await?;
+    /// let again = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?;
+    /// assert_eq!(again[0].message.attempt, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn settle_one(&self, topic: &str, group: &str, op: Settle) -> Result<()> {
         self.settle(topic, group, vec![op])
             .await?
@@ -356,6 +730,24 @@ pub trait EventBusExt: EventBus {
     /// # Cancel safety
     /// Dropping the future may or may not have acked. Acking again is safe: if the first ack
     /// landed, the second gets [`crate::ErrorKind::LeaseLost`] and changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.emit("orders", Message::new("order", "o1")).await?;
+    /// let d = bus.receive("orders", "billing", 1, Duration::from_secs(1)).await?.remove(0);
+    /// bus.ack("orders", "billing", &d.lease).await?;
+    /// assert!(bus.ack("orders", "billing", &d.lease).await.unwrap_err().is_lease_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn ack(&self, topic: &str, group: &str, lease: &Lease) -> Result<()> {
         self.settle_one(topic, group, Settle::Ack(*lease)).await
     }

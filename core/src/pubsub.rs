@@ -225,6 +225,23 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     /// Wrap a buffer; `guard` is dropped with the subscription (the backend's unsubscribe).
+    ///
+    /// # Examples
+    ///
+    /// For backend authors: a backend hands out its buffer wrapped in a `Subscription`, with a guard
+    /// whose drop unsubscribes.
+    ///
+    /// ```
+    /// use courier::backend::SubscriptionBuffer;
+    /// use courier::{Message, Pattern, Subscription};
+    ///
+    /// let buffer = SubscriptionBuffer::new(Pattern::parse("room.*")?, 8);
+    /// let mut sub = Subscription::new(buffer.clone(), ());
+    /// assert!(buffer.offer("room.1", &Message::new("chat", "hi")));
+    /// assert!(!buffer.offer("lobby", &Message::new("chat", "hi")), "does not match");
+    /// assert_eq!(sub.try_next().map(|m| m.kind).as_deref(), Some("chat"));
+    /// # Ok::<(), courier::Error>(())
+    /// ```
     pub fn new(buffer: Arc<SubscriptionBuffer>, guard: impl Send + Sync + 'static) -> Self {
         Subscription {
             buffer,

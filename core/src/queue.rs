@@ -210,9 +210,37 @@ pub enum Selection {
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// The backend's short name (`"memory"`, `"redis"`, …).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("sqlite::memory:").await?;
+    /// assert_eq!(courier.queue().backend_name(), "sqlite");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn backend_name(&self) -> &'static str;
 
     /// The clock the backend uses for delays and leases.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// // The backend's time, in ms since the epoch: the base of `with_not_before` and deadlines.
+    /// let now = q.clock().now_ms();
+    /// q.publish("mail", Message::new("reminder", "").with_not_before(now + 60_000)).await?;
+    /// assert_eq!(q.stats("mail").await?.delayed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn clock(&self) -> SharedClock;
 
     /// Set a queue's configuration in this handle. Processes sharing a queue should use the
@@ -220,9 +248,47 @@ pub trait Queue: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] for a bad name or configuration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{QueueConfig, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().configure(
+    ///     "ai",
+    ///     QueueConfig::default()
+    ///         .with_visibility_timeout(Duration::from_secs(120))
+    ///         .with_retry(RetryPolicy::default().with_max_attempts(3)),
+    /// )?;
+    /// assert!(courier.queue().configure("bad name", QueueConfig::default()).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     fn configure(&self, queue: &str, config: QueueConfig) -> Result<()>;
 
     /// The configuration in force for `queue` (the backend default if never configured).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueConfig;
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// // A queue never configured has the defaults.
+    /// assert_eq!(q.queue_config("fresh"), QueueConfig::default());
+    /// q.configure("ai", QueueConfig::default().with_visibility_timeout(Duration::from_secs(120)))?;
+    /// assert_eq!(q.queue_config("ai").visibility_timeout, Duration::from_secs(120));
+    /// # Ok(())
+    /// # }
+    /// ```
     fn queue_config(&self, queue: &str) -> QueueConfig;
 
     /// Store messages (Q1, Q7). Ids are assigned where nil; delays resolve against the
@@ -253,6 +319,33 @@ pub trait Queue: Send + Sync + 'static {
     /// as [`Published::Duplicate`] with the holder's id; the others as [`Published::Stored`].
     /// The check and the store are one atomic step, so racing publishers of one key store
     /// exactly one message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Published};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let out = courier
+    ///     .queue()
+    ///     .publish_batch(
+    ///         "thumbs",
+    ///         vec![
+    ///             Message::new("thumb", "a.jpg").with_dedup_key("a.jpg"),
+    ///             Message::new("thumb", "b.jpg"),
+    ///             Message::new("thumb", "a.jpg").with_dedup_key("a.jpg"),
+    ///         ],
+    ///     )
+    ///     .await?;
+    /// // One outcome per message, in order; the third is a duplicate of the first (Q7, Q11).
+    /// assert!(matches!(out[0], Published::Stored(_)));
+    /// assert_eq!(out[2], Published::Duplicate(out[0].id()));
+    /// assert_eq!(courier.queue().stats("thumbs").await?.ready_total(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish_batch(&self, queue: &str, messages: Vec<Message>) -> Result<Vec<Published>>;
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a priority (Q2),
@@ -270,6 +363,29 @@ pub trait Queue: Send + Sync + 'static {
     /// when its lease expires. The current backends do better: memory leases only in the step
     /// that returns the deliveries, and SQLite and Redis release at once what a dropped receive
     /// had leased, without counting the attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// for i in 0..3 {
+    ///     q.publish("thumbs", Message::new("thumb", format!("{i}"))).await?;
+    /// }
+    /// // Up to 10, waiting at most 1 s for the first one.
+    /// let batch = q.receive("thumbs", 10, Duration::from_secs(1)).await?;
+    /// assert_eq!(batch.len(), 3);
+    /// assert!(batch.iter().all(|d| d.message.attempt == 1));
+    /// // Leased: invisible to other consumers until settled or the lease ends (Q4).
+    /// assert!(q.receive("thumbs", 10, Duration::ZERO).await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn receive(&self, queue: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
     /// Settle deliveries. The outer error is a backend failure; each inner result is one
@@ -287,6 +403,30 @@ pub trait Queue: Send + Sync + 'static {
     /// Dropping the future may or may not have applied the operations (on Redis, possibly a
     /// leading part of a large batch). Settling again is safe: an operation that already
     /// landed gets [`crate::ErrorKind::LeaseLost`] and changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("a", "")).await?;
+    /// q.publish("jobs", Message::new("b", "")).await?;
+    /// let ds = q.receive("jobs", 2, Duration::from_secs(1)).await?;
+    /// // Settle a batch in one call: ack one, release the other (one result per operation).
+    /// let results = q
+    ///     .settle("jobs", vec![Settle::Ack(ds[0].lease), Settle::Release(ds[1].lease)])
+    ///     .await?;
+    /// assert!(results.iter().all(|r| r.is_ok()));
+    /// let s = q.stats("jobs").await?;
+    /// assert_eq!((s.acked, s.ready_total()), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn settle(&self, queue: &str, ops: Vec<Settle>) -> Result<Vec<Result<()>>>;
 
     /// Push a lease's deadline to `now + visibility`.
@@ -301,6 +441,29 @@ pub trait Queue: Send + Sync + 'static {
     /// Dropping the future may or may not have pushed the deadline. The token does not change,
     /// so the lease already held still settles the delivery while the lease lasts; only its
     /// `deadline_ms` may be out of date.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueConfig, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.configure("video", QueueConfig::default().with_visibility_timeout(Duration::from_millis(100)))?;
+    /// q.publish("video", Message::new("transcode", "")).await?;
+    /// let d = q.receive_one("video", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // Long work: keep the lease alive, then settle with the lease `extend` returned.
+    /// let lease = q.extend("video", &d.lease, Duration::from_secs(30)).await?;
+    /// assert!(lease.deadline_ms > d.lease.deadline_ms);
+    /// tokio::time::sleep(Duration::from_millis(150)).await;
+    /// assert!(q.receive_one("video", Duration::ZERO).await?.is_none(), "still ours");
+    /// q.ack("video", &lease).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn extend(&self, queue: &str, lease: &Lease, visibility: Duration) -> Result<Lease>;
 
     /// A consistent snapshot of the queue's state and counters.
@@ -312,6 +475,26 @@ pub trait Queue: Send + Sync + 'static {
     /// # Cancel safety
     /// Cancel safe: it only reads (like any call, it may first process expired leases and due
     /// messages, as the next call would).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Priority, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "").with_priority(Priority::High)).await?;
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let s = q.stats("jobs").await?;
+    /// assert_eq!((s.ready_at(Priority::High), s.ready_at(Priority::Normal)), (1, 1));
+    /// assert_eq!((s.published, s.in_flight, s.dead), (2, 0, 0));
+    /// // An unknown queue is empty, not an error.
+    /// assert_eq!(q.stats("nothing-here").await?.stored(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn stats(&self, queue: &str) -> Result<QueueStats>;
 
     /// Dead letters, oldest first.
@@ -322,6 +505,30 @@ pub trait Queue: Send + Sync + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureMode, Message, Page, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// for i in 0..3 {
+    ///     q.publish("jobs", Message::new("k", format!("{i}"))).await?;
+    ///     let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    ///     q.fail("jobs", &d, "bad input", FailureMode::Permanent).await?;
+    /// }
+    /// // Paged, oldest first.
+    /// let page = q.dead_letters("jobs", Page { offset: 1, limit: 10 }).await?;
+    /// assert_eq!(page.len(), 2);
+    /// assert_eq!(&page[0].message.payload[..], b"1");
+    /// assert_eq!(page[0].error, "bad input");
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn dead_letters(&self, queue: &str, page: Page) -> Result<Vec<DeadLetter>>;
 
     /// One dead letter by id.
@@ -333,6 +540,27 @@ pub trait Queue: Send + Sync + 'static {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, FailureMode, Message, MessageId, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let id = q.publish("jobs", Message::new("k", "payload")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.fail("jobs", &d, "bad input", FailureMode::Permanent).await?;
+    /// let dead = q.dead_letter("jobs", id).await?;
+    /// assert_eq!((dead.attempts, dead.error.as_str()), (1, "bad input"));
+    /// let e = q.dead_letter("jobs", MessageId::new()).await.unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::NotFound);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn dead_letter(&self, queue: &str, id: MessageId) -> Result<DeadLetter>;
 
     /// Move dead letters back to ready with attempts reset and ids kept. Returns how many.
@@ -346,6 +574,27 @@ pub trait Queue: Send + Sync + 'static {
     /// Dropping the future may or may not have requeued the selection (Redis moves dead
     /// letters in script calls of up to 1,000, so a part of it may have moved). Each dead
     /// letter is either requeued or still dead, never both and never lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureMode, Message, QueueExt, Selection};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let id = q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.fail("jobs", &d, "upstream down", FailureMode::Permanent).await?;
+    /// // The cause is fixed: put it back. Attempts start over, the id is kept (Q6).
+    /// assert_eq!(q.requeue_dead("jobs", Selection::Ids(vec![id])).await?, 1);
+    /// let again = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("requeued");
+    /// assert_eq!((again.message.id, again.message.attempt), (id, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn requeue_dead(&self, queue: &str, which: Selection) -> Result<u64>;
 
     /// As [`Queue::requeue_dead`], and each requeued message gets `priority`: it goes to the
@@ -374,6 +623,25 @@ pub trait Queue: Send + Sync + 'static {
     /// # Cancel safety
     /// Dropping the future may or may not have deleted the selection (on Redis, possibly a
     /// part of it: it purges in script calls of up to 1,000).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureMode, Message, QueueExt, Selection};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.fail("jobs", &d, "garbage", FailureMode::Permanent).await?;
+    /// assert_eq!(q.purge_dead("jobs", Selection::All).await?, 1);
+    /// assert_eq!(q.stats("jobs").await?.dead, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64>;
 
     /// The queues this backend stores (Q13): every queue a message was ever published to, by
@@ -387,6 +655,22 @@ pub trait Queue: Send + Sync + 'static {
     /// # Cancel safety
     /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record to their
     /// registry log, which holds no state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().publish("mail", Message::new("k", "")).await?;
+    /// courier.queue().publish("ai", Message::new("k", "")).await?;
+    /// // Sorted, each once (Q13).
+    /// assert_eq!(courier.queue().list_queues().await?, ["ai", "mail"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn list_queues(&self) -> Result<Vec<String>>;
 }
 
@@ -405,6 +689,26 @@ pub trait QueueExt: Queue {
     ///
     /// For a message whose deduplication key is taken this is the id of the message holding
     /// the key (nothing is stored); [`QueueExt::publish_unique`] tells the two apart.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let id = q.publish("mail", Message::new("welcome", "ann@example.com")).await?;
+    /// let d = q.receive_one("mail", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!(d.message.id, id);
+    /// // Bad input is refused before anything is stored (Q10).
+    /// let e = q.publish("not a name", Message::new("k", "")).await.unwrap_err();
+    /// assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish(&self, queue: &str, message: Message) -> Result<MessageId> {
         Ok(self.publish_unique(queue, message).await?.id())
     }
@@ -417,6 +721,25 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have published the message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Published, QueueExt};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let m = || Message::new("charge", "o-17").with_dedup_key("charge:o-17");
+    /// let first = q.publish_unique("billing", m()).await?;
+    /// let again = q.publish_unique("billing", m()).await?;
+    /// assert!(!first.is_duplicate());
+    /// assert!(again.is_duplicate());
+    /// assert_eq!(again.id(), first.id());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish_unique(&self, queue: &str, message: Message) -> Result<Published> {
         let mut out = self.publish_batch(queue, vec![message]).await?;
         out.pop().ok_or_else(|| {
@@ -433,6 +756,27 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// As [`QueueExt::publish`]: it may or may not have published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::QueueExt;
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// struct Welcome { email: String }
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish_json("mail", "welcome", &Welcome { email: "ann@example.com".into() }).await?;
+    /// let d = q.receive_one("mail", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!(d.message.kind, "welcome");
+    /// assert_eq!(d.message.decode::<Welcome>()?.email, "ann@example.com");
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish_json<T: Serialize + Sync + ?Sized>(
         &self,
         queue: &str,
@@ -449,6 +793,23 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// As [`QueueExt::publish`]: it may or may not have published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish_in("mail", Message::new("follow_up", ""), Duration::from_millis(50)).await?;
+    /// assert!(q.receive_one("mail", Duration::ZERO).await?.is_none(), "not yet (Q3)");
+    /// assert!(q.receive_one("mail", Duration::from_secs(2)).await?.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn publish_in(
         &self,
         queue: &str,
@@ -465,6 +826,25 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// As [`Queue::receive`]: dropping the future never loses a message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// // Nothing there: `None` once `wait` has passed.
+    /// assert!(q.receive_one("mail", Duration::from_millis(10)).await?.is_none());
+    /// q.publish("mail", Message::new("welcome", "")).await?;
+    /// let d = q.receive_one("mail", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.ack("mail", &d.lease).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn receive_one(&self, queue: &str, wait: Duration) -> Result<Option<Delivery>> {
         Ok(self.receive(queue, 1, wait).await?.pop())
     }
@@ -478,6 +858,27 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// As [`Queue::settle`]: it may or may not have been applied; settling again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, Settle};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // Retry in 10 ms, recording why; the policy decision is yours here (`nack` takes the queue's).
+    /// q.settle_one("jobs", Settle::Retry { lease: d.lease, delay: Duration::from_millis(10), error: "busy".into() })
+    ///     .await?;
+    /// let again = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("retried");
+    /// assert_eq!(again.message.attempt, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn settle_one(&self, queue: &str, op: Settle) -> Result<()> {
         self.settle(queue, vec![op])
             .await?
@@ -502,6 +903,26 @@ pub trait QueueExt: Queue {
     /// Dropping the future may or may not have acked. Acking again is safe: if the first ack
     /// landed, the second gets [`crate::ErrorKind::LeaseLost`] and changes nothing (the same
     /// answer as for a lease that expired meanwhile).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("mail", Message::new("welcome", "")).await?;
+    /// let d = q.receive_one("mail", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.ack("mail", &d.lease).await?;
+    /// // A second ack with the same lease changes nothing and says so.
+    /// assert!(q.ack("mail", &d.lease).await.unwrap_err().is_lease_lost());
+    /// assert_eq!(q.stats("mail").await?.acked, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn ack(&self, queue: &str, lease: &Lease) -> Result<()> {
         self.settle_one(queue, Settle::Ack(*lease)).await
     }
@@ -519,6 +940,30 @@ pub trait QueueExt: Queue {
     /// # Cancel safety
     /// Dropping the future may or may not have applied the decision. Repeating it is safe: if
     /// the first call landed, the second gets [`crate::ErrorKind::LeaseLost`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureAction, Message, QueueConfig, QueueExt, RetryPolicy};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let retry = RetryPolicy::exact(2, Duration::from_millis(10), 2.0, Duration::from_secs(1));
+    /// q.configure("jobs", QueueConfig::default().with_retry(retry))?;
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // The queue's policy decides (Q5): attempt 1 of 2 is retried after the backoff ...
+    /// assert_eq!(q.nack("jobs", &d, "busy").await?, FailureAction::Retry(Duration::from_millis(10)));
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("retried");
+    /// // ... and the last one goes to the dead letters (Q6).
+    /// assert_eq!(q.nack("jobs", &d, "still busy").await?, FailureAction::Dead);
+    /// assert_eq!(q.stats("jobs").await?.dead, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn nack(&self, queue: &str, delivery: &Delivery, error: &str) -> Result<FailureAction> {
         self.fail(queue, delivery, error, FailureMode::Backoff)
             .await
@@ -531,6 +976,28 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// As [`QueueExt::nack`]: it may or may not have been applied; repeating it is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureAction, FailureMode, Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // The upstream said "retry in 50 ms": that delay, not the policy's backoff.
+    /// let action = q.fail("jobs", &d, "429", FailureMode::RetryAfter(Duration::from_millis(50))).await?;
+    /// assert_eq!(action, FailureAction::Retry(Duration::from_millis(50)));
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("retried");
+    /// // No retry can fix this one.
+    /// assert_eq!(q.fail("jobs", &d, "malformed", FailureMode::Permanent).await?, FailureAction::Dead);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn fail(
         &self,
         queue: &str,
@@ -570,6 +1037,26 @@ pub trait QueueExt: Queue {
     /// # Cancel safety
     /// Dropping the future may or may not have released the delivery; if not, it comes back
     /// when its lease expires (counting the attempt). Releasing again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// // Shutting down: give it back unhandled; ready at once and the attempt not counted.
+    /// q.release("jobs", &d.lease).await?;
+    /// let again = q.receive_one("jobs", Duration::ZERO).await?.expect("ready again");
+    /// assert_eq!(again.message.attempt, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn release(&self, queue: &str, lease: &Lease) -> Result<()> {
         self.settle_one(queue, Settle::Release(*lease)).await
     }
@@ -581,6 +1068,26 @@ pub trait QueueExt: Queue {
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureMode, Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("k", "")).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.fail("jobs", &d, "bad input", FailureMode::Permanent).await?;
+    /// let dead = q.dead_letters_all("jobs", 100).await?;
+    /// assert_eq!(dead.len(), 1);
+    /// assert_eq!(dead[0].message.kind, "k");
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn dead_letters_all(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         self.dead_letters(queue, Page::first(limit)).await
     }
