@@ -456,9 +456,10 @@ impl WorkerBuilder {
     ///
     /// # Examples
     ///
-    /// A handler's error decides what happens next: [`HandlerError::retry`] retries with the
-    /// queue's backoff, [`HandlerError::permanent`] (or a decode error through `?`) dead-letters at
-    /// once.
+    /// A handler's error decides what happens next:
+    /// [`HandlerError::retry`](crate::HandlerError::retry) retries with the queue's backoff,
+    /// [`HandlerError::permanent`](crate::HandlerError::permanent) (or a decode error through
+    /// `?`) dead-letters at once.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
