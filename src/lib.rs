@@ -101,6 +101,11 @@ pub use courier_nats as nats;
 /// [`ErrorKind::Unsupported`] when the backend is not compiled into this build. Passwords in
 /// the URL never appear in the error.
 ///
+/// # Cancel safety
+/// Dropping the future before it returns gives no handle, and nothing is published or
+/// subscribed; what the backend had opened so far is dropped with the future. A SQLite file
+/// may already have been created, with its schema.
+///
 /// # Examples
 ///
 /// ```
@@ -191,6 +196,10 @@ pub async fn connect(url: &str) -> Result<Courier> {
 ///
 /// # Errors
 /// As [`connect`] and [`Courier::apply`].
+///
+/// # Cancel safety
+/// As [`connect`]: dropping the future before it returns gives no handle. The configuration is
+/// applied only to the handle it returns.
 ///
 /// # Examples
 ///

@@ -100,6 +100,10 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Set the failure rules (lease, retry, dead letters) of one group on one topic.
     ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid topic or group name or an invalid
+    /// configuration ([`QueueConfig::validate`]); nothing is changed.
+    ///
     /// # Examples
     ///
     /// ```
@@ -134,6 +138,11 @@ pub trait EventBus: Send + Sync + 'static {
     fn group_config(&self, topic: &str, group: &str) -> QueueConfig;
 
     /// Set a topic's retention.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid topic name. Where the setting is
+    /// stored by the backend (SQLite), it is written in the background: a failure there is
+    /// logged, not returned.
     ///
     /// # Examples
     ///
