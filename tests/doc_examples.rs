@@ -1,9 +1,10 @@
 //! Every public method of the user API carries an example (a code block in its doc comment),
 //! and those examples are doctests: `cargo test --doc -p courier-core -p courier` runs them.
+//! A method returning a `Result` also documents `# Errors`, an async one `# Cancel safety`.
 //!
 //! This reads the sources (no rustdoc JSON on stable): for each listed type or trait, every
 //! `pub fn` of its inherent `impl` blocks (every `fn` of a trait) must have a ```` ``` ````
-//! block in the `///` lines above it. It prints the items without one and fails if any.
+//! block in the `///` lines above it. It prints the items lacking something and fails if any.
 
 use std::path::Path;
 
@@ -30,7 +31,7 @@ const USER_API: &[(&str, &[&str])] = &[
 /// Free functions of the facade (connecting and config loading), checked in `src/lib.rs`.
 const FACADE: &str = "src/lib.rs";
 
-/// The items of `text` that need an example and lack one, as `Type::method` (or `fn name` for
+/// The items of `text` lacking an example or a section, as `Type::method (no …)` (`fn name` for
 /// free functions when `types` is empty), with the count of items checked.
 fn missing(text: &str, types: &[&str]) -> (Vec<String>, usize) {
     let lines: Vec<&str> = text.lines().collect();
@@ -60,11 +61,25 @@ fn missing(text: &str, types: &[&str]) -> (Vec<String>, usize) {
         };
         let Some(name) = name else { continue };
         checked += 1;
-        if !has_example(&lines, i) {
-            out.push(match &owner {
+        let doc = doc_above(&lines, i);
+        let signature = signature_at(&lines, i);
+        let mut lacks = Vec::new();
+        if !doc.contains("```") {
+            lacks.push("an example");
+        }
+        let returns = signature.rsplit("->").next().unwrap_or("");
+        if signature.contains("->") && returns.contains("Result<") && !doc.contains("# Errors") {
+            lacks.push("# Errors");
+        }
+        if signature.contains("async fn ") && !doc.contains("# Cancel safety") {
+            lacks.push("# Cancel safety");
+        }
+        if !lacks.is_empty() {
+            let item = match &owner {
                 Some(o) if !types.is_empty() => format!("{o}::{name}"),
                 _ => format!("fn {name}"),
-            });
+            };
+            out.push(format!("{item} (no {})", lacks.join(", no ")));
         }
     }
     (out, checked)
@@ -140,8 +155,9 @@ fn fn_name(rest: &str) -> Option<String> {
     )
 }
 
-/// Whether the `///` lines right above line `i` (attributes skipped) hold a code block.
-fn has_example(lines: &[&str], i: usize) -> bool {
+/// The `///` lines right above line `i` (attributes skipped), joined.
+fn doc_above(lines: &[&str], i: usize) -> String {
+    let mut doc = Vec::new();
     let mut j = i;
     while j > 0 {
         j -= 1;
@@ -149,14 +165,27 @@ fn has_example(lines: &[&str], i: usize) -> bool {
         if t.starts_with("#[") {
             continue;
         }
-        if !t.starts_with("///") {
-            return false;
-        }
-        if t.trim_start_matches('/').trim_start().starts_with("```") {
-            return true;
+        let Some(text) = t.strip_prefix("///") else {
+            break;
+        };
+        doc.push(text.trim_start());
+    }
+    doc.reverse();
+    doc.join("\n")
+}
+
+/// The item's signature: from line `i` to the line that opens its body or ends it.
+fn signature_at(lines: &[&str], i: usize) -> String {
+    let mut sig = String::new();
+    for l in &lines[i..] {
+        sig.push_str(l.trim());
+        sig.push(' ');
+        let t = l.trim_end();
+        if t.ends_with('{') || t.ends_with(';') || t.ends_with('}') {
+            break;
         }
     }
-    false
+    sig
 }
 
 #[test]
@@ -179,15 +208,15 @@ fn every_user_api_method_has_an_example() {
     checked += n;
     all_missing.extend(m.into_iter().map(|m| format!("{FACADE}: {m}")));
     println!(
-        "{checked} public methods checked, {} without an example",
+        "{checked} public methods checked, {} lacking an example or a section",
         all_missing.len()
     );
     for m in &all_missing {
-        println!("  missing an example: {m}");
+        println!("  {m}");
     }
     assert!(
         all_missing.is_empty(),
-        "{} public methods of the user API have no example:\n{}",
+        "{} public methods of the user API lack an example or a section:\n{}",
         all_missing.len(),
         all_missing.join("\n")
     );
@@ -195,12 +224,16 @@ fn every_user_api_method_has_an_example() {
 
 #[test]
 fn the_checker_sees_a_missing_example() {
-    let src = "pub struct Courier;\nimpl Courier {\n    /// Has one.\n    ///\n    /// ```\n    /// let x = 1;\n    /// ```\n    pub fn a(&self) {}\n\n    /// Has none.\n    #[must_use]\n    pub async fn b(&self) {}\n    fn private(&self) {}\n}\nimpl std::fmt::Debug for Courier {\n    pub fn fmt(&self) {}\n}\n#[async_trait]\npub trait Queue {\n    /// None.\n    async fn publish(&self);\n}\n";
+    let src = "pub struct Courier;\nimpl Courier {\n    /// Has one.\n    ///\n    /// ```\n    /// let x = 1;\n    /// ```\n    pub fn a(&self) {}\n\n    /// Has none.\n    #[must_use]\n    pub async fn b(&self) {}\n    fn private(&self) {}\n    /// ```\n    /// ```\n    pub fn c(&self) -> Result<()> {}\n}\nimpl std::fmt::Debug for Courier {\n    pub fn fmt(&self) {}\n}\n#[async_trait]\npub trait Queue {\n    /// None.\n    async fn publish(&self);\n}\n";
     assert_eq!(
         missing(src, &["Courier", "Queue"]),
         (
-            vec!["Courier::b".to_string(), "Queue::publish".to_string()],
-            3
+            vec![
+                "Courier::b (no an example, no # Cancel safety)".to_string(),
+                "Courier::c (no # Errors)".to_string(),
+                "Queue::publish (no an example, no # Cancel safety)".to_string(),
+            ],
+            4
         )
     );
 }
