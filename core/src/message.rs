@@ -345,7 +345,7 @@ impl Message {
     ///
     /// let courier = courier::connect("memory://").await?;
     /// let q = courier.queue();
-    /// q.publish("mail", Message::new("reminder", "").with_delay(Duration::from_millis(50))).await?;
+    /// q.publish("mail", Message::new("reminder", "").with_delay(Duration::from_millis(300))).await?;
     /// assert_eq!(q.stats("mail").await?.delayed, 1);
     /// assert!(q.receive_one("mail", Duration::ZERO).await?.is_none());
     /// assert!(q.receive_one("mail", Duration::from_secs(2)).await?.is_some());

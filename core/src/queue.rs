@@ -804,7 +804,7 @@ pub trait QueueExt: Queue {
     ///
     /// let courier = courier::connect("memory://").await?;
     /// let q = courier.queue();
-    /// q.publish_in("mail", Message::new("follow_up", ""), Duration::from_millis(50)).await?;
+    /// q.publish_in("mail", Message::new("follow_up", ""), Duration::from_millis(300)).await?;
     /// assert!(q.receive_one("mail", Duration::ZERO).await?.is_none(), "not yet (Q3)");
     /// assert!(q.receive_one("mail", Duration::from_secs(2)).await?.is_some());
     /// # Ok(())

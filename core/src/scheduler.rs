@@ -189,7 +189,7 @@ impl Scheduler {
     /// let courier = courier::connect("memory://").await?;
     /// courier.dispatcher().route("reminder", "mail")?;
     /// let now = courier.queue().clock().now_ms();
-    /// courier.scheduler().publish_at(Message::new("reminder", "standup"), now + 50).await?;
+    /// courier.scheduler().publish_at(Message::new("reminder", "standup"), now + 300).await?;
     /// // Not deliverable before its time (Q3) ...
     /// assert!(courier.queue().receive_one("mail", Duration::ZERO).await?.is_none());
     /// // ... and delivered after it.
@@ -221,7 +221,7 @@ impl Scheduler {
     ///
     /// let courier = courier::connect("memory://").await?;
     /// courier.dispatcher().route("follow_up", "mail")?;
-    /// courier.scheduler().publish_after(Message::new("follow_up", "ann"), Duration::from_millis(50)).await?;
+    /// courier.scheduler().publish_after(Message::new("follow_up", "ann"), Duration::from_millis(300)).await?;
     /// assert_eq!(courier.queue().stats("mail").await?.delayed, 1);
     /// let d = courier.queue().receive_one("mail", Duration::from_secs(2)).await?.expect("due by now");
     /// assert_eq!(d.message.kind, "follow_up");
