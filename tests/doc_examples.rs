@@ -65,7 +65,7 @@ fn missing(text: &str, types: &[&str]) -> (Vec<String>, usize) {
         let signature = signature_at(&lines, i);
         let mut lacks = Vec::new();
         if !doc.contains("```") {
-            lacks.push("an example");
+            lacks.push("example");
         }
         let returns = signature.rsplit("->").next().unwrap_or("");
         if signature.contains("->") && returns.contains("Result<") && !doc.contains("# Errors") {
@@ -229,9 +229,9 @@ fn the_checker_sees_a_missing_example() {
         missing(src, &["Courier", "Queue"]),
         (
             vec![
-                "Courier::b (no an example, no # Cancel safety)".to_string(),
+                "Courier::b (no example, no # Cancel safety)".to_string(),
                 "Courier::c (no # Errors)".to_string(),
-                "Queue::publish (no an example, no # Cancel safety)".to_string(),
+                "Queue::publish (no example, no # Cancel safety)".to_string(),
             ],
             4
         )

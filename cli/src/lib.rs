@@ -208,6 +208,24 @@ pub enum EventsCommand {
         /// The groups (default: every group of the topic).
         groups: Vec<String>,
     },
+    /// Follow a topic's events as they are emitted, one line each, without a consumer group
+    /// (nothing is leased; no group is created or moves).
+    Tail {
+        /// The topic.
+        topic: String,
+        /// Where to start: `now` (default), `start`, an event id, or `time:<ms>`.
+        #[arg(long, default_value = "now")]
+        from: String,
+        /// Print each payload too.
+        #[arg(long)]
+        payload: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Move a group to another position of the log (its pending events are dropped).
     Replay {
         /// The topic.
@@ -861,29 +879,123 @@ async fn tail(
             return Ok(Done::Ok);
         };
         seen += 1;
-        if as_json {
-            let mut v = json!({"kind": m.kind, "id": m.id.to_string(), "bytes": m.payload.len(),
-                               "headers": m.headers, "priority": m.priority.as_str()});
-            if payload {
-                v["payload"] = json!(String::from_utf8_lossy(&m.payload));
+        message_line(&m, payload, as_json, out);
+        flush(out);
+    }
+}
+
+/// One line for a message (`courier tail`, `courier events tail`): kind, id, size, headers,
+/// and the payload when asked.
+fn message_line(m: &Message, payload: bool, as_json: bool, out: &mut String) {
+    if as_json {
+        let mut v = json!({"kind": m.kind, "id": m.id.to_string(), "bytes": m.payload.len(),
+                           "headers": m.headers, "priority": m.priority.as_str()});
+        if payload {
+            v["payload"] = json!(String::from_utf8_lossy(&m.payload));
+        }
+        let _ = writeln!(out, "{v}");
+    } else {
+        let headers: Vec<String> = m.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = write!(
+            out,
+            "{} {} {}B [{}]",
+            m.kind,
+            m.id,
+            m.payload.len(),
+            headers.join(" ")
+        );
+        if payload {
+            let _ = write!(out, " {}", String::from_utf8_lossy(&m.payload));
+        }
+        out.push('\n');
+    }
+}
+
+/// `--from` of `events replay` and `events tail`: `start`, `now`/`end`, `time:<ms>`, an id.
+fn parse_from(from: &str) -> courier::Result<ReplayFrom> {
+    Ok(match from {
+        "start" => ReplayFrom::Start,
+        "now" | "end" => ReplayFrom::End,
+        t if t.starts_with("time:") => ReplayFrom::Time(
+            t["time:".len()..]
+                .parse()
+                .map_err(|_| Error::invalid(format!("{t:?}: time:<ms since the epoch>")))?,
+        ),
+        id => ReplayFrom::Id(parse_id(id).map_err(|_| {
+            Error::invalid(format!(
+                "--from {id:?}: use start, now, an event id or time:<ms>"
+            ))
+        })?),
+    })
+}
+
+/// How often `events tail` looks for new events when it has read everything.
+const TAIL_POLL: Duration = Duration::from_millis(200);
+
+/// `courier events tail`: read the topic's log from `from` with `read_events`, then from the
+/// last event read (`Id` includes it, so it is dropped), polling when there is nothing new.
+async fn events_tail(
+    courier: &Courier,
+    topic: &str,
+    from: &str,
+    (count, duration): (Option<u64>, Option<Duration>),
+    (payload, as_json): (bool, bool),
+    out: &mut String,
+) -> courier::Result<Done> {
+    const PAGE: usize = 100;
+    let bus = courier.events();
+    let mut position = match parse_from(from)? {
+        // "now" on the backend's clock: what is emitted from here on.
+        ReplayFrom::End => ReplayFrom::Time(bus.clock().now_ms()),
+        other => other,
+    };
+    let mut last: Option<MessageId> = None;
+    let until = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut seen = 0u64;
+    eprintln!("courier: tailing events of {topic}");
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let page = match bus.read_events(topic, position, PAGE).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == ErrorKind::NotFound && last.is_some() => {
+                // Retention trimmed the last event read: go on at the oldest retained.
+                eprintln!(
+                    "courier: retention trimmed {topic} past the tail; going on from the oldest \
+                     retained event"
+                );
+                position = ReplayFrom::Start;
+                last = None;
+                continue;
             }
-            let _ = writeln!(out, "{v}");
-        } else {
-            let headers: Vec<String> = m.headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = write!(
-                out,
-                "{} {} {}B [{}]",
-                m.kind,
-                m.id,
-                m.payload.len(),
-                headers.join(" ")
-            );
-            if payload {
-                let _ = write!(out, " {}", String::from_utf8_lossy(&m.payload));
+            Err(e) => return Err(e),
+        };
+        let fresh: Vec<&Message> = page.iter().filter(|m| Some(m.id) != last).collect();
+        for m in &fresh {
+            if count.is_some_and(|c| seen >= c) {
+                return Ok(Done::Ok);
             }
-            out.push('\n');
+            seen += 1;
+            message_line(m, payload, as_json, out);
         }
         flush(out);
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(Done::Ok);
+        }
+        if let Some(m) = page.last() {
+            last = Some(m.id);
+            position = ReplayFrom::Id(m.id);
+        }
+        if fresh.is_empty() || page.len() < PAGE {
+            let wake = match until {
+                Some(u) if tokio::time::Instant::now() >= u => return Ok(Done::Ok),
+                Some(u) => u.min(tokio::time::Instant::now() + TAIL_POLL),
+                None => tokio::time::Instant::now() + TAIL_POLL,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = &mut ctrl_c => return Ok(Done::Ok),
+            }
+        }
     }
 }
 
@@ -964,21 +1076,18 @@ async fn events(
             }
             Ok(Done::Ok)
         }
+        EventsCommand::Tail {
+            topic,
+            from,
+            payload,
+            count,
+            duration,
+        } => {
+            let stop = (*count, *duration);
+            events_tail(courier, topic, from, stop, (*payload, as_json), out).await
+        }
         EventsCommand::Replay { topic, group, from } => {
-            let position = match from.as_str() {
-                "start" => ReplayFrom::Start,
-                "now" | "end" => ReplayFrom::End,
-                t if t.starts_with("time:") => ReplayFrom::Time(
-                    t["time:".len()..]
-                        .parse()
-                        .map_err(|_| Error::invalid(format!("{t:?}: time:<ms since the epoch>")))?,
-                ),
-                id => ReplayFrom::Id(parse_id(id).map_err(|_| {
-                    Error::invalid(format!(
-                        "--from {id:?}: use start, now, an event id or time:<ms>"
-                    ))
-                })?),
-            };
+            let position = parse_from(from)?;
             courier.events().reset_group(topic, group, position).await?;
             let _ = writeln!(out, "group {group} of {topic} now reads from {from}");
             Ok(Done::Ok)

@@ -634,3 +634,102 @@ async fn requeue_at_a_priority() {
     ]);
     assert_eq!(run.code, 2, "a bad priority is refused: {}", run.stderr);
 }
+
+/// `courier events tail` follows a topic without a consumer group (E5 `read_events`): from the
+/// start it prints every event in order, from now only what comes after, and the topic's group
+/// neither moves nor gains a sibling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_follows_a_topic_without_a_group() {
+    use courier::{EventBusExt, ReplayFrom};
+    let db = TempDb::new("etail");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    let t = unique("topic");
+    within(
+        "create_group",
+        c.events().create_group(&t, "billing", ReplayFrom::Start),
+    )
+    .await;
+    for i in 0..2 {
+        within(
+            "emit",
+            c.events().emit(&t, Message::new(format!("early{i}"), "x")),
+        )
+        .await;
+    }
+    let (url2, t2) = (url.clone(), t.clone());
+    let tail = tokio::task::spawn_blocking(move || {
+        courier_cli(&[
+            "--url",
+            &url2,
+            "--json",
+            "events",
+            "tail",
+            &t2,
+            "--from",
+            "start",
+            "--count",
+            "4",
+            "--for",
+            "30s",
+            "--payload",
+        ])
+    });
+    for i in 0..2 {
+        within(
+            "emit",
+            c.events().emit(&t, Message::new(format!("late{i}"), "y")),
+        )
+        .await;
+    }
+    let run = tokio::time::timeout(LIMIT, tail)
+        .await
+        .expect("tail ends")
+        .expect("tail thread");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let kinds: Vec<String> = json_lines(&run.stdout)
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["early0", "early1", "late0", "late1"],
+        "{}",
+        run.stdout
+    );
+    let s = within("group_stats", c.events().group_stats(&t, "billing")).await;
+    assert_eq!((s.lag, s.queue.in_flight), (4, 0), "the group did not move");
+    let groups = within("list_groups", c.events().list_groups(&t)).await;
+    assert_eq!(groups, ["billing"], "the tail left no group behind");
+
+    // From now: what was emitted before the tail started is not printed.
+    let (url3, t3) = (url.clone(), t.clone());
+    let tail = tokio::task::spawn_blocking(move || {
+        courier_cli(&[
+            "--url", &url3, "events", "tail", &t3, "--count", "1", "--for", "30s",
+        ])
+    });
+    let deadline = Instant::now() + LIMIT;
+    let mut n = 0;
+    while !tail.is_finished() {
+        assert!(Instant::now() < deadline, "tail never finished");
+        n += 1;
+        within(
+            "emit",
+            c.events().emit(&t, Message::new(format!("now{n}"), "z")),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = tokio::time::timeout(LIMIT, tail)
+        .await
+        .expect("tail ends")
+        .expect("tail thread");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let line = run.stdout.lines().next().unwrap_or("");
+    assert!(
+        line.starts_with("now"),
+        "only events after the start: {}",
+        run.stdout
+    );
+}

@@ -444,6 +444,29 @@ pub trait EventBus: Send + Sync + 'static {
     /// # Cancel safety
     /// Cancel safe: it changes nothing (RabbitMQ and NATS append a sync record, which holds no
     /// state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// let first = bus.emit("meeting.events", Message::new("joined", "alice")).await?;
+    /// bus.emit("meeting.events", Message::new("joined", "bob")).await?;
+    /// // Look at the log as an operator would: no group is created, none moves.
+    /// let all = bus.read_events("meeting.events", ReplayFrom::Start, 10).await?;
+    /// let who: Vec<&[u8]> = all.iter().map(|m| m.payload.as_ref()).collect();
+    /// assert_eq!(who, [b"alice".as_slice(), b"bob".as_slice()]);
+    /// // Follow on from the last event seen (`Id` includes it).
+    /// let from_first = bus.read_events("meeting.events", ReplayFrom::Id(first), 10).await?;
+    /// assert_eq!(from_first.len(), 2);
+    /// assert!(bus.list_groups("meeting.events").await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn read_events(&self, topic: &str, from: ReplayFrom, max: usize) -> Result<Vec<Message>>;
 
     /// Events retained in the topic's log.

@@ -606,6 +606,30 @@ pub trait Queue: Send + Sync + 'static {
     /// # Cancel safety
     /// As [`Queue::requeue_dead`]: each dead letter is either requeued at `priority` or still
     /// dead, never both and never lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{FailureMode, Message, Priority, QueueExt, Selection};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// let report = Message::new("report", "").with_priority(Priority::Low);
+    /// let id = q.publish("jobs", report).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// q.fail("jobs", &d, "upstream down", FailureMode::Permanent).await?;
+    /// q.publish("jobs", Message::new("routine", "")).await?;
+    /// // The customer is waiting: put it back ahead of the Normal backlog.
+    /// let n = q.requeue_dead_at("jobs", Selection::Ids(vec![id]), Priority::High).await?;
+    /// assert_eq!(n, 1);
+    /// let next = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("requeued");
+    /// assert_eq!((next.message.id, next.message.priority), (id, Priority::High));
+    /// # Ok(())
+    /// # }
+    /// ```
     async fn requeue_dead_at(
         &self,
         queue: &str,
