@@ -51,9 +51,10 @@ impl Kind {
     }
 }
 
-/// The names this handle registered (its own cache: the log holds them all).
+/// The names this handle registered, queues and topics (its own cache: the log holds them
+/// all). Looked up by `&str`, so the check on every publish or receive allocates nothing.
 #[derive(Default)]
-pub(crate) struct Registered(Mutex<HashSet<(u8, String)>>);
+pub(crate) struct Registered(Mutex<[HashSet<String>; 2]>);
 
 fn record(tag: u8, body: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(1 + body.len());
@@ -70,13 +71,16 @@ pub(crate) async fn register<L: Log>(
     name: &str,
     operation: &'static str,
 ) -> Result<()> {
-    let key = (kind.tag(), name.to_owned());
-    if registered.0.lock().contains(&key) {
+    let slot = match kind {
+        Kind::Queue => 0,
+        Kind::Topic => 1,
+    };
+    if registered.0.lock()[slot].contains(name) {
         return Ok(());
     }
     log.append(LOG, record(kind.tag(), name.as_bytes()), operation)
         .await?;
-    registered.0.lock().insert(key);
+    registered.0.lock()[slot].insert(name.to_owned());
     Ok(())
 }
 
