@@ -6,6 +6,8 @@
 //!
 //! Redis is skipped loudly when absent, unless `COURIER_REQUIRE_BACKENDS=1`.
 
+mod support;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -13,37 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use courier::{Courier, Message, MessageId, Priority, QueueStats, Settle};
-
-/// The longest any await or child process of these tests may take.
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("cli-{}-{nanos}-{what}", std::process::id())
-}
-
-/// Removes the SQLite file (and its journal files) when dropped.
-struct TempDb(String);
-
-impl TempDb {
-    fn new(what: &str) -> TempDb {
-        let path = std::env::temp_dir().join(format!("{}.db", unique(what)));
-        TempDb(path.display().to_string())
-    }
-    fn url(&self) -> String {
-        format!("sqlite://{}", self.0)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
-        }
-    }
-}
+use support::{LIMIT, TempDb, assert_same_stats, redis, unique, within};
 
 /// What a run of the binary gave.
 struct Run {
@@ -92,42 +64,6 @@ fn courier_cli(args: &[&str]) -> Run {
     }
 }
 
-async fn within<T>(what: &str, f: impl std::future::Future<Output = courier::Result<T>>) -> T {
-    match tokio::time::timeout(LIMIT, f).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what}: {e}"),
-        Err(_) => panic!("{what}: no answer within {LIMIT:?}"),
-    }
-}
-
-fn require_backends() -> bool {
-    std::env::var("COURIER_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
-}
-
-/// Redis, when reachable.
-async fn redis() -> Option<(Courier, String)> {
-    let url = std::env::var("COURIER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let probe = async {
-        let c = courier::connect(&url).await?;
-        c.queue().stats("cli-probe").await?;
-        Ok::<_, courier::Error>(c)
-    };
-    let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(c)) => return Some((c, url)),
-        Ok(Err(e)) => format!("Redis at {} is unreachable: {e}", courier::redact_url(&url)),
-        Err(_) => format!("Redis at {} gave no answer", courier::redact_url(&url)),
-    };
-    assert!(!require_backends(), "COURIER_REQUIRE_BACKENDS=1: {why}");
-    eprintln!("\n{}", "=".repeat(88));
-    eprintln!("SKIPPED CLI test over Redis: {why}");
-    eprintln!("Set COURIER_REQUIRE_BACKENDS=1 to make this a failure.");
-    eprintln!("{}\n", "=".repeat(88));
-    None
-}
-
 /// A workload that leaves every state populated and nothing time-dependent for a minute:
 /// ready at three priorities, delayed for an hour, one in flight (30 s lease), two dead, one
 /// acked, one retried back to ready, one duplicate.
@@ -169,39 +105,6 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect()
-}
-
-fn assert_same_stats(v: &serde_json::Value, s: &QueueStats) {
-    let got = (
-        [
-            v["ready"]["critical"].as_u64(),
-            v["ready"]["high"].as_u64(),
-            v["ready"]["normal"].as_u64(),
-            v["ready"]["low"].as_u64(),
-        ],
-        v["delayed"].as_u64(),
-        v["in_flight"].as_u64(),
-        v["dead"].as_u64(),
-        v["published"].as_u64(),
-        v["acked"].as_u64(),
-        v["retried"].as_u64(),
-        v["dead_lettered"].as_u64(),
-        v["deduplicated"].as_u64(),
-        v["expired"].as_u64(),
-    );
-    let want = (
-        s.ready.map(Some),
-        Some(s.delayed),
-        Some(s.in_flight),
-        Some(s.dead),
-        Some(s.published),
-        Some(s.acked),
-        Some(s.retried),
-        Some(s.dead_lettered),
-        Some(s.deduplicated),
-        Some(s.expired),
-    );
-    assert_eq!(got, want, "the CLI's stats are the library's: {v}");
 }
 
 async fn stats_match(c: &Courier, url: &str) {
@@ -318,7 +221,7 @@ async fn sqlite_stats_requeue_and_purge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stats_requeue_and_purge() {
-    let Some((c, url)) = redis().await else {
+    let Some((c, url)) = redis("CLI test over Redis").await else {
         return;
     };
     stats_match(&c, &url).await;
@@ -565,7 +468,7 @@ async fn sqlite_lists_queues_topics_and_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_lists_queues_topics_and_groups() {
-    let Some((c, url)) = redis().await else {
+    let Some((c, url)) = redis("CLI test over Redis").await else {
         return;
     };
     listing(&c, &url, false).await;

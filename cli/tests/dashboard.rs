@@ -11,85 +11,17 @@
 //! test saves the overview page there (docs/dashboard.png is made so), and with
 //! `COURIER_SCREENSHOT_DEAD=path.png` the dead-letter browser with its confirmation open.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use courier::{Courier, Message, Priority, QueueStats, ReplayFrom, Settle};
+use courier::{Courier, Message, Priority, ReplayFrom, Settle};
 use serde_json::{Value, json};
-
-/// The longest any await, child process or wait of these tests may take.
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("dash-{}-{nanos}-{what}", std::process::id())
-}
-
-/// Removes the SQLite file (and its journal files) when dropped.
-struct TempDb(String);
-
-impl TempDb {
-    fn new(what: &str) -> TempDb {
-        let path = std::env::temp_dir().join(format!("{}.db", unique(what)));
-        TempDb(path.display().to_string())
-    }
-    fn url(&self) -> String {
-        format!("sqlite://{}", self.0)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
-        }
-    }
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = courier::Result<T>>) -> T {
-    match tokio::time::timeout(LIMIT, f).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => panic!("{what}: {e}"),
-        Err(_) => panic!("{what}: no answer within {LIMIT:?}"),
-    }
-}
-
-fn require_backends() -> bool {
-    std::env::var("COURIER_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
-}
-
-fn skip_loudly(what: &str, why: &str) {
-    assert!(!require_backends(), "COURIER_REQUIRE_BACKENDS=1: {why}");
-    eprintln!("\n{}", "=".repeat(88));
-    eprintln!("SKIPPED {what}: {why}");
-    eprintln!("Set COURIER_REQUIRE_BACKENDS=1 to make this a failure.");
-    eprintln!("{}\n", "=".repeat(88));
-}
-
-/// Redis, when reachable.
-async fn redis() -> Option<(Courier, String)> {
-    let url = std::env::var("COURIER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let probe = async {
-        let c = courier::connect(&url).await?;
-        c.queue().stats("dash-probe").await?;
-        Ok::<_, courier::Error>(c)
-    };
-    let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(c)) => return Some((c, url)),
-        Ok(Err(e)) => format!("Redis at {} is unreachable: {e}", courier::redact_url(&url)),
-        Err(_) => format!("Redis at {} gave no answer", courier::redact_url(&url)),
-    };
-    skip_loudly("dashboard test over Redis", &why);
-    None
-}
+use support::{LIMIT, TempDb, assert_same_stats, redis, skip_loudly, unique, within};
 
 // --- the workload ------------------------------------------------------------------------------
 
@@ -173,35 +105,6 @@ async fn workload(c: &Courier) -> Workload {
         r.expect("bury event");
     }
     w
-}
-
-fn assert_same_stats(v: &Value, s: &QueueStats) {
-    let got = (
-        [
-            v["ready"]["critical"].as_u64(),
-            v["ready"]["high"].as_u64(),
-            v["ready"]["normal"].as_u64(),
-            v["ready"]["low"].as_u64(),
-        ],
-        v["delayed"].as_u64(),
-        v["in_flight"].as_u64(),
-        v["dead"].as_u64(),
-        v["published"].as_u64(),
-        v["acked"].as_u64(),
-        v["retried"].as_u64(),
-        v["dead_lettered"].as_u64(),
-    );
-    let want = (
-        s.ready.map(Some),
-        Some(s.delayed),
-        Some(s.in_flight),
-        Some(s.dead),
-        Some(s.published),
-        Some(s.acked),
-        Some(s.retried),
-        Some(s.dead_lettered),
-    );
-    assert_eq!(got, want, "the dashboard's stats are the library's: {v}");
 }
 
 // --- the dashboard process ---------------------------------------------------------------------
@@ -605,7 +508,7 @@ async fn sqlite_api_counts_and_requeue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_api_counts_and_requeue() {
-    let Some((c, url)) = redis().await else {
+    let Some((c, url)) = redis("dashboard test over Redis").await else {
         return;
     };
     api_matches_and_requeues(&c, &url).await;
