@@ -44,6 +44,9 @@ pub use courier_core::{
 /// Building handlers from closures ([`handler::boxed`], [`handler::json`]).
 pub use courier_core::handler;
 
+/// Metrics and traces: the series Courier records, the stats poller, trace propagation.
+pub use courier_core::telemetry;
+
 // Errors, and the helpers to show names and URLs safely.
 pub use courier_core::{BoxError, Error, ErrorKind, Result, redact_url, validate_name};
 

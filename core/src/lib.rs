@@ -20,6 +20,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod scheduler;
 pub mod subscriber;
+pub mod telemetry;
 pub mod wire;
 pub mod worker;
 
