@@ -12,6 +12,7 @@ use crate::policy::QueueConfig;
 use crate::pubsub::PubSub;
 use crate::queue::Queue;
 use crate::scheduler::Scheduler;
+use crate::telemetry::instrument::{InstrumentedEvents, InstrumentedPubSub, InstrumentedQueue};
 
 /// Configuration of a [`Courier`], from a file or the environment (see the facade crate).
 ///
@@ -86,6 +87,10 @@ impl std::fmt::Debug for Courier {
 impl Courier {
     /// Assemble from a backend's three handles.
     ///
+    /// The handles the `Courier` gives out record metrics and spans for every call
+    /// ([`crate::telemetry`]); pass the backend's own handles, not another `Courier`'s, or each
+    /// call is counted twice.
+    ///
     /// # Examples
     ///
     /// A backend's handle implements all three traits; `courier::connect` does this for you.
@@ -103,6 +108,11 @@ impl Courier {
     /// # }
     /// ```
     pub fn new(queue: Arc<dyn Queue>, pubsub: Arc<dyn PubSub>, events: Arc<dyn EventBus>) -> Self {
+        // Every call through these handles is recorded once, here, whatever the backend
+        // (crate::telemetry).
+        let queue: Arc<dyn Queue> = Arc::new(InstrumentedQueue::new(queue));
+        let pubsub: Arc<dyn PubSub> = Arc::new(InstrumentedPubSub::new(pubsub));
+        let events: Arc<dyn EventBus> = Arc::new(InstrumentedEvents::new(events));
         let dispatcher = Dispatcher::new(queue.clone());
         let scheduler = Scheduler::new(dispatcher.clone(), queue.clock());
         Courier {

@@ -152,6 +152,8 @@ pub mod headers {
     pub const SOURCE: &str = "source";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, vendor data that travels with `traceparent`.
+    pub const TRACESTATE: &str = "tracestate";
     /// Correlation id tying a request to its effects.
     pub const CORRELATION_ID: &str = "correlation_id";
     /// This message's handler timeout in milliseconds (set by

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::error::Result;
 use crate::message::Message;
 use crate::names::Pattern;
+use crate::telemetry::handles::PubSubHandles;
 
 /// Options for [`PubSub::subscribe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +213,13 @@ impl SubscriptionBuffer {
 pub struct Subscription {
     buffer: Arc<SubscriptionBuffer>,
     _guard: Box<dyn Send + Sync>,
+    metrics: Option<SubscriptionMetrics>,
+}
+
+/// What a subscription records (received per kind, drops), set by the instrumented pub/sub.
+struct SubscriptionMetrics {
+    handles: Arc<PubSubHandles>,
+    dropped_seen: u64,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -246,6 +254,31 @@ impl Subscription {
         Subscription {
             buffer,
             _guard: Box::new(guard),
+            metrics: None,
+        }
+    }
+
+    /// Record what this subscription receives and drops.
+    pub(crate) fn with_metrics(mut self, handles: Arc<PubSubHandles>) -> Self {
+        let dropped_seen = self.buffer.dropped();
+        self.metrics = Some(SubscriptionMetrics {
+            handles,
+            dropped_seen,
+        });
+        self
+    }
+
+    fn record(buffer: &SubscriptionBuffer, metrics: &mut Option<SubscriptionMetrics>, m: &Message) {
+        if let Some(metrics) = metrics {
+            metrics.handles.received(&m.kind).increment(1);
+            let dropped = buffer.dropped();
+            if dropped > metrics.dropped_seen {
+                metrics
+                    .handles
+                    .dropped
+                    .increment(dropped - metrics.dropped_seen);
+                metrics.dropped_seen = dropped;
+            }
         }
     }
 
@@ -280,6 +313,7 @@ impl Subscription {
         loop {
             let notified = self.buffer.notify.notified();
             if let Some(m) = self.buffer.try_pop() {
+                Self::record(&self.buffer, &mut self.metrics, &m);
                 return Some(m);
             }
             if self.buffer.is_closed() {
@@ -333,7 +367,9 @@ impl Subscription {
     /// # }
     /// ```
     pub fn try_next(&mut self) -> Option<Message> {
-        self.buffer.try_pop()
+        let m = self.buffer.try_pop()?;
+        Self::record(&self.buffer, &mut self.metrics, &m);
+        Some(m)
     }
 
     /// Messages dropped because this subscriber was too slow (P7).

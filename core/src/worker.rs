@@ -24,6 +24,7 @@ use rand::rngs::SmallRng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::event_bus::{EventBus, ReplayFrom};
@@ -31,6 +32,8 @@ use crate::handler::{BoxHandler, HandlerResult};
 use crate::message::Message;
 use crate::policy::{FailureAction, FailureMode, QueueConfig};
 use crate::queue::{Delivery, Lease, Queue, Settle};
+use crate::telemetry::handles::{HandlerOutcome, KindDurations, WorkerHandles};
+use crate::telemetry::propagation;
 
 /// Where a worker leases messages from: a queue, or a topic read by a consumer group.
 #[async_trait]
@@ -45,6 +48,11 @@ pub trait Source: Send + Sync + 'static {
     /// [`crate::ErrorKind::InvalidInput`] naming what is wrong.
     fn check(&self) -> Result<()> {
         Ok(())
+    }
+    /// What this source reads, as the labels of the worker's metrics and the fields of its
+    /// spans ([`crate::telemetry`]). The default, `None`, records neither.
+    fn labels(&self) -> Option<SourceLabels> {
+        None
     }
     /// The failure rules in force.
     fn config(&self) -> QueueConfig;
@@ -78,6 +86,28 @@ pub trait Source: Send + Sync + 'static {
     async fn extend(&self, lease: &Lease, visibility: Duration) -> Result<Lease>;
 }
 
+/// What a [`Source`] reads, naming the worker's metrics and spans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceLabels {
+    /// A queue.
+    Queue {
+        /// The backend's name.
+        backend: &'static str,
+        /// The queue.
+        queue: String,
+    },
+    /// A topic read by a consumer group.
+    Group {
+        /// The backend's name.
+        backend: &'static str,
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+    },
+}
+
 /// A named queue as a [`Source`].
 pub struct QueueSource {
     queue: Arc<dyn Queue>,
@@ -103,6 +133,12 @@ impl Source for QueueSource {
         crate::names::validate_name("queue", &self.name).map_err(|e| {
             e.with_backend(self.queue.backend_name())
                 .with_operation("start")
+        })
+    }
+    fn labels(&self) -> Option<SourceLabels> {
+        Some(SourceLabels::Queue {
+            backend: self.queue.backend_name(),
+            queue: self.name.clone(),
         })
     }
     fn config(&self) -> QueueConfig {
@@ -152,6 +188,13 @@ impl Source for GroupSource {
                 e.with_backend(self.bus.backend_name())
                     .with_operation("start")
             })
+    }
+    fn labels(&self) -> Option<SourceLabels> {
+        Some(SourceLabels::Group {
+            backend: self.bus.backend_name(),
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+        })
     }
     fn config(&self) -> QueueConfig {
         self.bus.group_config(&self.topic, &self.group)
@@ -647,7 +690,25 @@ impl WorkerBuilder {
             .sources
             .into_iter()
             .map(|(source, source_handler)| {
+                let telemetry = source.labels().map(|labels| {
+                    let handles = match &labels {
+                        SourceLabels::Queue { backend, queue } => {
+                            WorkerHandles::queue(backend, queue)
+                        }
+                        SourceLabels::Group {
+                            backend,
+                            topic,
+                            group,
+                        } => WorkerHandles::group(backend, topic, group),
+                    };
+                    Telemetry {
+                        labels,
+                        handles,
+                        timed: crate::telemetry::recorder_installed(),
+                    }
+                });
                 let driver = Driver {
+                    telemetry,
                     source,
                     table: HandlerTable {
                         by_kind: by_kind.clone(),
@@ -842,7 +903,34 @@ struct Finished {
     outcome: Outcome,
 }
 
+/// What a driver records for its source.
+struct Telemetry {
+    labels: SourceLabels,
+    handles: WorkerHandles,
+    /// Whether a metrics recorder was installed when the worker started: without one, the
+    /// handler timings (two clock reads per message) would be thrown away.
+    timed: bool,
+}
+
+/// What the driver loop keeps for its handler timings.
+#[derive(Default)]
+struct Clock {
+    /// The start time of the next handler: when the previous one ended, or when this pass of
+    /// the loop began. One clock read per handler instead of two.
+    mark: Option<Instant>,
+    /// The last kind's histograms: runs of messages share a kind, and comparing the name is
+    /// cheaper than the handle cache's hash and lock.
+    last: Option<Arc<KindDurations>>,
+}
+
+/// When a handler started, and where its duration goes.
+struct Timing {
+    started: Instant,
+    durations: Arc<KindDurations>,
+}
+
 struct Driver {
+    telemetry: Option<Telemetry>,
     source: Arc<dyn Source>,
     table: HandlerTable,
     counters: Arc<WorkerCounters>,
@@ -853,27 +941,30 @@ struct Driver {
     stop: watch::Receiver<Option<Duration>>,
 }
 
+/// A running handler's lease, its message's own attempt limit, and its timing.
+type Running = (Lease, Option<u32>, Option<Timing>);
+
 /// Leases of running handlers, indexed by slot (O(1) without hashing).
 #[derive(Default)]
 struct Slots {
-    leases: Vec<Option<(Lease, Option<u32>)>>,
+    leases: Vec<Option<Running>>,
     free: Vec<usize>,
 }
 
 impl Slots {
-    fn insert(&mut self, lease: Lease, max_override: Option<u32>) -> usize {
+    fn insert(&mut self, lease: Lease, max_override: Option<u32>, timing: Option<Timing>) -> usize {
         match self.free.pop() {
             Some(i) => {
-                self.leases[i] = Some((lease, max_override));
+                self.leases[i] = Some((lease, max_override, timing));
                 i
             }
             None => {
-                self.leases.push(Some((lease, max_override)));
+                self.leases.push(Some((lease, max_override, timing)));
                 self.leases.len() - 1
             }
         }
     }
-    fn remove(&mut self, i: usize) -> Option<(Lease, Option<u32>)> {
+    fn remove(&mut self, i: usize) -> Option<Running> {
         let v = self.leases.get_mut(i).and_then(Option::take);
         if v.is_some() {
             self.free.push(i);
@@ -906,6 +997,7 @@ impl Driver {
         let mut rng = SmallRng::from_rng(&mut rand::rng());
         let mut buffer: VecDeque<Delivery> = VecDeque::new();
         let mut slots = Slots::default();
+        let mut clock = Clock::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut pending: Vec<Settle> = Vec::new();
         // Settles in flight: the next receive does not wait for the last batch's acks, so the
@@ -919,13 +1011,37 @@ impl Driver {
         let mut tick = tokio::time::interval(extend_interval(&config));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        tracing::info!(
+            backend = self.backend(),
+            source = %self.source.describe(),
+            concurrency = self.concurrency,
+            prefetch = self.prefetch,
+            "courier worker: started"
+        );
 
         loop {
             // Start handlers while there is room.
+            let mut now_ms = None;
+            clock.mark = None;
             while running.len() < self.concurrency {
                 let Some(d) = buffer.pop_front() else { break };
-                if let Some(done) = self.start(d, &mut slots, &mut running, &mut pending, &config) {
-                    self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                self.record_wait(&d, &mut now_ms);
+                if let Some(done) = self.start(
+                    d,
+                    &mut slots,
+                    &mut running,
+                    &mut pending,
+                    &config,
+                    &mut clock,
+                ) {
+                    self.finish(
+                        done,
+                        &mut slots,
+                        &mut pending,
+                        &config,
+                        &mut rng,
+                        &mut clock,
+                    );
                 }
             }
             if !pending.is_empty() {
@@ -994,9 +1110,10 @@ impl Driver {
                 }
                 Some(()) = settling.next(), if !settling.is_empty() => {}
                 Some(done) = running.next(), if !running.is_empty() => {
-                    self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                    clock.mark = None;
+                    self.finish(done, &mut slots, &mut pending, &config, &mut rng, &mut clock);
                     while let Some(Some(done)) = running.next().now_or_never() {
-                        self.finish(done, &mut slots, &mut pending, &config, &mut rng);
+                        self.finish(done, &mut slots, &mut pending, &config, &mut rng, &mut clock);
                     }
                 }
                 res = async { recv.as_mut().expect("guarded by is_some").await }, if recv.is_some() => {
@@ -1004,7 +1121,7 @@ impl Driver {
                     match res {
                         Ok(ds) => {
                             if recv_errors > 0 {
-                                tracing::info!(source = %self.source.describe(), "courier worker: receive works again");
+                                tracing::info!(backend = self.backend(), source = %self.source.describe(), "courier worker: receive works again");
                             }
                             recv_errors = 0;
                             self.counters.received.fetch_add(ds.len() as u64, Ordering::Relaxed);
@@ -1014,7 +1131,7 @@ impl Driver {
                             recv_errors += 1;
                             let backoff = receive_backoff(recv_errors);
                             if recv_errors == 1 || recv_errors.is_power_of_two() {
-                                tracing::warn!(source = %self.source.describe(), error = %format_args!("{e:#}"), failures = recv_errors, retry_in_ms = backoff.as_millis() as u64, "courier worker: receive failed");
+                                tracing::warn!(backend = self.backend(), source = %self.source.describe(), error = %format_args!("{e:#}"), failures = recv_errors, retry_in_ms = backoff.as_millis() as u64, "courier worker: receive failed");
                             }
                             retry_receive_at = Some(Instant::now() + backoff);
                         }
@@ -1029,10 +1146,11 @@ impl Driver {
                     // Grace period over: abandon running handlers and release their messages.
                     drop(std::mem::take(&mut running));
                     for i in 0..slots.leases.len() {
-                        if let Some((lease, _)) = slots.remove(i) {
+                        if let Some((lease, _, _)) = slots.remove(i) {
                             pending.push(Settle::Release(lease));
                             self.counters.released.fetch_add(1, Ordering::Relaxed);
                             self.counters.in_progress.fetch_sub(1, Ordering::Relaxed);
+                            self.in_flight_gauge(-1.0);
                             abandoned += 1;
                         }
                     }
@@ -1045,6 +1163,12 @@ impl Driver {
         }
         // Every settle has landed before the worker reports it stopped.
         while settling.next().await.is_some() {}
+        tracing::info!(
+            backend = self.backend(),
+            source = %self.source.describe(),
+            abandoned,
+            "courier worker: stopped"
+        );
         abandoned
     }
 
@@ -1055,6 +1179,7 @@ impl Driver {
         running: &mut FuturesUnordered<BoxFuture<'static, Finished>>,
         pending: &mut Vec<Settle>,
         config: &QueueConfig,
+        clock: &mut Clock,
     ) -> Option<Finished> {
         let handler = self
             .table
@@ -1062,26 +1187,54 @@ impl Driver {
             .get(d.message.kind.as_str())
             .or(self.table.fallback.as_ref());
         let Some(handler) = handler else {
+            let error = format!(
+                "no handler for kind {:?} on {}",
+                d.message.kind,
+                self.source.describe()
+            );
+            self.log_dead(&d.message, d.lease.attempt, &error);
             pending.push(Settle::Bury {
                 lease: d.lease,
-                error: format!(
-                    "no handler for kind {:?} on {}",
-                    d.message.kind,
-                    self.source.describe()
-                ),
+                error,
             });
             self.counters.dead.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         // The message's own limit wins over the queue's.
         let limit = d.message.handler_timeout().or(config.handler_timeout);
-        let slot = slots.insert(d.lease, d.message.max_attempts);
+        let timing = self.telemetry.as_ref().filter(|t| t.timed).map(|t| {
+            let durations = match &clock.last {
+                Some(last) if *last.kind == *d.message.kind => last.clone(),
+                _ => {
+                    let fresh = t.handles.durations(&d.message.kind);
+                    clock.last = Some(fresh.clone());
+                    fresh
+                }
+            };
+            Timing {
+                started: *clock.mark.get_or_insert_with(Instant::now),
+                durations,
+            }
+        });
+        let span = self.handle_span(&d);
+        let slot = slots.insert(d.lease, d.message.max_attempts, timing);
         let now = self.counters.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
         self.counters
             .max_in_progress
             .fetch_max(now, Ordering::Relaxed);
-        // A handler that panics before returning its future is a failed attempt too.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(d.message))) {
+        self.in_flight_gauge(1.0);
+        // A handler that panics before returning its future is a failed attempt too. The
+        // handler runs in its span (when a subscriber wants it), so its own spans, and the
+        // messages it publishes, belong to this message's trace.
+        let call = || -> BoxFuture<'static, HandlerResult> {
+            if span.is_disabled() {
+                handler(d.message)
+            } else {
+                let fut = span.in_scope(|| handler(d.message));
+                Box::pin(fut.instrument(span.clone()))
+            }
+        };
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(call)) {
             Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
             Err(p) => {
                 return Some(Finished {
@@ -1153,13 +1306,25 @@ impl Driver {
         pending: &mut Vec<Settle>,
         config: &QueueConfig,
         rng: &mut SmallRng,
+        clock: &mut Clock,
     ) {
         self.counters.in_progress.fetch_sub(1, Ordering::Relaxed);
-        let Some((lease, max_override)) = slots.remove(done.slot) else {
+        self.in_flight_gauge(-1.0);
+        let Some((lease, max_override, timing)) = slots.remove(done.slot) else {
             return;
+        };
+        let mut record = |outcome: HandlerOutcome| {
+            if let Some(t) = &timing {
+                let end = Instant::now();
+                t.durations.by_outcome[outcome as usize]
+                    .record(end.saturating_duration_since(t.started).as_secs_f64());
+                // The next handler this pass starts begins about now.
+                clock.mark = Some(end);
+            }
         };
         let (error, mode) = match done.outcome {
             Outcome::Done(Ok(())) => {
+                record(HandlerOutcome::Ok);
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 pending.push(Settle::Ack(lease));
                 return;
@@ -1176,6 +1341,7 @@ impl Driver {
         };
         match config.retry.decide(lease.attempt, max_override, mode, rng) {
             FailureAction::Retry(delay) => {
+                record(HandlerOutcome::Retried);
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 pending.push(Settle::Retry {
                     lease,
@@ -1184,7 +1350,10 @@ impl Driver {
                 });
             }
             FailureAction::Dead => {
+                record(HandlerOutcome::Dead);
                 self.counters.dead.fetch_add(1, Ordering::Relaxed);
+                let kind = timing.as_ref().map_or("", |t| &*t.durations.kind);
+                self.log_dead_lease(&lease, kind, &error);
                 pending.push(Settle::Bury { lease, error });
             }
         }
@@ -1194,6 +1363,7 @@ impl Driver {
     fn flush(&self, ops: Vec<Settle>) -> BoxFuture<'static, ()> {
         let source = self.source.clone();
         let counters = self.counters.clone();
+        let backend = self.backend();
         async move {
             let n = ops.len();
             // Settling is retried while the backend is unavailable: an unsettled message would
@@ -1206,18 +1376,18 @@ impl Driver {
                         for r in results {
                             if let Err(e) = r {
                                 counters.lease_lost.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(source = %source.describe(), error = %format_args!("{e:#}"), "courier worker: settle refused");
+                                tracing::warn!(backend, source = %source.describe(), error = %format_args!("{e:#}"), "courier worker: settle refused");
                             }
                         }
                     }
                     Err(e) if e.is_retryable() && attempt < 5 => {
                         attempt += 1;
-                        tracing::warn!(source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed, retrying");
+                        tracing::warn!(backend, source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed, retrying");
                         tokio::time::sleep(receive_backoff(attempt)).await;
                         ops = Some(batch);
                     }
                     Err(e) => {
-                        tracing::error!(source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed; leases will expire and the messages come back");
+                        tracing::error!(backend, source = %source.describe(), error = %format_args!("{e:#}"), ops = n, "courier worker: settle failed; leases will expire and the messages come back");
                     }
                 }
             }
@@ -1236,7 +1406,7 @@ impl Driver {
         let threshold = vis.as_millis() as u64 / 2;
         let needs = |l: &Lease| l.deadline_ms.saturating_sub(now) <= threshold;
         for entry in slots.leases.iter_mut() {
-            let Some((lease, _)) = entry else { continue };
+            let Some((lease, _, _)) = entry else { continue };
             if needs(lease) {
                 match self.source.extend(lease, vis).await {
                     Ok(l) => *lease = l,
@@ -1254,11 +1424,110 @@ impl Driver {
         }
     }
 
+    /// The backend's name, for log fields.
+    fn backend(&self) -> &'static str {
+        match self.telemetry.as_ref().map(|t| &t.labels) {
+            Some(SourceLabels::Queue { backend, .. } | SourceLabels::Group { backend, .. }) => {
+                backend
+            }
+            None => "",
+        }
+    }
+
+    /// Adjust the in-flight gauge (no-op without telemetry or a recorder).
+    fn in_flight_gauge(&self, delta: f64) {
+        if let Some(t) = &self.telemetry {
+            t.handles.in_flight.increment(delta);
+        }
+    }
+
+    /// Record how long a first delivery waited, from its due time to now. Retries are not
+    /// recorded: their wait includes the backoff the policy chose.
+    fn record_wait(&self, d: &Delivery, now_ms: &mut Option<u64>) {
+        let Some(wait) = self
+            .telemetry
+            .as_ref()
+            .filter(|t| t.timed)
+            .and_then(|t| t.handles.wait.as_ref())
+        else {
+            return;
+        };
+        if d.lease.attempt != 1 {
+            return;
+        }
+        let now = *now_ms.get_or_insert_with(|| self.source.now_ms());
+        let due = d.message.created_at.max(d.message.not_before.unwrap_or(0));
+        let waited = now.saturating_sub(due) as f64 / 1000.0;
+        wait[d.message.priority.index()].record(waited);
+    }
+
+    /// The span a handler runs in.
+    fn handle_span(&self, d: &Delivery) -> tracing::Span {
+        let span = match self.telemetry.as_ref().map(|t| &t.labels) {
+            Some(SourceLabels::Queue { backend, queue }) => tracing::info_span!(
+                "courier.handle",
+                backend,
+                queue = queue.as_str(),
+                kind = d.message.kind.as_str(),
+                id = %d.message.id,
+                attempt = d.lease.attempt,
+            ),
+            Some(SourceLabels::Group {
+                backend,
+                topic,
+                group,
+            }) => tracing::info_span!(
+                "courier.handle",
+                backend,
+                topic = topic.as_str(),
+                group = group.as_str(),
+                kind = d.message.kind.as_str(),
+                id = %d.message.id,
+                attempt = d.lease.attempt,
+            ),
+            None => tracing::info_span!(
+                "courier.handle",
+                source = %self.source.describe(),
+                kind = d.message.kind.as_str(),
+                id = %d.message.id,
+                attempt = d.lease.attempt,
+            ),
+        };
+        propagation::extract(&span, &d.message);
+        span
+    }
+
+    /// One line per message moved to dead letters: a state change an operator acts on.
+    fn log_dead(&self, m: &Message, attempt: u32, error: &str) {
+        tracing::warn!(
+            backend = self.backend(),
+            source = %self.source.describe(),
+            kind = m.kind.as_str(),
+            id = %m.id,
+            attempt,
+            error,
+            "courier worker: message dead-lettered"
+        );
+    }
+
+    /// As [`Driver::log_dead`], when only the lease (and the kind, when known) is left.
+    fn log_dead_lease(&self, lease: &Lease, kind: &str, error: &str) {
+        tracing::warn!(
+            backend = self.backend(),
+            source = %self.source.describe(),
+            kind,
+            id = %lease.id,
+            attempt = lease.attempt,
+            error,
+            "courier worker: message dead-lettered"
+        );
+    }
+
     fn extend_failed(&self, e: Error) {
         if e.is_lease_lost() {
             self.counters.lease_lost.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::warn!(source = %self.source.describe(), error = %format_args!("{e:#}"), "courier worker: lease extension failed");
+        tracing::warn!(backend = self.backend(), source = %self.source.describe(), error = %format_args!("{e:#}"), "courier worker: lease extension failed");
     }
 }
 
