@@ -41,9 +41,40 @@ struct Args {
     /// run, so nothing expires): the cost of carrying and checking an expiry.
     #[arg(long)]
     ttl_ms: Option<u64>,
+    /// Install a metrics recorder (the Prometheus exporter's, without its HTTP listener)
+    /// before the run: the cost of recording every series Courier emits.
+    #[arg(long, conflicts_with = "compare_recorder")]
+    recorder: bool,
+    /// Run twice in this process: without a metrics recorder, then with one installed; print
+    /// both and the ratios (with / without).
+    #[arg(long)]
+    compare_recorder: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Install the Prometheus exporter's recorder (no listener; nothing scrapes it).
+fn install_recorder() {
+    if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        eprintln!("throughput: cannot install the metrics recorder: {e}");
+        std::process::exit(1);
+    }
+    courier::telemetry::describe();
+}
+
+fn print(report: &courier_benches::Report, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("throughput: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        print!("{}", table(report));
+    }
 }
 
 fn main() {
@@ -75,23 +106,43 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match rt.block_on(run(&params)) {
-        Ok(report) => {
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("throughput: {e:#}");
-                        std::process::exit(1);
-                    }
-                }
-            } else {
-                print!("{}", table(&report));
-            }
-        }
+    if args.recorder {
+        install_recorder();
+    }
+    let run_once = || match rt.block_on(run(&params)) {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("throughput: {e:#}");
             std::process::exit(1);
         }
+    };
+    let without = run_once();
+    if !args.compare_recorder {
+        print(&without, args.json);
+        return;
+    }
+    // Handles are registered when a Courier first uses a name, and each run connects afresh,
+    // so the second run records into the recorder installed between the two.
+    install_recorder();
+    let with = run_once();
+    if args.json {
+        let both = serde_json::json!({
+            "without_recorder": without,
+            "with_recorder": with,
+            "ratio_publish": with.publish_per_s / without.publish_per_s,
+            "ratio_e2e": with.e2e_per_s / without.e2e_per_s,
+        });
+        println!("{both}");
+    } else {
+        println!("-- without a metrics recorder");
+        print!("{}", table(&without));
+        println!("-- with the Prometheus recorder installed");
+        print!("{}", table(&with));
+        println!(
+            "with / without     publish {:.3}   end to end {:.3}   (raw baseline {:.3})",
+            with.publish_per_s / without.publish_per_s,
+            with.e2e_per_s / without.e2e_per_s,
+            with.raw_per_s / without.raw_per_s
+        );
     }
 }
