@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, Priority};
@@ -289,7 +290,13 @@ impl Dispatcher {
     /// ```
     pub async fn dispatch_unique(&self, mut msg: Message) -> Result<Published> {
         let q = self.resolve(&mut msg)?;
-        self.queue.publish_unique(&q, msg).await
+        // The routing decision as a span: its child `courier.publish` carries the trace on.
+        let span = tracing::info_span!(
+            "courier.dispatch",
+            kind = msg.kind.as_str(),
+            queue = q.as_str()
+        );
+        self.queue.publish_unique(&q, msg).instrument(span).await
     }
 
     /// Publish `value` as JSON under `kind` to the queue that owns it.
@@ -380,7 +387,9 @@ impl Dispatcher {
         }
         let mut ids = Vec::new();
         for (q, batch) in groups {
-            ids.extend(self.queue.publish_batch(&q, batch).await?);
+            let span =
+                tracing::info_span!("courier.dispatch", queue = q.as_str(), count = batch.len());
+            ids.extend(self.queue.publish_batch(&q, batch).instrument(span).await?);
         }
         Ok(ids)
     }

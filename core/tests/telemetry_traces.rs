@@ -238,6 +238,38 @@ async fn carried_context_is_kept(courier: Courier) {
     drop(traces);
 }
 
+/// The dispatcher's routing is a span between the caller's and the publish.
+#[tokio::test]
+async fn memory_dispatch_span_sits_between_the_caller_and_the_publish() {
+    let traces = Traces::install();
+    let courier = courier::connect("memory://").await.expect("memory");
+    let queue = unique("tt-route");
+    courier.dispatcher().route("charge", &queue).expect("route");
+    courier
+        .dispatcher()
+        .dispatch(Message::new("charge", "o-1"))
+        .instrument(tracing::info_span!("request"))
+        .await
+        .expect("dispatch");
+    let d = tokio::time::timeout(LIMIT, courier.queue().receive_one(&queue, LIMIT))
+        .await
+        .expect("receive in time")
+        .expect("receive")
+        .expect("a delivery");
+    assert!(d.message.header(headers::TRACEPARENT).is_some());
+    let spans = traces.spans();
+    let request = one(&spans, "request");
+    let dispatch = one(&spans, "courier.dispatch");
+    let publish = one(&spans, "courier.publish");
+    assert_parent(dispatch, request);
+    assert_parent(publish, dispatch);
+    assert_eq!(
+        attribute(dispatch, "queue").as_deref(),
+        Some(queue.as_str())
+    );
+    assert_eq!(attribute(dispatch, "kind").as_deref(), Some("charge"));
+}
+
 #[tokio::test]
 async fn memory_handler_span_is_a_child_of_the_publish_span() {
     queue_trace(courier::connect("memory://").await.expect("memory")).await;
