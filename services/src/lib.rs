@@ -13,7 +13,8 @@
 //!
 //! [`topology`] is the table of who owns, emits and listens to what; [`runtime::Platform`]
 //! starts services; [`scenario`] plays the end-to-end scenario and checks it against an
-//! explicit expectation table using the delivery [`ledger`].
+//! explicit expectation table using the delivery [`ledger`]; [`telemetry`] serves metrics,
+//! exports traces and renders the demo's trace.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -23,6 +24,7 @@ mod protocol;
 pub mod runtime;
 pub mod scenario;
 mod services;
+pub mod telemetry;
 pub mod topology;
 
 pub use config::{DEFAULT_BACKEND_URL, Settings};

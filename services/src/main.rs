@@ -1,5 +1,6 @@
 //! `meeting-system`: run the services, or play the end-to-end demo.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use meeting_system::config::{Overrides, Settings};
 use meeting_system::ledger::Ledger;
 use meeting_system::runtime::Platform;
+use meeting_system::telemetry;
 use meeting_system::topology::ServiceKind;
 
 /// The video-meeting platform's services on Courier.
@@ -71,6 +73,16 @@ enum Command {
         /// Stop by itself after this many seconds.
         #[arg(long)]
         exit_after: Option<f64>,
+        /// Serve Prometheus metrics over HTTP on this address (IP:PORT or HOST:PORT), path
+        /// /metrics. Installed before connecting, so every Courier series is recorded.
+        #[arg(long, value_name = "ADDR", value_parser = telemetry::parse_listen)]
+        metrics_listen: Option<SocketAddr>,
+        /// How often the queue depth and group lag gauges are refreshed, seconds.
+        #[arg(long, value_name = "SECS", default_value_t = telemetry::STATS_EVERY.as_secs_f64(),
+              requires = "metrics_listen")]
+        stats_every: f64,
+        #[command(flatten)]
+        otlp: Otlp,
     },
     /// Play the end-to-end scenario on the five services in this process; exit 0 only if
     /// every expected task and event was delivered.
@@ -78,9 +90,20 @@ enum Command {
         /// Bound of each phase's wait, seconds.
         #[arg(long, default_value_t = 20.0)]
         timeout_secs: f64,
+        #[command(flatten)]
+        otlp: Otlp,
     },
     /// Print the effective configuration as TOML.
     Config,
+}
+
+/// Trace export.
+#[derive(Args, Debug)]
+struct Otlp {
+    /// Export traces over OTLP http/protobuf to this collector (http://HOST:PORT; /v1/traces
+    /// is added when the URL has no path). Needs the `otel` feature (on by default).
+    #[arg(long, value_name = "URL", hide = cfg!(not(feature = "otel")))]
+    otlp_endpoint: Option<String>,
 }
 
 impl Global {
@@ -127,9 +150,17 @@ async fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
-        Command::Demo { timeout_secs } => {
+        Command::Demo { timeout_secs, otlp } => {
+            let tracing =
+                match Tracing::start(otlp.otlp_endpoint.as_deref(), "meeting-system", true) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("meeting-system demo: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let timeout = Duration::from_secs_f64(timeout_secs.max(0.1));
-            match meeting_system::scenario::run_demo(&settings, timeout).await {
+            let code = match meeting_system::scenario::run_demo(&settings, timeout).await {
                 Ok(report) => {
                     print!("{}", report.text);
                     if report.passed {
@@ -142,14 +173,83 @@ async fn main() -> ExitCode {
                     eprintln!("meeting-system demo: {e:#}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            tracing.finish().await;
+            code
         }
         Command::Run {
             all,
             services,
             audit,
             exit_after,
-        } => run(&settings, all, services, audit, exit_after).await,
+            metrics_listen,
+            stats_every,
+            otlp,
+        } => {
+            let observe = Observe {
+                metrics_listen,
+                stats_every: Duration::from_secs_f64(stats_every.max(0.05)),
+                otlp_endpoint: otlp.otlp_endpoint,
+            };
+            run(&settings, all, services, audit, exit_after, observe).await
+        }
+    }
+}
+
+/// What `run` exposes besides its work.
+struct Observe {
+    metrics_listen: Option<SocketAddr>,
+    stats_every: Duration,
+    otlp_endpoint: Option<String>,
+}
+
+/// The process's tracing setup, flushed by [`Tracing::finish`].
+struct Tracing {
+    #[cfg(feature = "otel")]
+    inner: Option<telemetry::trace::Tracing>,
+}
+
+impl Tracing {
+    /// Install tracing when spans are exported (`otlp`) or collected (the demo's tree).
+    fn start(otlp: Option<&str>, service: &str, collect: bool) -> Result<Tracing, String> {
+        #[cfg(feature = "otel")]
+        {
+            if otlp.is_none() && !collect {
+                return Ok(Tracing { inner: None });
+            }
+            let options = telemetry::trace::TraceOptions {
+                service_name: service.to_string(),
+                otlp_endpoint: otlp.map(str::to_string),
+                collect,
+            };
+            let t = telemetry::trace::init(&options).map_err(|e| e.to_string())?;
+            if let Some(url) = otlp {
+                println!("meeting-system: traces to {url} over OTLP/HTTP as service {service}");
+            }
+            Ok(Tracing { inner: Some(t) })
+        }
+        #[cfg(not(feature = "otel"))]
+        {
+            let _ = (service, collect);
+            match otlp {
+                Some(_) => Err(
+                    "--otlp-endpoint needs the `otel` feature, which this build leaves out".into(),
+                ),
+                None => Ok(Tracing {}),
+            }
+        }
+    }
+
+    /// Export the spans still queued (bounded) before the process exits.
+    async fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(t) = self.inner.filter(telemetry::trace::Tracing::exporting) {
+            match tokio::task::spawn_blocking(move || t.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("meeting-system: WARNING: {e}"),
+                Err(e) => eprintln!("meeting-system: WARNING: flushing the spans failed: {e}"),
+            }
+        }
     }
 }
 
@@ -159,6 +259,7 @@ async fn run(
     mut services: Vec<ServiceKind>,
     audit: bool,
     exit_after: Option<f64>,
+    observe: Observe,
 ) -> ExitCode {
     if all {
         services = ServiceKind::ALL.to_vec();
@@ -184,6 +285,28 @@ async fn run(
              processes cannot reach it. Use `run --all`, or a shared backend (--backend)."
         );
     }
+    // Courier registers its metric handles at first use: the recorder goes in before connecting.
+    if let Some(addr) = observe.metrics_listen {
+        if let Err(e) = telemetry::install_metrics(addr) {
+            eprintln!("meeting-system: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "meeting-system: metrics on http://{addr}/metrics (queue depth every {} s)",
+            observe.stats_every.as_secs_f64()
+        );
+    }
+    let service_name = match services.as_slice() {
+        [one] => one.name(),
+        _ => "meeting-system",
+    };
+    let tracing = match Tracing::start(observe.otlp_endpoint.as_deref(), service_name, false) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meeting-system: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ledger = Ledger::printing();
     let platform = match Platform::connect(settings, ledger.clone()).await {
         Ok(p) => p,
@@ -205,6 +328,9 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
+    let poller = observe
+        .metrics_listen
+        .map(|_| telemetry::spawn_stats_poller(platform.courier().clone(), observe.stats_every));
     for r in &running {
         let s = r.service();
         println!(
@@ -223,6 +349,10 @@ async fn run(
         println!("meeting-system: {} state: {}", r.service(), r.summary());
         r.stop(Duration::from_secs(5)).await;
     }
+    if let Some(p) = poller {
+        p.abort();
+    }
+    tracing.finish().await;
     ExitCode::SUCCESS
 }
 
