@@ -31,6 +31,16 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Lowercase name (`task`, `event`, `signal`, `local`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Task => "task",
+            Channel::Event => "event",
+            Channel::Signal => "signal",
+            Channel::Local => "local",
+        }
+    }
+
     fn arrow(self) -> &'static str {
         match self {
             Channel::Task => "-task->",

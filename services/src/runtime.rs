@@ -12,10 +12,12 @@ use courier::{
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tracing::Instrument as _;
 
 use crate::config::Settings;
 use crate::ledger::{Channel, Entry, Ledger, Outcome};
 use crate::services::{Ctx, Handled, Svc};
+use crate::telemetry::tree::HANDLER_SPAN;
 use crate::topology::{Names, ServiceKind, install};
 
 /// Header a sender may set to explain an expected failure; shown in the timeline.
@@ -199,6 +201,10 @@ impl Platform {
 
 /// Wrap a handler so that every delivery, its sender and its outcome land in the ledger.
 /// Panics are caught here and turned into a retryable failure (so they are recorded too).
+///
+/// The handler runs in a [`HANDLER_SPAN`] span naming the service (and the component, on a
+/// service's in-process bus): whatever it publishes or emits carries that span's trace
+/// context, and a trace shows which service ran which delivery.
 fn recorded<F>(
     ledger: Ledger,
     channel: Channel,
@@ -211,8 +217,17 @@ where
     F: Fn(Message) -> BoxFuture<'static, Handled> + Send + Sync + 'static,
 {
     let f = Arc::new(f);
+    let service = to.split('/').next().unwrap_or_default().to_string();
     courier::handler::boxed(move |m: Message| {
         let (ledger, to, f) = (ledger.clone(), to.clone(), f.clone());
+        let span = tracing::info_span!(
+            target: "meeting_system",
+            HANDLER_SPAN,
+            service = %service,
+            handler = %to,
+            channel = channel.as_str(),
+            what = name,
+        );
         async move {
             let from = m.header(SOURCE).unwrap_or("unknown").to_string();
             let attempt = m.attempt;
@@ -248,6 +263,7 @@ where
                 .await;
             result
         }
+        .instrument(span)
     })
 }
 

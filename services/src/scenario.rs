@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use courier::headers::SOURCE;
 use courier::{Courier, Message, QueueExt, QueueStats, Subscriber, SubscriberHandle};
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use crate::config::Settings;
 use crate::dsp;
@@ -331,6 +332,9 @@ pub const USERS: [(&str, &str, &str); 3] = [
 /// The meeting the scenario holds.
 pub const MEETING: &str = "weekly-sync";
 
+/// The user whose join and first media chunk the demo traces.
+pub const TRACED_USER: &str = "alice";
+
 /// Carol's transcript for emotion detection.
 pub const TRANSCRIPT: &str = "Thanks everyone, really great progress this week. \
      I am a bit worried about the launch date, but the demo works and looks good.";
@@ -347,6 +351,7 @@ pub struct Scenario {
     max_attempts: u32,
     timeout: Duration,
     clients: Vec<SubscriberHandle>,
+    trace: Option<tracing::Span>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -396,6 +401,38 @@ impl Scenario {
             max_attempts,
             timeout,
             clients: Vec::new(),
+            trace: None,
+        }
+    }
+
+    /// Trace [`TRACED_USER`]'s way through the platform under `root`: her join
+    /// ([`Phase::Join`]) is sent inside `root`, and her audio and video chunk
+    /// ([`Phase::Media`]) inside a `stream_media` span under it. With Courier's trace
+    /// propagation, every delivery these cause, in every service, joins the trace.
+    pub fn trace_under(&mut self, root: tracing::Span) {
+        self.trace = Some(root);
+    }
+
+    /// Stop tracing: the root span ends once no one else holds it.
+    pub fn end_trace(&mut self) {
+        self.trace = None;
+    }
+
+    /// The span to send `user`'s message in: a child of the trace root named `step`, the root
+    /// itself when `step` is `None`; no span unless `user` is traced.
+    fn span_for(&self, user: &str, step: Option<&'static str>) -> tracing::Span {
+        let Some(root) = self.trace.as_ref().filter(|_| user == TRACED_USER) else {
+            return tracing::Span::none();
+        };
+        match step {
+            None => root.clone(),
+            Some(step) => tracing::info_span!(
+                target: "meeting_system",
+                parent: root,
+                "scenario.step",
+                otel.name = step,
+                service = %format!("client:{user}"),
+            ),
         }
     }
 
@@ -486,6 +523,7 @@ impl Scenario {
                         username: u.into(),
                     };
                     self.task(&format!("client:{u}"), "meeting_user_join", &j)
+                        .instrument(self.span_for(u, None))
                         .await?;
                 }
             }
@@ -558,6 +596,7 @@ impl Scenario {
                     frame: Some(dsp::synth::dim_frame(16, 12)),
                 };
                 self.task("client:alice", "media_stream_process", &chunk)
+                    .instrument(self.span_for("alice", Some("stream_media")))
                     .await?;
                 let t = TranscriptTask {
                     meeting_id: MEETING.into(),
@@ -917,6 +956,8 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
         timeout,
         None,
     );
+    let trace = DemoTrace::start();
+    scenario.trace_under(trace.root.clone());
     let mut shortfalls = Vec::new();
     let started = Instant::now();
     for (i, phase) in Phase::ALL.into_iter().enumerate() {
@@ -946,7 +987,11 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
         if phase == Phase::Leave {
             scenario.close().await;
         }
+        if phase == Phase::Media {
+            scenario.end_trace();
+        }
     }
+    scenario.end_trace();
     scenario.close().await;
     let elapsed = started.elapsed();
 
@@ -1055,6 +1100,7 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
     for r in running {
         r.stop(Duration::from_secs(2)).await;
     }
+    out.push_str(&trace.finish());
 
     let entries = ledger.entries();
     let expect = scenario.expectations();
@@ -1122,4 +1168,64 @@ pub async fn run_demo(settings: &Settings, timeout: Duration) -> courier::Result
         group_dead_letters: group_dead,
         expected,
     })
+}
+
+/// The demo's trace: a root span around [`TRACED_USER`]'s join, and the in-process collector
+/// that keeps its spans.
+struct DemoTrace {
+    root: tracing::Span,
+    #[cfg(feature = "otel")]
+    watch: Result<
+        (
+            crate::telemetry::trace::Collector,
+            opentelemetry::trace::TraceId,
+        ),
+        String,
+    >,
+}
+
+impl DemoTrace {
+    fn start() -> DemoTrace {
+        #[cfg(feature = "otel")]
+        let collector = crate::telemetry::trace::collector().map_err(|e| e.to_string());
+        let root = tracing::info_span!(
+            target: "meeting_system",
+            "join_meeting",
+            service = %format!("client:{TRACED_USER}"),
+            user = TRACED_USER,
+            meeting = MEETING,
+        );
+        #[cfg(feature = "otel")]
+        let watch = collector.and_then(|c| match c.watch(&root) {
+            Some(id) => Ok((c, id)),
+            None => Err("the root span is not recorded by OpenTelemetry".to_string()),
+        });
+        DemoTrace {
+            root,
+            #[cfg(feature = "otel")]
+            watch,
+        }
+    }
+
+    /// End the root span and render the trace: the section of the report.
+    fn finish(self) -> String {
+        let title =
+            format!("{TRACED_USER} joins {MEETING}, then her audio and video go to media and ai");
+        drop(self.root);
+        #[cfg(feature = "otel")]
+        match self.watch {
+            Ok((collector, id)) => {
+                let tree = crate::telemetry::trace::render(&collector.take(id));
+                format!(
+                    "\n== trace: {title} (trace {id}, {} span(s); ran in: {})\n{}",
+                    tree.spans,
+                    tree.services.join(", "),
+                    tree.text
+                )
+            }
+            Err(why) => format!("\n== trace: {title}\nnot recorded: {why}\n"),
+        }
+        #[cfg(not(feature = "otel"))]
+        format!("\n== trace: {title}\nnot recorded: built without the `otel` feature\n")
+    }
 }
