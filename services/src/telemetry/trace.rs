@@ -161,10 +161,9 @@ impl Tracing {
     /// # Errors
     /// The flush or shutdown failed or timed out (spans may be lost).
     pub fn shutdown(self) -> Result<(), TelemetryError> {
-        let flushed = self.provider.force_flush();
-        let stopped = self.provider.shutdown_with_timeout(FLUSH_LIMIT);
-        flushed
-            .and(stopped)
+        // Shutting the batch processor down exports what it still holds, within the limit.
+        self.provider
+            .shutdown_with_timeout(FLUSH_LIMIT)
             .map_err(|e| TelemetryError(format!("flushing the spans failed: {e}")))
     }
 }
