@@ -77,15 +77,16 @@ pub fn install_metrics(listen: SocketAddr) -> Result<(), TelemetryError> {
                  choose another --metrics-listen address)"
             )),
             other => TelemetryError(format!("cannot install the metrics recorder: {other}")),
-        })
+        })?;
+    // Units and help texts: the `# HELP` lines of a scrape.
+    courier::telemetry::describe();
+    Ok(())
 }
 
 /// Refresh the queue depth gauges (ready per priority, delayed, in flight, dead) and the
 /// consumer groups' lag from the backend's stats every `every`, until the task is aborted.
 pub fn spawn_stats_poller(courier: Courier, every: Duration) -> tokio::task::JoinHandle<()> {
-    // Core's poller (`courier::telemetry::spawn_stats_poller`) is not on this branch yet.
-    let _ = (courier, every);
-    tokio::spawn(async {})
+    courier::telemetry::spawn_stats_poller(courier, every)
 }
 
 #[cfg(test)]
