@@ -75,6 +75,42 @@ async fn demo_scenario_delivers_every_task_and_event_on_memory() {
     assert!(report.text.contains("deliberately malformed task"));
     assert!(report.text.contains("FAILED -> DEAD LETTER"));
     assert!(report.text.contains("PASS"));
+    // The trace of alice's join, then her audio and video: an indented tree naming the
+    // service that ran each span (recorded with the `otel` feature, on by default).
+    if cfg!(feature = "otel") {
+        assert_trace_names_the_services(&report.text);
+    }
+}
+
+fn assert_trace_names_the_services(text: &str) {
+    let trace = text
+        .split("\n== trace: ")
+        .nth(1)
+        .and_then(|t| t.split("\n== ").next())
+        .expect("the report has a trace section");
+    for service in ["user", "meeting", "media", "ai"] {
+        assert!(
+            trace
+                .lines()
+                .skip(1)
+                .any(|l| l.trim_start().starts_with(&format!("{service}: "))),
+            "the trace names no span run by {service}:\n{trace}"
+        );
+    }
+    // Courier carried the context from alice's client through meeting to user, and through
+    // media to ai: their handler spans are inside the root's tree, not roots of their own.
+    let tree: Vec<&str> = trace.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    assert_eq!(tree[0], "client:alice: join_meeting", "{trace}");
+    assert!(tree[1..].iter().all(|l| l.starts_with("  ")), "{trace}");
+    for handled in [
+        "meeting: courier.handle meeting_user_join",
+        "ai: courier.handle speech_recognition",
+    ] {
+        assert!(
+            tree.iter().any(|l| l.trim_start().starts_with(handled)),
+            "no {handled:?} in\n{trace}"
+        );
+    }
 }
 
 /// Without the ai service, the diff names exactly what ai should have received; once ai
