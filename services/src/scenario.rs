@@ -907,6 +907,10 @@ pub struct DemoReport {
 /// Run the five services in this process on the configured backend and play the scenario.
 /// `timeout` bounds each phase's wait.
 ///
+/// With the `otel` feature the report ends with the trace of [`TRACED_USER`]'s join and media
+/// chunk, recorded in process: if no `tracing` subscriber is set up yet, this installs the
+/// collecting one of [`crate::telemetry::trace::collector`] for the rest of the process.
+///
 /// # Errors
 /// The backend cannot be reached or the configuration is invalid. A scenario that does not
 /// complete is not an error: see [`DemoReport::passed`].
