@@ -26,7 +26,7 @@ pub use courier_core::message::headers;
 // Work queues: the trait, its conveniences, configuration and what they return.
 pub use courier_core::{
     DeadLetter, Delivery, FailureAction, FailureMode, Lease, MAX_DEDUP_KEY_LEN, Page, Published,
-    Queue, QueueConfig, QueueExt, QueueStats, RetryPolicy, Selection, Settle,
+    Queue, QueueConfig, QueueExt, QueueStats, RateLimit, RetryPolicy, Selection, Settle,
 };
 
 // Pub/sub: live broadcast with patterns.

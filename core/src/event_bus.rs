@@ -640,6 +640,67 @@ pub trait EventBus: Send + Sync + 'static {
     /// # }
     /// ```
     async fn list_groups(&self, topic: &str) -> Result<Vec<String>>;
+
+    /// Pause consumer group `group` of `topic` (E8), for every process: events are still
+    /// appended, the group receives nothing (receives wait out their `wait` and return empty),
+    /// leases already granted stay valid. Other groups of the topic are not affected. Group
+    /// stats report `paused`. Pausing a group that does not exist yet is allowed; it starts
+    /// paused when it is created.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid topic or group name, or a backend
+    /// failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have paused the group; pausing again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{EventBusExt, Message, ReplayFrom};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.create_group("orders", "billing", ReplayFrom::Start).await?;
+    /// bus.pause_group("orders", "billing").await?;
+    /// bus.emit("orders", Message::new("order", "")).await?;
+    /// assert!(bus.receive("orders", "billing", 10, Duration::from_millis(20)).await?.is_empty());
+    /// assert!(bus.group_stats("orders", "billing").await?.queue.paused);
+    /// bus.resume_group("orders", "billing").await?;
+    /// assert_eq!(bus.receive("orders", "billing", 10, Duration::from_secs(1)).await?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()>;
+
+    /// Resume a paused consumer group (E8); its waiting receivers are woken at once.
+    ///
+    /// # Errors
+    /// As [`EventBus::pause_group`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have resumed the group; resuming again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::ReplayFrom;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let bus = courier.events();
+    /// bus.create_group("orders", "billing", ReplayFrom::Start).await?;
+    /// bus.pause_group("orders", "billing").await?;
+    /// bus.resume_group("orders", "billing").await?;
+    /// assert!(!bus.group_stats("orders", "billing").await?.queue.paused);
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()>;
 }
 
 const _: Option<&dyn EventBus> = None;

@@ -32,7 +32,7 @@ pub use event_bus::{EventBus, EventBusExt, GroupStats, ReplayFrom, Retention};
 pub use handler::{BoxHandler, HandlerError, HandlerResult};
 pub use message::{Headers, Message, MessageId, Priority};
 pub use names::{MAX_DEDUP_KEY_LEN, Pattern, check_dedup_key, validate_name};
-pub use policy::{FailureAction, FailureMode, QueueConfig, RetryPolicy};
+pub use policy::{FailureAction, FailureMode, QueueConfig, RateLimit, RetryPolicy};
 pub use pubsub::{PubSub, SubscribeOptions, Subscription, SubscriptionBuffer};
 pub use queue::{
     DeadLetter, Delivery, Lease, Page, Published, Queue, QueueExt, QueueStats, Selection, Settle,

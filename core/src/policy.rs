@@ -852,6 +852,78 @@ impl QueueConfig {
     }
 }
 
+/// A queue's rate limit (Q15): at most `max` deliveries in each window of `per`, counted by
+/// the backend across every worker and process. Windows are aligned to the epoch
+/// (`[k·per, (k+1)·per)` in ms), so every process agrees on which window "now" is in.
+///
+/// One receive gets at most a quarter of a window's budget (at least one delivery,
+/// [`RateLimit::grant_cap`]), so a consumer asking for a large batch cannot take a whole
+/// window while others wait.
+///
+/// # Examples
+///
+/// ```
+/// use courier::RateLimit;
+/// use std::time::Duration;
+///
+/// let limit = RateLimit::per_second(200);
+/// assert_eq!(limit, RateLimit::new(200, Duration::from_secs(1)));
+/// assert_eq!(limit.grant_cap(), 50);
+/// assert!(RateLimit::new(0, Duration::from_secs(1)).validate().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Deliveries allowed per window (at least 1).
+    pub max: u32,
+    /// The window's length (1 ms to 1 day).
+    #[serde(with = "duration_ms", rename = "per_ms")]
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// At most `max` deliveries per `per`.
+    pub fn new(max: u32, per: Duration) -> Self {
+        RateLimit { max, per }
+    }
+
+    /// At most `max` deliveries per second.
+    pub fn per_second(max: u32) -> Self {
+        RateLimit::new(max, Duration::from_secs(1))
+    }
+
+    /// The window's length in ms (at least 1).
+    pub fn per_ms(&self) -> u64 {
+        (self.per.as_millis() as u64).max(1)
+    }
+
+    /// The start (ms since the epoch) of the window `now` is in.
+    pub fn window_start(&self, now: u64) -> u64 {
+        now - now % self.per_ms()
+    }
+
+    /// The most one receive may take from a window: a quarter of `max`, rounded up.
+    pub fn grant_cap(&self) -> u32 {
+        self.max.div_ceil(4).max(1)
+    }
+
+    /// Check the bounds.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] when `max` is 0 or `per` is outside 1 ms ..= 1 day.
+    pub fn validate(&self) -> Result<()> {
+        if self.max == 0 {
+            return Err(Error::invalid("rate limit: max must be at least 1"));
+        }
+        if self.per < Duration::from_millis(1) || self.per > Duration::from_secs(86_400) {
+            return Err(Error::invalid(format!(
+                "rate limit: the window must be between 1 ms and 1 day, got {:?}",
+                self.per
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Serde helper: an optional `Duration` as whole milliseconds (absent or null = `None`).
 pub mod opt_duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};

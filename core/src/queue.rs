@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId, Priority};
-use crate::policy::{FailureAction, FailureMode, QueueConfig};
+use crate::policy::{FailureAction, FailureMode, QueueConfig, RateLimit};
 
 /// Proof of holding a delivery. Ack, nack and extend act only with a current lease.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +128,12 @@ pub struct QueueStats {
     /// `dead_lettered`.
     #[serde(default)]
     pub expired: u64,
+    /// Whether the queue is paused (Q14): it accepts publishes and delivers nothing.
+    #[serde(default)]
+    pub paused: bool,
+    /// The queue's rate limit, if any (Q15).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl QueueStats {
@@ -696,6 +702,132 @@ pub trait Queue: Send + Sync + 'static {
     /// # }
     /// ```
     async fn list_queues(&self) -> Result<Vec<String>>;
+
+    /// Pause `queue` (Q14), for every process: publishes are still accepted, receives deliver
+    /// nothing (they wait out their `wait` and return empty), leases already granted stay
+    /// valid (they may be acked, extended or expire as usual). Stats report `paused`. Pausing
+    /// a paused queue, or one nothing was published to yet, is allowed.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name, or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have paused the queue; pausing again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.pause("mail").await?;
+    /// q.publish("mail", Message::new("send", "")).await?; // still accepted
+    /// assert!(q.receive("mail", 10, Duration::from_millis(20)).await?.is_empty());
+    /// assert!(q.stats("mail").await?.paused);
+    /// q.resume("mail").await?;
+    /// assert_eq!(q.receive("mail", 10, Duration::from_secs(1)).await?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn pause(&self, queue: &str) -> Result<()>;
+
+    /// Resume a paused `queue` (Q14): receives deliver again, and receivers waiting on it are
+    /// woken at once. Resuming a queue that is not paused is allowed.
+    ///
+    /// # Errors
+    /// As [`Queue::pause`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have resumed the queue; resuming again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// let courier = courier::connect("memory://").await?;
+    /// courier.queue().pause("mail").await?;
+    /// courier.queue().resume("mail").await?;
+    /// assert!(!courier.queue().stats("mail").await?.paused);
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn resume(&self, queue: &str) -> Result<()>;
+
+    /// Set or clear `queue`'s rate limit (Q15), for every process: at most `limit.max`
+    /// deliveries in each window of `limit.per`, counted by the backend across every worker
+    /// and process. Deliveries beyond it wait for the next window (a receive returns what the
+    /// window still allows, or waits); nothing fails. One receive takes at most
+    /// [`RateLimit::grant_cap`] of a window. `None` removes the limit.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name or limit
+    /// ([`RateLimit::validate`]), or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have set the limit; setting it again is safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, QueueExt, RateLimit};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.set_rate_limit("sms", Some(RateLimit::new(2, Duration::from_secs(3600)))).await?;
+    /// for _ in 0..3 {
+    ///     q.publish("sms", Message::new("send", "")).await?;
+    /// }
+    /// // Two this hour; the third waits for the next window.
+    /// assert_eq!(q.receive("sms", 10, Duration::from_millis(20)).await?.len(), 1); // a quarter, at least one
+    /// assert_eq!(q.receive("sms", 10, Duration::from_millis(20)).await?.len(), 1);
+    /// assert!(q.receive("sms", 10, Duration::from_millis(20)).await?.is_empty());
+    /// assert_eq!(q.stats("sms").await?.rate_limit, Some(RateLimit::new(2, Duration::from_secs(3600))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()>;
+
+    /// Move a queued message to another priority (Q16), atomically. A ready message goes to
+    /// the back of the new level's line; a delayed one keeps its due time and joins the back
+    /// of the new level when due; a leased one keeps its lease, and the new priority applies
+    /// if it is retried. Every stored copy of `id` moves.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::NotFound`] when no ready, delayed or leased message has `id` (a dead
+    /// letter's priority is set when it is requeued: [`Queue::requeue_dead_at`]);
+    /// [`crate::ErrorKind::InvalidInput`] for an invalid queue name; or a backend failure.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have moved the message; moving it again is safe
+    /// (it goes to the back of the level again).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{Message, Priority, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let q = courier.queue();
+    /// q.publish("jobs", Message::new("report", "a")).await?;
+    /// let urgent = q.publish("jobs", Message::new("report", "b")).await?;
+    /// q.reprioritise("jobs", urgent, Priority::Critical).await?;
+    /// let d = q.receive_one("jobs", Duration::from_secs(1)).await?.expect("a delivery");
+    /// assert_eq!((d.message.id, d.message.priority), (urgent, Priority::Critical));
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()>;
 }
 
 /// Conveniences for every [`Queue`], including `dyn Queue`.

@@ -334,6 +334,10 @@ impl View<'_> {
     /// from the log at the cursor only as many as can be leased.
     pub fn receive(&mut self, max: usize, now: u64, out: &mut Vec<Delivery>) {
         self.group.placed = true;
+        if self.group.state.is_paused() {
+            // Nothing leaves the log while paused (E8): the lag keeps counting it.
+            return;
+        }
         self.pull(max, now);
         self.group.state.lease(now, max, out);
     }
@@ -561,6 +565,20 @@ impl EventBus for MemoryBackend {
     /// too: nothing placed its cursor yet.
     async fn create_group(&self, topic: &str, group: &str, from: ReplayFrom) -> Result<bool> {
         self.on_group(topic, group, "create_group", |v, _| v.create(from, topic))?
+    }
+
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.on_group(topic, group, "pause_group", |v, _| {
+            v.group.state.set_paused(true)
+        })
+    }
+
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.on_group(topic, group, "resume_group", |v, _| {
+            v.group.state.set_paused(false)
+        })?;
+        self.topic(topic).wakeup.wake();
+        Ok(())
     }
 
     async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
     DeadLetter, Delivery, Error, Lease, Message, MessageId, Page, Priority, Published, Queue,
-    QueueConfig, QueueStats, Result, Selection, Settle, SharedClock,
+    QueueConfig, QueueStats, RateLimit, Result, Selection, Settle, SharedClock,
 };
 use parking_lot::Mutex;
 
@@ -185,6 +185,36 @@ impl Queue for MemoryBackend {
 
     async fn purge_dead(&self, queue: &str, which: Selection) -> Result<u64> {
         self.on_queue(queue, "purge_dead", |st, _| st.purge_dead(&which))?
+    }
+
+    async fn pause(&self, queue: &str) -> Result<()> {
+        self.on_queue(queue, "pause", |st, _| st.set_paused(true))
+    }
+
+    async fn resume(&self, queue: &str) -> Result<()> {
+        self.on_queue(queue, "resume", |st, _| st.set_paused(false))?;
+        self.queue(queue).wakeup.wake();
+        Ok(())
+    }
+
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        if let Some(l) = &limit {
+            l.validate().map_err(KIT.tag("set_rate_limit"))?;
+        }
+        self.on_queue(queue, "set_rate_limit", |st, _| st.set_rate_limit(limit))?;
+        // A raised or removed limit may let waiting receivers take work now.
+        self.queue(queue).wakeup.wake();
+        Ok(())
+    }
+
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()> {
+        let found = self.on_queue(queue, "reprioritise", |st, _| st.reprioritise(id, priority))?;
+        if !found {
+            return Err(KIT.tag("reprioritise")(Error::not_found(format!(
+                "no queued message {id} in queue {queue:?}"
+            ))));
+        }
+        Ok(())
     }
 
     async fn list_queues(&self) -> Result<Vec<String>> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use courier_core::backend::{EXPIRED, LEASE_EXPIRED, expired_lease, ms_ceil};
 use courier_core::{
     DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, Published,
-    QueueConfig, QueueStats, Result, Selection, Settle,
+    QueueConfig, QueueStats, RateLimit, Result, Selection, Settle,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -173,6 +173,12 @@ pub struct QueueState {
     /// The first token of the next lease batch when the caller assigns tokens
     /// ([`QueueState::assign_tokens`]); else tokens come from the process-wide counter.
     assigned: Option<u64>,
+    /// Paused (Q14): nothing is leased.
+    paused: bool,
+    /// The rate limit (Q15) and the deliveries counted in its current window.
+    rate: Option<RateLimit>,
+    window_start: u64,
+    window_count: u32,
 }
 
 impl QueueState {
@@ -198,6 +204,10 @@ impl QueueState {
             holds: BTreeSet::new(),
             rng: SmallRng::from_rng(&mut rand::rng()),
             assigned: None,
+            paused: false,
+            rate: None,
+            window_start: 0,
+            window_count: 0,
         }
     }
 
@@ -416,10 +426,80 @@ impl QueueState {
     pub fn next_wake(&self) -> Option<u64> {
         let d = self.delayed.peek().map(|d| d.due);
         let l = self.leases.peek().map(|Reverse((deadline, _))| *deadline);
-        match (d, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // Ready work held back by a spent rate-limit window becomes deliverable when the
+        // next window starts.
+        let r = self.rate.and_then(|r| {
+            (!self.paused && self.window_count >= r.max && self.ready_len() > 0)
+                .then(|| self.window_start + r.per_ms())
+        });
+        [d, l, r].into_iter().flatten().min()
+    }
+
+    /// Pause or resume (Q14, E8): a paused state leases nothing; everything else (ticks,
+    /// settles, extensions, publishes) goes on.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Whether the state is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Set or clear the rate limit (Q15). The current window's count is kept, so changing
+    /// the limit never grants a window more than the new limit allows.
+    pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+        self.rate = limit;
+    }
+
+    /// How many deliveries the rate limit allows a receive at `now`, at most `max`; starts a
+    /// new window when `now` left the counted one.
+    fn rate_allows(&mut self, now: u64, max: usize) -> usize {
+        let Some(r) = self.rate else { return max };
+        let w = r.window_start(now);
+        if w != self.window_start {
+            self.window_start = w;
+            self.window_count = 0;
         }
+        let left = r.max.saturating_sub(self.window_count).min(r.grant_cap());
+        max.min(left as usize)
+    }
+
+    /// Move every stored copy of `id` to `priority` (Q16): a ready one to the back of the new
+    /// level, a delayed one keeps its due time, a leased one keeps its lease (the priority
+    /// applies if it is retried). Whether any was found.
+    pub fn reprioritise(&mut self, id: MessageId, priority: Priority) -> bool {
+        let mut found = false;
+        let mut moved = Vec::new();
+        for level in self.ready.iter_mut() {
+            if level.iter().any(|e| e.message.id == id) {
+                let (matching, rest): (VecDeque<Entry>, VecDeque<Entry>) = std::mem::take(level)
+                    .into_iter()
+                    .partition(|e| e.message.id == id);
+                *level = rest;
+                moved.extend(matching);
+            }
+        }
+        for mut entry in moved {
+            found = true;
+            entry.message.priority = priority;
+            self.push_back(entry);
+        }
+        if self.delayed.iter().any(|d| d.entry.message.id == id) {
+            let mut all = std::mem::take(&mut self.delayed).into_vec();
+            for d in all.iter_mut().filter(|d| d.entry.message.id == id) {
+                d.entry.message.priority = priority;
+                found = true;
+            }
+            self.delayed = all.into();
+        }
+        for f in self.in_flight.values_mut() {
+            if f.entry.message.id == id {
+                f.entry.message.priority = priority;
+                found = true;
+            }
+        }
+        found
     }
 
     /// Lease up to `max` ready messages, highest priority first, FIFO within a level, into
@@ -427,10 +507,14 @@ impl QueueState {
     /// ([`QueueState::expire`]) and does not count towards `max`. The caller has run
     /// [`QueueState::tick`] for `now`.
     pub fn lease(&mut self, now: u64, max: usize, out: &mut Vec<Delivery>) {
-        let n = max.min(self.ready_len());
+        if self.paused || self.ready_len() == 0 {
+            return;
+        }
+        let n = self.rate_allows(now, max).min(self.ready_len());
         if n == 0 {
             return;
         }
+        let before = out.len();
         out.reserve(n);
         let deadline = now.saturating_add(millis(self.config.visibility_timeout));
         let mut token = self.reserve_tokens(n as u64);
@@ -461,6 +545,10 @@ impl QueueState {
                 self.in_flight.insert(token, InFlight { entry, deadline });
                 token += 1;
             }
+        }
+        if self.rate.is_some() {
+            let leased = u32::try_from(out.len() - before).unwrap_or(u32::MAX);
+            self.window_count = self.window_count.saturating_add(leased);
         }
         self.maybe_rebuild_leases();
     }
@@ -616,6 +704,8 @@ impl QueueState {
         st.dead_lettered = self.dead_lettered;
         st.deduplicated = self.deduplicated;
         st.expired = self.expired;
+        st.paused = self.paused;
+        st.rate_limit = self.rate;
         st
     }
 

@@ -17,7 +17,7 @@ use crate::clock::SharedClock;
 use crate::error::{ErrorKind, Result};
 use crate::event_bus::{EventBus, GroupStats, ReplayFrom, Retention};
 use crate::message::{Message, MessageId, Priority};
-use crate::policy::QueueConfig;
+use crate::policy::{QueueConfig, RateLimit};
 use crate::pubsub::{PubSub, SubscribeOptions, Subscription};
 use crate::queue::{
     DeadLetter, Delivery, Lease, Page, Published, Queue, QueueStats, Selection, Settle,
@@ -202,6 +202,18 @@ impl Queue for InstrumentedQueue {
     }
     async fn list_queues(&self) -> Result<Vec<String>> {
         self.inner.list_queues().await
+    }
+    async fn pause(&self, queue: &str) -> Result<()> {
+        self.inner.pause(queue).await
+    }
+    async fn resume(&self, queue: &str) -> Result<()> {
+        self.inner.resume(queue).await
+    }
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.inner.set_rate_limit(queue, limit).await
+    }
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()> {
+        self.inner.reprioritise(queue, id, priority).await
     }
 }
 
@@ -390,5 +402,11 @@ impl EventBus for InstrumentedEvents {
     }
     async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
         self.inner.list_groups(topic).await
+    }
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.inner.pause_group(topic, group).await
+    }
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.inner.resume_group(topic, group).await
     }
 }
