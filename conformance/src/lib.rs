@@ -225,8 +225,9 @@ pub fn cases() -> Vec<Case> {
 
 /// Every rule id of the contract.
 pub const RULES: &[&str] = &[
-    "Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9", "Q10", "Q11", "Q12", "Q13", "W", "P1",
-    "P2", "P3", "P4", "P5", "P6", "P7", "P8", "E1", "E2", "E3", "E4", "E5", "E6", "E7",
+    "Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7", "Q8", "Q9", "Q10", "Q11", "Q12", "Q13", "Q14", "Q15",
+    "Q16", "W", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "E1", "E2", "E3", "E4", "E5", "E6",
+    "E7", "E8",
 ];
 
 /// What one case works with: a fresh backend in its own namespace.

@@ -22,6 +22,7 @@ mod groups;
 mod listing;
 mod local;
 mod order;
+mod pause;
 mod read;
 mod replay;
 mod retention;
@@ -32,6 +33,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(emit::cases());
     all.extend(groups::cases());
     all.extend(listing::cases());
+    all.extend(pause::cases());
     all.extend(failure::cases());
     all.extend(expiry::cases());
     all.extend(order::cases());

@@ -19,7 +19,10 @@ mod durability;
 mod expiry;
 mod lease;
 mod listing;
+mod pause;
 mod priority;
+mod rate;
+mod reprioritise;
 mod retry;
 mod stats;
 
@@ -34,6 +37,9 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(dedup::cases());
     all.extend(expiry::cases());
     all.extend(listing::cases());
+    all.extend(pause::cases());
+    all.extend(rate::cases());
+    all.extend(reprioritise::cases());
     all.extend(batch::cases());
     all.extend(stats::cases());
     all.extend(conservation::cases());

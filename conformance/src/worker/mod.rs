@@ -213,6 +213,27 @@ impl Queue for Counting {
     async fn list_queues(&self) -> courier_core::Result<Vec<String>> {
         self.inner.list_queues().await
     }
+    async fn pause(&self, queue: &str) -> courier_core::Result<()> {
+        self.inner.pause(queue).await
+    }
+    async fn resume(&self, queue: &str) -> courier_core::Result<()> {
+        self.inner.resume(queue).await
+    }
+    async fn set_rate_limit(
+        &self,
+        queue: &str,
+        limit: Option<courier_core::RateLimit>,
+    ) -> courier_core::Result<()> {
+        self.inner.set_rate_limit(queue, limit).await
+    }
+    async fn reprioritise(
+        &self,
+        queue: &str,
+        id: courier_core::MessageId,
+        priority: courier_core::Priority,
+    ) -> courier_core::Result<()> {
+        self.inner.reprioritise(queue, id, priority).await
+    }
     async fn publish_batch(
         &self,
         queue: &str,
