@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use courier::{
     Courier, DeadLetter, Error, ErrorKind, Message, MessageId, Page, Priority, QueueExt,
-    QueueStats, ReplayFrom, Selection, SubscribeOptions,
+    QueueStats, RateLimit, ReplayFrom, Selection, SubscribeOptions,
 };
 use serde_json::json;
 
@@ -63,6 +63,37 @@ pub enum Command {
         /// With --watch: stop after this many tables.
         #[arg(long, requires = "watch")]
         times: Option<u64>,
+    },
+    /// Pause queues (Q14), for every process: publishes are accepted, nothing is delivered,
+    /// leases already granted stay valid.
+    Pause {
+        /// The queues.
+        #[arg(required = true)]
+        queues: Vec<String>,
+    },
+    /// Resume paused queues (Q14); waiting workers take work at once.
+    Resume {
+        /// The queues.
+        #[arg(required = true)]
+        queues: Vec<String>,
+    },
+    /// Show, set or clear a queue's rate limit (Q15), shared by every worker and process.
+    Rate {
+        /// The queue.
+        queue: String,
+        /// `N/WINDOW` (`200/s`, `10/500ms`, `1000/1m`), or `off`; none shows the current one.
+        #[arg(value_parser = parse_rate)]
+        limit: Option<RateArg>,
+    },
+    /// Move a queued message to another priority (Q16): to the back of that level's line.
+    Reprioritise {
+        /// The queue.
+        queue: String,
+        /// The message id.
+        id: String,
+        /// critical, high, normal or low.
+        #[arg(long, value_parser = parse_priority)]
+        priority: Priority,
     },
     /// Dead letters: list, show, requeue, purge.
     Dead {
@@ -226,6 +257,20 @@ pub enum EventsCommand {
         #[arg(long = "for", value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Pause a consumer group (E8): events are kept, the group receives nothing.
+    Pause {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+    },
+    /// Resume a paused consumer group (E8).
+    Resume {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+    },
     /// Move a group to another position of the log (its pending events are dropped).
     Replay {
         /// The topic.
@@ -303,6 +348,54 @@ pub async fn run(courier: &Courier, cli: &Cli, out: &mut String) -> courier::Res
             stats(courier, &queues, *watch, *times, cli.json, out).await
         }
         Command::Queues => queues(courier, cli.json, out).await,
+        Command::Pause { queues } => {
+            for q in queues {
+                courier.queue().pause(q).await?;
+                let _ = writeln!(out, "paused {q}");
+            }
+            Ok(Done::Ok)
+        }
+        Command::Resume { queues } => {
+            for q in queues {
+                courier.queue().resume(q).await?;
+                let _ = writeln!(out, "resumed {q}");
+            }
+            Ok(Done::Ok)
+        }
+        Command::Rate { queue, limit } => {
+            match limit {
+                Some(RateArg::Off) => {
+                    courier.queue().set_rate_limit(queue, None).await?;
+                    let _ = writeln!(out, "{queue}: no rate limit");
+                }
+                Some(RateArg::Limit(l)) => {
+                    courier.queue().set_rate_limit(queue, Some(*l)).await?;
+                    let _ = writeln!(out, "{queue}: at most {}", show_rate(l));
+                }
+                None => match courier.queue().stats(queue).await?.rate_limit {
+                    Some(l) => {
+                        let _ = writeln!(out, "{queue}: at most {}", show_rate(&l));
+                    }
+                    None => {
+                        let _ = writeln!(out, "{queue}: no rate limit");
+                    }
+                },
+            }
+            Ok(Done::Ok)
+        }
+        Command::Reprioritise {
+            queue,
+            id,
+            priority,
+        } => {
+            let id = parse_id(id)?;
+            courier.queue().reprioritise(queue, id, *priority).await?;
+            let _ = writeln!(
+                out,
+                "{id} in {queue} is now {priority}, at the back of its level"
+            );
+            Ok(Done::Ok)
+        }
         Command::Dead { command } => dead(courier, command, cli.json, out).await,
         Command::Publish {
             queue,
@@ -416,6 +509,8 @@ pub(crate) fn stats_json(queue: &str, s: &QueueStats) -> serde_json::Value {
         "dead_lettered": s.dead_lettered,
         "deduplicated": s.deduplicated,
         "expired": s.expired,
+        "paused": s.paused,
+        "rate_limit": s.rate_limit.map(|l| json!({"max": l.max, "per_ms": l.per_ms()})),
     })
 }
 
@@ -527,6 +622,12 @@ pub fn stats_table(
         );
         if let Some(r) = rates {
             let _ = write!(s, " {:>9.1} {:>9.1}", r[i].0, r[i].1);
+        }
+        if st.paused {
+            s.push_str("  paused");
+        }
+        if let Some(l) = st.rate_limit {
+            let _ = write!(s, "  limit {}", show_rate(&l));
         }
         s.push('\n');
     }
@@ -1086,6 +1187,16 @@ async fn events(
             let stop = (*count, *duration);
             events_tail(courier, topic, from, stop, (*payload, as_json), out).await
         }
+        EventsCommand::Pause { topic, group } => {
+            courier.events().pause_group(topic, group).await?;
+            let _ = writeln!(out, "paused group {group} of {topic}");
+            Ok(Done::Ok)
+        }
+        EventsCommand::Resume { topic, group } => {
+            courier.events().resume_group(topic, group).await?;
+            let _ = writeln!(out, "resumed group {group} of {topic}");
+            Ok(Done::Ok)
+        }
         EventsCommand::Replay { topic, group, from } => {
             let position = parse_from(from)?;
             courier.events().reset_group(topic, group, position).await?;
@@ -1093,6 +1204,46 @@ async fn events(
             Ok(Done::Ok)
         }
     }
+}
+
+/// The argument of `courier rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateArg {
+    /// Remove the limit.
+    Off,
+    /// Set this limit.
+    Limit(RateLimit),
+}
+
+/// `N/WINDOW` (`200/s` = 200 per second, `10/500ms`, `1000/1m`) or `off`.
+///
+/// # Errors
+/// A message naming the accepted forms, or why the limit is out of bounds.
+pub fn parse_rate(text: &str) -> Result<RateArg, String> {
+    if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("none") {
+        return Ok(RateArg::Off);
+    }
+    let (n, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a rate (e.g. 200/s, 10/500ms, 1000/1m, off)"))?;
+    let max: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a count of deliveries"))?;
+    let window = window.trim();
+    // `200/s` means one second: a unit alone is one of it.
+    let per = if window.starts_with(|c: char| c.is_ascii_digit()) {
+        parse_duration(window)?
+    } else {
+        parse_duration(&format!("1{window}"))?
+    };
+    let limit = RateLimit::new(max, per);
+    limit.validate().map_err(|e| e.to_string())?;
+    Ok(RateArg::Limit(limit))
+}
+
+fn show_rate(l: &RateLimit) -> String {
+    format!("{} per {:?}", l.max, l.per)
 }
 
 /// `1500ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of milliseconds.

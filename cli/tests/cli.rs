@@ -636,3 +636,103 @@ async fn events_tail_follows_a_topic_without_a_group() {
         run.stdout
     );
 }
+
+/// Flow control from the command line (issue 18): pause and resume a queue and a group, set,
+/// show and clear a rate limit, and move a message to another priority; each seen by another
+/// process (this test's own handle on the same SQLite file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_pause_rate_and_reprioritise() {
+    let db = TempDb::new("flow");
+    let url = db.url();
+    let c = within("connect", courier::connect(&url)).await;
+    let q = unique("flow");
+    let ids = within(
+        "publish",
+        c.queue()
+            .publish_batch(&q, vec![Message::new("a", ""), Message::new("b", "")]),
+    )
+    .await;
+    let b = ids[1].id();
+
+    let run = courier_cli(&["--url", &url, "pause", &q]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(within("stats", c.queue().stats(&q)).await.paused);
+    let run = courier_cli(&["--url", &url, "stats", &q]);
+    assert!(
+        run.stdout.contains("paused"),
+        "the table says so: {}",
+        run.stdout
+    );
+    let run = courier_cli(&["--url", &url, "resume", &q]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(!within("stats", c.queue().stats(&q)).await.paused);
+
+    let run = courier_cli(&["--url", &url, "rate", &q, "200/s"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        within("stats", c.queue().stats(&q)).await.rate_limit,
+        Some(courier::RateLimit::per_second(200))
+    );
+    let run = courier_cli(&["--url", &url, "rate", &q]);
+    assert!(
+        run.stdout.contains("200 per 1s"),
+        "shows it: {}",
+        run.stdout
+    );
+    let run = courier_cli(&["--url", &url, "rate", &q, "0/s"]);
+    assert_eq!(run.code, 2, "refused: {}", run.stderr);
+    let run = courier_cli(&["--url", &url, "rate", &q, "off"]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(within("stats", c.queue().stats(&q)).await.rate_limit, None);
+
+    let run = courier_cli(&[
+        "--url",
+        &url,
+        "reprioritise",
+        &q,
+        &b.to_string(),
+        "--priority",
+        "critical",
+    ]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let d = within("receive", c.queue().receive(&q, 1, LIMIT)).await;
+    assert_eq!(
+        (d[0].message.id, d[0].message.priority),
+        (b, Priority::Critical),
+        "b first, at its new priority"
+    );
+    let unknown = Message::new("x", "").id.to_string();
+    let run = courier_cli(&[
+        "--url",
+        &url,
+        "reprioritise",
+        &q,
+        &unknown,
+        "--priority",
+        "high",
+    ]);
+    assert_ne!(run.code, 0, "an unknown id fails: {}", run.stdout);
+
+    let (t, g) = (unique("flow-t"), unique("flow-g"));
+    let run = courier_cli(&["--url", &url, "events", "pause", &t, &g]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    within(
+        "create",
+        c.events().create_group(&t, &g, courier::ReplayFrom::Start),
+    )
+    .await;
+    assert!(
+        within("group stats", c.events().group_stats(&t, &g))
+            .await
+            .queue
+            .paused
+    );
+    let run = courier_cli(&["--url", &url, "events", "resume", &t, &g]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(
+        !within("group stats", c.events().group_stats(&t, &g))
+            .await
+            .queue
+            .paused
+    );
+}
