@@ -236,6 +236,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/groups/{topic}/{group}/dead/{id}", get(dead_one))
         .route("/api/groups/{topic}/{group}/dead/requeue", post(requeue))
         .route("/api/groups/{topic}/{group}/dead/purge", post(purge))
+        .route("/api/queues/{queue}/pause", post(pause))
+        .route("/api/queues/{queue}/resume", post(resume))
+        .route("/api/groups/{topic}/{group}/pause", post(pause))
+        .route("/api/groups/{topic}/{group}/resume", post(resume))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page") })
         .layer(from_fn_with_state(app.clone(), guard))
         .with_state(app)
@@ -572,7 +576,7 @@ async fn overview_json(app: &App) -> courier::Result<Value> {
             "ready": s.queue.ready_total(), "delayed": s.queue.delayed,
             "in_flight": s.queue.in_flight, "dead": s.queue.dead, "acked": s.queue.acked,
             "retried": s.queue.retried, "dead_lettered": s.queue.dead_lettered,
-            "expired": s.queue.expired,
+            "expired": s.queue.expired, "paused": s.queue.paused,
         }));
     }
     Ok(json!({
@@ -777,6 +781,36 @@ async fn purge(
         Ok(n) => Json(json!({ "of": target.label(), "purged": n })).into_response(),
         Err(e) => backend_error(&e),
     }
+}
+
+/// Pause or resume a queue or an event group (Q14, E8), for every process.
+async fn set_paused(app: &App, params: &HashMap<String, String>, paused: bool) -> Response {
+    let target = Target::from_params(params);
+    let c = &app.courier;
+    let done = match (&target, paused) {
+        (Target::Queue(q), true) => c.queue().pause(q).await,
+        (Target::Queue(q), false) => c.queue().resume(q).await,
+        (Target::Group(t, g), true) => c.events().pause_group(t, g).await,
+        (Target::Group(t, g), false) => c.events().resume_group(t, g).await,
+    };
+    match done {
+        Ok(()) => Json(json!({ "of": target.label(), "paused": paused })).into_response(),
+        Err(e) => backend_error(&e),
+    }
+}
+
+async fn pause(
+    State(app): State<Arc<App>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Response {
+    set_paused(&app, &params, true).await
+}
+
+async fn resume(
+    State(app): State<Arc<App>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Response {
+    set_paused(&app, &params, false).await
 }
 
 #[cfg(test)]

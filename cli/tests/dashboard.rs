@@ -496,6 +496,52 @@ async fn api_matches_and_requeues(c: &Courier, url: &str) {
     assert_eq!(r.json()["requeued"].as_u64(), Some(1));
     let gs = within("group stats", c.events().group_stats(t, g)).await;
     assert_eq!(gs.queue.dead, 0, "{gs:?}");
+
+    // Pause and resume (Q14, E8): POST with the CSRF token, seen in the overview and by the
+    // library.
+    let path = format!("/api/queues/{q}/pause");
+    let r = http(d.addr, "POST", &path, &[json_ct], Some("{}"));
+    assert_eq!(r.status, 403, "no CSRF token: {}", r.body);
+    assert!(!within("stats", c.queue().stats(q)).await.paused);
+    let r = http(
+        d.addr,
+        "POST",
+        &path,
+        &[json_ct, ("X-Courier-Csrf", &csrf)],
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(within("stats", c.queue().stats(q)).await.paused);
+    assert_eq!(d.json("/api/overview")["queues"][0]["paused"], true);
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/queues/{q}/resume"),
+        &[json_ct, ("X-Courier-Csrf", &csrf)],
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!within("stats", c.queue().stats(q)).await.paused);
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/groups/{t}/{g}/pause"),
+        &[json_ct, ("X-Courier-Csrf", &csrf)],
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let gs = within("group stats", c.events().group_stats(t, g)).await;
+    assert!(gs.queue.paused, "{gs:?}");
+    let r = http(
+        d.addr,
+        "POST",
+        &format!("/api/groups/{t}/{g}/resume"),
+        &[json_ct, ("X-Courier-Csrf", &csrf)],
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let gs = within("group stats", c.events().group_stats(t, g)).await;
+    assert!(!gs.queue.paused, "{gs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

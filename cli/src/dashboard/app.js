@@ -44,6 +44,34 @@ function post(path, body) {
   });
 }
 
+function statePath(key, verb) {
+  const [a, b] = key.split('/');
+  if (b === undefined) return '/api/queues/' + encodeURIComponent(a) + '/' + verb;
+  return '/api/groups/' + encodeURIComponent(a) + '/' + encodeURIComponent(b) + '/' + verb;
+}
+
+// A pause / resume button for a queue or group row (Q14, E8): it says what a click does.
+function stateButton(tr, i, key, paused) {
+  const td = cellAt(tr, i, 'state');
+  if (!td.firstChild) {
+    td.appendChild(button('', 'link toggle', async () => {
+      const verb = td.firstChild.dataset.verb;
+      try {
+        await post(statePath(key, verb), {});
+        status(verb === 'pause' ? 'paused ' + key : 'resumed ' + key, true);
+        await refreshOverview();
+      } catch (e) {
+        status(verb + ' ' + key + ': ' + e.message, false);
+      }
+    }));
+  }
+  const b = td.firstChild;
+  b.dataset.verb = paused ? 'resume' : 'pause';
+  b.title = paused ? 'paused: nothing is delivered; click to resume' : 'pause deliveries';
+  setText(b, paused ? 'resume' : 'pause');
+  tr.classList.toggle('paused', paused);
+}
+
 function queuePath(key) {
   const [a, b] = key.split('/');
   if (b === undefined) return '/api/queues/' + encodeURIComponent(a) + '/dead';
@@ -211,8 +239,9 @@ function renderQueues(ov) {
     PRIOS.forEach((p, i) => {
       stack.children[i].style.width = (q.ready[p] / max) * 100 + '%';
     });
+    stateButton(tr, 11, q.queue, !!q.paused);
   });
-  if (!ov.queues.length) emptyRow(tbody, 11, 'no queues to show');
+  if (!ov.queues.length) emptyRow(tbody, 12, 'no queues to show');
   if (rated) {
     history.push({ publ, ack });
     while (history.length > HISTORY) history.shift();
@@ -238,8 +267,9 @@ function renderGroups(ov) {
     setText(dead.firstChild, g.dead);
     put(tr, 6, g.acked, 'acked');
     put(tr, 7, g.retained, 'retained');
+    stateButton(tr, 8, g.topic + '/' + g.group, !!g.paused);
   });
-  if (!ov.groups.length) emptyRow(tbody, 8, 'no event groups to show');
+  if (!ov.groups.length) emptyRow(tbody, 9, 'no event groups to show');
   note('groups-note', ov.groups_note);
 }
 
