@@ -193,7 +193,12 @@ fn open_group(ctx: &mut Ctx<'_>, topic: &str, group: &str, t: &Topic, open: Open
         Open::Create => store::qid(ctx, &key, "group", topic, group, |_| Ok(base))?,
         Open::Existing => match store::find_qid(ctx, &key, "group", topic, group)? {
             Some(qid) => qid,
-            None => return Ok(Q::absent(base)),
+            None => {
+                // Not created yet, but possibly paused already (E8).
+                let mut q = Q::absent(base);
+                q.paused = store::pending_pause(ctx, topic, group)?;
+                return Ok(q);
+            }
         },
     };
     store::load(ctx, qid)
@@ -253,11 +258,11 @@ fn with_group<T>(
     let now = ctx.now();
     let t = trim(ctx, topic, now)?;
     let mut q = open_group(ctx, topic, group, &t, open)?;
-    let wake_before = store::next_wake(ctx, q.qid)?;
+    let wake_before = store::next_wake(ctx, &q)?;
     store::tick(ctx, &mut q, now, config)?;
     let r = f(ctx, &mut q, &t, now)?;
     store::save(ctx, &mut q)?;
-    if q.readied || earlier_wake(store::next_wake(ctx, q.qid)?, wake_before) {
+    if q.readied || earlier_wake(store::next_wake(ctx, &q)?, wake_before) {
         ctx.wake(store::topic_key(topic));
     }
     Ok(r)
@@ -341,6 +346,37 @@ impl SqliteBackend {
             .await
     }
 
+    /// Pause or resume a group (E8) for every process. A group that does not exist is not
+    /// created (nor listed): its pause waits in `courier_pending_pauses` until it is. Resuming
+    /// wakes this process's receivers of the topic after the commit.
+    async fn set_group_paused(
+        &self,
+        topic: &str,
+        group: &str,
+        paused: bool,
+        operation: &'static str,
+    ) -> Result<()> {
+        let (t, g) = (topic.to_owned(), group.to_owned());
+        self.on_group(
+            topic,
+            group,
+            operation,
+            Open::Existing,
+            move |ctx, q, _, _, _| {
+                if q.is_absent() {
+                    store::set_pending_pause(ctx, &t, &g, paused)?;
+                } else {
+                    q.set_paused(paused);
+                }
+                if !paused {
+                    ctx.wake(store::topic_key(&t));
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
     /// Lease up to `max` events for a group (one attempt, no waiting); orphaned leases of a
     /// caller that went away are released at once.
     async fn claim_group(
@@ -367,7 +403,10 @@ impl SqliteBackend {
             &self.inner.writer,
             move |ctx| {
                 with_group(ctx, &t, &g, Open::Create, &config, |ctx, q, tp, now| {
-                    pull(ctx, q, &t, tp, max, now)?;
+                    // Nothing leaves the log for a paused group (E8): its lag keeps counting.
+                    if !q.paused {
+                        pull(ctx, q, &t, tp, max, now)?;
+                    }
                     store::poll(ctx, q, now, max, &config)
                 })
             },
@@ -628,6 +667,16 @@ impl EventBus for SqliteBackend {
             move |ctx, q, _, _, _| store::purge_dead(ctx, q, &which),
         )
         .await
+    }
+
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.set_group_paused(topic, group, true, "pause_group")
+            .await
+    }
+
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.set_group_paused(topic, group, false, "resume_group")
+            .await
     }
 
     async fn list_topics(&self) -> Result<Vec<String>> {

@@ -66,6 +66,23 @@
 //! - Expired leases are processed whenever the queue is touched (bounded per call): they count
 //!   as failed attempts, retried with the core's backoff or buried as "lease expired".
 //!
+//! ## Flow control
+//!
+//! Pause (Q14, E8), the rate limit (Q15) and its window count live in the queue's (or
+//! group's) row of `courier_queues`, which every operation loads and saves in its write
+//! transaction: every handle and process sees a change at its next operation, and a claim
+//! reads them at no extra cost (an unpaused queue without a limit runs no extra statement).
+//! A claim under a limit leases at most what the current epoch-aligned window has left
+//! (at most a quarter of it per receive) and adds what it leased to the stored count in the
+//! same transaction, so the limit holds across processes. When the window is spent and work
+//! is ready, its end is a wake-up instant like a delayed message's due time. `resume` (and
+//! `set_rate_limit`) wake this process's waiting receivers at once; other processes see the
+//! commit within one poll interval. A group paused before it exists is remembered in
+//! `courier_pending_pauses` (so it is neither created nor listed) and starts paused.
+//! `reprioritise` finds a message's copies through the per-state partial indexes (no index
+//! on live ids is kept, which would cost every publish and claim): its cost grows with the
+//! queue's ready, delayed and leased rows.
+//!
 //! ## PubSub
 //!
 //! In-process subscriptions (every handle on the same file in this process) receive a message

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use courier_core::backend::{Batch, earlier_wake};
 use courier_core::{
     DeadLetter, Error, Lease, Message, MessageId, Page, Priority, Published, Queue, QueueConfig,
-    QueueStats, Result, Selection, Settle, SharedClock,
+    QueueStats, RateLimit, Result, Selection, Settle, SharedClock,
 };
 
 use crate::backend::{SqliteBackend, claim};
@@ -34,11 +34,11 @@ fn with_queue<T>(
 ) -> Result<T> {
     let now = ctx.now();
     let mut q = open(ctx, queue)?;
-    let wake_before = store::next_wake(ctx, q.qid)?;
+    let wake_before = store::next_wake(ctx, &q)?;
     store::tick(ctx, &mut q, now, config)?;
     let r = f(ctx, &mut q, now)?;
     store::save(ctx, &mut q)?;
-    if q.readied || earlier_wake(store::next_wake(ctx, q.qid)?, wake_before) {
+    if q.readied || earlier_wake(store::next_wake(ctx, &q)?, wake_before) {
         ctx.wake(store::queue_key(queue));
     }
     Ok(r)
@@ -228,6 +228,55 @@ impl Queue for SqliteBackend {
             store::purge_dead(ctx, q, &which)
         })
         .await
+    }
+
+    async fn pause(&self, queue: &str) -> Result<()> {
+        // Creates the queue's row, which is not listed until something is published (Q13).
+        self.on_queue(queue, "pause", |_, q, _, _| {
+            q.set_paused(true);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resume(&self, queue: &str) -> Result<()> {
+        let key = store::queue_key(queue);
+        // Waiting receivers of this process are woken after the commit; other processes see
+        // the commit at their next poll.
+        self.on_queue(queue, "resume", move |ctx, q, _, _| {
+            q.set_paused(false);
+            ctx.wake(key);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        if let Some(l) = &limit {
+            l.validate().map_err(KIT.tag("set_rate_limit"))?;
+        }
+        let key = store::queue_key(queue);
+        self.on_queue(queue, "set_rate_limit", move |ctx, q, _, _| {
+            q.set_rate_limit(limit);
+            // A raised or removed limit may let waiting receivers take work now.
+            ctx.wake(key);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()> {
+        let found = self
+            .on_queue(queue, "reprioritise", move |ctx, q, _, _| {
+                store::reprioritise(ctx, q, id, priority)
+            })
+            .await?;
+        if !found {
+            return Err(KIT.tag("reprioritise")(Error::not_found(format!(
+                "no queued message {id} in queue {queue:?}"
+            ))));
+        }
+        Ok(())
     }
 
     async fn list_queues(&self) -> Result<Vec<String>> {

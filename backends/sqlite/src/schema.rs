@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("schema/002_messages_check.sql"),
     include_str!("schema/003_dedup.sql"),
     include_str!("schema/004_expiry.sql"),
+    include_str!("schema/005_flow_control.sql"),
 ];
 
 /// The schema version this build writes and reads.

@@ -18,9 +18,10 @@
 use courier_core::clock::ms_ceil;
 use courier_core::{
     DeadLetter, Delivery, FailureAction, Lease, Message, MessageId, Page, Priority, Published,
-    QueueConfig, QueueStats, Result, Selection, Settle, wire,
+    QueueConfig, QueueStats, RateLimit, Result, Selection, Settle, wire,
 };
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use courier_core::backend::{EXPIRED, LEASE_EXPIRED, expired_lease};
 use rusqlite::{OptionalExtension, params};
@@ -87,6 +88,14 @@ pub(crate) struct Q {
     deduplicated: i64,
     /// Messages a claim reached at or after their expiry (Q12).
     expired: i64,
+    /// Paused (Q14, E8): a claim leases nothing.
+    pub(crate) paused: bool,
+    /// The rate limit (Q15), and the deliveries counted in the window starting at
+    /// `window_start` (by every process: the row is read and written in the claim's
+    /// transaction).
+    rate: Option<RateLimit>,
+    window_start: i64,
+    window_count: i64,
     dirty: bool,
     /// Something became ready during this operation.
     pub(crate) readied: bool,
@@ -122,9 +131,69 @@ impl Q {
             dead_lettered: 0,
             deduplicated: 0,
             expired: 0,
+            paused: false,
+            rate: None,
+            window_start: 0,
+            window_count: 0,
             dirty: false,
             readied: false,
         }
+    }
+
+    /// Whether this is a group that does not exist ([`Q::absent`]).
+    pub(crate) fn is_absent(&self) -> bool {
+        self.qid == ABSENT_QID
+    }
+
+    /// Pause or resume (Q14, E8); saved with the row.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        if paused != self.paused {
+            self.paused = paused;
+            self.dirty = true;
+        }
+    }
+
+    /// Set or clear the rate limit (Q15); the current window's count is kept, so changing the
+    /// limit never grants a window more than the new limit allows.
+    pub(crate) fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+        if limit != self.rate {
+            self.rate = limit;
+            self.dirty = true;
+        }
+    }
+
+    /// How many deliveries the rate limit allows a claim at `now`, at most `max` (the memory
+    /// model's `rate_allows`): starts a new window when `now` left the counted one, then
+    /// grants what the window has left, at most [`RateLimit::grant_cap`].
+    fn rate_allows(&mut self, now: u64, max: usize) -> usize {
+        let Some(r) = self.rate else { return max };
+        let w = i(r.window_start(now));
+        if w != self.window_start {
+            self.window_start = w;
+            self.window_count = 0;
+            self.dirty = true;
+        }
+        let left = (i64::from(r.max) - self.window_count).clamp(0, i64::from(r.grant_cap()));
+        max.min(usize::try_from(left).unwrap_or(0))
+    }
+
+    /// Count `n` deliveries leased in the current window (with a rate limit only).
+    fn count_leased(&mut self, n: usize) {
+        if self.rate.is_some() && n > 0 {
+            self.window_count = self
+                .window_count
+                .saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+            self.dirty = true;
+        }
+    }
+
+    /// When a spent rate-limit window ends, if ready work waits for it (checked only then).
+    fn window_end(&self, ctx: &Ctx<'_>) -> Result<Option<u64>> {
+        let Some(r) = self.rate else { return Ok(None) };
+        if self.paused || self.window_count < i64::from(r.max) || !has_ready(ctx, self.qid)? {
+            return Ok(None);
+        }
+        Ok(Some(u(self.window_start).saturating_add(r.per_ms())))
     }
 
     /// Move the group's cursor.
@@ -197,12 +266,14 @@ pub(crate) fn qid(
         Some(q) => q,
         None => {
             let c = cursor(ctx)?;
+            // A group paused before it existed starts paused (E8).
+            let paused = kind == "group" && take_pending_pause(ctx, topic, name)?;
             ctx.conn
                 .prepare_cached(
-                    "INSERT INTO courier_queues (kind, topic, name, next_seq, cursor) \
-                     VALUES (?1, ?2, ?3, 1, ?4)",
+                    "INSERT INTO courier_queues (kind, topic, name, next_seq, cursor, paused) \
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![kind, topic, name, c]))
+                .and_then(|mut s| s.execute(params![kind, topic, name, c, paused]))
                 .map_err(ctx.err("create queue"))?;
             ctx.conn.last_insert_rowid()
         }
@@ -211,12 +282,57 @@ pub(crate) fn qid(
     Ok(q)
 }
 
+/// Whether group `name` of `topic`, which does not exist, was paused (E8).
+pub(crate) fn pending_pause(ctx: &Ctx<'_>, topic: &str, name: &str) -> Result<bool> {
+    ctx.conn
+        .prepare_cached("SELECT 1 FROM courier_pending_pauses WHERE topic = ?1 AND name = ?2")
+        .and_then(|mut s| s.exists(params![topic, name]))
+        .map_err(ctx.err("pause"))
+}
+
+/// Pause (or resume) group `name` of `topic`, which does not exist: remembered until the group
+/// is created, without creating (or listing) it.
+pub(crate) fn set_pending_pause(
+    ctx: &Ctx<'_>,
+    topic: &str,
+    name: &str,
+    paused: bool,
+) -> Result<()> {
+    let sql = if paused {
+        "INSERT OR IGNORE INTO courier_pending_pauses (topic, name) VALUES (?1, ?2)"
+    } else {
+        "DELETE FROM courier_pending_pauses WHERE topic = ?1 AND name = ?2"
+    };
+    ctx.conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute(params![topic, name]))
+        .map_err(ctx.err("pause"))?;
+    Ok(())
+}
+
+/// Whether a group being created was paused before; its pending pause is taken over.
+fn take_pending_pause(ctx: &Ctx<'_>, topic: &str, name: &str) -> Result<bool> {
+    let n = ctx
+        .conn
+        .prepare_cached("DELETE FROM courier_pending_pauses WHERE topic = ?1 AND name = ?2")
+        .and_then(|mut s| s.execute(params![topic, name]))
+        .map_err(ctx.err("create queue"))?;
+    Ok(n > 0)
+}
+
+/// The rate limit stored as `(rate_max, rate_per_ns)` (both `NULL`: none).
+fn rate_of(max: Option<i64>, per_ns: Option<i64>) -> Option<RateLimit> {
+    let (max, per_ns) = (max?, per_ns?);
+    Some(RateLimit::new(u32_of(max), Duration::from_nanos(u(per_ns))))
+}
+
 /// Load a queue row.
 pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
     ctx.conn
         .prepare_cached(
             "SELECT next_seq, front_seq, cursor, published, acked, retried, dead_lettered, \
-             deduplicated, expired FROM courier_queues WHERE qid = ?1",
+             deduplicated, expired, paused, rate_max, rate_per_ns, window_start, window_count \
+             FROM courier_queues WHERE qid = ?1",
         )
         .and_then(|mut s| {
             s.query_row([qid], |r| {
@@ -231,6 +347,10 @@ pub(crate) fn load(ctx: &Ctx<'_>, qid: i64) -> Result<Q> {
                     dead_lettered: r.get(6)?,
                     deduplicated: r.get(7)?,
                     expired: r.get(8)?,
+                    paused: r.get(9)?,
+                    rate: rate_of(r.get(10)?, r.get(11)?),
+                    window_start: r.get(12)?,
+                    window_count: r.get(13)?,
                     dirty: false,
                     readied: false,
                 })
@@ -248,9 +368,14 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
         .prepare_cached(
             "UPDATE courier_queues SET next_seq = ?2, front_seq = ?3, cursor = ?4, \
              published = ?5, acked = ?6, retried = ?7, dead_lettered = ?8, deduplicated = ?9, \
-             expired = ?10 WHERE qid = ?1",
+             expired = ?10, paused = ?11, rate_max = ?12, rate_per_ns = ?13, window_start = ?14, \
+             window_count = ?15 WHERE qid = ?1",
         )
         .and_then(|mut s| {
+            let rate_max = q.rate.map(|r| i64::from(r.max));
+            let rate_per_ns = q
+                .rate
+                .map(|r| i64::try_from(r.per.as_nanos()).unwrap_or(i64::MAX));
             s.execute(params![
                 q.qid,
                 q.next_seq,
@@ -261,7 +386,12 @@ pub(crate) fn save(ctx: &Ctx<'_>, q: &mut Q) -> Result<()> {
                 q.retried,
                 q.dead_lettered,
                 q.deduplicated,
-                q.expired
+                q.expired,
+                q.paused,
+                rate_max,
+                rate_per_ns,
+                q.window_start,
+                q.window_count
             ])
         })
         .map_err(ctx.err("save queue"))?;
@@ -710,9 +840,30 @@ fn delete_row(ctx: &Ctx<'_>, rid: i64) -> Result<()> {
     Ok(())
 }
 
+/// The earliest instant (ms) at which the queue may change by itself: a delayed row comes due,
+/// a lease ends, or (rate limit) the spent window ends while ready work waits for it.
+pub(crate) fn next_wake(ctx: &Ctx<'_>, q: &Q) -> Result<Option<u64>> {
+    let due = due_or_deadline(ctx, q.qid)?;
+    Ok(match q.window_end(ctx)? {
+        Some(w) => Some(due.map_or(w, |d| d.min(w))),
+        None => due,
+    })
+}
+
+/// Whether any row is ready.
+fn has_ready(ctx: &Ctx<'_>, qid: i64) -> Result<bool> {
+    ctx.conn
+        .prepare_cached(
+            "SELECT 1 FROM courier_messages INDEXED BY courier_messages_ready \
+             WHERE qid = ?1 AND state = 0 LIMIT 1",
+        )
+        .and_then(|mut s| s.exists([qid]))
+        .map_err(ctx.err("next wake"))
+}
+
 /// The earliest instant (ms) at which `tick` may change something: a delayed row comes due or
 /// a lease ends.
-pub(crate) fn next_wake(ctx: &Ctx<'_>, qid: i64) -> Result<Option<u64>> {
+fn due_or_deadline(ctx: &Ctx<'_>, qid: i64) -> Result<Option<u64>> {
     let (d, l): (Option<i64>, Option<i64>) = ctx
         .conn
         .prepare_cached(
@@ -917,11 +1068,20 @@ pub(crate) fn poll(
     max: usize,
     config: &QueueConfig,
 ) -> Result<Poll> {
-    let got = claim(ctx, q, now, max, config)?;
+    // Flow control (Q14, Q15): a paused queue leases nothing; a rate limit grants what the
+    // current window has left. Neither costs a statement here.
+    let allowed = if q.paused { 0 } else { q.rate_allows(now, max) };
+    let got = if allowed == 0 {
+        Vec::new()
+    } else {
+        claim(ctx, q, now, allowed, config)?
+    };
+    // Expired messages were taken out on the way: only leases count.
+    q.count_leased(got.len());
     if got.is_empty() {
         Ok(Poll::Empty {
             now,
-            next_wake: next_wake(ctx, q.qid)?,
+            next_wake: next_wake(ctx, q)?,
         })
     } else {
         Ok(Poll::Got(got))
@@ -1107,6 +1267,8 @@ pub(crate) fn stats(ctx: &Ctx<'_>, q: &Q) -> Result<QueueStats> {
     st.dead_lettered = u(q.dead_lettered);
     st.deduplicated = u(q.deduplicated);
     st.expired = u(q.expired);
+    st.paused = q.paused;
+    st.rate_limit = q.rate;
     for level in 0..4i64 {
         st.ready[level as usize] = count(
             ctx,
@@ -1260,7 +1422,7 @@ pub(crate) fn requeue_dead_at(
     let rids = selected(ctx, q, which)?;
     for rid in &rids {
         if let Some(p) = priority {
-            set_priority(ctx, *rid, p)?;
+            set_priority(ctx, *rid, p, "requeue_dead_at")?;
         }
         let seq = q.seq();
         let row: Option<Left> = ctx
@@ -1284,18 +1446,67 @@ pub(crate) fn requeue_dead_at(
 
 /// Give the row `rid` the priority `p`: its level, and the priority byte of its body (an
 /// undecodable body is left as it is; its next delivery buries it again anyway).
-fn set_priority(ctx: &Ctx<'_>, rid: i64, p: Priority) -> Result<()> {
+fn set_priority(ctx: &Ctx<'_>, rid: i64, p: Priority, operation: &'static str) -> Result<()> {
     let body: Vec<u8> = ctx
         .conn
         .prepare_cached("SELECT body FROM courier_messages WHERE rid = ?1")
         .and_then(|mut s| s.query_row([rid], |r| r.get(0)))
-        .map_err(ctx.err("requeue_dead_at"))?;
+        .map_err(ctx.err(operation))?;
     let body = wire::with_priority(&body, p).map_or(body, |b| b.to_vec());
     ctx.conn
         .prepare_cached("UPDATE courier_messages SET priority = ?2, body = ?3 WHERE rid = ?1")
         .and_then(|mut s| s.execute(params![rid, p.index() as i64, body]))
-        .map_err(ctx.err("requeue_dead_at"))?;
+        .map_err(ctx.err(operation))?;
     Ok(())
+}
+
+/// Row ids of the ready, the delayed and the leased copies of message `id`, each found through
+/// its state's partial index (so only the queue's rows in that state are looked at; no index
+/// on live rows' ids is kept, which would cost every publish and claim). Ready copies come in
+/// delivery order.
+fn live_copies(ctx: &Ctx<'_>, qid: i64, id: MessageId) -> Result<[Vec<i64>; 3]> {
+    let id = &id.as_bytes()[..];
+    let mut out: [Vec<i64>; 3] = Default::default();
+    for (k, sql) in [
+        "SELECT rid FROM courier_messages INDEXED BY courier_messages_ready \
+         WHERE qid = ?1 AND state = 0 AND id = ?2 ORDER BY priority, seq",
+        "SELECT rid FROM courier_messages INDEXED BY courier_messages_delayed \
+         WHERE qid = ?1 AND state = 1 AND id = ?2",
+        "SELECT rid FROM courier_messages INDEXED BY courier_messages_leases \
+         WHERE qid = ?1 AND state = 2 AND id = ?2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[k] = ctx
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_map(params![qid, id], |r| r.get(0))?.collect())
+            .map_err(ctx.err("reprioritise"))?;
+    }
+    Ok(out)
+}
+
+/// Move every stored copy of `id` to `priority` (Q16), as the reference model does: a ready
+/// one to the back of the new level (also when the level is unchanged), a delayed one keeps
+/// its due time, a leased one keeps its lease (the stored copy, delivered again if the
+/// message is retried, has the new priority; the delivery in hand does not change). The row's
+/// level and the priority in its body both change. Dead letters are not moved. Whether any
+/// copy was found.
+pub(crate) fn reprioritise(ctx: &Ctx<'_>, q: &mut Q, id: MessageId, p: Priority) -> Result<bool> {
+    let [ready, delayed, leased] = live_copies(ctx, q.qid, id)?;
+    for rid in &ready {
+        set_priority(ctx, *rid, p, "reprioritise")?;
+        let seq = q.seq();
+        ctx.conn
+            .prepare_cached("UPDATE courier_messages SET seq = ?2 WHERE rid = ?1")
+            .and_then(|mut s| s.execute(params![rid, seq]))
+            .map_err(ctx.err("reprioritise"))?;
+    }
+    for rid in delayed.iter().chain(&leased) {
+        set_priority(ctx, *rid, p, "reprioritise")?;
+    }
+    Ok(!(ready.is_empty() && delayed.is_empty() && leased.is_empty()))
 }
 
 /// Delete dead letters. Returns how many.

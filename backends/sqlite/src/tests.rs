@@ -1976,3 +1976,460 @@ async fn a_directory_is_not_a_database() {
     assert_eq!(e.kind(), ErrorKind::Backend);
     assert!(e.message().contains(&dir.0.display().to_string()), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Flow control (issue 18): pause (Q14, E8), rate limit (Q15), reprioritise (Q16)
+
+/// A second handle on `path` that shares nothing with this process's others, as another
+/// process would (wake-ups reach it through polling only).
+async fn other_process(path: &Path) -> SqliteBackend {
+    SqliteBackend::builder()
+        .path(path)
+        .default_config(config())
+        .poll_interval(Duration::from_millis(20))
+        .as_separate_process()
+        .build()
+        .await
+        .expect("open")
+}
+
+#[tokio::test]
+async fn pause_blocks_leasing_for_every_handle_and_resume_wakes_a_waiter() {
+    let dir = TempDir::new("pause");
+    let path = dir.file("q.db");
+    let a = open(&path).await;
+    let b = other_process(&path).await;
+    let (qa, qb): (&dyn Queue, &dyn Queue) = (&a, &b);
+    // Pausing a queue nothing was published to is allowed and does not list it (Q13).
+    within(qa.pause("q")).await.expect("pause");
+    within(qa.pause("q")).await.expect("pause twice");
+    assert!(within(qa.list_queues()).await.expect("list").is_empty());
+    within(qa.publish("q", Message::new("k", "1")))
+        .await
+        .expect("publish is accepted while paused");
+    assert!(
+        within(qb.receive("q", 10, Duration::ZERO))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    assert!(
+        within(qa.receive("q", 10, Duration::from_millis(30)))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    let st = within(qb.stats("q")).await.expect("stats");
+    assert!(st.paused);
+    assert_eq!(st.ready_total(), 1);
+    // A receiver waiting on the paused queue gets the message as soon as it is resumed.
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let q: &dyn Queue = &a;
+            q.receive("q", 10, Duration::from_secs(10)).await
+        })
+    };
+    // Let the waiter submit its first look; a stats call queued behind that look returns
+    // after it (it found the queue paused and waits).
+    tokio::task::yield_now().await;
+    within(qa.stats("q")).await.expect("stats");
+    let t = std::time::Instant::now();
+    within(qa.resume("q")).await.expect("resume");
+    let got = within(waiter).await.expect("task").expect("receive");
+    assert_eq!(got.len(), 1);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(!within(qb.stats("q")).await.expect("stats").paused);
+    within(qa.resume("q")).await.expect("resume twice");
+}
+
+#[tokio::test]
+async fn a_paused_queue_keeps_its_leases_and_ready_work_waits() {
+    let b = in_memory().await;
+    let q: &dyn Queue = &b;
+    for k in ["a", "b", "c"] {
+        q.publish("q", Message::new(k, "")).await.expect("publish");
+    }
+    q.publish(
+        "q",
+        Message::new("later", "").with_delay(Duration::from_millis(20)),
+    )
+    .await
+    .expect("publish");
+    let ds = q.receive("q", 2, Duration::ZERO).await.expect("receive");
+    assert_eq!(ds.len(), 2);
+    q.pause("q").await.expect("pause");
+    // Settles and extensions go on while paused.
+    q.ack("q", &ds[0].lease).await.expect("ack while paused");
+    q.extend("q", &ds[1].lease, Duration::from_secs(5))
+        .await
+        .expect("extend while paused");
+    q.release("q", &ds[1].lease)
+        .await
+        .expect("release while paused");
+    // The delayed one comes due (ready, not delivered).
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert!(
+        q.receive("q", 10, Duration::from_millis(10))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!((st.ready_total(), st.delayed, st.in_flight), (3, 0, 0));
+    q.resume("q").await.expect("resume");
+    let ds = q.receive("q", 10, Duration::ZERO).await.expect("receive");
+    let kinds: Vec<_> = ds.iter().map(|d| d.message.kind.as_str()).collect();
+    assert_eq!(kinds, ["b", "c", "later"]);
+}
+
+#[tokio::test]
+async fn rate_window_is_counted_across_two_handles_on_one_file() {
+    let dir = TempDir::new("rate");
+    let path = dir.file("q.db");
+    let a = open(&path).await;
+    let b = other_process(&path).await;
+    let (qa, qb): (&dyn Queue, &dyn Queue) = (&a, &b);
+    // A day's window: the test ends long before it rolls over, unless it starts a moment
+    // before midnight UTC (detected below).
+    let window = Duration::from_secs(86_400);
+    let day = |ms: u64| ms / 86_400_000;
+    let started = day(qa.clock().now_ms());
+    let e = within(qa.set_rate_limit("q", Some(courier_core::RateLimit::new(0, window))))
+        .await
+        .expect_err("max 0");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let limit = courier_core::RateLimit::new(8, window);
+    within(qa.set_rate_limit("q", Some(limit)))
+        .await
+        .expect("limit");
+    for k in 0..20 {
+        within(qa.publish("q", Message::new(format!("m{k}"), "")))
+            .await
+            .expect("publish");
+    }
+    // One receive takes at most a quarter of the window (2 of 8); both handles count into the
+    // same window, stored in the file.
+    let mut got = 0;
+    for q in [qa, qb, qa, qb, qa, qb] {
+        let ds = within(q.receive("q", 10, Duration::ZERO))
+            .await
+            .expect("receive");
+        assert!(ds.len() <= 2, "{}", ds.len());
+        got += ds.len();
+    }
+    if day(qa.clock().now_ms()) != started {
+        return;
+    }
+    assert_eq!(got, 8);
+    assert_eq!(
+        within(qb.stats("q")).await.expect("stats").rate_limit,
+        Some(limit)
+    );
+    // Raising the limit keeps the window's count: 2 more, not 10.
+    within(qb.set_rate_limit("q", Some(courier_core::RateLimit::new(10, window))))
+        .await
+        .expect("raise");
+    let mut more = 0;
+    for q in [qa, qb, qa] {
+        more += within(q.receive("q", 10, Duration::ZERO))
+            .await
+            .expect("receive")
+            .len();
+    }
+    assert_eq!(more, 2);
+    // Released messages do not give budget back.
+    let held = within(qa.receive("q", 10, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert!(held.is_empty());
+    // Cleared: everything left is delivered.
+    within(qa.set_rate_limit("q", None)).await.expect("clear");
+    let rest = within(qb.receive("q", 100, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert_eq!(rest.len(), 10);
+    assert_eq!(within(qa.stats("q")).await.expect("stats").rate_limit, None);
+}
+
+#[tokio::test]
+async fn a_spent_window_wakes_its_waiter_when_the_next_one_starts() {
+    let b = in_memory().await;
+    let q: &dyn Queue = &b;
+    let per = Duration::from_millis(300);
+    q.set_rate_limit("q", Some(courier_core::RateLimit::new(1, per)))
+        .await
+        .expect("limit");
+    for k in ["a", "b"] {
+        q.publish("q", Message::new(k, "")).await.expect("publish");
+    }
+    let first = q.receive("q", 10, Duration::ZERO).await.expect("receive");
+    assert_eq!(first.len(), 1);
+    let window = q.clock().now_ms() / 300;
+    // The second waits for the next window (not failing, not spinning), then is delivered.
+    let second = within(q.receive("q", 10, Duration::from_secs(5)))
+        .await
+        .expect("receive");
+    assert_eq!(second.len(), 1);
+    let at = q.clock().now_ms();
+    assert!(at / 300 > window, "delivered in the spent window");
+    // Woken at the boundary, not at the end of the 5 s wait.
+    assert!(
+        at % 300 < 200,
+        "woken {} ms after the window started",
+        at % 300
+    );
+}
+
+#[tokio::test]
+async fn released_messages_and_expired_ones_do_not_change_the_window_count() {
+    let b = in_memory().await;
+    let q: &dyn Queue = &b;
+    let hour = Duration::from_secs(3600);
+    q.set_rate_limit("q", Some(courier_core::RateLimit::new(2, hour)))
+        .await
+        .expect("limit");
+    q.publish(
+        "q",
+        Message::new("gone", "").with_ttl(Duration::from_millis(1)),
+    )
+    .await
+    .expect("publish");
+    for k in ["a", "b", "c"] {
+        q.publish("q", Message::new(k, "")).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let ds = q.receive("q", 10, Duration::ZERO).await.expect("receive");
+    // The expired one is taken out on the way and does not count.
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].message.kind, "a");
+    q.release("q", &ds[0].lease).await.expect("release");
+    let ds = q.receive("q", 10, Duration::ZERO).await.expect("receive");
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].message.kind, "a");
+    assert!(
+        q.receive("q", 10, Duration::ZERO)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    assert_eq!(q.stats("q").await.expect("stats").expired, 1);
+}
+
+#[tokio::test]
+async fn reprioritise_moves_ready_delayed_and_leased_copies() {
+    let b = in_memory().await;
+    let q: &dyn Queue = &b;
+    let a = q
+        .publish("q", Message::new("a", ""))
+        .await
+        .expect("publish");
+    let bb = q
+        .publish("q", Message::new("b", ""))
+        .await
+        .expect("publish");
+    let c = q
+        .publish("q", Message::new("c", "").with_priority(Priority::High))
+        .await
+        .expect("publish");
+    // Unchanged level: to the back of it.
+    q.reprioritise("q", a, Priority::Normal)
+        .await
+        .expect("same level");
+    // Ready: moves to Critical, delivered first with the new priority field.
+    q.reprioritise("q", bb, Priority::Critical)
+        .await
+        .expect("ready");
+    let ds = q.receive("q", 10, Duration::ZERO).await.expect("receive");
+    let got: Vec<_> = ds
+        .iter()
+        .map(|d| (d.message.kind.as_str(), d.message.priority))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("b", Priority::Critical),
+            ("c", Priority::High),
+            ("a", Priority::Normal)
+        ]
+    );
+    // Leased: the lease is kept; the stored copy has the new priority when retried.
+    let leased = ds.iter().find(|d| d.message.id == c).expect("c");
+    q.reprioritise("q", c, Priority::Low).await.expect("leased");
+    q.settle_one(
+        "q",
+        Settle::Retry {
+            lease: leased.lease,
+            delay: Duration::ZERO,
+            error: "again".into(),
+        },
+    )
+    .await
+    .expect("lease kept");
+    // Delayed: keeps its due time, has the new priority when due.
+    let d = q
+        .publish(
+            "q",
+            Message::new("d", "").with_delay(Duration::from_millis(50)),
+        )
+        .await
+        .expect("publish");
+    q.reprioritise("q", d, Priority::Critical)
+        .await
+        .expect("delayed");
+    let st = q.stats("q").await.expect("stats");
+    assert_eq!((st.delayed, st.ready[Priority::Low.index()]), (1, 1));
+    assert!(
+        q.receive("q", 10, Duration::ZERO)
+            .await
+            .expect("receive")
+            .iter()
+            .all(|x| x.message.id == c && x.message.priority == Priority::Low)
+    );
+    let due = within(q.receive("q", 10, Duration::from_secs(5)))
+        .await
+        .expect("receive");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].message.id, due[0].message.priority),
+        (d, Priority::Critical)
+    );
+    // Unknown ids and dead letters are NotFound.
+    let e = q
+        .reprioritise("q", courier_core::MessageId::new(), Priority::High)
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    q.settle_one(
+        "q",
+        Settle::Bury {
+            lease: due[0].lease,
+            error: "dead".into(),
+        },
+    )
+    .await
+    .expect("bury");
+    let e = q
+        .reprioritise("q", d, Priority::High)
+        .await
+        .expect_err("dead letter");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn a_group_paused_before_it_exists_is_not_created_and_starts_paused() {
+    let dir = TempDir::new("gpause");
+    let path = dir.file("q.db");
+    let a = open(&path).await;
+    let b = other_process(&path).await;
+    let (ba, bb): (&dyn EventBus, &dyn EventBus) = (&a, &b);
+    within(ba.pause_group("t", "g")).await.expect("pause");
+    assert!(within(ba.list_groups("t")).await.expect("list").is_empty());
+    assert!(within(ba.list_topics()).await.expect("topics").is_empty());
+    assert!(
+        within(bb.group_stats("t", "g"))
+            .await
+            .expect("stats")
+            .queue
+            .paused
+    );
+    within(ba.emit("t", Message::new("e", "")))
+        .await
+        .expect("emit");
+    assert!(
+        within(bb.create_group("t", "g", ReplayFrom::Start))
+            .await
+            .expect("create")
+    );
+    assert!(
+        within(bb.receive("t", "g", 10, Duration::from_millis(20)))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    // Other groups are not affected; the paused one's lag keeps counting.
+    assert_eq!(
+        within(ba.receive("t", "other", 10, Duration::ZERO))
+            .await
+            .expect("receive")
+            .len(),
+        1
+    );
+    within(ba.reset_group("t", "g", ReplayFrom::Start))
+        .await
+        .expect("reset keeps the flag");
+    let st = within(ba.group_stats("t", "g")).await.expect("stats");
+    assert!(st.queue.paused);
+    assert_eq!(st.lag, 1);
+    within(bb.resume_group("t", "g")).await.expect("resume");
+    let got = within(ba.receive("t", "g", 10, Duration::from_secs(5)))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert!(
+        !within(ba.group_stats("t", "g"))
+            .await
+            .expect("stats")
+            .queue
+            .paused
+    );
+    // Resuming a group that does not exist forgets a pending pause.
+    within(ba.pause_group("t", "h")).await.expect("pause");
+    within(ba.resume_group("t", "h")).await.expect("resume");
+    within(ba.receive("t", "h", 10, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert!(
+        !within(ba.group_stats("t", "h"))
+            .await
+            .expect("stats")
+            .queue
+            .paused
+    );
+}
+
+#[tokio::test]
+async fn migration_5_keeps_a_version_4_database_unpaused_and_unlimited() {
+    let dir = TempDir::new("migrate-v4");
+    let path = dir.file("q.db");
+    let old = Message::new("old", "v4");
+    {
+        let c = rusqlite::Connection::open(&path).expect("open");
+        for sql in &schema::MIGRATIONS[..4] {
+            c.execute_batch(sql).expect("v1..v4 schema");
+        }
+        c.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        c.pragma_update(None, "user_version", 4)
+            .expect("user_version");
+        c.execute(
+            "INSERT INTO courier_queues (qid, kind, name, next_seq, published) \
+             VALUES (5, 'queue', 'q', 2, 1)",
+            [],
+        )
+        .expect("queue row");
+        let body = courier_core::wire::encode(&old).expect("encode");
+        c.execute(
+            "INSERT INTO courier_messages (qid, id, priority, state, seq, body) \
+             VALUES (5, ?1, 2, 0, 1, ?2)",
+            rusqlite::params![&old.id.as_bytes()[..], &body[..]],
+        )
+        .expect("insert");
+    }
+    let b = within(open(&path)).await;
+    assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    let q: &dyn Queue = &b;
+    let st = within(q.stats("q")).await.expect("stats");
+    assert_eq!((st.published, st.paused, st.rate_limit), (1, false, None));
+    within(q.pause("q")).await.expect("pause");
+    drop(b);
+    let b = within(open(&path)).await;
+    let q: &dyn Queue = &b;
+    assert!(within(q.stats("q")).await.expect("stats").paused);
+    within(q.resume("q")).await.expect("resume");
+    let ds = within(q.receive("q", 10, Duration::ZERO))
+        .await
+        .expect("receive");
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].message.id, old.id);
+}
