@@ -279,6 +279,17 @@ impl<L: Log> EventBus for Replicated<L> {
         self.registered(registry::Kind::Topic, "list_topics").await
     }
 
+    /// A `PAUSE` record for the group in the topic's log. Neither registers the topic nor
+    /// places the group (E7): a group paused before it exists starts paused when created.
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.group_change(topic, group, true, "pause_group").await
+    }
+
+    /// A `RESUME` record: applying it wakes the group's waiting receivers in every process.
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.group_change(topic, group, false, "resume_group").await
+    }
+
     async fn list_groups(&self, topic: &str) -> Result<Vec<String>> {
         self.inner.kit.check_name("topic", topic, "list_groups")?;
         self.retention_applied(topic).await?;
@@ -291,6 +302,25 @@ impl<L: Log> EventBus for Replicated<L> {
 }
 
 impl<L: Log> Replicated<L> {
+    /// Pause or resume a group (E8), after this handle's pending retention change.
+    async fn group_change(
+        &self,
+        topic: &str,
+        group: &str,
+        paused: bool,
+        operation: &'static str,
+    ) -> Result<()> {
+        self.inner.kit.check_group(topic, group, operation)?;
+        self.retention_applied(topic).await?;
+        match self
+            .group_call(topic, group, |_| Op::SetPaused(paused), operation)
+            .await?
+        {
+            Answer::Done => Ok(()),
+            other => Err(unexpected(self.inner.kit, operation, &other)),
+        }
+    }
+
     /// Wait for this handle's last `set_retention` on `topic` to be in the log.
     async fn retention_applied(&self, topic: &str) -> Result<()> {
         let task = self.inner.retention_tasks.lock().remove(topic);

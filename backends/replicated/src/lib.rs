@@ -6,7 +6,8 @@
 //!
 //! - **Each queue and each topic is one log** (a RabbitMQ stream, JetStream subjects). Every
 //!   change is a record appended to it: a publish, a claim (receive), a settle, an extend, a
-//!   dead-letter operation, a retention change, a group reset or creation.
+//!   dead-letter operation, a retention change, a group reset or creation, a pause or resume,
+//!   a rate limit, a reprioritise.
 //! - **Every handle follows the logs it uses** from their first record and applies each
 //!   record to its own copy of the **memory backend's reference model** (`QueueState`,
 //!   `Topic`) at the record's log time.
@@ -300,6 +301,27 @@ macro_rules! forward_queue_and_event_bus {
             async fn list_queues(&self) -> courier_core::Result<Vec<String>> {
                 courier_core::Queue::list_queues(self.$store()).await
             }
+            async fn pause(&self, queue: &str) -> courier_core::Result<()> {
+                courier_core::Queue::pause(self.$store(), queue).await
+            }
+            async fn resume(&self, queue: &str) -> courier_core::Result<()> {
+                courier_core::Queue::resume(self.$store(), queue).await
+            }
+            async fn set_rate_limit(
+                &self,
+                queue: &str,
+                limit: Option<courier_core::RateLimit>,
+            ) -> courier_core::Result<()> {
+                courier_core::Queue::set_rate_limit(self.$store(), queue, limit).await
+            }
+            async fn reprioritise(
+                &self,
+                queue: &str,
+                id: courier_core::MessageId,
+                priority: courier_core::Priority,
+            ) -> courier_core::Result<()> {
+                courier_core::Queue::reprioritise(self.$store(), queue, id, priority).await
+            }
         }
 
         #[async_trait::async_trait]
@@ -425,6 +447,12 @@ macro_rules! forward_queue_and_event_bus {
             }
             async fn list_groups(&self, topic: &str) -> courier_core::Result<Vec<String>> {
                 courier_core::EventBus::list_groups(self.$store(), topic).await
+            }
+            async fn pause_group(&self, topic: &str, group: &str) -> courier_core::Result<()> {
+                courier_core::EventBus::pause_group(self.$store(), topic, group).await
+            }
+            async fn resume_group(&self, topic: &str, group: &str) -> courier_core::Result<()> {
+                courier_core::EventBus::resume_group(self.$store(), topic, group).await
             }
         }
     };

@@ -28,6 +28,8 @@ pub(crate) enum Answer {
     Count(Result<u64>),
     Created(Result<bool>),
     Reset(Result<()>),
+    /// Whether a reprioritise found a stored copy of the message.
+    Found(bool),
 }
 
 /// The id of a stream entry that is not a record at all: unique per stream and offset, the
@@ -54,7 +56,12 @@ fn config_of(op: &Op) -> Option<courier_core::QueueConfig> {
         | Op::Sync { config }
         | Op::ResetGroup { config, .. }
         | Op::CreateGroup { config, .. } => Some(*config),
-        Op::Publish(..) | Op::Emit(_) | Op::SetRetention(_) => None,
+        Op::Publish(..)
+        | Op::Emit(_)
+        | Op::SetRetention(_)
+        | Op::SetPaused(_)
+        | Op::SetRateLimit(_)
+        | Op::Reprioritise { .. } => None,
     }
 }
 
@@ -71,6 +78,11 @@ fn releases(out: Answer) -> Option<Vec<Settle>> {
 pub(crate) struct QueueModel {
     stream: String,
     pub(crate) state: QueueState,
+    /// The last claim leased nothing although work was ready and the queue was not paused:
+    /// the rate limit's window is spent (Q15). Until a claim leases again or the limit
+    /// changes, ready work does not wake receivers; the window's end does (`next_wake`).
+    /// Not part of the answers, only of when receivers try again.
+    throttled: bool,
 }
 
 impl QueueModel {
@@ -79,6 +91,7 @@ impl QueueModel {
         QueueModel {
             stream,
             state: QueueState::seeded(config, true, seed),
+            throttled: false,
         }
     }
 }
@@ -114,9 +127,22 @@ impl Model for QueueModel {
             Op::Claim { max, .. } => {
                 st.assign_tokens(offset << TOKEN_SHIFT);
                 let mut out = Vec::new();
+                // The rate window is counted at the claim's log time, so every replica
+                // counts the same deliveries in the same window (Q15).
                 st.lease(now, (max as usize).min(MAX_CLAIM), &mut out);
+                self.throttled = out.is_empty() && st.ready_len() > 0 && !st.is_paused();
                 Answer::Leased(out)
             }
+            Op::SetPaused(paused) => {
+                st.set_paused(paused);
+                Answer::Done
+            }
+            Op::SetRateLimit(limit) => {
+                st.set_rate_limit(limit);
+                self.throttled = false;
+                Answer::Done
+            }
+            Op::Reprioritise { id, priority } => Answer::Found(st.reprioritise(id, priority)),
             Op::Settle { ops, .. } => {
                 Answer::Settled(ops.into_iter().map(|op| st.settle(op, now)).collect())
             }
@@ -150,8 +176,14 @@ impl Model for QueueModel {
         })
     }
 
+    /// A paused queue, or one whose rate window is spent, has nothing ready: its waiting
+    /// receivers sleep until a record changes that (resume, a new limit) or until
+    /// `next_wake` (a delay ends, a lease expires, the next rate window starts), instead of
+    /// appending claim after empty claim.
     fn readiness(&self, _group: &str, _now: u64) -> (bool, Option<u64>) {
-        (self.state.ready_len() > 0, self.state.next_wake())
+        let st = &self.state;
+        let ready = st.ready_len() > 0 && !st.is_paused() && !self.throttled;
+        (ready, st.next_wake())
     }
 }
 
@@ -218,7 +250,9 @@ impl Model for TopicModel {
                 self.topic.trim(now);
                 Answer::Done
             }
-            Op::Publish(..) => Answer::Done,
+            // Queue-only records, and records about no group, change no group.
+            Op::Publish(..) | Op::SetRateLimit(_) | Op::Reprioritise { .. } => Answer::Done,
+            Op::SetPaused(_) if group.is_empty() => Answer::Done,
             op => {
                 let mut v = self.topic.group_at(group, now);
                 match op {
@@ -242,6 +276,12 @@ impl Model for TopicModel {
                     Op::PurgeDead { which, .. } => Answer::Count(v.group.state.purge_dead(&which)),
                     Op::ResetGroup { from, .. } => Answer::Reset(v.reset(from, &self.name)),
                     Op::CreateGroup { from, .. } => Answer::Created(v.create(from, &self.name)),
+                    Op::SetPaused(paused) => {
+                        // Only the group's state: a group paused before it exists is not
+                        // placed (E7), and starts paused when it is (E8).
+                        v.group.state.set_paused(paused);
+                        Answer::Done
+                    }
                     _ => Answer::Done,
                 }
             }
@@ -258,7 +298,11 @@ impl Model for TopicModel {
         Some(Op::Settle { config, ops })
     }
 
+    /// A paused group has nothing ready (nothing leaves the log for it, E8): its receivers
+    /// sleep until a record resumes it, or a delay or lease of it comes due.
     fn readiness(&self, group: &str, _now: u64) -> (bool, Option<u64>) {
-        self.topic.readiness(group)
+        let (ready, wake) = self.topic.readiness(group);
+        let paused = ready && self.topic.group_stats(group).queue.paused;
+        (ready && !paused, wake)
     }
 }

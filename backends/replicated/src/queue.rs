@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use courier_core::backend::{Batch, Kit};
 use courier_core::{
     DeadLetter, Delivery, Error, ErrorKind, Lease, Message, MessageId, Page, Priority, Published,
-    Queue, QueueConfig, QueueStats, Result, Selection, Settle, SharedClock, wire,
+    Queue, QueueConfig, QueueStats, RateLimit, Result, Selection, Settle, SharedClock, wire,
 };
 
 use crate::models::{Answer, MAX_CLAIM, QueueModel};
@@ -101,6 +101,15 @@ impl<L: Log> Replicated<L> {
         self.queue_replica(queue)
             .call(&self.inner.env, "", op, operation)
             .await
+    }
+
+    /// Record a change that answers nothing (pause, resume, a rate limit): it is applied
+    /// by every process in log order; `Ok` once this handle's replica applied it too.
+    async fn queue_change(&self, queue: &str, op: Op, operation: &'static str) -> Result<()> {
+        match self.queue_call(queue, op, operation).await? {
+            Answer::Done => Ok(()),
+            other => Err(unexpected(self.inner.kit, operation, &other)),
+        }
     }
 
     /// Bring the queue's replica up to date with the log (a `Sync` record).
@@ -317,5 +326,45 @@ impl<L: Log> Queue for Replicated<L> {
 
     async fn list_queues(&self) -> Result<Vec<String>> {
         self.registered(registry::Kind::Queue, "list_queues").await
+    }
+
+    /// A `PAUSE` record in the queue's log: every replica stops leasing from the point of
+    /// the log where it applies. Does not register the queue (Q13 lists published queues).
+    async fn pause(&self, queue: &str) -> Result<()> {
+        self.queue_change(queue, Op::SetPaused(true), "pause").await
+    }
+
+    /// A `RESUME` record: applying it wakes the receivers waiting on the queue, in every
+    /// process that follows the log.
+    async fn resume(&self, queue: &str) -> Result<()> {
+        self.queue_change(queue, Op::SetPaused(false), "resume")
+            .await
+    }
+
+    /// A `SET_RATE_LIMIT` record, after the limit was validated (nothing invalid is stored).
+    /// Deliveries are counted per window at the claims' log times, so every replica counts
+    /// the same ones.
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.inner
+            .kit
+            .check_name("queue", queue, "set_rate_limit")?;
+        if let Some(l) = &limit {
+            l.validate().map_err(self.inner.kit.tag("set_rate_limit"))?;
+        }
+        self.queue_change(queue, Op::SetRateLimit(limit), "set_rate_limit")
+            .await
+    }
+
+    /// A `REPRIORITISE` record: the model moves every stored copy at the point of the log
+    /// where it applies (atomic with respect to every other call).
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()> {
+        let op = Op::Reprioritise { id, priority };
+        match self.queue_call(queue, op, "reprioritise").await? {
+            Answer::Found(true) => Ok(()),
+            Answer::Found(false) => Err(self.inner.kit.tag("reprioritise")(Error::not_found(
+                format!("no ready, delayed or leased message {id} in queue {queue:?}"),
+            ))),
+            other => Err(unexpected(self.inner.kit, "reprioritise", &other)),
+        }
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use courier_core::{
-    Error, Lease, Message, MessageId, Priority, QueueConfig, ReplayFrom, Result, Retention,
-    RetryPolicy, Selection, Settle, wire,
+    Error, Lease, Message, MessageId, Priority, QueueConfig, RateLimit, ReplayFrom, Result,
+    Retention, RetryPolicy, Selection, Settle, wire,
 };
 
 const MAGIC: &[u8; 2] = b"CR";
@@ -79,6 +79,12 @@ pub(crate) enum Op {
         config: QueueConfig,
         from: ReplayFrom,
     },
+    /// Queue or group: pause (`true`) or resume (`false`) deliveries (Q14, E8).
+    SetPaused(bool),
+    /// Queue: set or clear the rate limit (Q15), already validated.
+    SetRateLimit(Option<RateLimit>),
+    /// Queue: move every stored copy of `id` to `priority` (Q16).
+    Reprioritise { id: MessageId, priority: Priority },
 }
 
 /// A decoded record.
@@ -206,6 +212,21 @@ pub(crate) mod code {
     /// A requeue at a priority (Q8): as `REQUEUE_DEAD`, then the priority (u8, 0..3). A
     /// requeue that keeps each message's priority is written as `REQUEUE_DEAD`, as before.
     pub(crate) const REQUEUE_DEAD_AT: u8 = 13;
+    /// Pause a queue, or the group named in the header (Q14, E8): no body.
+    pub(crate) const PAUSE: u8 = 14;
+    /// Resume a queue, or the group named in the header: no body.
+    pub(crate) const RESUME: u8 = 15;
+    /// Set a queue's rate limit (Q15): `0` (none), or `1`, `max` (u32) and the window
+    /// (u64 ns).
+    pub(crate) const SET_RATE_LIMIT: u8 = 16;
+    /// Move a message to a priority (Q16): its id, then the priority (u8, 0..3).
+    pub(crate) const REPRIORITISE: u8 = 17;
+}
+
+/// A priority from its byte in a record.
+fn priority_of(p: u8, what: &str) -> Result<Priority> {
+    Priority::from_index(usize::from(p))
+        .ok_or_else(|| Error::decode(format!("{what} record: priority byte {p}")))
 }
 
 /// Encode a record.
@@ -227,6 +248,10 @@ pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -
         Op::SetRetention(_) => code::SET_RETENTION,
         Op::ResetGroup { .. } => code::RESET_GROUP,
         Op::CreateGroup { .. } => code::CREATE_GROUP,
+        Op::SetPaused(true) => code::PAUSE,
+        Op::SetPaused(false) => code::RESUME,
+        Op::SetRateLimit(_) => code::SET_RATE_LIMIT,
+        Op::Reprioritise { .. } => code::REPRIORITISE,
     };
     let mut b = header(code, origin, request, ts, group);
     match op {
@@ -315,6 +340,17 @@ pub(crate) fn encode(origin: u64, request: u64, ts: u64, group: &str, op: &Op) -
         Op::ResetGroup { config, from } | Op::CreateGroup { config, from } => {
             put_config(&mut b, config);
             put_from(&mut b, from)?;
+        }
+        Op::SetPaused(_) => {}
+        Op::SetRateLimit(None) => b.put_u8(0),
+        Op::SetRateLimit(Some(l)) => {
+            b.put_u8(1);
+            b.put_u32(l.max);
+            b.put_u64(dur_ns(l.per));
+        }
+        Op::Reprioritise { id, priority } => {
+            b.put_slice(id.as_bytes());
+            b.put_u8(priority.index() as u8);
         }
     }
     Ok(b.freeze())
@@ -509,9 +545,7 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record> {
         },
         code::REQUEUE_DEAD_AT => {
             let (config, which) = (r.config()?, r.selection()?);
-            let p = r.u8()?;
-            let priority = Priority::from_index(usize::from(p))
-                .ok_or_else(|| Error::decode(format!("requeue record: priority byte {p}")))?;
+            let priority = priority_of(r.u8()?, "requeue")?;
             Op::RequeueDead {
                 config,
                 which,
@@ -536,6 +570,16 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Record> {
         code::CREATE_GROUP => Op::CreateGroup {
             config: r.config()?,
             from: r.from()?,
+        },
+        code::PAUSE => Op::SetPaused(true),
+        code::RESUME => Op::SetPaused(false),
+        code::SET_RATE_LIMIT => Op::SetRateLimit(match r.u8()? {
+            0 => None,
+            _ => Some(RateLimit::new(r.u32()?, Duration::from_nanos(r.u64()?))),
+        }),
+        code::REPRIORITISE => Op::Reprioritise {
+            id: r.id()?,
+            priority: priority_of(r.u8()?, "reprioritise")?,
         },
         other => return Err(Error::decode(format!("unknown record op {other}"))),
     };
@@ -611,6 +655,15 @@ mod tests {
                 which: Selection::All,
                 priority: Some(Priority::Low),
             },
+            Op::SetPaused(true),
+            Op::SetPaused(false),
+            Op::SetRateLimit(None),
+            Op::SetRateLimit(Some(RateLimit::per_second(200))),
+            Op::SetRateLimit(Some(RateLimit::new(3, Duration::from_micros(1_500)))),
+            Op::Reprioritise {
+                id: m.id,
+                priority: Priority::Critical,
+            },
         ];
         for op in ops {
             let bytes = encode(1, 2, 3, "g", &op).expect("encode");
@@ -622,5 +675,47 @@ mod tests {
             assert_eq!(format!("{:?}", r.op), format!("{op:?}"));
         }
         assert!(decode(Bytes::from_static(b"\x00junk")).is_err());
+    }
+
+    /// The flow-control records (issue 18) have codes of their own after the older ones, so
+    /// records written before them decode as before; a bad priority byte or a short body is
+    /// a decode error, not a panic.
+    #[test]
+    fn flow_control_records_have_their_own_codes() {
+        let codes = [
+            (Op::SetPaused(true), code::PAUSE),
+            (Op::SetPaused(false), code::RESUME),
+            (Op::SetRateLimit(None), code::SET_RATE_LIMIT),
+            (
+                Op::Reprioritise {
+                    id: MessageId::new(),
+                    priority: Priority::Low,
+                },
+                code::REPRIORITISE,
+            ),
+        ];
+        for (op, c) in codes {
+            let bytes = encode(1, 2, 3, "", &op).expect("encode");
+            assert_eq!(bytes[3], c, "{op:?}");
+            assert!(c > code::REQUEUE_DEAD_AT);
+        }
+        let op = Op::Reprioritise {
+            id: MessageId::new(),
+            priority: Priority::High,
+        };
+        let bytes = encode(1, 2, 3, "", &op).expect("encode");
+        let mut bad = bytes.to_vec();
+        *bad.last_mut().expect("a priority byte") = 9;
+        assert!(decode(Bytes::from(bad)).is_err());
+        assert!(decode(bytes.slice(..bytes.len() - 1)).is_err());
+        let bytes = encode(
+            1,
+            2,
+            3,
+            "",
+            &Op::SetRateLimit(Some(RateLimit::per_second(5))),
+        )
+        .expect("encode");
+        assert!(decode(bytes.slice(..bytes.len() - 3)).is_err());
     }
 }

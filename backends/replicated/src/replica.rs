@@ -440,4 +440,168 @@ mod tests {
         r.apply(1, sync(7, 5, 1));
         assert_eq!(rx.try_recv().expect("answered"), 1);
     }
+
+    use crate::models::{Answer, QueueModel, TopicModel};
+    use crate::record::Entry;
+    use courier_core::{Message, Priority, QueueConfig, RateLimit};
+
+    /// Append `op` (stamped `ts`) at `offset` as a call of this replica would, and return
+    /// the answer it got.
+    fn run<M: Model>(r: &Replica<M>, offset: u64, ts: u64, group: &str, op: Op) -> M::Out {
+        let request = offset + 1;
+        let (tx, mut rx) = oneshot::channel();
+        r.state.lock().pending.insert(request, tx);
+        let bytes = record::encode(r.origin, request, ts, group, &op).expect("encode");
+        assert!(r.apply(offset, bytes).is_none(), "nothing orphaned");
+        rx.try_recv().expect("the record answered its proposer")
+    }
+
+    fn claim(max: u32) -> Op {
+        Op::Claim {
+            config: QueueConfig::default(),
+            max,
+        }
+    }
+
+    fn leased(a: Answer) -> Vec<courier_core::Delivery> {
+        match a {
+            Answer::Leased(ds) => ds,
+            other => panic!("not a claim's answer: {other:?}"),
+        }
+    }
+
+    /// The flow-control records (issue 18) drive a queue's replicas alike: a paused queue
+    /// leases nothing and says nothing is ready (no claim loop), a resume makes it ready,
+    /// the rate window is counted at the claims' log times (not the followers' clocks) and
+    /// a spent window wakes receivers at its end, and reprioritise answers whether it found
+    /// the message.
+    #[test]
+    fn queue_replicas_apply_pause_rate_and_reprioritise_alike() {
+        let messages: Vec<Message> = (0..4)
+            .map(|i| Message::new("k", format!("m{i}")).with_priority(Priority::Low))
+            .collect();
+        let last = messages[3].id;
+        let unknown = courier_core::MessageId::new();
+        let ops = || {
+            vec![
+                (1_000, Op::SetPaused(true)),
+                (
+                    1_000,
+                    Op::Publish(messages.iter().cloned().map(Entry::Message).collect(), 0),
+                ),
+                (1_001, claim(10)),
+                (1_002, Op::SetPaused(false)),
+                // 2 per second: one claim takes ceil(2/4) = 1.
+                (1_003, Op::SetRateLimit(Some(RateLimit::per_second(2)))),
+                (1_004, claim(10)),
+                (1_005, claim(10)),
+                (1_999, claim(10)),
+                (2_000, claim(10)),
+                (
+                    2_001,
+                    Op::Reprioritise {
+                        id: last,
+                        priority: Priority::Critical,
+                    },
+                ),
+                (
+                    2_002,
+                    Op::Reprioritise {
+                        id: unknown,
+                        priority: Priority::High,
+                    },
+                ),
+                (2_003, Op::SetRateLimit(None)),
+                (2_004, claim(10)),
+            ]
+        };
+        let model = || QueueModel::new("q.flow".into(), QueueConfig::default());
+        let mut logs = Vec::new();
+        for origin in [1, 3] {
+            let replica = Replica::new("q.flow".into(), origin, model());
+            let mut log = Vec::new();
+            for (offset, (ts, op)) in ops().into_iter().enumerate() {
+                let offset = offset as u64;
+                let answer = run(&replica, offset, ts, "", op);
+                let (ready, wake) = replica.read(|m| m.readiness("", ts));
+                log.push(format!("{answer:?} {ready} {wake:?}"));
+                match offset {
+                    // Paused: nothing leased, nothing ready although 4 wait.
+                    2 => {
+                        assert!(leased(answer).is_empty());
+                        assert!(!ready, "a paused queue with work is not ready");
+                        assert!(replica.read(|m| m.state.stats().paused));
+                    }
+                    3 => assert!(ready, "resumed"),
+                    5 | 6 => assert_eq!(leased(answer).len(), 1, "offset {offset}"),
+                    // The window [1000, 2000) is spent: nothing, not ready, wake at 2000.
+                    7 => {
+                        assert!(leased(answer).is_empty());
+                        assert_eq!((ready, wake), (false, Some(2_000)));
+                    }
+                    8 => assert_eq!(leased(answer).len(), 1, "a new window"),
+                    9 => assert!(matches!(answer, Answer::Found(true))),
+                    10 => assert!(matches!(answer, Answer::Found(false))),
+                    12 => {
+                        let got = leased(answer);
+                        assert_eq!(got.len(), 1);
+                        assert_eq!(
+                            (got[0].message.id, got[0].message.priority),
+                            (last, Priority::Critical)
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            let st = replica.read(|m| m.state.stats());
+            assert!(!st.paused);
+            assert_eq!(st.rate_limit, None);
+            logs.push(log);
+        }
+        // Both replicas computed the same answers (same tokens, same deliveries).
+        assert_eq!(logs[0], logs[1]);
+    }
+
+    /// A group paused before it exists is not placed, starts paused (its lag counts the
+    /// events, it is not ready), and a resume makes it ready; other groups are not affected.
+    #[test]
+    fn topic_replica_pauses_one_group() {
+        let config = QueueConfig::default();
+        let r = Replica::new(
+            "t.flow".into(),
+            1,
+            TopicModel::new("flow".into(), "t.flow", config),
+        );
+        run(&r, 0, 1_000, "billing", Op::SetPaused(true));
+        assert!(
+            r.read(|m| m.topic.placed_groups().is_empty()),
+            "pause places nothing"
+        );
+        run(
+            &r,
+            1,
+            1_001,
+            "",
+            Op::Emit(vec![Entry::Message(Message::new("e", "1"))]),
+        );
+        assert!(leased(run(&r, 2, 1_002, "billing", claim(10))).is_empty());
+        assert!(
+            !r.read(|m| m.readiness("billing", 1_002)).0,
+            "paused: not ready"
+        );
+        let stats = r.read(|m| m.group_stats("billing"));
+        assert!(stats.queue.paused);
+        assert_eq!(stats.lag, 1);
+        assert!(
+            r.read(|m| m.readiness("audit", 1_002)).0,
+            "another group is ready"
+        );
+        assert_eq!(leased(run(&r, 3, 1_003, "audit", claim(10))).len(), 1);
+        run(&r, 4, 1_004, "billing", Op::SetPaused(false));
+        assert!(
+            r.read(|m| m.readiness("billing", 1_004)).0,
+            "resumed: ready"
+        );
+        assert_eq!(leased(run(&r, 5, 1_005, "billing", claim(10))).len(), 1);
+    }
 }
