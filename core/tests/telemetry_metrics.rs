@@ -6,6 +6,8 @@
 //! One recorder serves the whole binary (a process has one global recorder), so each test
 //! reads only the series labelled with its own queue, topic and backend.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -18,6 +20,7 @@ use courier::{
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
+use support::{redis, unique};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -31,19 +34,6 @@ fn snapshotter() -> &'static Snapshotter {
             .expect("the only recorder this test binary installs");
         snapshotter
     })
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One recorded value.
@@ -510,33 +500,4 @@ async fn every_series_in_the_list_is_recorded_and_no_other() {
         missing.is_empty(),
         "in SERIES but never recorded: {missing:?}"
     );
-}
-
-fn require_backends() -> bool {
-    std::env::var("COURIER_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
-}
-
-/// Redis, when reachable; otherwise a loud skip (a failure under COURIER_REQUIRE_BACKENDS=1).
-async fn redis(what: &str) -> Option<Courier> {
-    let url = std::env::var("COURIER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let probe = async {
-        let c = courier::connect(&url).await?;
-        c.queue().stats("telemetry-probe").await?;
-        Ok::<_, courier::Error>(c)
-    };
-    let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(c)) => return Some(c),
-        Ok(Err(e)) => format!("Redis at {} is unreachable: {e}", courier::redact_url(&url)),
-        Err(_) => format!("Redis at {} gave no answer", courier::redact_url(&url)),
-    };
-    assert!(!require_backends(), "COURIER_REQUIRE_BACKENDS=1: {why}");
-    eprintln!(
-        "\n{}\nSKIPPED {what}: {why}\nSet COURIER_REQUIRE_BACKENDS=1 to make this a failure.\n{}\n",
-        "=".repeat(88),
-        "=".repeat(88)
-    );
-    None
 }

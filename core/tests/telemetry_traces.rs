@@ -5,11 +5,14 @@
 //! Each test runs on a current-thread runtime with its own subscriber set as the thread's
 //! default, so the worker's task (on the same thread) reports to it and tests stay apart.
 
+mod support;
+
 use std::time::Duration;
 
 use courier::{Courier, EventBusExt, Message, QueueExt, ReplayFrom, headers};
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use support::{redis, unique};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -44,19 +47,6 @@ impl Traces {
             .get_finished_spans()
             .expect("the in-memory exporter answers")
     }
-}
-
-fn unique(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
@@ -304,33 +294,4 @@ async fn redis_publish_keeps_a_trace_context_the_message_carries() {
     if let Some(c) = redis("redis_publish_keeps_a_trace_context_the_message_carries").await {
         carried_context_is_kept(c).await;
     }
-}
-
-fn require_backends() -> bool {
-    std::env::var("COURIER_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
-}
-
-/// Redis, when reachable; otherwise a loud skip (a failure under COURIER_REQUIRE_BACKENDS=1).
-async fn redis(what: &str) -> Option<Courier> {
-    let url = std::env::var("COURIER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let probe = async {
-        let c = courier::connect(&url).await?;
-        c.queue().stats("telemetry-probe").await?;
-        Ok::<_, courier::Error>(c)
-    };
-    let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(c)) => return Some(c),
-        Ok(Err(e)) => format!("Redis at {} is unreachable: {e}", courier::redact_url(&url)),
-        Err(_) => format!("Redis at {} gave no answer", courier::redact_url(&url)),
-    };
-    assert!(!require_backends(), "COURIER_REQUIRE_BACKENDS=1: {why}");
-    eprintln!(
-        "\n{}\nSKIPPED {what}: {why}\nSet COURIER_REQUIRE_BACKENDS=1 to make this a failure.\n{}\n",
-        "=".repeat(88),
-        "=".repeat(88)
-    );
-    None
 }
