@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::error::{KIT, map_err};
 use courier_core::backend::Batch;
 
-use crate::queue::{Claimed, DeadMove, Origin, block_for, wait_end};
+use crate::queue::{Claimed, Control, DeadMove, Origin, block_for, wait_end};
 use crate::reply::{array, string, take_bytes};
 use crate::scripts::{Mode, max_len_arg};
 use crate::{BACKEND_NAME, RedisBackend, keys};
@@ -57,11 +57,12 @@ impl RedisBackend {
     }
 
     /// Block until the log or the group's wake-up stream gets an entry after the given ids,
-    /// or `block` passes.
+    /// or `block` passes. Without a log id (a paused group, E8: an emit cannot help it), on
+    /// the wake-up stream only, which a resume appends to.
     async fn wait_group(
         &self,
         keys: &[String],
-        last_log: &str,
+        last_log: Option<&str>,
         last_wake: &str,
         block: Duration,
     ) -> Result<()> {
@@ -70,11 +71,15 @@ impl RedisBackend {
             .arg(1)
             .arg("BLOCK")
             .arg(ms_ceil(block + crate::wait::SERVER_SLACK))
-            .arg("STREAMS")
-            .arg(&keys[keys::GROUP_LOG])
-            .arg(&keys[keys::GROUP_WAKE])
-            .arg(last_log)
-            .arg(last_wake);
+            .arg("STREAMS");
+        match last_log {
+            Some(last_log) => cmd
+                .arg(&keys[keys::GROUP_LOG])
+                .arg(&keys[keys::GROUP_WAKE])
+                .arg(last_log)
+                .arg(last_wake),
+            None => cmd.arg(&keys[keys::GROUP_WAKE]).arg(last_wake),
+        };
         self.inner
             .waiters
             .run("receive", &cmd, block, self.conn("receive"))
@@ -149,6 +154,23 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
+    async fn group_control(
+        &self,
+        topic: &str,
+        group: &str,
+        operation: &'static str,
+        op: Control,
+    ) -> Result<()> {
+        self.check_group(topic, group, operation)?;
+        let config = self.group_config(topic, group);
+        let mode = Mode::Group {
+            group,
+            retention: self.retention(topic),
+        };
+        self.control_with(operation, &self.group_keys(topic, group), &config, mode, op)
+            .await
+    }
+
     /// The stream id of the last log entry strictly before `sid`, or `0` when there is none:
     /// a group whose last delivered id it is reads from `sid` on (as `group_reset.lua` places
     /// a reset group).
@@ -274,7 +296,9 @@ impl EventBus for RedisBackend {
                     };
                     let last_log = rest.first().and_then(string).unwrap_or_else(|| "$".into());
                     let last_wake = rest.get(1).and_then(string).unwrap_or_else(|| "$".into());
-                    self.wait_group(&keys, &last_log, &last_wake, block).await?;
+                    // '' while the group is paused (group_claim.lua).
+                    let last_log = Some(last_log.as_str()).filter(|l| !l.is_empty());
+                    self.wait_group(&keys, last_log, &last_wake, block).await?;
                 }
             }
         }
@@ -410,6 +434,8 @@ impl EventBus for RedisBackend {
             .await?;
         // Events have no priority order: the reference model counts them at Normal.
         queue.ready = [0, 0, queue.ready[0], 0];
+        // `paused` was read with the rest (group_stats.lua's 14th value); groups have no rate
+        // limit.
         let lag = rest.first().and_then(crate::reply::uint).unwrap_or(0);
         Ok(GroupStats { queue, lag })
     }
@@ -528,6 +554,19 @@ impl EventBus for RedisBackend {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// The pause lives in the group's control hash (not in the log's consumer group), so a
+    /// group that does not exist yet can be paused without being created, starts paused when
+    /// it is, and a reset (which recreates the consumer group) keeps it.
+    async fn pause_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.group_control(topic, group, "pause_group", Control::Pause)
+            .await
+    }
+
+    async fn resume_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.group_control(topic, group, "resume_group", Control::Resume)
+            .await
     }
 
     /// The log's consumer groups (`XINFO GROUPS`): a group exists in Redis once it was placed.

@@ -28,10 +28,12 @@ const SUFFIXES: [&str; 11] = [
 ];
 
 /// The keys only a queue has, after [`SUFFIXES`]: its deduplication keys' holders and their
-/// windows (Q11). A group's 16th key is its topic's log instead.
-const QUEUE_SUFFIXES: [&str; 2] = ["dedup", "holds"];
+/// windows (Q11), its control hash (pause and rate limit, Q14/Q15) and its rate-limit window
+/// count (Q15). A group's 16th key is its topic's log instead, and its 17th its control hash.
+/// (Flow control only adds keys; none of the others changes, so the layout stays 2.)
+const QUEUE_SUFFIXES: [&str; 4] = ["dedup", "holds", "ctl", "rate"];
 
-/// The 17 keys of a queue, in the order of `scripts/lib.lua`.
+/// The 19 keys of a queue, in the order of `scripts/lib.lua`.
 pub(crate) fn queue(prefix: &str, queue: &str) -> Vec<String> {
     let tag = format!("{{{prefix}:q:{queue}}}:{LAYOUT}");
     let mut v: Vec<String> = (0..4).map(|p| format!("{tag}:ready:{p}")).collect();
@@ -49,13 +51,21 @@ pub(crate) const QUEUE_COUNTERS: usize = 11;
 /// The wake-up list of a queue (index 12 of [`queue`]).
 pub(crate) const QUEUE_WAKE: usize = 12;
 
+/// The control hash of a queue (index 17 of [`queue`]): `paused` while paused (Q14), `max`
+/// and `per` (ms) while rate-limited (Q15). Absent when neither, so a claim on an unpaused,
+/// unlimited queue reads one key that does not exist.
+#[cfg(test)]
+pub(crate) const QUEUE_CTL: usize = 17;
+
 /// A topic's log (a stream).
 pub(crate) fn log(prefix: &str, topic: &str) -> String {
     format!("{{{prefix}:t:{topic}}}:log")
 }
 
-/// The 16 keys of a consumer group on a topic, in the order of `scripts/lib.lua`: the group's
-/// one ready list four times, its own state keys, then the topic's log.
+/// The 17 keys of a consumer group on a topic, in the order of `scripts/lib.lua`: the group's
+/// one ready list four times, its own state keys, the topic's log, then the group's control
+/// hash (`paused`, E8; kept by a reset, and not a consumer group of the log: pausing a group
+/// that does not exist yet does not create it).
 pub(crate) fn group(prefix: &str, topic: &str, group: &str) -> Vec<String> {
     let base = format!("{{{prefix}:t:{topic}}}:g:{group}:{LAYOUT}");
     let ready = format!("{base}:ready");
@@ -64,6 +74,7 @@ pub(crate) fn group(prefix: &str, topic: &str, group: &str) -> Vec<String> {
         v.push(format!("{base}:{suffix}"));
     }
     v.push(log(prefix, topic));
+    v.push(format!("{base}:ctl"));
     v
 }
 
@@ -140,9 +151,10 @@ mod tests {
     #[test]
     fn queue_keys_share_one_tag() {
         let k = queue("app", "tasks.high");
-        assert_eq!(k.len(), 17);
+        assert_eq!(k.len(), 19);
         assert!(k.iter().all(|key| slot_tag(key) == "app:q:tasks.high"));
         assert!(k[15].ends_with(":dedup") && k[16].ends_with(":holds"));
+        assert!(k[QUEUE_CTL].ends_with(":ctl") && k[18].ends_with(":rate"));
         assert!(k[QUEUE_WAKE].ends_with(":wake"));
         assert!(k[QUEUE_COUNTERS].ends_with(":counters"));
         assert!(k[QUEUE_READY_NORMAL].ends_with(":ready:2"));
@@ -151,9 +163,10 @@ mod tests {
     #[test]
     fn group_keys_share_the_topic_tag() {
         let k = group("app", "meeting.created", "billing");
-        assert_eq!(k.len(), 16);
+        assert_eq!(k.len(), 17);
         assert!(k.iter().all(|key| slot_tag(key) == "app:t:meeting.created"));
         assert_eq!(k[GROUP_LOG], log("app", "meeting.created"));
+        assert!(k[16].ends_with(":g:billing:v2:ctl"));
         assert!(k[GROUP_WAKE].ends_with(":wake"));
     }
 

@@ -11,8 +11,8 @@ use courier_core::backend::Batch;
 use courier_core::clock::ms_ceil;
 use courier_core::{
     DeadLetter, Delivery, Error, ErrorKind, EventBus, Lease, Message, MessageId, Page, Priority,
-    Published, Queue, QueueConfig, QueueStats, Result, Retention, Selection, Settle, SharedClock,
-    wire,
+    Published, Queue, QueueConfig, QueueStats, RateLimit, Result, Retention, Selection, Settle,
+    SharedClock, wire,
 };
 use redis::{Cmd, Value};
 use tokio::time::Instant;
@@ -287,9 +287,32 @@ fn read_dead_list(operation: &'static str, reply: Value) -> Result<Vec<DeadLette
     Ok(out)
 }
 
+/// What `control.lua` stores (Q14, Q15, E8).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Control {
+    Pause,
+    Resume,
+    /// Set the rate limit (already validated).
+    Limit(RateLimit),
+    /// Clear the rate limit.
+    Unlimit,
+}
+
+/// The rate limit in a queue's stats reply (values 15-17 of stats.lua: max, the window in ms
+/// and in ns; max 0 when there is none).
+fn read_rate_limit(rest: &[Value]) -> Option<RateLimit> {
+    let max = rest.first().and_then(uint).filter(|&m| m > 0)?;
+    let max = u32::try_from(max).ok()?;
+    let per = match rest.get(2).and_then(uint).filter(|&ns| ns > 0) {
+        Some(ns) => Duration::from_nanos(ns),
+        None => Duration::from_millis(rest.get(1).and_then(uint).filter(|&ms| ms > 0)?),
+    };
+    Some(RateLimit::new(max, per))
+}
+
 /// Read a stats reply (stats.lua, group_stats.lua): the gauges and counters every snapshot
 /// has, and the values from the 12th on (deduplicated for a queue, lag for a group; expired,
-/// the 13th of both, is read here too).
+/// the 13th of both, and paused, the 14th, are read here too).
 fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<Value>)> {
     let items = array(reply).ok_or_else(|| bad_reply(operation, "not an array"))?;
     if items.len() < 11 {
@@ -307,6 +330,8 @@ fn read_stats(operation: &'static str, reply: Value) -> Result<(QueueStats, Vec<
     stats.dead_lettered = n(10);
     // The 13th value of both stats scripts (their 12th differs: deduplicated or lag).
     stats.expired = items.get(12).and_then(uint).unwrap_or(0);
+    // The 14th of both (Q14, E8).
+    stats.paused = items.get(13).and_then(uint).unwrap_or(0) == 1;
     Ok((stats, items.into_iter().skip(11).collect()))
 }
 
@@ -682,6 +707,33 @@ impl RedisBackend {
         Ok(total)
     }
 
+    /// Store a pause, resume or rate limit in a queue's or group's control hash
+    /// (`control.lua`); a resume or limit change wakes the waiting consumers.
+    pub(crate) async fn control_with(
+        &self,
+        operation: &'static str,
+        keys: &[String],
+        config: &QueueConfig,
+        mode: Mode<'_>,
+        op: Control,
+    ) -> Result<()> {
+        let script = &self.inner.scripts.control;
+        let mut cmd = script.call(keys);
+        common_args(&mut cmd, config, mode);
+        match op {
+            Control::Pause => cmd.arg("pause"),
+            Control::Resume => cmd.arg("resume"),
+            Control::Limit(l) => cmd
+                .arg("limit")
+                .arg(l.max)
+                .arg(l.per_ms())
+                .arg(u64::try_from(l.per.as_nanos()).unwrap_or(u64::MAX)),
+            Control::Unlimit => cmd.arg("unlimit"),
+        };
+        self.run(operation, script, &cmd).await?;
+        Ok(())
+    }
+
     /// Block until the queue's wake-up list gets a token or `block` passes.
     async fn wait_queue(&self, wake_key: &str, block: Duration) -> Result<()> {
         let secs = (block + crate::wait::SERVER_SLACK).as_secs_f64();
@@ -890,8 +942,9 @@ impl Queue for RedisBackend {
         let (mut stats, rest) = self
             .stats_with(script, &self.queue_keys(queue), &config, Mode::Queue)
             .await?;
-        // stats.lua's 12th value (a group's is its lag).
+        // stats.lua's 12th value (a group's is its lag), then from the 15th the rate limit.
         stats.deduplicated = rest.first().and_then(uint).unwrap_or(0);
+        stats.rate_limit = read_rate_limit(rest.get(4..).unwrap_or_default());
         Ok(stats)
     }
 
@@ -951,6 +1004,68 @@ impl Queue for RedisBackend {
             which,
         )
         .await
+    }
+
+    async fn pause(&self, queue: &str) -> Result<()> {
+        self.check_queue(queue, "pause")?;
+        let config = self.queue_config(queue);
+        self.control_with(
+            "pause",
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            Control::Pause,
+        )
+        .await
+    }
+
+    async fn resume(&self, queue: &str) -> Result<()> {
+        self.check_queue(queue, "resume")?;
+        let config = self.queue_config(queue);
+        self.control_with(
+            "resume",
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            Control::Resume,
+        )
+        .await
+    }
+
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> Result<()> {
+        self.check_queue(queue, "set_rate_limit")?;
+        // Checked before anything is stored.
+        if let Some(l) = &limit {
+            l.validate().map_err(KIT.tag("set_rate_limit"))?;
+        }
+        let config = self.queue_config(queue);
+        let op = limit.map_or(Control::Unlimit, Control::Limit);
+        self.control_with(
+            "set_rate_limit",
+            &self.queue_keys(queue),
+            &config,
+            Mode::Queue,
+            op,
+        )
+        .await
+    }
+
+    async fn reprioritise(&self, queue: &str, id: MessageId, priority: Priority) -> Result<()> {
+        const OP: &str = "reprioritise";
+        self.check_queue(queue, OP)?;
+        let config = self.queue_config(queue);
+        let script = &self.inner.scripts.reprioritise;
+        let mut cmd = script.call(&self.queue_keys(queue));
+        common_args(&mut cmd, &config, Mode::Queue);
+        cmd.arg(&id.as_bytes()[..]).arg(priority.index());
+        let reply = self.run(OP, script, &cmd).await?;
+        let moved = uint(&reply).ok_or_else(|| bad_reply(OP, "not a count"))?;
+        if moved == 0 {
+            return Err(KIT.tag(OP)(Error::not_found(format!(
+                "no ready, delayed or leased message {id} in queue {queue:?}"
+            ))));
+        }
+        Ok(())
     }
 
     async fn list_queues(&self) -> Result<Vec<String>> {

@@ -233,10 +233,12 @@ pub(crate) struct Scripts {
     pub(crate) group_reset: Lua,
     pub(crate) emit: Lua,
     pub(crate) topic_len: Lua,
+    pub(crate) control: Lua,
+    pub(crate) reprioritise: Lua,
 }
 
 /// (name, kind, body) of every script, in [`Scripts`] order.
-const SOURCES: [(&str, Kind, &str); 13] = [
+const SOURCES: [(&str, Kind, &str); 15] = [
     ("publish", Kind::Lib, include_str!("scripts/publish.lua")),
     (
         "publish_keyed",
@@ -277,6 +279,12 @@ const SOURCES: [(&str, Kind, &str); 13] = [
         "topic_len",
         Kind::Plain,
         include_str!("scripts/topic_len.lua"),
+    ),
+    ("control", Kind::Lib, include_str!("scripts/control.lua")),
+    (
+        "reprioritise",
+        Kind::Lib,
+        include_str!("scripts/reprioritise.lua"),
     ),
 ];
 
@@ -331,6 +339,8 @@ impl Scripts {
             group_reset: make(10),
             emit: make(11),
             topic_len: make(12),
+            control: make(13),
+            reprioritise: make(14),
         }
     }
 }

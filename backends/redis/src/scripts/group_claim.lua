@@ -14,9 +14,15 @@
 -- list or read from the log, is expired for this group (its dead letters, or dropped; its
 -- stream entry acknowledged) and does not count towards n. Other groups are not affected.
 --
+-- Pause (E8): a paused group leases nothing and reads nothing from the log (no XREADGROUP),
+-- so its lag keeps counting the events emitted meanwhile; its expired leases and due
+-- retries still move (the maintenance). The group is still created on first use, as a
+-- receive places it whether or not it is paused.
+--
 -- ARGV[A]: n. ARGV[A + 1]: '1' keeps expired events as dead letters, '0' drops them.
 -- Reply: as claim.lua; when nothing was leased:
---   { now, 0, next_due_ms, last id of the log, last id of the wake stream }.
+--   { now, 0, next_due_ms, last id of the log, last id of the wake stream }; while paused the
+--   log's id is '' (wait on the wake stream only: an emit cannot help, a resume wakes it).
 
 local function last_id(key)
   local r = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
@@ -24,9 +30,19 @@ local function last_id(key)
   return '0-0'
 end
 
+-- Create the group at the start of the retained log (on first use). Answers BUSYGROUP (ignored)
+-- when it exists.
+local function place_group()
+  redis.pcall('XGROUP', 'CREATE', K_LOG, GROUP, '0', 'MKSTREAM')
+end
+
 local now = now_ms()
 maintain(now)
-local n = tonumber(ARGV[A])
+local n = claim_allows(tonumber(ARGV[A]), now)
+if n == 0 then
+  place_group()
+  return { now, 0, next_due(now), '', last_id(K_WAKE) }
+end
 local keep = ARGV[A + 1] == '1'
 local entries, cut = take_live(n, now, keep)
 -- Pull from the log only as many events as can be leased now (so `lag` stays meaningful);
@@ -49,7 +65,7 @@ while #entries < n and rounds < 8 and not cut do
     if created or not string.find(r.err, 'NOGROUP', 1, true) then
       return redis.error_reply(r.err)
     end
-    redis.call('XGROUP', 'CREATE', K_LOG, GROUP, '0', 'MKSTREAM')
+    place_group()
     created = true
     r = redis.call(unpack(read))
   end

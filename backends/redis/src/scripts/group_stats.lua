@@ -5,7 +5,7 @@
 -- 5000 unread events, an estimate from Redis beyond that.
 --
 -- Reply: { ready, 0, 0, 0, delayed, in_flight, dead, published(0), acked, retried,
---          dead_lettered, lag, expired }.
+--          dead_lettered, lag, expired, paused (1/0) }.
 
 local now = now_ms()
 maintain(now)
@@ -66,4 +66,5 @@ else
 end
 out[12] = lag
 out[13] = expired
+if redis.call('HEXISTS', K_CTL, 'paused') == 1 then out[14] = 1 else out[14] = 0 end
 return out

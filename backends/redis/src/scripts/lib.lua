@@ -49,6 +49,14 @@
 --   17    queue: holds  ZSET deduplication key -> hold_until, for keys accepted with a
 --                   window: keyed publishes forget, in bounded steps, the keys whose window
 --                   passed and whose holder is no longer live (see purge_holds)
+--         group: ctl    the group's control HASH (as a queue's 18th key: `paused` only)
+--   18    queue: ctl    control HASH (flow control): `paused` = '1' while paused (Q14, E8),
+--                   `max` and `per` (ms) while rate-limited (Q15). A field is there only while
+--                   it applies, so the key is absent for an unpaused, unlimited queue: a claim
+--                   then pays one HMGET of a missing key (see claim_allows in lib_more.lua).
+--   19    queue: rate   HASH `w` (the start of the counted window, ms, aligned to the epoch)
+--                   and `n` (deliveries leased in it, across every process): written by the
+--                   claim that leases, expiring a few windows after its last write
 --
 -- A lease token is 18 decimal digits: the batch name ('1', an 11-digit sequence number from
 -- the counters, the batch size minus one in 3 digits) and the index in the batch (3 digits).
@@ -100,7 +108,7 @@
 -- nothing carries over from one call to the next.
 local KEYS, ARGV
 local K_READY, K_MSGS, K_INFO, K_DELAYED, K_LEASED, K_DEAD, K_DEADIDX, K_DEADINFO
-local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG, K_DEDUP, K_HOLDS
+local K_COUNTERS, K_WAKE, K_DEADLINES, K_BATCHES, K_LOG, K_DEDUP, K_HOLDS, K_CTL, K_RATE
 local VIS, DEAD_LETTER, GROUP_MODE, GROUP
 local A = 10
 
@@ -131,9 +139,9 @@ local function setup(keys, argv)
   DEAD_LETTER = argv[5] == '1'
   GROUP_MODE = argv[6] == 'g'
   if GROUP_MODE then
-    K_LOG, K_DEDUP, K_HOLDS = keys[16], nil, nil
+    K_LOG, K_DEDUP, K_HOLDS, K_CTL, K_RATE = keys[16], nil, nil, keys[17], nil
   else
-    K_LOG, K_DEDUP, K_HOLDS = nil, keys[16], keys[17]
+    K_LOG, K_DEDUP, K_HOLDS, K_CTL, K_RATE = nil, keys[16], keys[17], keys[18], keys[19]
   end
   GROUP = argv[7]
   MAX_ATTEMPTS, DELAYS = nil, nil

@@ -605,6 +605,52 @@ local function next_due(now)
   return ms
 end
 
+-- Flow control at a claim (Q14, Q15, E8; see the control hash in lib.lua). Returns how many
+-- of the n asked for this claim may lease, and the rate-limit state (nil when unlimited):
+-- { window start, deliveries counted in it, per, max }. Paused: 0. Rate-limited: at most the
+-- window's remaining budget and at most a quarter of max (at least 1) per claim, as core's
+-- RateLimit::grant_cap. An unpaused, unlimited queue or group pays the one HMGET of a key that
+-- does not exist.
+local function claim_allows(n, now)
+  local c = redis.call('HMGET', K_CTL, 'paused', 'max', 'per')
+  if not (c[1] or c[2]) then return n, nil end
+  if c[1] then return 0, nil end
+  if GROUP_MODE then return n, nil end
+  local max, per = tonumber(c[2]), tonumber(c[3])
+  if not max or not per or max < 1 or per < 1 then return n, nil end
+  local w = now - now % per
+  local got = redis.call('HMGET', K_RATE, 'w', 'n')
+  local used = 0
+  if tonumber(got[1]) == w then used = tonumber(got[2]) or 0 end
+  local left = max - used
+  local cap = math.ceil(max / 4)
+  if left > cap then left = cap end
+  if left < n then n = left end
+  if n < 0 then n = 0 end
+  return n, { w, used, per, max }
+end
+
+-- Count k leased entries in the rate-limit window (Q15): the key lives a few windows after
+-- its last write, so an idle queue's count does not stay behind.
+local function rate_spend(rate, k)
+  if not rate or k <= 0 then return end
+  redis.call('HSET', K_RATE, 'w', format('%d', rate[1]), 'n', rate[2] + k)
+  redis.call('PEXPIRE', K_RATE, 3 * rate[3])
+end
+
+-- When an empty claim should look again (ms, -1: only a publish can help): the next due
+-- delayed message or lease deadline, or, when a rate limit's window is spent while messages
+-- are ready, the start of the next window (a wake-up instant like a due time).
+local function held_due(now, rate)
+  local due = next_due(now)
+  if rate and rate[2] >= rate[4]
+    and redis.call('EXISTS', K_READY[1], K_READY[2], K_READY[3], K_READY[4]) > 0 then
+    local e = rate[1] + rate[3] - now
+    if due < 0 or e < due then due = e end
+  end
+  return due
+end
+
 -- Trim a topic's log to its retention (length and age). Appends trim by length too; this
 -- catches retention changed since, and age passing without appends.
 local function trim_log(now)
