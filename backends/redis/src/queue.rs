@@ -944,7 +944,7 @@ impl Queue for RedisBackend {
             .await?;
         // stats.lua's 12th value (a group's is its lag), then from the 15th the rate limit.
         stats.deduplicated = rest.first().and_then(uint).unwrap_or(0);
-        stats.rate_limit = read_rate_limit(rest.get(4..).unwrap_or_default());
+        stats.rate_limit = read_rate_limit(rest.get(3..).unwrap_or_default());
         Ok(stats)
     }
 
