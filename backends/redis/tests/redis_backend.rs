@@ -666,3 +666,114 @@ async fn pubsub_isolation_unsubscribe_and_slow_subscribers() {
         0
     );
 }
+
+/// The keys under a test prefix whose names end with `suffix`.
+fn keys_ending(prefix: &str, suffix: &str) -> Vec<String> {
+    let Ok(client) = redis::Client::open(url()) else {
+        return Vec::new();
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return Vec::new();
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    keys.into_iter().filter(|k| k.ends_with(suffix)).collect()
+}
+
+/// Flow control (issue 18) costs an unpaused, unlimited queue one read of a key that does not
+/// exist: the control hash is there only while a pause or a limit is in force, and the window
+/// count expires a few windows after the last lease it counted.
+#[tokio::test]
+async fn flow_control_keys_exist_only_while_in_force() {
+    use courier_core::RateLimit;
+    let Some((backend, c)) = backend(quick()).await else {
+        return;
+    };
+    let b: &dyn Queue = &backend;
+    b.publish("fc", Message::new("k", ""))
+        .await
+        .expect("publish");
+    let d = b
+        .receive_one("fc", Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .expect("one");
+    b.ack("fc", &d.lease).await.expect("ack");
+    assert!(keys_ending(&c.0, ":ctl").is_empty(), "no control hash");
+    assert!(keys_ending(&c.0, ":rate").is_empty(), "no window count");
+
+    b.pause("fc").await.expect("pause");
+    assert_eq!(keys_ending(&c.0, ":ctl").len(), 1);
+    b.resume("fc").await.expect("resume");
+    assert!(keys_ending(&c.0, ":ctl").is_empty(), "resume removes it");
+
+    let limit = RateLimit::new(10, Duration::from_millis(700));
+    b.set_rate_limit("fc", Some(limit)).await.expect("limit");
+    b.publish("fc", Message::new("k", ""))
+        .await
+        .expect("publish");
+    let d = b
+        .receive_one("fc", Duration::from_secs(1))
+        .await
+        .expect("receive")
+        .expect("one");
+    b.ack("fc", &d.lease).await.expect("ack");
+    let rate = keys_ending(&c.0, ":rate");
+    assert_eq!(rate.len(), 1, "the window count");
+    let client = redis::Client::open(url()).expect("client");
+    let mut conn = client.get_connection().expect("connection");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&rate[0])
+        .query(&mut conn)
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 3 * 700,
+        "expires within 3 windows: {ttl} ms"
+    );
+    assert_eq!(b.stats("fc").await.expect("stats").rate_limit, Some(limit));
+    b.set_rate_limit("fc", None).await.expect("clear");
+    assert!(keys_ending(&c.0, ":ctl").is_empty(), "clearing removes it");
+    assert!(
+        !b.stats("fc").await.expect("stats").paused,
+        "and stats say so"
+    );
+}
+
+/// A spent rate-limit window holds receivers until the next window starts, and they wake at
+/// that instant (a due time, timed like a delayed message's), not at the end of their wait.
+#[tokio::test]
+async fn a_spent_window_wakes_receivers_when_the_next_starts() {
+    use courier_core::RateLimit;
+    let Some((backend, _c)) = backend(QueueConfig::default()).await else {
+        return;
+    };
+    let b: &dyn Queue = &backend;
+    let limit = RateLimit::new(1, Duration::from_millis(400));
+    b.set_rate_limit("win", Some(limit)).await.expect("limit");
+    for i in 0..3 {
+        b.publish("win", Message::new("k", i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let visibility = 30_000; // QueueConfig::default()
+    let mut last_window = None;
+    for _ in 0..3 {
+        let d = b
+            .receive_one("win", Duration::from_secs(5))
+            .await
+            .expect("receive")
+            .expect("one per window");
+        // The server's time at the lease.
+        let at = d.lease.deadline_ms - visibility;
+        let w = limit.window_start(at);
+        if let Some(prev) = last_window {
+            assert!(w > prev, "one per window");
+            // Leased within 40 ms of the window's start: woken at the boundary.
+            assert!(at - w < 40, "leased {} ms into its window", at - w);
+        }
+        last_window = Some(w);
+        b.ack("win", &d.lease).await.expect("ack");
+    }
+}
