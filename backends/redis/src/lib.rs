@@ -68,6 +68,18 @@
 //!   popping another in its place; a consumer group does the same for itself. Nothing sweeps
 //!   expired messages before a claim reaches them.
 //!
+//! - **Flow control** (issue 18: Q14-Q16, E8): pause and rate limits are a control hash under
+//!   the queue's (or group's) hash tag, so every handle and process sees them at its next
+//!   claim. The claim script reads it with one `HMGET` (of a missing key, for an unpaused and
+//!   unlimited queue: the only cost on the hot path) and counts the deliveries it leases in an
+//!   epoch-aligned window key in the same atomic run, so processes share one budget exactly;
+//!   one claim takes at most a quarter of a window. A spent window reports its end as the next
+//!   due instant (receivers wake then), and `resume` / `set_rate_limit` push the wake-up a
+//!   publish does. A paused group reads nothing from its log (its lag keeps counting) and
+//!   waits on its wake stream only. `reprioritise` is one script that rewrites the stored
+//!   priority byte of every ready, delayed and leased copy (linear in the queue's size: no id
+//!   index is kept, so the hot paths pay for none).
+//!
 //! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages;
 //! deduplication is by key);
 //! the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
