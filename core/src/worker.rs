@@ -35,6 +35,10 @@ use crate::queue::{Delivery, Lease, Queue, Settle};
 use crate::telemetry::handles::{HandlerOutcome, KindDurations, WorkerHandles};
 use crate::telemetry::propagation;
 
+pub mod adaptive;
+
+use adaptive::{Decision, Limiter, Window};
+
 /// Where a worker leases messages from: a queue, or a topic read by a consumer group.
 #[async_trait]
 pub trait Source: Send + Sync + 'static {
@@ -228,6 +232,9 @@ pub struct WorkerCounters {
     lease_lost: AtomicU64,
     in_progress: AtomicU64,
     max_in_progress: AtomicU64,
+    concurrency_limit: AtomicU64,
+    limit_raised: AtomicU64,
+    limit_lowered: AtomicU64,
 }
 
 /// A snapshot of [`WorkerCounters`].
@@ -253,6 +260,14 @@ pub struct WorkerStats {
     pub in_progress: u64,
     /// The most handlers seen running at once.
     pub max_in_progress: u64,
+    /// Handlers allowed to run at once now: the fixed concurrency, or the current limit of an
+    /// adaptive worker ([`WorkerBuilder::adaptive_concurrency`]). Summed over a group
+    /// consumer's topics (one driver, and one limit, per topic).
+    pub concurrency_limit: u64,
+    /// Times an adaptive worker raised its limit (0 for a fixed one).
+    pub limit_raised: u64,
+    /// Times an adaptive worker lowered its limit (0 for a fixed one).
+    pub limit_lowered: u64,
 }
 
 impl WorkerCounters {
@@ -269,6 +284,9 @@ impl WorkerCounters {
             lease_lost: l(&self.lease_lost),
             in_progress: l(&self.in_progress),
             max_in_progress: l(&self.max_in_progress),
+            concurrency_limit: l(&self.concurrency_limit),
+            limit_raised: l(&self.limit_raised),
+            limit_lowered: l(&self.limit_lowered),
         }
     }
 }
@@ -288,6 +306,7 @@ pub struct WorkerBuilder {
     handlers: HashMap<String, BoxHandler>,
     fallback: Option<BoxHandler>,
     concurrency: usize,
+    adaptive: Option<(usize, usize)>,
     prefetch: Option<usize>,
     idle_wait: Duration,
     spawn_handlers: bool,
@@ -357,6 +376,7 @@ impl WorkerBuilder {
             handlers: HashMap::new(),
             fallback: None,
             concurrency: 8,
+            adaptive: None,
             prefetch: None,
             idle_wait: Duration::from_secs(1),
             spawn_handlers: false,
@@ -403,6 +423,75 @@ impl WorkerBuilder {
     /// ```
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self.adaptive = None;
+        self
+    }
+
+    /// Let the worker choose how many handlers run at once, between `min` and `max`, from how
+    /// its handlers behave (instead of a fixed [`WorkerBuilder::concurrency`]; the last of the
+    /// two calls wins). Fixed concurrency stays the default.
+    ///
+    /// The limit starts at `min`. It grows while handlers are fast and the source has work
+    /// waiting, and shrinks when handler latency or the failure ratio rises. The rule is AIMD
+    /// on latency ([`adaptive`] has it in full), over windows of `max(limit, 8)` completed
+    /// handlers:
+    ///
+    /// - a window whose failure ratio (errors, panics, timeouts) is more than 0.1 above the
+    ///   smoothed ratio of past windows (weight 0.1) multiplies the limit by 0.9;
+    /// - a window whose mean latency (of the handlers that succeeded) is above
+    ///   `2 × baseline + 1 ms` multiplies the limit by 0.9, where the baseline is the best
+    ///   window mean seen (at `min` already, the baseline is re-learnt from the window
+    ///   instead: the handler got slower for a reason fewer handlers cannot fix);
+    /// - otherwise a window in which every slot was busy while deliveries were waiting adds 1.
+    ///
+    /// The limit never leaves `[min, max]`, rounds down when it falls, and falls by at least
+    /// one. Without a `prefetch`, the worker leases up to the current limit ahead of free
+    /// slots. [`WorkerStats::concurrency_limit`], [`WorkerStats::limit_raised`] and
+    /// [`WorkerStats::limit_lowered`] show the decisions, as does the gauge
+    /// `courier_worker_concurrency_limit` ([`crate::telemetry`]); each change is logged at
+    /// debug level, with an info line at most every 5 s.
+    ///
+    /// # Errors
+    /// Nothing here: [`WorkerBuilder::start`] refuses `min` 0 or `min > max` with
+    /// [`crate::ErrorKind::InvalidInput`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, Message, QueueExt};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// let batch = (0..200).map(|i| Message::new("resize", format!("{i}"))).collect();
+    /// courier.queue().publish_batch("images", batch).await?;
+    /// let worker = courier
+    ///     .worker("images")
+    ///     .adaptive_concurrency(1, 16)
+    ///     .handler("resize", |_m: Message| async {
+    ///         tokio::time::sleep(Duration::from_millis(2)).await;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// # tokio::time::timeout(Duration::from_secs(30), async {
+    /// #     while worker.stats().succeeded < 200 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// let stats = worker.stop(Duration::from_secs(1)).await.stats;
+    /// assert!((1..=16).contains(&stats.concurrency_limit));
+    /// assert!(stats.max_in_progress <= 16);
+    /// println!("limit {} (raised {}, lowered {})", stats.concurrency_limit, stats.limit_raised, stats.limit_lowered);
+    ///
+    /// // Bounds that leave no room are refused at start.
+    /// let refused = courier.worker("images").adaptive_concurrency(4, 2)
+    ///     .handler("resize", |_m: Message| async { Ok(()) })
+    ///     .start();
+    /// assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::InvalidInput));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn adaptive_concurrency(mut self, min: usize, max: usize) -> Self {
+        self.adaptive = Some((min, max));
         self
     }
 
@@ -650,8 +739,9 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`crate::ErrorKind::InvalidInput`] (the kind a publish to that name returns) when the
-    /// queue name is invalid ([`Source::check`]), or when no handler is bound. Nothing is
-    /// started.
+    /// queue name is invalid ([`Source::check`]), when no handler is bound, or when the bounds
+    /// of [`WorkerBuilder::adaptive_concurrency`] are invalid (`min` 0, or `min > max`).
+    /// Nothing is started.
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -682,10 +772,17 @@ impl WorkerBuilder {
         if self.handlers.is_empty() && self.fallback.is_none() && !per_source {
             return Err(Error::invalid("a worker needs at least one handler"));
         }
+        let limiter = match self.adaptive {
+            Some((min, max)) => Some(Limiter::new(min, max)?),
+            None => None,
+        };
+        let first_limit = limiter.as_ref().map_or(self.concurrency, Limiter::limit);
         let (stop_tx, stop_rx) = watch::channel(None);
         let counters = Arc::new(WorkerCounters::default());
+        counters
+            .concurrency_limit
+            .store((first_limit * self.sources.len()) as u64, Ordering::Relaxed);
         let by_kind = Arc::new(self.handlers);
-        let prefetch = self.prefetch.unwrap_or(self.concurrency);
         let tasks = self
             .sources
             .into_iter()
@@ -716,7 +813,8 @@ impl WorkerBuilder {
                     },
                     counters: counters.clone(),
                     concurrency: self.concurrency,
-                    prefetch,
+                    limiter: limiter.clone(),
+                    prefetch: self.prefetch,
                     idle_wait: self.idle_wait,
                     spawn_handlers: self.spawn_handlers,
                     stop: stop_rx.clone(),
@@ -934,8 +1032,12 @@ struct Driver {
     source: Arc<dyn Source>,
     table: HandlerTable,
     counters: Arc<WorkerCounters>,
+    /// The fixed concurrency, without a limiter.
     concurrency: usize,
-    prefetch: usize,
+    /// The adaptive limit's rule and state, when adaptive.
+    limiter: Option<Limiter>,
+    /// Leased ahead of free slots; `None`: as many as the current limit.
+    prefetch: Option<usize>,
     idle_wait: Duration,
     spawn_handlers: bool,
     stop: watch::Receiver<Option<Duration>>,
@@ -944,16 +1046,18 @@ struct Driver {
 /// A running handler's lease, its message's own attempt limit, and its timing.
 type Running = (Lease, Option<u32>, Option<Timing>);
 
-/// Leases of running handlers, indexed by slot (O(1) without hashing).
+/// Leases of running handlers, indexed by slot (O(1) without hashing), and the adaptive
+/// limit's measurements when there is one.
 #[derive(Default)]
 struct Slots {
     leases: Vec<Option<Running>>,
     free: Vec<usize>,
+    adaptive: Option<Adaptive>,
 }
 
 impl Slots {
     fn insert(&mut self, lease: Lease, max_override: Option<u32>, timing: Option<Timing>) -> usize {
-        match self.free.pop() {
+        let i = match self.free.pop() {
             Some(i) => {
                 self.leases[i] = Some((lease, max_override, timing));
                 i
@@ -962,7 +1066,11 @@ impl Slots {
                 self.leases.push(Some((lease, max_override, timing)));
                 self.leases.len() - 1
             }
+        };
+        if let Some(a) = &mut self.adaptive {
+            a.started(i);
         }
+        i
     }
     fn remove(&mut self, i: usize) -> Option<Running> {
         let v = self.leases.get_mut(i).and_then(Option::take);
@@ -972,6 +1080,89 @@ impl Slots {
         v
     }
 }
+
+/// An adaptive limit: its rule ([`Limiter`]) and the window it is measuring.
+struct Adaptive {
+    limiter: Limiter,
+    /// When the handler in each slot started.
+    started: Vec<Option<Instant>>,
+    completions: u32,
+    failures: u32,
+    succeeded: u32,
+    /// Latency of the handlers that succeeded, summed, in microseconds.
+    latency_us: f64,
+    saturated: bool,
+    backlog: bool,
+    /// Decisions since this driver started, for the log.
+    raised: u64,
+    lowered: u64,
+    /// When the last info line about the limit was logged.
+    logged_at: Option<Instant>,
+}
+
+impl Adaptive {
+    fn new(limiter: Limiter) -> Self {
+        Adaptive {
+            limiter,
+            started: Vec::new(),
+            completions: 0,
+            failures: 0,
+            succeeded: 0,
+            latency_us: 0.0,
+            saturated: false,
+            backlog: false,
+            raised: 0,
+            lowered: 0,
+            logged_at: None,
+        }
+    }
+
+    fn started(&mut self, slot: usize) {
+        if self.started.len() <= slot {
+            self.started.resize(slot + 1, None);
+        }
+        self.started[slot] = Some(Instant::now());
+    }
+
+    /// A handler ended (`ok`: it succeeded).
+    fn completed(&mut self, slot: usize, ok: bool) {
+        let Some(started) = self.started.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.completions += 1;
+        if ok {
+            self.succeeded += 1;
+            self.latency_us += started.elapsed().as_secs_f64() * 1e6;
+        } else {
+            self.failures += 1;
+        }
+    }
+
+    /// The window, once it has its completions; the next one starts empty.
+    fn take_window(&mut self) -> Option<Window> {
+        if self.completions < self.limiter.window_size() {
+            return None;
+        }
+        let w = Window {
+            completions: self.completions,
+            failures: self.failures,
+            mean_latency_us: (self.succeeded > 0)
+                .then(|| self.latency_us / f64::from(self.succeeded)),
+            saturated: self.saturated,
+            backlog: self.backlog,
+        };
+        self.completions = 0;
+        self.failures = 0;
+        self.succeeded = 0;
+        self.latency_us = 0.0;
+        self.saturated = false;
+        self.backlog = false;
+        Some(w)
+    }
+}
+
+/// How often, at most, a driver logs its adaptive limit at info level.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 fn outcome_of(r: std::thread::Result<HandlerResult>) -> Outcome {
     match r {
@@ -996,7 +1187,10 @@ impl Driver {
         let mut config = self.source.config();
         let mut rng = SmallRng::from_rng(&mut rand::rng());
         let mut buffer: VecDeque<Delivery> = VecDeque::new();
-        let mut slots = Slots::default();
+        let mut slots = Slots {
+            adaptive: self.limiter.take().map(Adaptive::new),
+            ..Slots::default()
+        };
         let mut clock = Clock::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut pending: Vec<Settle> = Vec::new();
@@ -1004,6 +1198,8 @@ impl Driver {
         // backend works on one while the worker handles the other.
         let mut settling: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut recv: Option<BoxFuture<'static, Result<Vec<Delivery>>>> = None;
+        // How many the receive in flight asked for: a full answer means more is waiting.
+        let mut recv_room = 0usize;
         let mut recv_errors: u32 = 0;
         let mut retry_receive_at: Option<Instant> = None;
         let mut stop_deadline: Option<Instant> = None;
@@ -1011,19 +1207,26 @@ impl Driver {
         let mut tick = tokio::time::interval(extend_interval(&config));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
+        let adaptive = slots
+            .adaptive
+            .as_ref()
+            .map(|a| format!("{}..={}", a.limiter.min(), a.limiter.max()));
         tracing::info!(
             backend = self.backend(),
             source = %self.source.describe(),
-            concurrency = self.concurrency,
-            prefetch = self.prefetch,
+            concurrency = self.limit(&slots),
+            adaptive = adaptive.as_deref().unwrap_or("no"),
+            prefetch = self.prefetch.unwrap_or(self.limit(&slots)),
             "courier worker: started"
         );
+        self.limit_gauge(self.limit(&slots));
 
         loop {
             // Start handlers while there is room.
             let mut now_ms = None;
             clock.mark = None;
-            while running.len() < self.concurrency {
+            let limit = self.limit(&slots);
+            while running.len() < limit {
                 let Some(d) = buffer.pop_front() else { break };
                 self.record_wait(&d, &mut now_ms);
                 if let Some(done) = self.start(
@@ -1044,6 +1247,13 @@ impl Driver {
                     );
                 }
             }
+            if let Some(a) = &mut slots.adaptive
+                && running.len() >= limit
+            {
+                a.saturated = true;
+                a.backlog |= !buffer.is_empty();
+            }
+            self.adapt(&mut slots);
             if !pending.is_empty() {
                 while settling.len() >= MAX_SETTLING {
                     settling.next().await;
@@ -1054,8 +1264,9 @@ impl Driver {
             if stopping && running.is_empty() {
                 break;
             }
-            let room =
-                (self.concurrency + self.prefetch).saturating_sub(running.len() + buffer.len());
+            let limit = self.limit(&slots);
+            let prefetch = self.prefetch.unwrap_or(limit);
+            let room = (limit + prefetch).saturating_sub(running.len() + buffer.len());
             let may_receive = retry_receive_at.is_none_or(|t| Instant::now() >= t);
             if !stopping && recv.is_none() && room > 0 && may_receive {
                 retry_receive_at = None;
@@ -1067,6 +1278,7 @@ impl Driver {
                     // loop is not stuck behind a long poll while results come in.
                     self.idle_wait.min(Duration::from_millis(50))
                 };
+                recv_room = room;
                 recv = Some(Box::pin(async move { source.receive(room, wait).await }));
             }
             let grace_end = stop_deadline.unwrap_or_else(far_future);
@@ -1115,6 +1327,7 @@ impl Driver {
                     while let Some(Some(done)) = running.next().now_or_never() {
                         self.finish(done, &mut slots, &mut pending, &config, &mut rng, &mut clock);
                     }
+                    self.adapt(&mut slots);
                 }
                 res = async { recv.as_mut().expect("guarded by is_some").await }, if recv.is_some() => {
                     recv = None;
@@ -1124,6 +1337,9 @@ impl Driver {
                                 tracing::info!(backend = self.backend(), source = %self.source.describe(), "courier worker: receive works again");
                             }
                             recv_errors = 0;
+                            if let Some(a) = &mut slots.adaptive {
+                                a.backlog |= ds.len() >= recv_room;
+                            }
                             self.counters.received.fetch_add(ds.len() as u64, Ordering::Relaxed);
                             buffer.extend(ds);
                         }
@@ -1313,6 +1529,9 @@ impl Driver {
         let Some((lease, max_override, timing)) = slots.remove(done.slot) else {
             return;
         };
+        if let Some(a) = &mut slots.adaptive {
+            a.completed(done.slot, matches!(done.outcome, Outcome::Done(Ok(()))));
+        }
         let mut record = |outcome: HandlerOutcome| {
             if let Some(t) = &timing {
                 let end = Instant::now();
@@ -1431,6 +1650,75 @@ impl Driver {
                 backend
             }
             None => "",
+        }
+    }
+
+    /// Handlers allowed to run at once now.
+    fn limit(&self, slots: &Slots) -> usize {
+        slots
+            .adaptive
+            .as_ref()
+            .map_or(self.concurrency, |a| a.limiter.limit())
+    }
+
+    /// Set the concurrency-limit gauge (no-op without telemetry or a recorder).
+    fn limit_gauge(&self, limit: usize) {
+        if let Some(t) = &self.telemetry {
+            t.handles.concurrency_limit.set(limit as f64);
+        }
+    }
+
+    /// Close the adaptive limit's window if it is complete, apply the rule, and show the
+    /// decision (stats, gauge, log).
+    fn adapt(&self, slots: &mut Slots) {
+        let Some(a) = &mut slots.adaptive else { return };
+        let Some(w) = a.take_window() else { return };
+        let from = a.limiter.limit();
+        let to = match a.limiter.decide(&w) {
+            Decision::Hold => return,
+            Decision::Raise(to) => {
+                a.raised += 1;
+                self.counters.limit_raised.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .concurrency_limit
+                    .fetch_add(to.saturating_sub(from) as u64, Ordering::Relaxed);
+                to
+            }
+            Decision::Lower(to) => {
+                a.lowered += 1;
+                self.counters.limit_lowered.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .concurrency_limit
+                    .fetch_sub(from.saturating_sub(to) as u64, Ordering::Relaxed);
+                to
+            }
+        };
+        self.limit_gauge(to);
+        let ms = |us: Option<f64>| us.map_or(-1.0, |us| us / 1e3);
+        tracing::debug!(
+            backend = self.backend(),
+            source = %self.source.describe(),
+            from,
+            to,
+            completions = w.completions,
+            failures = w.failures,
+            mean_latency_ms = ms(w.mean_latency_us),
+            baseline_ms = ms(a.limiter.baseline_us()),
+            "courier worker: concurrency limit changed"
+        );
+        let now = Instant::now();
+        if a.logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= LIMIT_LOG_EVERY)
+        {
+            a.logged_at = Some(now);
+            tracing::info!(
+                backend = self.backend(),
+                source = %self.source.describe(),
+                limit = to,
+                raised = a.raised,
+                lowered = a.lowered,
+                "courier worker: adaptive concurrency limit changed"
+            );
         }
     }
 
@@ -1564,6 +1852,7 @@ pub struct GroupConsumer {
     group: String,
     topics: Vec<(String, BoxHandler)>,
     concurrency: usize,
+    adaptive: Option<(usize, usize)>,
     prefetch: Option<usize>,
     idle_wait: Duration,
     start_from: Option<ReplayFrom>,
@@ -1599,6 +1888,7 @@ impl GroupConsumer {
             group: group.to_string(),
             topics: Vec::new(),
             concurrency: 8,
+            adaptive: None,
             prefetch: None,
             idle_wait: Duration::from_secs(1),
             start_from: None,
@@ -1710,6 +2000,58 @@ impl GroupConsumer {
     /// ```
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self.adaptive = None;
+        self
+    }
+
+    /// Let each topic's driver choose how many handlers run at once, between `min` and `max`,
+    /// by the rule of [`WorkerBuilder::adaptive_concurrency`] (each topic has its own limit;
+    /// [`WorkerStats::concurrency_limit`] is their sum). The last of this and
+    /// [`GroupConsumer::concurrency`] wins; fixed concurrency stays the default. The gauge is
+    /// `courier_event_worker_concurrency_limit`.
+    ///
+    /// # Errors
+    /// Nothing here: [`GroupConsumer::start`] refuses `min` 0 or `min > max` with
+    /// [`crate::ErrorKind::InvalidInput`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> courier::Result<()> {
+    /// use courier::{ErrorKind, EventBusExt, Message};
+    /// use std::time::Duration;
+    ///
+    /// let courier = courier::connect("memory://").await?;
+    /// for i in 0..50 {
+    ///     courier.events().emit("meeting.ended", Message::new("meeting.ended", format!("{i}"))).await?;
+    /// }
+    /// let consumer = courier
+    ///     .group_consumer("transcripts")
+    ///     .adaptive_concurrency(2, 32)
+    ///     .on("meeting.ended", |_m: Message| async {
+    ///         tokio::time::sleep(Duration::from_millis(1)).await;
+    ///         Ok(())
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # tokio::time::timeout(Duration::from_secs(30), async {
+    /// #     while consumer.stats().succeeded < 50 { tokio::time::sleep(Duration::from_millis(5)).await }
+    /// # }).await.expect("handled");
+    /// let stats = consumer.stop(Duration::from_secs(1)).await.stats;
+    /// assert!((2..=32).contains(&stats.concurrency_limit));
+    ///
+    /// // A minimum of 0 is refused at start.
+    /// let refused = courier.group_consumer("transcripts").adaptive_concurrency(0, 8)
+    ///     .on("meeting.ended", |_m: Message| async { Ok(()) })
+    ///     .start()
+    ///     .await;
+    /// assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::InvalidInput));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn adaptive_concurrency(mut self, min: usize, max: usize) -> Self {
+        self.adaptive = Some((min, max));
         self
     }
 
@@ -1823,8 +2165,9 @@ impl GroupConsumer {
     /// chosen place.
     ///
     /// # Errors
-    /// - [`crate::ErrorKind::InvalidInput`] for an invalid group or topic name, or no topic.
-    ///   Nothing is started.
+    /// - [`crate::ErrorKind::InvalidInput`] for an invalid group or topic name, no topic, or
+    ///   invalid bounds of [`GroupConsumer::adaptive_concurrency`]. Nothing is started (and
+    ///   no group is created).
     /// - With `start_from`: the errors of [`EventBus::create_group`] (`NotFound` for an event
     ///   id that is not retained, a backend failure). Nothing is started; the groups created
     ///   for the topics before the failing one stay created.
@@ -1875,6 +2218,9 @@ impl GroupConsumer {
             crate::names::validate_name("group", &self.group)?;
             return Err(Error::invalid("a group consumer needs at least one topic"));
         }
+        if let Some((min, max)) = self.adaptive {
+            Limiter::new(min, max)?;
+        }
         if let Some(from) = self.start_from {
             for topic in &topics {
                 self.bus.create_group(topic, &self.group, from).await?;
@@ -1883,6 +2229,9 @@ impl GroupConsumer {
         let mut builder = WorkerBuilder::from_sources(sources)
             .concurrency(self.concurrency)
             .idle_wait(self.idle_wait);
+        if let Some((min, max)) = self.adaptive {
+            builder = builder.adaptive_concurrency(min, max);
+        }
         if let Some(n) = self.prefetch {
             builder = builder.prefetch(n);
         }

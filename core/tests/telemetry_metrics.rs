@@ -311,6 +311,11 @@ async fn check(courier: Courier) -> BTreeMap<String, BTreeSet<String>> {
         0,
         "no handler left running"
     );
+    assert_eq!(
+        total(&ps, names::WORKER_CONCURRENCY_LIMIT, &[]),
+        4,
+        "the worker's fixed concurrency"
+    );
 
     let t = [("backend", backend), ("topic", n.topic.as_str())];
     let es = points(&t);
@@ -326,6 +331,11 @@ async fn check(courier: Courier) -> BTreeMap<String, BTreeSet<String>> {
     assert_eq!(
         total(&es, names::EVENT_HANDLER_DURATION, &[("outcome", "ok")]),
         20
+    );
+    assert_eq!(
+        total(&es, names::EVENT_WORKER_CONCURRENCY_LIMIT, &[]),
+        8,
+        "the group consumer's default concurrency"
     );
 
     let p = points(&[("backend", backend), ("kind", "note")]);
@@ -357,7 +367,8 @@ fn expected_keys() -> BTreeMap<String, BTreeSet<String>> {
         (names::DEAD_LETTERED, q.clone()),
         (names::RELEASED, q.clone()),
         (names::LEASE_LOST, q.clone()),
-        (names::WORKER_IN_FLIGHT, q),
+        (names::WORKER_IN_FLIGHT, q.clone()),
+        (names::WORKER_CONCURRENCY_LIMIT, q),
         (names::QUEUE_WAIT, set(&["backend", "queue", "priority"])),
         (
             names::HANDLER_DURATION,
@@ -373,7 +384,8 @@ fn expected_keys() -> BTreeMap<String, BTreeSet<String>> {
             names::EVENT_HANDLER_DURATION,
             set(&["backend", "topic", "group", "kind", "outcome"]),
         ),
-        (names::EVENT_WORKER_IN_FLIGHT, g),
+        (names::EVENT_WORKER_IN_FLIGHT, g.clone()),
+        (names::EVENT_WORKER_CONCURRENCY_LIMIT, g),
         (names::PUBSUB_PUBLISHED, set(&["backend", "kind"])),
         (names::PUBSUB_RECEIVED, set(&["backend", "kind"])),
     ]

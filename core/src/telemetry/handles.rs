@@ -189,6 +189,8 @@ pub(crate) struct WorkerHandles {
     labels: Vec<(&'static str, String)>,
     event: bool,
     pub(crate) in_flight: Gauge,
+    /// The worker's concurrency limit (fixed, or the adaptive limit now).
+    pub(crate) concurrency_limit: Gauge,
     /// Queue wait per priority (queues only).
     pub(crate) wait: Option<[Histogram; 4]>,
     durations: Cache<KindDurations>,
@@ -221,6 +223,8 @@ impl WorkerHandles {
             ],
             event: false,
             in_flight: gauge!(names::WORKER_IN_FLIGHT, "backend" => backend, "queue" => queue.to_string()),
+            concurrency_limit: gauge!(names::WORKER_CONCURRENCY_LIMIT, "backend" => backend,
+                "queue" => queue.to_string()),
             wait: Some(wait),
             durations: Cache::default(),
         }
@@ -235,6 +239,8 @@ impl WorkerHandles {
             ],
             event: true,
             in_flight: gauge!(names::EVENT_WORKER_IN_FLIGHT, "backend" => backend,
+                "topic" => topic.to_string(), "group" => group.to_string()),
+            concurrency_limit: gauge!(names::EVENT_WORKER_CONCURRENCY_LIMIT, "backend" => backend,
                 "topic" => topic.to_string(), "group" => group.to_string()),
             wait: None,
             durations: Cache::default(),

@@ -31,6 +31,9 @@ pub const QUEUE_WAIT: &str = "courier_queue_wait_seconds";
 pub const HANDLER_DURATION: &str = "courier_handler_duration_seconds";
 /// Handlers running now in the workers of this process. Labels: backend, queue.
 pub const WORKER_IN_FLIGHT: &str = "courier_worker_in_flight";
+/// Handlers a worker allows to run at once: its fixed concurrency, or the current limit of
+/// an adaptive worker. Labels: backend, queue.
+pub const WORKER_CONCURRENCY_LIMIT: &str = "courier_worker_concurrency_limit";
 
 /// Ready messages, per priority (stats poll). Labels: backend, queue, priority.
 pub const QUEUE_READY: &str = "courier_queue_ready";
@@ -59,6 +62,9 @@ pub const EVENTS_HANDLED: &str = "courier_events_handled_total";
 pub const EVENT_HANDLER_DURATION: &str = "courier_event_handler_duration_seconds";
 /// Event handlers running now in this process. Labels: backend, topic, group.
 pub const EVENT_WORKER_IN_FLIGHT: &str = "courier_event_worker_in_flight";
+/// Event handlers a group consumer allows to run at once per topic: its fixed concurrency, or
+/// the current adaptive limit. Labels: backend, topic, group.
+pub const EVENT_WORKER_CONCURRENCY_LIMIT: &str = "courier_event_worker_concurrency_limit";
 /// Events a group has not yet received (stats poll). Labels: backend, topic, group.
 pub const GROUP_LAG: &str = "courier_group_lag";
 /// A group's dead letters (stats poll). Labels: backend, topic, group.
@@ -78,6 +84,7 @@ pub const SERIES: &[&str] = &[
     QUEUE_WAIT,
     HANDLER_DURATION,
     WORKER_IN_FLIGHT,
+    WORKER_CONCURRENCY_LIMIT,
     QUEUE_READY,
     QUEUE_DELAYED,
     QUEUE_IN_FLIGHT,
@@ -90,6 +97,7 @@ pub const SERIES: &[&str] = &[
     EVENTS_HANDLED,
     EVENT_HANDLER_DURATION,
     EVENT_WORKER_IN_FLIGHT,
+    EVENT_WORKER_CONCURRENCY_LIMIT,
     GROUP_LAG,
     GROUP_DEAD,
 ];

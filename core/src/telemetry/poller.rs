@@ -84,6 +84,14 @@ pub fn describe() {
             EVENT_WORKER_IN_FLIGHT,
             "Event handlers running now in this process.",
         ),
+        (
+            WORKER_CONCURRENCY_LIMIT,
+            "Queue handlers a worker allows at once (fixed or adaptive).",
+        ),
+        (
+            EVENT_WORKER_CONCURRENCY_LIMIT,
+            "Event handlers a group consumer allows at once per topic (fixed or adaptive).",
+        ),
         (QUEUE_READY, "Ready messages, per priority."),
         (
             QUEUE_DELAYED,
