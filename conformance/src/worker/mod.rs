@@ -1,5 +1,5 @@
 //! Worker cases: the worker runtime of DESIGN §4 (rule `W`) — handlers by kind, failures,
-//! lease extension, bounded concurrency and prefetch, graceful stop, idle waiting — and the
+//! lease extension, bounded (fixed or adaptive) concurrency and prefetch, graceful stop, idle waiting — and the
 //! dispatcher and scheduler built on it.
 //!
 //! Handlers report through channels and atomics; the cases poll those (or queue stats) with
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{Case, Ctx, Failure, Outcome, ensure, stats_until, within};
 
+mod adaptive;
 mod bad_input;
 mod concurrency;
 mod delay;
@@ -44,6 +45,7 @@ pub(crate) fn cases() -> Vec<Case> {
     all.extend(timeout::cases());
     all.extend(lease::cases());
     all.extend(concurrency::cases());
+    all.extend(adaptive::cases());
     all.extend(stop::cases());
     all.extend(idle::cases());
     all.extend(priority::cases());
