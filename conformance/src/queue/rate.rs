@@ -124,13 +124,17 @@ async fn quarter(cx: Ctx) -> Outcome {
     Ok(())
 }
 
+/// Six messages at two per 500 ms window: each receive gets at most the grant cap (one), and
+/// all six arrive, which takes at least three windows. Which window a delivery was granted in
+/// is not observable from outside on every backend (a lease's deadline on RabbitMQ and NATS
+/// carries a variable pad for the claim's round trip), so the per-window count is checked by
+/// `at_most_the_limit_per_window` and by the backends' multi-process tests.
 async fn excess_waits(cx: Ctx) -> Outcome {
     let q = queue(&cx, "waits", plain_config())?;
     let limit = RateLimit::new(2, Duration::from_millis(500));
     set(&cx, &q, Some(limit)).await?;
     publish_all(&cx, &q, kinds(6, "m")).await?;
     let started = Instant::now();
-    let mut windows: Vec<(u64, usize)> = Vec::new();
     let mut got = 0;
     while got < 6 {
         ensure!(
@@ -143,33 +147,19 @@ async fn excess_waits(cx: Ctx) -> Outcome {
             cx.q().receive(&q, 6, Duration::from_millis(500)),
         )
         .await??;
-        if ds.is_empty() {
-            continue;
-        }
-        // The backend's clock when the lease was granted: the lease's deadline minus the
-        // visibility timeout (30 s in plain_config).
-        for d in &ds {
-            let at = d.lease.deadline_ms.saturating_sub(30_000);
-            let w = limit.window_start(at);
-            match windows.last_mut() {
-                Some((lw, n)) if *lw == w => *n += 1,
-                _ => windows.push((w, 1)),
-            }
-        }
+        ensure!(
+            ds.len() <= limit.grant_cap() as usize,
+            "one receive took {} of a window of 2 (cap {})",
+            ds.len(),
+            limit.grant_cap()
+        );
         got += ds.len();
     }
     let elapsed = started.elapsed();
     ensure!(
-        windows.iter().all(|(_, n)| *n <= 2),
-        "at most 2 per 500 ms window: {windows:?}"
-    );
-    ensure!(
-        windows.len() >= 3,
-        "six deliveries at two per window span three windows: {windows:?}"
-    );
-    ensure!(
         elapsed >= Duration::from_millis(400),
-        "three windows take at least one full window: {elapsed:?}"
+        "six deliveries at two per 500 ms window span three windows, so at least one whole \
+         window: {elapsed:?}"
     );
     Ok(())
 }
