@@ -92,6 +92,7 @@ pub use courier_nats as nats;
 /// | `memory://` | in-process, the reference model | `memory` (default) |
 /// | `sqlite://path`, `sqlite::memory:` | embedded SQLite | `sqlite` (default) |
 /// | `redis://`, `rediss://` | Redis | `redis` |
+/// | `redis+cluster://h1:p1,h2:p2`, `rediss+cluster://…` | Redis Cluster | `redis` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp` |
 /// | `nats://`, `tls://` | NATS JetStream | `nats` |
 ///
@@ -152,7 +153,7 @@ pub async fn connect(url: &str) -> Result<Courier> {
             ))
         }
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
             let b = courier_redis::RedisBackend::from_url(url).await?;
             Ok(Courier::new(
                 Arc::new(b.clone()),
@@ -181,14 +182,14 @@ pub async fn connect(url: &str) -> Result<Courier> {
         #[cfg(not(feature = "sqlite"))]
         "sqlite" => Err(not_compiled(url, "sqlite")),
         #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(not_compiled(url, "redis")),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(not_compiled(url, "redis")),
         #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(not_compiled(url, "amqp")),
         #[cfg(not(feature = "nats"))]
         "nats" | "tls" => Err(not_compiled(url, "nats")),
         other => Err(Error::invalid(format!(
             "unknown backend scheme {other:?} in URL {} (expected memory, sqlite, redis, \
-             rediss, amqp, amqps, nats or tls)",
+             rediss, redis+cluster, rediss+cluster, amqp, amqps, nats or tls)",
             redact_url(url)
         ))),
     }
@@ -526,6 +527,11 @@ mod tests {
                 "redis://user:pw@Host:6379/0",
             ),
             ("REDISS://h", "rediss", "rediss://h"),
+            (
+                "Redis+Cluster://a:1,b:2",
+                "redis+cluster",
+                "redis+cluster://a:1,b:2",
+            ),
             ("NATS://h:4222", "nats", "nats://h:4222"),
             ("TLS://h:4222", "tls", "tls://h:4222"),
         ] {

@@ -35,9 +35,15 @@ pub(crate) fn map_err(operation: &'static str, e: RedisError) -> Error {
 }
 
 /// The connection is gone or never came up: I/O errors, refused or dropped connections,
-/// timeouts.
+/// timeouts, no connection to a cluster node.
 fn connection_lost(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        // A cluster client with no connection to the slot's node (it is down, or a failover
+        // is under way).
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 /// The server answered, but is in a state that passes (loading a dump, a busy script,

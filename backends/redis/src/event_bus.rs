@@ -82,7 +82,13 @@ impl RedisBackend {
         };
         self.inner
             .waiters
-            .run("receive", &cmd, block, self.conn("receive"))
+            .run(
+                "receive",
+                &keys[keys::GROUP_WAKE],
+                &cmd,
+                block,
+                self.conn("receive"),
+            )
             .await?;
         Ok(())
     }

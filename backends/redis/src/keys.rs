@@ -115,10 +115,16 @@ pub(crate) fn topic_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
         .map(|()| name)
 }
 
-/// The Redis channel of a pub/sub channel (pub/sub channels are not per database, so the prefix
-/// also isolates them).
-pub(crate) fn channel(prefix: &str, channel: &str) -> String {
-    format!("{prefix}:ps:{channel}")
+/// What the Redis channel of every pub/sub channel starts with (pub/sub channels are not per
+/// database, so the prefix also isolates them): `<prefix>:ps:`, and on a cluster
+/// `{<prefix>:ps}:`, whose hash tag sends every `PUBLISH` of the prefix to one master, the one
+/// the subscriber connection uses (see `pubsub::Nodes`).
+pub(crate) fn channels(prefix: &str, cluster: bool) -> String {
+    if cluster {
+        format!("{{{prefix}:ps}}:")
+    } else {
+        format!("{prefix}:ps:")
+    }
 }
 
 /// Check a key prefix: 1–100 bytes of `A–Z a–z 0–9 _ - . :`. Braces (hash tags) and glob

@@ -80,15 +80,24 @@
 //!   priority byte of every ready, delayed and leased copy (linear in the queue's size: no id
 //!   index is kept, so the hot paths pay for none).
 //!
+//! - **Redis Cluster** (`redis+cluster://host1:port,host2:port,…`, or `rediss+cluster://`):
+//!   commands and scripts go through redis-rs' async cluster client, to the master of the
+//!   queue's (or topic's) slot, following `MOVED` / `ASK` and failovers by themselves; every
+//!   script touches the keys of one hash tag only. Blocking waits run on connections of their
+//!   own to the slot's master and follow a failover (see `wait.rs` and `cluster.rs`); listings
+//!   scan every master. Pub/sub of one key prefix uses one master (see `pubsub::Nodes`). The
+//!   whole conformance suite runs on a 3-master cluster (`tests/conformance_cluster.rs`); what
+//!   a failover costs is measured in `tests/cluster_failover.rs` and stated in the README
+//!   ("Scaling out").
+//!
 //! Limits: ids are not deduplicated (publishing an id twice stores and delivers both messages;
-//! deduplication is by key);
-//! the keys are laid out for Redis Cluster (one hash tag per queue or topic, every
-//! key in `KEYS`) but the client connects to one node (no cluster client yet).
+//! deduplication is by key).
 //!
 //! Run Redis with `maxmemory-policy noeviction` (evicted keys are lost messages; the backend
 //! warns at start-up otherwise) and with persistence (`appendonly yes`) for durability.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod error;
 mod event_bus;
 mod keys;
@@ -112,6 +121,8 @@ use courier_core::{
 use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::cluster::Shared;
+
 use crate::error::{Health, KIT, map_err};
 
 /// The backend's short name, used in errors.
@@ -119,6 +130,10 @@ pub const BACKEND_NAME: &str = "redis";
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "courier";
+
+/// How often the cluster client tries a call again after a redirect or a lost node, 50 ms to
+/// 1 s apart: enough to outlast a failover with a short `cluster-node-timeout`.
+const CLUSTER_RETRIES: u32 = 6;
 
 /// Courier over Redis: a [`Queue`], [`PubSub`] and [`EventBus`]. Cheap to clone; clones share
 /// connections.
@@ -131,7 +146,9 @@ pub(crate) struct Inner {
     /// The URL with its password replaced (for Debug and logs).
     url: String,
     prefix: String,
-    conn: ConnectionManager,
+    conn: Shared,
+    /// On a cluster: which master serves which slot (for waits and listings).
+    topology: Option<Arc<cluster::Topology>>,
     /// Whether `conn` is up, for logging its outages once (pool `commands`).
     health: Arc<Health>,
     waiters: wait::Waiters,
@@ -264,27 +281,43 @@ impl RedisBackend {
     }
 
     /// Every key matching `pattern`, each once, by `SCAN` (never `KEYS`: a large database
-    /// keeps serving while the listing pages through it, 1,000 keys a call). On one node; a
-    /// cluster would scan every master.
+    /// keeps serving while the listing pages through it, 1,000 keys a call). On a cluster,
+    /// every master is scanned (`SCAN` sees one node's keys).
     pub(crate) async fn scan(&self, pattern: &str, operation: &'static str) -> Result<Vec<String>> {
         let mut conn = self.conn(operation);
-        let mut cursor: u64 = 0;
-        let mut found = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
+        let nodes = match &self.inner.topology {
+            None => vec![None],
+            Some(t) => t
+                .masters(&mut conn.conn)
                 .await
-                .map_err(|e| crate::error::map_err(operation, e))?;
-            found.extend(keys);
-            if next == 0 {
-                break;
+                .map_err(|e| map_err(operation, e))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let mut found = Vec::new();
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = match &node {
+                    None => cmd.query_async::<redis::Value>(&mut conn).await,
+                    Some(addr) => conn.on_node(addr, cmd).await,
+                };
+                let (next, keys): (u64, Vec<String>) = reply
+                    .and_then(|v| redis::from_redis_value(v).map_err(Into::into))
+                    .map_err(|e| crate::error::map_err(operation, e))?;
+                found.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
         // SCAN may return a key twice (when the table is resized during the iteration).
         found.sort();
@@ -308,9 +341,29 @@ impl RedisBackend {
 /// when a request finds the connection gone and once when a request gets an answer again.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    conn: ConnectionManager,
+    conn: Shared,
     health: Arc<Health>,
     operation: &'static str,
+}
+
+impl Conn {
+    /// Send `cmd` to the node at `addr` (cluster) or to the one server; reported to the
+    /// pool's [`Health`] like every other request.
+    pub(crate) async fn on_node(
+        &mut self,
+        addr: &str,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<redis::Value> {
+        let start = self.health.begin();
+        let outcome = self.conn.on_node(addr, cmd).await;
+        self.health.observe(start, self.operation, &outcome);
+        outcome
+    }
+
+    /// The connection without health reporting (topology reads).
+    pub(crate) fn shared(&mut self) -> &mut Shared {
+        &mut self.conn
+    }
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -396,8 +449,10 @@ impl fmt::Debug for RedisBackendBuilder {
 
 impl RedisBackendBuilder {
     /// The server: `redis://[user:password@]host[:port][/db][?key_prefix=name]` or
-    /// `rediss://…` (TLS, with the `tls` feature, on by default). Default
-    /// `redis://127.0.0.1:6379`. A `key_prefix` query parameter sets the key prefix (unless
+    /// `rediss://…` (TLS, with the `tls` feature, on by default); or a Redis Cluster:
+    /// `redis+cluster://[user:password@]host1[:port],host2[:port],…[?key_prefix=name]` (or
+    /// `rediss+cluster://`), any of its nodes as seeds (several, so a start-up with one node
+    /// down still connects). Default `redis://127.0.0.1:6379`. A `key_prefix` query parameter sets the key prefix (unless
     /// [`RedisBackendBuilder::key_prefix`] is called); other parameters go to redis-rs.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
@@ -451,6 +506,55 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// The cluster client for a `redis+cluster://` URL: the builder's timeouts, and a few
+    /// quick retries so a call that meets a failover waits for the new master (about 1-3 s
+    /// with a short `cluster-node-timeout`) instead of failing at once.
+    fn cluster_client(
+        &self,
+        url: &cluster::ClusterUrl,
+        shown: &str,
+    ) -> Result<redis::cluster::ClusterClient> {
+        let builder = redis::cluster::ClusterClientBuilder::new(url.nodes.clone())
+            .connection_timeout(self.connection_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(50)
+            .max_retry_wait(1_000);
+        let builder = if url.scheme == "rediss" {
+            if !cfg!(feature = "tls") {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{shown}: rediss+cluster:// (TLS) needs courier-redis built with the \
+                         `tls` feature"
+                    ),
+                )
+                .with_backend(BACKEND_NAME)
+                .with_operation("connect"));
+            }
+            #[cfg(feature = "tls")]
+            tls::install_crypto_provider();
+            match &self.tls_root {
+                #[cfg(feature = "tls")]
+                Some(root) => builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                }),
+                _ => builder,
+            }
+        } else {
+            builder
+        };
+        builder.build().map_err(|e| {
+            Error::invalid(format!(
+                "invalid Redis Cluster URL {shown}: {}",
+                e.category()
+            ))
+            .with_backend(BACKEND_NAME)
+            .with_operation("connect")
+        })
+    }
+
     /// Connect.
     ///
     /// # Errors
@@ -461,49 +565,86 @@ impl RedisBackendBuilder {
         let (url, url_prefix) = split_prefix(&self.url);
         let prefix = self
             .prefix
+            .clone()
             .or(url_prefix)
             .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
         let shown = redact_url(&url);
         keys::validate_prefix(&prefix).map_err(KIT.tag("connect"))?;
         self.default_config.validate().map_err(KIT.tag("connect"))?;
-        let client = open_client(&url, &shown, self.tls_root.clone())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
         // One deadline for everything `build` waits on. redis-rs applies the connection
         // timeout to each attempt, and the retry (there for a server that is restarting and
         // refuses for a moment) would otherwise double it against a server that accepts but
         // never answers.
         let deadline = tokio::time::Instant::now() + self.connection_timeout;
-        let connecting = ConnectionManager::new_with_config(client.clone(), config);
-        let conn = match tokio::time::timeout_at(deadline, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let kind = map_err("connect", e.clone()).kind();
-                return Err(Error::new(kind, format!("cannot connect to {shown}"))
-                    .with_backend(BACKEND_NAME)
-                    .with_operation("connect")
-                    .with_source(e));
-            }
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "cannot connect to {shown}: no answer within the connection timeout \
-                         ({:?})",
-                        self.connection_timeout
-                    ),
-                )
+        let connect_failed = |e: redis::RedisError| {
+            let kind = map_err("connect", e.clone()).kind();
+            Error::new(kind, format!("cannot connect to {shown}"))
                 .with_backend(BACKEND_NAME)
-                .with_operation("connect"));
+                .with_operation("connect")
+                .with_source(e)
+        };
+        let no_answer = || {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot connect to {shown}: no answer within the connection timeout ({:?})",
+                    self.connection_timeout
+                ),
+            )
+            .with_backend(BACKEND_NAME)
+            .with_operation("connect")
+        };
+        let (conn, waits, subscribers, topology) = match cluster::parse_url(&url, &shown)? {
+            Some(cluster_url) => {
+                let client = self.cluster_client(&cluster_url, &shown)?;
+                let conn =
+                    match tokio::time::timeout_at(deadline, client.get_async_connection()).await {
+                        Ok(Ok(conn)) => Shared::Cluster(conn),
+                        Ok(Err(e)) => return Err(connect_failed(e)),
+                        Err(_) => return Err(no_answer()),
+                    };
+                let topology = Arc::new(cluster::Topology::new(cluster_url, self.tls_root.clone()));
+                let mut shared = conn.clone();
+                match tokio::time::timeout_at(deadline, topology.refresh(&mut shared, true)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(connect_failed(e)),
+                    Err(_) => return Err(no_answer()),
+                }
+                (
+                    conn.clone(),
+                    wait::Route::Cluster(topology.clone()),
+                    pubsub::Nodes::Cluster {
+                        topology: topology.clone(),
+                        shared: conn,
+                    },
+                    Some(topology),
+                )
+            }
+            None => {
+                let client = open_client(&url, &shown, self.tls_root.clone())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(self.response_timeout))
+                    .set_connection_timeout(Some(self.connection_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1));
+                let connecting = ConnectionManager::new_with_config(client.clone(), config);
+                let conn = match tokio::time::timeout_at(deadline, connecting).await {
+                    Ok(Ok(conn)) => Shared::Node(conn),
+                    Ok(Err(e)) => return Err(connect_failed(e)),
+                    Err(_) => return Err(no_answer()),
+                };
+                (
+                    conn,
+                    wait::Route::Node(Box::new(client.clone())),
+                    pubsub::Nodes::Server(Box::new(client)),
+                    None,
+                )
             }
         };
         check_eviction_policy(&conn, &shown, deadline).await;
         let hub = pubsub::Hub::new(
-            client.clone(),
+            subscribers,
             prefix.clone(),
             self.connection_timeout,
             Health::new("pubsub", &shown),
@@ -512,13 +653,14 @@ impl RedisBackendBuilder {
             inner: Arc::new(Inner {
                 health: Arc::new(Health::new("commands", &shown)),
                 waiters: wait::Waiters::new(
-                    client,
+                    waits,
                     self.connection_timeout,
                     Health::new("waits", &shown),
                 ),
                 url: shown,
                 prefix,
                 conn,
+                topology,
                 scripts: scripts::Scripts::new(self.functions),
                 clock: Arc::new(SystemClock),
                 configs: ConfigStore::new(self.default_config),
@@ -559,7 +701,11 @@ fn split_prefix(url: &str) -> (String, Option<String>) {
     (out, prefix)
 }
 
-fn open_client(url: &str, shown: &str, tls_root: Option<Vec<u8>>) -> Result<redis::Client> {
+pub(crate) fn open_client(
+    url: &str,
+    shown: &str,
+    tls_root: Option<Vec<u8>>,
+) -> Result<redis::Client> {
     let invalid = |e: redis::RedisError| {
         // The redis-rs error may quote the URL: it is not kept as the source.
         Error::invalid(format!("invalid Redis URL {shown}: {}", e.category()))
@@ -618,11 +764,7 @@ mod tls {
 /// Warn once per process when Redis may evict keys: an evicted key is a lost message. The check
 /// is advisory: when the server has not answered by `deadline` (the end of the connection
 /// timeout), it is skipped rather than holding up `build`.
-async fn check_eviction_policy(
-    conn: &ConnectionManager,
-    shown: &str,
-    deadline: tokio::time::Instant,
-) {
+async fn check_eviction_policy(conn: &Shared, shown: &str, deadline: tokio::time::Instant) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let mut conn = conn.clone();
     let mut cmd = redis::cmd("CONFIG");

@@ -46,10 +46,28 @@ enum Command {
     Unsubscribe(Target),
 }
 
+/// Where the subscriber connection goes.
+pub(crate) enum Nodes {
+    /// The one server.
+    Server(Box<Client>),
+    /// The master of the slot of the channels' hash tag (see [`keys::channels`]), where this
+    /// backend's `PUBLISH`es go too (the cluster client routes them by the channel's tag).
+    /// Redis Cluster's classic pub/sub reaches every node over the cluster bus, but a message
+    /// crosses the bus after `PUBLISH` returned: a subscriber on another node that subscribed
+    /// just after a publish could still get that message, against P2. One node for both sides
+    /// keeps P2 and P3 as on one server; spreading would add no capacity, since the bus hands
+    /// every message to every node anyway.
+    Cluster {
+        topology: Arc<crate::cluster::Topology>,
+        shared: crate::cluster::Shared,
+    },
+}
+
 /// The subscriptions of one backend and the task serving them.
 pub(crate) struct Hub {
-    client: Client,
-    prefix: String,
+    nodes: Nodes,
+    /// What every Redis channel name of this backend starts with (see [`keys::channels`]).
+    channels: String,
     /// Bounds each connect of the subscriber connection (redis-rs sets none for it).
     connection_timeout: Duration,
     /// Whether the subscriber connection is up, for logging its outages once (pool `pubsub`).
@@ -60,14 +78,14 @@ pub(crate) struct Hub {
 
 impl Hub {
     pub(crate) fn new(
-        client: Client,
+        nodes: Nodes,
         prefix: String,
         connection_timeout: Duration,
         health: Health,
     ) -> Arc<Hub> {
         Arc::new(Hub {
-            client,
-            prefix,
+            channels: keys::channels(&prefix, matches!(nodes, Nodes::Cluster { .. })),
+            nodes,
             connection_timeout,
             health,
             registry: Mutex::new(HashMap::new()),
@@ -84,7 +102,7 @@ impl Hub {
             return tx.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(Arc::downgrade(self), self.client.clone(), rx));
+        tokio::spawn(run(Arc::downgrade(self), rx));
         *slot = Some(tx.clone());
         tx
     }
@@ -93,14 +111,15 @@ impl Hub {
         self.registry.lock().keys().cloned().collect()
     }
 
-    fn channel_prefix(&self) -> String {
-        keys::channel(&self.prefix, "")
+    /// The Redis channel of a pub/sub channel (or glob).
+    pub(crate) fn channel(&self, channel: &str) -> String {
+        format!("{}{channel}", self.channels)
     }
 
     /// Deliver one Redis message to the buffers registered under its channel or pattern.
     fn dispatch(&self, msg: &redis::Msg) {
         let full = msg.get_channel_name();
-        let Some(channel) = full.strip_prefix(&self.channel_prefix()) else {
+        let Some(channel) = full.strip_prefix(&self.channels) else {
             return;
         };
         let target = if msg.from_pattern() {
@@ -146,9 +165,33 @@ async fn unsubscribe_on(sink: &mut PubSubSink, target: &Target) -> redis::RedisR
 
 /// Connect and subscribe to every target that has a subscriber; the outcome is reported to the
 /// hub's [`Health`].
-async fn connect(client: &Client, hub: &Hub) -> Result<(Connection, HashSet<Target>)> {
+async fn connect(hub: &Hub) -> Result<(Connection, HashSet<Target>)> {
     let start = hub.health.begin();
-    let connected = async {
+    let client = match &hub.nodes {
+        Nodes::Server(client) => (**client).clone(),
+        Nodes::Cluster { topology, shared } => {
+            let owner = topology.owner(&hub.channels, &mut shared.clone()).await;
+            hub.health.observe(start, "subscribe", &owner);
+            let addr = owner.map_err(|e| map_err("subscribe", e))?;
+            topology.client(&addr)?
+        }
+    };
+    let connected = connect_to(&client, hub).await;
+    if connected.is_err()
+        && let Nodes::Cluster { topology, shared } = &hub.nodes
+    {
+        // The master may be gone: the next attempt asks who serves the slot now.
+        let _ = topology.refresh(&mut shared.clone(), false).await;
+    }
+    hub.health.observe(start, "subscribe", &connected);
+    connected.map_err(|e| map_err("subscribe", e))
+}
+
+async fn connect_to(
+    client: &Client,
+    hub: &Hub,
+) -> redis::RedisResult<(Connection, HashSet<Target>)> {
+    async {
         let pubsub = tokio::time::timeout(hub.connection_timeout, client.get_async_pubsub())
             .await
             .unwrap_or_else(|_| Err(timed_out()))?;
@@ -160,13 +203,11 @@ async fn connect(client: &Client, hub: &Hub) -> Result<(Connection, HashSet<Targ
         }
         Ok(((sink, stream), active))
     }
-    .await;
-    hub.health.observe(start, "subscribe", &connected);
-    connected.map_err(|e| map_err("subscribe", e))
+    .await
 }
 
 /// The subscriber task: serves commands in order, delivers messages, and reconnects.
-async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiver<Command>) {
+async fn run(hub: Weak<Hub>, mut commands: mpsc::UnboundedReceiver<Command>) {
     let mut conn: Option<Connection> = None;
     let mut active: HashSet<Target> = HashSet::new();
     let mut backoff = Duration::from_millis(50);
@@ -190,7 +231,7 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
             // Time to try reconnecting.
             None => {
                 let Some(h) = hub.upgrade() else { return };
-                match connect(&client, &h).await {
+                match connect(&h).await {
                     Ok((c, a)) => {
                         tracing::debug!(
                             subscriptions = a.len(),
@@ -210,7 +251,7 @@ async fn run(hub: Weak<Hub>, client: Client, mut commands: mpsc::UnboundedReceiv
             Some(Ok(Some(Command::Subscribe(target, reply)))) => {
                 let Some(h) = hub.upgrade() else { return };
                 if conn.is_none() {
-                    match connect(&client, &h).await {
+                    match connect(&h).await {
                         Ok((c, a)) => {
                             conn = Some(c);
                             active = a;
@@ -322,14 +363,14 @@ impl Drop for Unsubscribe {
 impl RedisBackend {
     fn target_of(&self, pattern: &Pattern) -> Target {
         if pattern.is_literal() {
-            Target::Channel(keys::channel(&self.inner.prefix, pattern.as_str()))
+            Target::Channel(self.inner.hub.channel(pattern.as_str()))
         } else {
             let glob: Vec<&str> = pattern
                 .as_str()
                 .split('.')
                 .map(|t| if t == ">" { "*" } else { t })
                 .collect();
-            Target::Pattern(keys::channel(&self.inner.prefix, &glob.join(".")))
+            Target::Pattern(self.inner.hub.channel(&glob.join(".")))
         }
     }
 }
@@ -348,8 +389,7 @@ impl PubSub for RedisBackend {
         let bytes = wire::encode(&message).map_err(KIT.tag("publish"))?;
         let mut conn = self.conn("publish");
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(keys::channel(&self.inner.prefix, channel))
-            .arg(&bytes[..]);
+        cmd.arg(self.inner.hub.channel(channel)).arg(&bytes[..]);
         crate::scripts::retry_refused::<_, redis::Value>(&mut conn, &cmd)
             .await
             .map_err(|e| map_err("publish", e))?;

@@ -741,7 +741,7 @@ impl RedisBackend {
         cmd.arg(wake_key).arg(format!("{secs:.3}"));
         self.inner
             .waiters
-            .run("receive", &cmd, block, self.conn("receive"))
+            .run("receive", wake_key, &cmd, block, self.conn("receive"))
             .await?;
         Ok(())
     }

@@ -11,10 +11,17 @@
 //!   `CLIENT UNBLOCK` from the shared connection, so the blocking connection can be reused.
 //! - A wait whose future is dropped drops its connection with it (the server then ends the
 //!   blocked command), so cancelling a receive never leaves a busy connection in the pool.
+//! - On a cluster, a wait runs on the master of its key's slot (see [`crate::cluster`]), and
+//!   idle connections are kept per node. A wait redirected with `MOVED` (its slot moved, or
+//!   its node became a replica after a failover) reads the topology again and waits on the
+//!   new master at once; one whose node is gone reads it again and fails as
+//!   [`ErrorKind::Unavailable`], so the caller's next receive finds the new master.
 //! - The pool (`waits`) logs its outages once each (see [`Health`]): a wait that cannot get a
 //!   connection, or loses it, starts one; the next wait that gets an answer ends it. A pooled
 //!   connection found broken and replaced at once is not an outage.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::{Error, ErrorKind, Result};
@@ -22,11 +29,18 @@ use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Value};
 
+use crate::cluster::Topology;
 use crate::error::{Health, map_err, timed_out};
 use crate::{BACKEND_NAME, Conn};
 
-/// Idle blocking connections kept for reuse.
+/// Idle blocking connections kept for reuse (per node, on a cluster).
 const MAX_IDLE: usize = 32;
+
+/// Where waits connect: the one server, or the master of each wait key's slot.
+pub(crate) enum Route {
+    Node(Box<Client>),
+    Cluster(Arc<Topology>),
+}
 
 /// How much longer than the local timer the server-side timeout is.
 pub(crate) const SERVER_SLACK: Duration = Duration::from_secs(2);
@@ -38,33 +52,33 @@ struct Waiter {
 }
 
 pub(crate) struct Waiters {
-    client: Client,
+    route: Route,
     config: AsyncConnectionConfig,
     connection_timeout: Duration,
-    idle: Mutex<Vec<Waiter>>,
+    /// By node address (`""` for the one server).
+    idle: Mutex<HashMap<String, Vec<Waiter>>>,
     /// Whether these connections can be had, for logging their outages once (pool `waits`).
     health: Health,
 }
 
 impl Waiters {
-    pub(crate) fn new(client: Client, connection_timeout: Duration, health: Health) -> Self {
+    pub(crate) fn new(route: Route, connection_timeout: Duration, health: Health) -> Self {
         Waiters {
-            client,
+            route,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connection_timeout))
                 .set_response_timeout(None),
             connection_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(HashMap::new()),
             health,
         }
     }
 
     /// A new blocking connection and its `CLIENT ID`, within the connection timeout (the
     /// connection has no response timeout, so an unanswered `CLIENT ID` would hang).
-    async fn connect(&self) -> redis::RedisResult<Waiter> {
+    async fn connect(&self, client: &Client) -> redis::RedisResult<Waiter> {
         let connecting = async {
-            let mut conn = self
-                .client
+            let mut conn = client
                 .get_multiplexed_async_connection_with_config(&self.config)
                 .await?;
             let id: i64 = redis::cmd("CLIENT")
@@ -78,27 +92,44 @@ impl Waiters {
             .unwrap_or_else(|_| Err(timed_out()))
     }
 
-    /// Run a blocking command for at most `block` (its own server-side timeout must be
-    /// `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
-    /// connection that turns out broken (Redis restarted) is replaced once, and the other idle ones
-    /// are dropped with it.
+    /// Run a blocking command on `key` for at most `block` (its own server-side timeout must
+    /// be `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
+    /// connection that turns out broken (Redis restarted) is replaced once, and the other idle
+    /// ones of its node are dropped with it. On a cluster, a `MOVED` reply is followed once.
     pub(crate) async fn run(
         &self,
         operation: &'static str,
+        key: &str,
         cmd: &Cmd,
         block: Duration,
-        shared: Conn,
+        mut shared: Conn,
     ) -> Result<Value> {
         // Each step reports against the state when it began: a wait that connected during an
         // outage (ending it) and then lost its connection in the next one starts that one.
         let mut start = self.health.begin();
-        for _ in 0..2 {
-            let pooled = self.idle.lock().pop();
+        for _ in 0..3 {
+            let (addr, client) = match &self.route {
+                Route::Node(client) => (String::new(), (**client).clone()),
+                Route::Cluster(topology) => {
+                    let owner = topology.owner(key, shared.shared()).await;
+                    self.health.observe(start, operation, &owner);
+                    let addr = owner.map_err(|e| map_err(operation, e))?;
+                    let client = topology.client(&addr)?;
+                    (addr, client)
+                }
+            };
+            let pooled = self.idle.lock().get_mut(&addr).and_then(Vec::pop);
             let reused = pooled.is_some();
             let mut waiter = match pooled {
                 Some(w) => w,
                 None => {
-                    let connected = self.connect().await;
+                    let connected = self.connect(&client).await;
+                    if connected.is_err()
+                        && let Route::Cluster(topology) = &self.route
+                    {
+                        // The node may be gone: the next wait asks who serves the slot now.
+                        let _ = topology.refresh(shared.shared(), false).await;
+                    }
                     self.health.observe(start, operation, &connected);
                     connected.map_err(|e| map_err(operation, e))?
                 }
@@ -112,12 +143,9 @@ impl Waiters {
                     r = &mut fut => Some(r),
                     _ = tokio::time::sleep(block) => {
                         // End the wait now rather than at Redis' next timer tick.
-                        let mut shared = shared.clone();
-                        let unblocked = redis::cmd("CLIENT")
-                            .arg("UNBLOCK")
-                            .arg(id)
-                            .query_async::<Value>(&mut shared)
-                            .await;
+                        let mut unblock = redis::cmd("CLIENT");
+                        unblock.arg("UNBLOCK").arg(id);
+                        let unblocked = shared.on_node(&addr, unblock).await;
                         match unblocked {
                             Ok(_) => tokio::time::timeout(SERVER_SLACK, fut).await.ok(),
                             // Cannot unblock (no permission?): drop the connection instead,
@@ -127,29 +155,64 @@ impl Waiters {
                     }
                 }
             };
+            let redirect = match (&outcome, &self.route) {
+                (Some(Err(e)), Route::Cluster(topology)) => e
+                    .redirect_node()
+                    .map(|(to, slot)| (topology.clone(), to.to_string(), slot)),
+                _ => None,
+            };
             if let Some(r) = &outcome
                 && !(reused && r.as_ref().is_err_and(stale))
+                && redirect.is_none()
             {
                 self.health.observe(start, operation, r);
             }
             match outcome {
                 Some(Ok(v)) => {
                     let mut idle = self.idle.lock();
-                    if idle.len() < MAX_IDLE {
-                        idle.push(waiter);
+                    let pool = idle.entry(addr).or_default();
+                    if pool.len() < MAX_IDLE {
+                        pool.push(waiter);
                     }
                     return Ok(v);
                 }
                 None => return Ok(Value::Nil),
+                Some(Err(_)) if redirect.is_some() => {
+                    // The slot is served elsewhere now (a failover, or resharding): the
+                    // connection is fine and goes back to its node's pool; wait on the new
+                    // master.
+                    if let Some((topology, to, slot)) = redirect {
+                        {
+                            let mut idle = self.idle.lock();
+                            let pool = idle.entry(addr).or_default();
+                            if pool.len() < MAX_IDLE {
+                                pool.push(waiter);
+                            }
+                        }
+                        topology.moved(slot, &to, shared.shared()).await;
+                    }
+                    start = self.health.begin();
+                    continue;
+                }
                 Some(Err(e)) if reused && stale(&e) => {
                     // The idle connections were made to the same server, so after a restart
                     // they are all broken: drop them, and the retry connects afresh instead of
                     // failing on the next stale one.
-                    self.idle.lock().clear();
+                    self.idle.lock().remove(&addr);
+                    if let Route::Cluster(topology) = &self.route {
+                        let _ = topology.refresh(shared.shared(), false).await;
+                    }
                     start = self.health.begin();
                     continue;
                 }
-                Some(Err(e)) => return Err(map_err(operation, e)),
+                Some(Err(e)) => {
+                    if stale(&e)
+                        && let Route::Cluster(topology) = &self.route
+                    {
+                        let _ = topology.refresh(shared.shared(), false).await;
+                    }
+                    return Err(map_err(operation, e));
+                }
             }
         }
         let e = Error::new(
