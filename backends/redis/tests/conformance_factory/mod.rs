@@ -38,6 +38,13 @@ impl BackendFactory for Redis {
     }
 
     async fn probe(&self) -> Result<(), String> {
+        if self.url.is_empty() {
+            return Err(
+                "COURIER_TEST_REDIS_CLUSTER_URL is not set (start a cluster with \
+                 `scripts/redis-cluster.sh up`, which prints its URL)"
+                    .to_string(),
+            );
+        }
         let b = self.open("probe").await.map_err(|e| e.to_string())?;
         b.ping().await.map_err(|e| e.to_string())
     }
@@ -86,6 +93,13 @@ impl BackendFactory for Redis {
 }
 
 /// `COURIER_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+#[allow(dead_code)] // each test binary uses one of the two URLs
 pub(crate) fn url() -> String {
     std::env::var("COURIER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// `COURIER_TEST_REDIS_CLUSTER_URL`, or empty when it is not set (the probe then says so).
+#[allow(dead_code)] // each test binary uses one of the two URLs
+pub(crate) fn cluster_url() -> String {
+    std::env::var("COURIER_TEST_REDIS_CLUSTER_URL").unwrap_or_default()
 }

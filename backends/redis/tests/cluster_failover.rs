@@ -1,0 +1,555 @@
+//! A master failover on a private Redis Cluster (3 masters + 3 replicas started by
+//! `scripts/redis-cluster.sh` in a directory of its own, `cluster-node-timeout` 1 s), while 4
+//! publishers publish 20,000 messages over 16 queues and 4 workers (each a handle of its own
+//! running the core `Worker` on every queue) consume them:
+//!
+//! 1. after a third of the publishes, handlers are held until messages wait in the master
+//!    that will be killed, so the crash surely hits stored, unhandled messages;
+//! 2. that master is SIGKILLed; its replica is elected (the test times the promotion as the
+//!    surviving nodes report it);
+//! 3. every worker must receive again from the failed-over queues within 5 s of the
+//!    promotion;
+//! 4. the old master is started again and must rejoin as a replica of the new one;
+//! 5. everything is drained and accounted for, Jepsen style: `unexpected` (handled, never
+//!    published) must be 0, duplicates are counted, and **lost** (publish acknowledged, never
+//!    handled) is printed, not asserted 0: Redis replicates asynchronously, so a write the
+//!    killed master acknowledged but had not yet sent to its replica is gone. What is
+//!    asserted is where loss may happen: only on queues whose slot the killed master served.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use courier_core::{Message, MessageId, Queue, QueueConfig, RetryPolicy, Worker, WorkerHandle};
+use courier_redis::RedisBackend;
+use parking_lot::Mutex;
+use tokio::time::{Instant, timeout};
+
+const TOTAL: usize = 20_000;
+const QUEUES: usize = 16;
+const PUBLISHERS: usize = 4;
+const WORKERS: usize = 4;
+const BATCH: usize = 10;
+const RESUME_WITHIN: Duration = Duration::from_secs(5);
+
+/// A private cluster, stopped (and its directory removed) on drop.
+struct Cluster {
+    dir: PathBuf,
+    url: String,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-cluster.sh")
+}
+
+impl Cluster {
+    fn up(test: &str) -> Option<Cluster> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            support::unreachable(test, &"redis-server is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("courier-{test}-{}", std::process::id()));
+        // Ports away from the shared test cluster's (17000…), and apart per process.
+        let base = 18_000 + (std::process::id() % 100) * 60;
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("up")
+            .arg(&dir)
+            .env("REDIS_CLUSTER_BASE_PORT", base.to_string())
+            .env("REDIS_CLUSTER_NODE_TIMEOUT", "1000")
+            .output()
+            .expect("run scripts/redis-cluster.sh");
+        assert!(
+            out.status.success(),
+            "redis-cluster.sh up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        Some(Cluster { dir, url })
+    }
+
+    fn node_dir(&self, port: u16) -> PathBuf {
+        self.dir.join(format!("node-{port}"))
+    }
+
+    fn kill9(&self, port: u16) {
+        let pid = std::fs::read_to_string(self.node_dir(port).join("pid")).expect("pid file");
+        let status = Command::new("kill")
+            .arg("-9")
+            .arg(pid.trim())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+    }
+
+    fn start(&self, port: u16) {
+        let status = Command::new("redis-server")
+            .arg(self.node_dir(port).join("redis.conf"))
+            .status()
+            .expect("redis-server");
+        assert!(status.success(), "restart node {port}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// A plain connection to one node, for `CLUSTER` commands.
+async fn node(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))?
+}
+
+/// `CLUSTER NODES` of the node at `port`: `(id, port, flags, master id)` per node.
+async fn cluster_nodes(port: u16) -> redis::RedisResult<Vec<(String, u16, String, String)>> {
+    let mut c = node(port).await?;
+    let text: String = timeout(
+        Duration::from_secs(5),
+        redis::cmd("CLUSTER").arg("NODES").query_async(&mut c),
+    )
+    .await
+    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out")))??;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let port = f
+                .get(1)?
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((
+                f[0].to_string(),
+                port,
+                f.get(2)?.to_string(),
+                f.get(3)?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// The port of the master serving `key`'s slot, asked of the node at `port`.
+async fn master_of(port: u16, key: &str) -> u16 {
+    let mut c = node(port).await.expect("connect");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .expect("keyslot");
+    let slots: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut c)
+        .await
+        .expect("slots");
+    let redis::Value::Array(ranges) = slots else {
+        panic!("CLUSTER SLOTS: {slots:?}")
+    };
+    for r in ranges {
+        let redis::Value::Array(f) = r else { continue };
+        let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(m)) =
+            (&f[0], &f[1], &f[2])
+        else {
+            continue;
+        };
+        if (*a..=*b).contains(&i64::from(slot))
+            && let redis::Value::Int(p) = m[1]
+        {
+            return u16::try_from(p).expect("port");
+        }
+    }
+    panic!("no master for slot {slot}")
+}
+
+fn queue_name(i: usize) -> String {
+    format!("failover-{i}")
+}
+
+fn config() -> QueueConfig {
+    QueueConfig::default()
+        .with_visibility_timeout(Duration::from_secs(3))
+        .with_retry(RetryPolicy::exact(
+            50,
+            Duration::from_millis(20),
+            2.0,
+            Duration::from_millis(200),
+        ))
+}
+
+#[derive(Default)]
+struct Ledger {
+    attempted: Mutex<HashSet<MessageId>>,
+    ok: Mutex<HashMap<MessageId, usize>>,
+    handled: Mutex<HashMap<MessageId, u32>>,
+    ok_count: AtomicUsize,
+    publish_errors: AtomicUsize,
+}
+
+/// One publisher: its share in batches of [`BATCH`], queue after queue; a batch is retried
+/// (same ids) while the error is retryable.
+async fn publish(q: Arc<dyn Queue>, ledger: Arc<Ledger>, p: usize, deadline: Instant) {
+    let per = TOTAL / PUBLISHERS;
+    for b in 0..per / BATCH {
+        let queue = (p + b) % QUEUES;
+        let mut batch: Vec<Message> = (0..BATCH)
+            .map(|i| Message::new("job", format!("p{p}-b{b}-m{i}")))
+            .collect();
+        ledger.attempted.lock().extend(batch.iter().map(|m| m.id));
+        loop {
+            assert!(Instant::now() < deadline, "publisher {p}: out of time");
+            let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+            match timeout(
+                Duration::from_secs(10),
+                q.publish_batch(&queue_name(queue), batch.clone()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
+                    ledger.ok_count.fetch_add(ids.len(), Ordering::Relaxed);
+                    ledger.ok.lock().extend(ids.iter().map(|&id| (id, queue)));
+                    break;
+                }
+                Ok(Err(e)) if e.is_retryable() => {
+                    ledger.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    let n = e.stored().unwrap_or(0).min(batch.len());
+                    ledger.ok_count.fetch_add(n, Ordering::Relaxed);
+                    ledger
+                        .ok
+                        .lock()
+                        .extend(ids[..n].iter().map(|&id| (id, queue)));
+                    batch.drain(..n);
+                    if batch.is_empty() {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => panic!("publisher {p}: non-retryable error {e:#}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn until(
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {within:?} waiting for {what}; {}",
+            state()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn connect(url: &str, prefix: &str) -> Arc<dyn Queue> {
+    let b = timeout(
+        Duration::from_secs(20),
+        RedisBackend::builder().url(url).key_prefix(prefix).build(),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    for q in 0..QUEUES {
+        b.configure(&queue_name(q), config()).expect("configure");
+    }
+    Arc::new(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_resume_after_a_master_failover() {
+    const TEST: &str = "cluster_failover";
+    let Some(cluster) = Cluster::up(TEST) else {
+        return;
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(150);
+    let prefix = format!("courier-failover-{}", rand::random::<u32>());
+    let seed: u16 = cluster
+        .url
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a seed port");
+
+    // The master to kill: the one serving queue 0. Which queues it serves: loss may only
+    // happen there.
+    let mut owners = Vec::new();
+    for q in 0..QUEUES {
+        owners.push(master_of(seed, &format!("{{{prefix}:q:{}}}", queue_name(q))).await);
+    }
+    let victim = owners[0];
+    let victim_queues: HashSet<usize> = (0..QUEUES).filter(|&q| owners[q] == victim).collect();
+    let masters: HashSet<u16> = owners.iter().copied().collect();
+    eprintln!("queues per master: {:?}", {
+        let mut m: HashMap<u16, usize> = HashMap::new();
+        for o in &owners {
+            *m.entry(*o).or_default() += 1;
+        }
+        m
+    });
+    let nodes = cluster_nodes(seed).await.expect("cluster nodes");
+    let victim_id = nodes
+        .iter()
+        .find(|n| n.1 == victim)
+        .map(|n| n.0.clone())
+        .expect("victim id");
+    let (replica_id, replica) = nodes
+        .iter()
+        .find(|n| n.3 == victim_id)
+        .map(|n| (n.0.clone(), n.1))
+        .expect("the victim's replica");
+    let witness = *nodes
+        .iter()
+        .map(|n| &n.1)
+        .find(|&&p| p != victim && p != replica)
+        .expect("a third node");
+
+    let ledger = Arc::new(Ledger::default());
+    let publisher = connect(&cluster.url, &prefix).await;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| tokio::spawn(publish(publisher.clone(), ledger.clone(), p, deadline)))
+        .collect();
+
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(true);
+    // workers[w][q]: worker w's runtime on queue q.
+    let mut workers: Vec<Vec<WorkerHandle>> = Vec::new();
+    for _ in 0..WORKERS {
+        let b = connect(&cluster.url, &prefix).await;
+        let mut per_queue = Vec::new();
+        for q in 0..QUEUES {
+            let l = ledger.clone();
+            let gate = gate_rx.clone();
+            let w = Worker::builder(b.clone(), &queue_name(q))
+                .concurrency(4)
+                .idle_wait(Duration::from_millis(500))
+                .handler("job", move |m: Message| {
+                    let l = l.clone();
+                    let mut gate = gate.clone();
+                    async move {
+                        let _ = gate.wait_for(|open| *open).await;
+                        *l.handled.lock().entry(m.id).or_insert(0) += 1;
+                        Ok(())
+                    }
+                })
+                .start()
+                .expect("worker");
+            per_queue.push(w);
+        }
+        workers.push(per_queue);
+    }
+    let progress = |workers: &[Vec<WorkerHandle>]| {
+        let received: Vec<u64> = workers
+            .iter()
+            .map(|w| w.iter().map(|h| h.stats().received).sum())
+            .collect();
+        format!(
+            "ok {} of {TOTAL}, publish errors {}, handled {}, received per worker {received:?}",
+            ledger.ok_count.load(Ordering::Relaxed),
+            ledger.publish_errors.load(Ordering::Relaxed),
+            ledger.handled.lock().len(),
+        )
+    };
+
+    until(
+        Duration::from_secs(60),
+        "a third of the publishes",
+        || ledger.ok_count.load(Ordering::Relaxed) >= TOTAL / 3,
+        || progress(&workers),
+    )
+    .await;
+    // Hold the handlers until messages wait in the victim's queues.
+    gate_tx.send_replace(false);
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ready = 0;
+        for &q in &victim_queues {
+            let st = timeout(Duration::from_secs(10), publisher.stats(&queue_name(q)))
+                .await
+                .expect("stats in time")
+                .expect("stats");
+            ready += st.ready_total();
+        }
+        if ready > 0 {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "nothing ready on the victim");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.kill9(victim);
+    eprintln!(
+        "kill -9 master :{victim} (queues {victim_queues:?}) at {:?}: {}",
+        started.elapsed(),
+        progress(&workers)
+    );
+    // The promotion, as a surviving node reports it.
+    let promoted_at = loop {
+        if let Ok(nodes) = cluster_nodes(witness).await
+            && nodes
+                .iter()
+                .any(|n| n.0 == replica_id && n.2.contains("master"))
+        {
+            break Instant::now();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "replica :{replica} not promoted within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let before: Vec<u64> = workers
+        .iter()
+        .map(|w| victim_queues.iter().map(|&q| w[q].stats().received).sum())
+        .collect();
+    gate_tx.send_replace(true);
+    eprintln!(
+        "replica :{replica} promoted {:?} after the kill",
+        promoted_at - killed_at
+    );
+    // Every worker receives again from the failed-over queues.
+    let mut resumed = vec![None; WORKERS];
+    until(
+        Duration::from_secs(30),
+        "every worker to receive again from the failed-over queues",
+        || {
+            for (w, per_queue) in workers.iter().enumerate() {
+                let now: u64 = victim_queues
+                    .iter()
+                    .map(|&q| per_queue[q].stats().received)
+                    .sum();
+                if resumed[w].is_none() && now > before[w] {
+                    resumed[w] = Some(promoted_at.elapsed());
+                }
+            }
+            resumed.iter().all(Option::is_some)
+        },
+        || format!("received before {before:?}; {}", progress(&workers)),
+    )
+    .await;
+    let resumed: Vec<Duration> = resumed.into_iter().flatten().collect();
+    let slowest = resumed.iter().max().copied().unwrap_or_default();
+
+    // The old master comes back and must rejoin as a replica of the new one.
+    cluster.start(victim);
+    let rejoin_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(nodes) = cluster_nodes(victim).await
+            && nodes
+                .iter()
+                .any(|n| n.0 == victim_id && n.2.contains("slave") && n.3 == replica_id)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < rejoin_by,
+            "old master did not rejoin as a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("old master :{victim} rejoined as a replica of :{replica}");
+
+    for p in publishers {
+        timeout(deadline - Instant::now(), p)
+            .await
+            .expect("publishers finish in time")
+            .expect("publisher task");
+    }
+    // Drained: every queue empty of ready, delayed and in-flight messages.
+    let drained_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stored = 0;
+        for q in 0..QUEUES {
+            let st = timeout(Duration::from_secs(10), publisher.stats(&queue_name(q)))
+                .await
+                .expect("stats in time")
+                .expect("stats");
+            stored += st.ready_total() + st.delayed + st.in_flight;
+        }
+        if stored == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < drained_by,
+            "{stored} messages still stored; {}",
+            progress(&workers)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for per_queue in workers {
+        for w in per_queue {
+            timeout(Duration::from_secs(10), w.stop(Duration::from_secs(2)))
+                .await
+                .expect("worker stops in time");
+        }
+    }
+
+    let attempted = ledger.attempted.lock().clone();
+    let ok = ledger.ok.lock().clone();
+    let handled = ledger.handled.lock().clone();
+    let lost: Vec<(&MessageId, &usize)> = ok
+        .iter()
+        .filter(|(id, _)| !handled.contains_key(id))
+        .collect();
+    let unexpected = handled.keys().filter(|id| !attempted.contains(id)).count();
+    let duplicated = handled.values().filter(|&&n| n > 1).count();
+    println!(
+        "{{:attempted {} :ok {} :handled {} :lost {} :unexpected {unexpected} :duplicated {duplicated} \
+         :publish-errors {} :masters {} :victim-queues {} :promoted-after-ms {} \
+         :resumed-after-promotion-ms {:?} :elapsed-ms {}}}",
+        attempted.len(),
+        ok.len(),
+        handled.len(),
+        lost.len(),
+        ledger.publish_errors.load(Ordering::Relaxed),
+        masters.len(),
+        victim_queues.len(),
+        (promoted_at - killed_at).as_millis(),
+        resumed.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+        started.elapsed().as_millis(),
+    );
+    assert_eq!(ok.len(), TOTAL, "every batch was eventually acknowledged");
+    assert_eq!(unexpected, 0, "handled messages that were never published");
+    assert!(
+        lost.iter().all(|(_, q)| victim_queues.contains(q)),
+        "a message was lost on a queue the killed master did not serve"
+    );
+    assert!(
+        slowest <= RESUME_WITHIN,
+        "workers resumed {resumed:?} after the promotion (limit {RESUME_WITHIN:?})"
+    );
+}
