@@ -59,6 +59,10 @@ pub struct Params {
     /// Give every published message this time to live (Q12; long enough that none expires):
     /// the cost of carrying and checking an expiry.
     pub ttl: Option<std::time::Duration>,
+    /// Spread the publish and end-to-end phases over this many queues (one worker per
+    /// queue, each with `concurrency` handlers; publishers send batch after batch to the next
+    /// queue). The raw baseline uses as many lists, each with `concurrency` consumers.
+    pub queues: usize,
 }
 
 /// One run's figures.
@@ -76,6 +80,8 @@ pub struct Report {
     pub payload_bytes: usize,
     /// Worker prefetch.
     pub prefetch: usize,
+    /// Queues the load was spread over.
+    pub queues: usize,
     /// Messages published per second (publish phase alone).
     pub publish_per_s: f64,
     /// Messages published, handled and acked per second through the worker.
@@ -124,7 +130,7 @@ fn share(p: &Params, t: usize) -> usize {
 /// Publish `messages` in batches from `concurrency` tasks; returns elapsed time.
 async fn publish_all(
     queue: Arc<dyn Queue>,
-    name: &str,
+    names: &[String],
     p: &Params,
     body: &Bytes,
 ) -> courier::Result<Duration> {
@@ -132,7 +138,7 @@ async fn publish_all(
     let mut tasks = Vec::new();
     for t in 0..p.concurrency {
         let q = queue.clone();
-        let name = name.to_string();
+        let names = names.to_vec();
         let body = body.clone();
         let n = share(p, t);
         let batch = p.batch.max(1);
@@ -140,8 +146,12 @@ async fn publish_all(
         let ttl = p.ttl;
         tasks.push(tokio::spawn(async move {
             let mut left = n;
+            let mut b = t;
             while left > 0 {
                 let k = left.min(batch);
+                // Batch after batch to the next queue.
+                let name = &names[b % names.len()];
+                b += 1;
                 let msgs: Vec<Message> = (0..k)
                     .map(|i| {
                         let mut m = Message::new("b", body.clone());
@@ -155,7 +165,7 @@ async fn publish_all(
                         }
                     })
                     .collect();
-                q.publish_batch(&name, msgs).await?;
+                q.publish_batch(name, msgs).await?;
                 left -= k;
             }
             Ok::<_, courier::Error>(())
@@ -177,7 +187,8 @@ enum Target {
         created: bool,
     },
     Redis {
-        /// The URL without Courier's `key_prefix` parameter, for the raw client.
+        /// The URL without Courier's `key_prefix` parameter, for the raw client (a
+        /// `redis+cluster://` URL for a cluster).
         raw_url: String,
         /// The backend's key prefix.
         prefix: String,
@@ -222,7 +233,11 @@ async fn open(p: &Params, id: &str) -> courier::Result<(Courier, Target)> {
         );
         return Ok((c, Target::Sqlite { file, created }));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+cluster://")
+        || url.starts_with("rediss+cluster://")
+    {
         let backend = courier::redis::RedisBackend::from_url(url).await?;
         backend.ping().await?;
         let prefix = backend.key_prefix().to_string();
@@ -311,10 +326,19 @@ pub async fn run(p: &Params) -> courier::Result<Report> {
         latency: format!("bench.{id}.latency"),
     };
     let result = phases(&courier, &target, &names, &id, p).await;
-    let cleaned = cleanup(courier, &target, &names, &id).await;
+    let cleaned = cleanup(courier, &target, &names, &id, p.queues).await;
     let report = result?;
     cleaned?;
     Ok(report)
+}
+
+/// The `n` queues a phase named `base` spreads over (`base` itself for one).
+fn spread(base: &str, n: usize) -> Vec<String> {
+    if n <= 1 {
+        vec![base.to_string()]
+    } else {
+        (0..n).map(|i| format!("{base}.{i}")).collect()
+    }
 }
 
 /// The queues of one run.
@@ -334,8 +358,11 @@ async fn phases(
     let body = payload(p.payload);
 
     // Publish alone.
-    courier.queue().configure(&names.publish, bench_config())?;
-    let publish_elapsed = publish_all(courier.queue().clone(), &names.publish, p, &body).await?;
+    let publish_queues = spread(&names.publish, p.queues);
+    for q in &publish_queues {
+        courier.queue().configure(q, bench_config())?;
+    }
+    let publish_elapsed = publish_all(courier.queue().clone(), &publish_queues, p, &body).await?;
 
     // End to end through the worker.
     let e2e_elapsed = e2e(courier, &names.e2e, p, &body).await?;
@@ -370,6 +397,7 @@ async fn phases(
         concurrency: p.concurrency,
         payload_bytes: p.payload,
         prefetch: p.prefetch,
+        queues: p.queues,
         publish_per_s: rate(publish_elapsed),
         e2e_per_s,
         raw_primitive,
@@ -389,6 +417,7 @@ async fn cleanup(
     target: &Target,
     names: &Names,
     id: &str,
+    spread_over: usize,
 ) -> courier::Result<()> {
     match target {
         Target::Memory => Ok(()),
@@ -401,7 +430,10 @@ async fn cleanup(
                 return Ok(());
             }
             // A file that was there before: take out what this run put in.
-            for q in [&names.publish, &names.e2e, &names.latency] {
+            let mut queues = spread(&names.publish, spread_over);
+            queues.extend(spread(&names.e2e, spread_over));
+            queues.push(names.latency.clone());
+            for q in &queues {
                 drain(&courier, q).await?;
             }
             drop(courier);
@@ -425,35 +457,38 @@ async fn cleanup(
         }
         Target::Redis { raw_url, prefix } => {
             drop(courier);
-            let client = redis::Client::open(raw_url.as_str()).map_err(redis_err)?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(redis_err)?;
-            // Every key of a queue starts with its hash tag `{<prefix>:q:<queue>}`.
+            // Every key of a queue starts with its hash tag `{<prefix>:q:<queue>}`. SCAN sees
+            // one node's keys, so on a cluster every master is scanned; keys are unlinked one
+            // by one (a cluster refuses a multi-key UNLINK across slots).
             let pattern = format!("{{{prefix}:q:bench.{id}.*");
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
+            for node in RawRedis::open(raw_url)?.masters().await? {
+                let mut conn = node
+                    .get_multiplexed_async_connection()
                     .await
                     .map_err(redis_err)?;
-                if !keys.is_empty() {
-                    let _: () = redis::cmd("UNLINK")
-                        .arg(&keys)
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
                         .query_async(&mut conn)
                         .await
                         .map_err(redis_err)?;
+                    if !keys.is_empty() {
+                        let mut pipe = redis::pipe();
+                        for k in &keys {
+                            pipe.cmd("UNLINK").arg(k).ignore();
+                        }
+                        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
             Ok(())
         }
@@ -461,7 +496,10 @@ async fn cleanup(
             drop(courier);
             // This run's queues are streams `courier.q.<queue>` (the default prefix).
             let backend = courier::amqp::AmqpBackend::from_url(url).await?;
-            let streams: Vec<String> = [&names.publish, &names.e2e, &names.latency]
+            let mut queues = spread(&names.publish, spread_over);
+            queues.extend(spread(&names.e2e, spread_over));
+            queues.push(names.latency.clone());
+            let streams: Vec<String> = queues
                 .iter()
                 .map(|q| format!("{}.q.{q}", backend.prefix()))
                 .collect();
@@ -512,52 +550,68 @@ fn remove_db_files(file: &Path) {
 }
 
 async fn e2e(courier: &Courier, q: &str, p: &Params, body: &Bytes) -> courier::Result<Duration> {
-    courier.queue().configure(q, bench_config())?;
+    let queues = spread(q, p.queues);
     let handled = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let target = p.messages as u64;
-    let (h, d) = (handled.clone(), done.clone());
-    let worker = courier
-        .worker(q)
-        .concurrency(p.concurrency)
-        .prefetch(p.prefetch)
-        .handler("b", move |_m: Message| {
-            let (h, d) = (h.clone(), d.clone());
-            async move {
-                if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
-                    d.notify_one();
-                }
-                Ok(())
-            }
-        })
-        .start()?;
+    let mut workers = Vec::new();
+    for q in &queues {
+        courier.queue().configure(q, bench_config())?;
+        let (h, d) = (handled.clone(), done.clone());
+        workers.push(
+            courier
+                .worker(q)
+                .concurrency(p.concurrency)
+                .prefetch(p.prefetch)
+                .handler("b", move |_m: Message| {
+                    let (h, d) = (h.clone(), d.clone());
+                    async move {
+                        if h.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                            d.notify_one();
+                        }
+                        Ok(())
+                    }
+                })
+                .start()?,
+        );
+    }
+    let stop_all = |workers: Vec<courier::WorkerHandle>| async move {
+        for w in workers {
+            w.stop(Duration::from_secs(5)).await;
+        }
+    };
     let start = Instant::now();
     let notified = done.notified();
-    publish_all(courier.queue().clone(), q, p, body).await?;
+    publish_all(courier.queue().clone(), &queues, p, body).await?;
     let limit = Duration::from_secs(600);
     if tokio::time::timeout(limit, notified).await.is_err() {
-        worker.stop(Duration::from_secs(5)).await;
+        stop_all(workers).await;
         return Err(backend_err(format!(
             "end-to-end phase handled {} of {} in {limit:?}",
             handled.load(Ordering::Relaxed),
             p.messages
         )));
     }
-    // Acks are settled by the worker right after the handler; wait until the queue agrees.
+    // Acks are settled by the workers right after the handler; wait until the queues agree.
     let report_deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = courier.queue().stats(q).await?;
-        if s.acked >= target {
+        let mut acked = 0;
+        for q in &queues {
+            acked += courier.queue().stats(q).await?.acked;
+        }
+        if acked >= target {
             break;
         }
         if Instant::now() > report_deadline {
-            worker.stop(Duration::from_secs(5)).await;
-            return Err(backend_err(format!("acks not settled: {s:?}")));
+            stop_all(workers).await;
+            return Err(backend_err(format!(
+                "acks not settled: {acked} of {target}"
+            )));
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let elapsed = start.elapsed();
-    worker.stop(Duration::from_secs(5)).await;
+    stop_all(workers).await;
     Ok(elapsed)
 }
 
@@ -599,29 +653,152 @@ fn redis_err(e: redis::RedisError) -> courier::Error {
 /// trip, and `concurrency` consumers each pipelining one `BLPOP` (so an empty list is waited on,
 /// not spun on) and `batch - 1` `LPOP`s, on one list, each on its own connection. The clock
 /// stops when the last message has been popped.
+/// The raw Redis client of a run: one server, or a cluster.
+enum RawRedis {
+    Node(redis::Client),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// The seed nodes' plain URLs.
+        seeds: Vec<String>,
+    },
+}
+
+/// A raw connection: to one server, or a cluster connection (routed by key).
+enum RawConn {
+    Node(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RawConn::Node(c) => c.req_packed_command(cmd),
+            RawConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RawConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RawConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RawConn::Node(c) => c.get_db(),
+            RawConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RawRedis {
+    /// `redis://…` or `redis+cluster://[userinfo@]h1:p1,h2:p2[?query]`.
+    fn open(url: &str) -> courier::Result<RawRedis> {
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| ("redis", rest))
+            .or_else(|| url.strip_prefix("rediss+cluster://").map(|r| ("rediss", r)));
+        let Some((scheme, rest)) = cluster else {
+            return Ok(RawRedis::Node(redis::Client::open(url).map_err(redis_err)?));
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, _) = rest.split_at(end);
+        let (userinfo, hosts) = match authority.rfind('@') {
+            Some(at) => (&authority[..=at], &authority[at + 1..]),
+            None => ("", authority),
+        };
+        let seeds: Vec<String> = hosts
+            .split(',')
+            .map(|h| format!("{scheme}://{userinfo}{h}"))
+            .collect();
+        let client = redis::cluster::ClusterClient::new(seeds.clone()).map_err(redis_err)?;
+        Ok(RawRedis::Cluster { client, seeds })
+    }
+
+    async fn conn(&self) -> courier::Result<RawConn> {
+        match self {
+            RawRedis::Node(c) => Ok(RawConn::Node(
+                c.get_multiplexed_async_connection()
+                    .await
+                    .map_err(redis_err)?,
+            )),
+            RawRedis::Cluster { client, .. } => Ok(RawConn::Cluster(
+                client.get_async_connection().await.map_err(redis_err)?,
+            )),
+        }
+    }
+
+    /// A client per master (the one server, or every master of the cluster).
+    async fn masters(&self) -> courier::Result<Vec<redis::Client>> {
+        let seeds = match self {
+            RawRedis::Node(c) => return Ok(vec![c.clone()]),
+            RawRedis::Cluster { seeds, .. } => seeds,
+        };
+        let seed = redis::Client::open(seeds[0].as_str()).map_err(redis_err)?;
+        let mut conn = seed
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(redis_err)?;
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        let mut addrs = std::collections::BTreeSet::new();
+        if let redis::Value::Array(ranges) = slots {
+            for r in ranges {
+                if let redis::Value::Array(f) = r
+                    && let Some(redis::Value::Array(m)) = f.get(2)
+                    && let (Some(redis::Value::BulkString(h)), Some(redis::Value::Int(port))) =
+                        (m.first(), m.get(1))
+                {
+                    addrs.insert(format!("{}:{port}", String::from_utf8_lossy(h)));
+                }
+            }
+        }
+        let scheme = seeds[0].split("://").next().unwrap_or("redis");
+        let userinfo = seeds[0]
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.rfind('@').map(|at| &r[..=at]))
+            .unwrap_or("");
+        addrs
+            .into_iter()
+            .map(|a| redis::Client::open(format!("{scheme}://{userinfo}{a}")).map_err(redis_err))
+            .collect()
+    }
+}
+
 async fn raw_redis(
     p: &Params,
     body: &Bytes,
     url: &str,
     id: &str,
 ) -> courier::Result<(String, Duration)> {
-    let client = redis::Client::open(url).map_err(redis_err)?;
-    let key = format!("courier-bench:raw:{id}");
+    let client = RawRedis::open(url)?;
+    // One list per queue of the Courier phases, each a hash tag of its own (its own slot on a
+    // cluster).
+    let lists: Vec<String> = (0..p.queues.max(1))
+        .map(|i| format!("{{courier-bench:raw:{id}:{i}}}"))
+        .collect();
     let mut producers = Vec::new();
     let mut consumers = Vec::new();
     for _ in 0..p.concurrency {
-        producers.push(
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(redis_err)?,
-        );
-        consumers.push(
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(redis_err)?,
-        );
+        producers.push(client.conn().await?);
+    }
+    for key in &lists {
+        for _ in 0..p.concurrency {
+            consumers.push((key.clone(), client.conn().await?));
+        }
     }
     let batch = p.batch.max(1);
     let total = p.messages as u64;
@@ -630,15 +807,18 @@ async fn raw_redis(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (t, mut conn) in producers.into_iter().enumerate() {
-        let (key, body) = (key.clone(), body.clone());
+        let (lists, body) = (lists.clone(), body.clone());
         let n = share(p, t);
         tasks.push(tokio::spawn(async move {
             let mut left = n;
+            let mut b = t;
             while left > 0 {
                 let k = left.min(batch);
+                let key = &lists[b % lists.len()];
+                b += 1;
                 let mut pipe = redis::pipe();
                 for _ in 0..k {
-                    pipe.cmd("LPUSH").arg(&key).arg(body.as_ref()).ignore();
+                    pipe.cmd("LPUSH").arg(key).arg(body.as_ref()).ignore();
                 }
                 pipe.query_async::<()>(&mut conn).await?;
                 left -= k;
@@ -646,8 +826,8 @@ async fn raw_redis(
             Ok::<_, redis::RedisError>(())
         }));
     }
-    for mut conn in consumers {
-        let (key, popped, finished) = (key.clone(), popped.clone(), finished.clone());
+    for (key, mut conn) in consumers {
+        let (popped, finished) = (popped.clone(), finished.clone());
         tasks.push(tokio::spawn(async move {
             while popped.load(Ordering::Relaxed) < total {
                 let mut pipe = redis::pipe();
@@ -679,9 +859,11 @@ async fn raw_redis(
         }
     }
     let end = *finished.lock();
-    // Delete the list whatever happened.
-    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+    // Delete the lists whatever happened.
+    if let Ok(mut conn) = client.conn().await {
+        for key in &lists {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+        }
     }
     if let Some(e) = failure {
         return Err(e);
@@ -693,7 +875,10 @@ async fn raw_redis(
         ))
     })?;
     Ok((
-        format!("redis pipelined LPUSH x{batch} / BLPOP+LPOP x{batch}"),
+        format!(
+            "redis pipelined LPUSH x{batch} / BLPOP+LPOP x{batch} on {} list(s)",
+            lists.len()
+        ),
         end.duration_since(start),
     ))
 }
@@ -1272,7 +1457,8 @@ async fn idle_latency(courier: &Courier, q: &str, p: &Params) -> courier::Result
 pub fn table(r: &Report) -> String {
     format!(
         "backend            {}\n\
-         messages           {}  (batch {}, concurrency {}, prefetch {}, payload {} B)\n\
+         messages           {}  (batch {}, concurrency {}, prefetch {}, payload {} B, \
+         queues {})\n\
          publish            {:>12.0} msg/s\n\
          end to end         {:>12.0} msg/s  (publish -> handler -> ack, worker)\n\
          raw baseline       {:>12.0} msg/s  ({})\n\
@@ -1285,6 +1471,7 @@ pub fn table(r: &Report) -> String {
         r.concurrency,
         r.prefetch,
         r.payload_bytes,
+        r.queues,
         r.publish_per_s,
         r.e2e_per_s,
         r.raw_per_s,

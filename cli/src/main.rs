@@ -58,6 +58,7 @@ async fn main_async(cli: &Cli) -> courier::Result<Done> {
             latency_samples: 200,
             keys: false,
             ttl: None,
+            queues: 1,
         };
         let report = courier_benches::run(&params).await?;
         if cli.json {

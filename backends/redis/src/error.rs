@@ -62,7 +62,11 @@ fn transient_server(e: &RedisError) -> bool {
         )
     );
     let code = e.code().unwrap_or("");
-    kind || matches!(code, "BUSY" | "OOM" | "LOADING" | "NOREPLICAS")
+    // UNBLOCKED: a blocked command ended because its master became a replica (failover).
+    kind || matches!(
+        code,
+        "BUSY" | "OOM" | "LOADING" | "NOREPLICAS" | "UNBLOCKED"
+    )
 }
 
 /// Whether one pool of connections (the shared command connection, the blocking-wait

@@ -155,10 +155,15 @@ impl Waiters {
                     }
                 }
             };
+            // A slot that moved: `MOVED` names its new master; `UNBLOCKED` (Redis 7, a master
+            // turned replica while the command was blocked) does not, so the topology is read
+            // again.
             let redirect = match (&outcome, &self.route) {
-                (Some(Err(e)), Route::Cluster(topology)) => e
-                    .redirect_node()
-                    .map(|(to, slot)| (topology.clone(), to.to_string(), slot)),
+                (Some(Err(e)), Route::Cluster(topology)) => match e.redirect_node() {
+                    Some((to, slot)) => Some((topology.clone(), Some((to.to_string(), slot)))),
+                    None if e.code() == Some("UNBLOCKED") => Some((topology.clone(), None)),
+                    None => None,
+                },
                 _ => None,
             };
             if let Some(r) = &outcome
@@ -181,7 +186,7 @@ impl Waiters {
                     // The slot is served elsewhere now (a failover, or resharding): the
                     // connection is fine and goes back to its node's pool; wait on the new
                     // master.
-                    if let Some((topology, to, slot)) = redirect {
+                    if let Some((topology, moved)) = redirect {
                         {
                             let mut idle = self.idle.lock();
                             let pool = idle.entry(addr).or_default();
@@ -189,7 +194,12 @@ impl Waiters {
                                 pool.push(waiter);
                             }
                         }
-                        topology.moved(slot, &to, shared.shared()).await;
+                        match moved {
+                            Some((to, slot)) => topology.moved(slot, &to, shared.shared()).await,
+                            None => {
+                                let _ = topology.refresh(shared.shared(), true).await;
+                            }
+                        }
                     }
                     start = self.health.begin();
                     continue;

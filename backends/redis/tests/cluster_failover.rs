@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use courier_core::{Message, MessageId, Queue, QueueConfig, RetryPolicy, Worker, WorkerHandle};
+use courier_core::{
+    Message, MessageId, Queue, QueueConfig, QueueExt, RetryPolicy, Worker, WorkerHandle,
+};
 use courier_redis::RedisBackend;
 use parking_lot::Mutex;
 use tokio::time::{Instant, timeout};
@@ -48,7 +50,8 @@ fn script() -> PathBuf {
 }
 
 impl Cluster {
-    fn up(test: &str) -> Option<Cluster> {
+    /// `offset` keeps the port ranges of this binary's tests (which run at once) apart.
+    fn up(test: &str, offset: u32) -> Option<Cluster> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -59,7 +62,7 @@ impl Cluster {
         }
         let dir = std::env::temp_dir().join(format!("courier-{test}-{}", std::process::id()));
         // Ports away from the shared test cluster's (17000…), and apart per process.
-        let base = 18_000 + (std::process::id() % 100) * 60;
+        let base = 18_000 + (std::process::id() % 100) * 60 + offset;
         let out = Command::new("bash")
             .arg(script())
             .arg("up")
@@ -291,7 +294,7 @@ async fn connect(url: &str, prefix: &str) -> Arc<dyn Queue> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_resume_after_a_master_failover() {
     const TEST: &str = "cluster_failover";
-    let Some(cluster) = Cluster::up(TEST) else {
+    let Some(cluster) = Cluster::up(TEST, 0) else {
         return;
     };
     let started = Instant::now();
@@ -551,5 +554,118 @@ async fn workers_resume_after_a_master_failover() {
     assert!(
         slowest <= RESUME_WITHIN,
         "workers resumed {resumed:?} after the promotion (limit {RESUME_WITHIN:?})"
+    );
+}
+
+/// `INFO` field `name` of the node at `port`.
+async fn info_field(port: u16, section: &str, name: &str) -> Option<String> {
+    let mut c = node(port).await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// A receive blocked on a queue's master when a manual failover (`CLUSTER FAILOVER` on the
+/// replica) moves the slot: the old master, now a replica, ends the blocked `BLPOP` with
+/// `MOVED`, and the wait must carry on at the new master, so a message published there
+/// afterwards is received at once, not when the receive's 20 s wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_receive_follows_its_slot_to_the_new_master() {
+    const TEST: &str = "cluster_moved_wait";
+    let Some(cluster) = Cluster::up(TEST, 30) else {
+        return;
+    };
+    let prefix = format!("courier-moved-{}", rand::random::<u32>());
+    let seed: u16 = cluster
+        .url
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a seed port");
+    let queue = "moved";
+    let master = master_of(seed, &format!("{{{prefix}:q:{queue}}}")).await;
+    let nodes = cluster_nodes(seed).await.expect("cluster nodes");
+    let master_id = nodes
+        .iter()
+        .find(|n| n.1 == master)
+        .expect("master")
+        .0
+        .clone();
+    let replica = nodes
+        .iter()
+        .find(|n| n.3 == master_id)
+        .map(|n| n.1)
+        .expect("the master's replica");
+    let backend = Arc::new(
+        timeout(
+            Duration::from_secs(10),
+            RedisBackend::builder()
+                .url(cluster.url.as_str())
+                .key_prefix(prefix.as_str())
+                .build(),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect"),
+    );
+    let b = backend.clone();
+    let receiving = tokio::spawn(async move {
+        let r = b.receive(queue, 1, Duration::from_secs(20)).await;
+        (r, Instant::now())
+    });
+    // Blocked on the master.
+    let blocked_by = Instant::now() + Duration::from_secs(10);
+    while info_field(master, "clients", "blocked_clients")
+        .await
+        .as_deref()
+        != Some("1")
+    {
+        assert!(
+            Instant::now() < blocked_by,
+            "the receive never blocked on :{master}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut r = node(replica).await.expect("replica");
+    let _: String = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut r)
+        .await
+        .expect("CLUSTER FAILOVER");
+    let promoted_by = Instant::now() + Duration::from_secs(10);
+    while info_field(replica, "replication", "role").await.as_deref() != Some("master") {
+        assert!(Instant::now() < promoted_by, ":{replica} not promoted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let published_at = Instant::now();
+    let id = timeout(
+        Duration::from_secs(10),
+        backend.publish(queue, Message::new("job", "after the failover")),
+    )
+    .await
+    .expect("publish in time")
+    .expect("publish");
+    let (got, at) = timeout(Duration::from_secs(30), receiving)
+        .await
+        .expect("the receive ends in time")
+        .expect("receive task");
+    let got = got.expect("receive");
+    let waited = at.saturating_duration_since(published_at);
+    println!(
+        "blocked receive moved from :{master} to :{replica}; got the message {waited:?} after \
+         its publish"
+    );
+    assert_eq!(got.len(), 1, "the message published at the new master");
+    assert_eq!(got[0].message.id, id);
+    assert!(
+        waited < Duration::from_secs(3),
+        "received {waited:?} after the publish: the wait did not follow the slot"
     );
 }

@@ -49,6 +49,11 @@ struct Args {
     /// both and the ratios (with / without).
     #[arg(long)]
     compare_recorder: bool,
+    /// Spread the load over this many queues: one worker per queue (each with --concurrency
+    /// handlers), publishers sending batch after batch to the next queue; the raw baseline
+    /// uses as many lists. On a Redis Cluster the queues' slots fall on different masters.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,8 +84,8 @@ fn print(report: &courier_benches::Report, json: bool) {
 
 fn main() {
     let args = Args::parse();
-    if args.messages == 0 || args.batch == 0 || args.concurrency == 0 {
-        eprintln!("throughput: --messages, --batch and --concurrency must be at least 1");
+    if args.messages == 0 || args.batch == 0 || args.concurrency == 0 || args.queues == 0 {
+        eprintln!("throughput: --messages, --batch, --concurrency and --queues must be at least 1");
         std::process::exit(2);
     }
     let params = Params {
@@ -95,6 +100,7 @@ fn main() {
         latency_samples: args.latency_samples,
         keys: args.keys,
         ttl: args.ttl_ms.map(std::time::Duration::from_millis),
+        queues: args.queues,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
