@@ -18,7 +18,8 @@
 # (cluster-replica-validity-factor 0: availability over staleness, as a test wants), and no
 # persistence (test data only).
 # Ports: 6 free ports p with p+10000 (the cluster bus) free too, from 17000 up by default
-# (REDIS_CLUSTER_BASE_PORT). Everything is logged to stderr; stdout is the URL only.
+# (REDIS_CLUSTER_BASE_PORT); keep base + 10000 below 32768, where Linux's ephemeral ports
+# begin. Everything is logged to stderr; stdout is the URL only.
 set -euo pipefail
 
 ACTION=${1:-up}
@@ -134,7 +135,10 @@ EOF
             [[ $(cli "$p" ping 2>/dev/null) == PONG ]] && break
             sleep 0.1
         done
-        [[ $(cli "$p" ping 2>/dev/null) == PONG ]] || die "node $p did not start (see $DIR/node-$p/log)"
+        [[ $(cli "$p" ping 2>/dev/null) == PONG ]] || {
+            tail -n 5 "$DIR/node-$p/log" >&2 2>/dev/null || true
+            die "node $p did not start (its log's end is above)"
+        }
     done
     local addrs=()
     for p in "${ports[@]}"; do addrs+=("$HOST:$p"); done
@@ -144,7 +148,10 @@ EOF
         cluster_ok && break
         sleep 0.1
     done
-    cluster_ok || die "cluster_state is not ok after ${WAIT}s"
+    cluster_ok || {
+        cat "$DIR/create.log" >&2
+        die "cluster_state is not ok after ${WAIT}s"
+    }
     # Every node must also see the 3 masters with their replicas (create can return before
     # the replicas' roles have spread over the bus).
     for _ in $(seq $((WAIT * 10))); do
@@ -165,7 +172,12 @@ EOF
         ((synced == NODES / 2)) && break
         sleep 0.1
     done
-    ((synced == NODES / 2)) || die "replicas not in sync after ${WAIT}s"
+    ((synced == NODES / 2)) || {
+        for p in "${ports[@]}"; do
+            log "node $p: $(cli "$p" info replication 2>&1 | tr -d '\r' | grep -E '^(role|master_link_status):' | paste -sd' ')"
+        done
+        die "replicas not in sync after ${WAIT}s"
+    }
     log "up in $DIR: ${addrs[*]}"
     url | tee "$DIR/url"
 }

@@ -655,9 +655,9 @@ fn redis_err(e: redis::RedisError) -> courier::Error {
 /// stops when the last message has been popped.
 /// The raw Redis client of a run: one server, or a cluster.
 enum RawRedis {
-    Node(redis::Client),
+    Node(Box<redis::Client>),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         /// The seed nodes' plain URLs.
         seeds: Vec<String>,
     },
@@ -708,7 +708,9 @@ impl RawRedis {
             .map(|rest| ("redis", rest))
             .or_else(|| url.strip_prefix("rediss+cluster://").map(|r| ("rediss", r)));
         let Some((scheme, rest)) = cluster else {
-            return Ok(RawRedis::Node(redis::Client::open(url).map_err(redis_err)?));
+            return Ok(RawRedis::Node(Box::new(
+                redis::Client::open(url).map_err(redis_err)?,
+            )));
         };
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, _) = rest.split_at(end);
@@ -720,7 +722,8 @@ impl RawRedis {
             .split(',')
             .map(|h| format!("{scheme}://{userinfo}{h}"))
             .collect();
-        let client = redis::cluster::ClusterClient::new(seeds.clone()).map_err(redis_err)?;
+        let client =
+            Box::new(redis::cluster::ClusterClient::new(seeds.clone()).map_err(redis_err)?);
         Ok(RawRedis::Cluster { client, seeds })
     }
 
@@ -740,7 +743,7 @@ impl RawRedis {
     /// A client per master (the one server, or every master of the cluster).
     async fn masters(&self) -> courier::Result<Vec<redis::Client>> {
         let seeds = match self {
-            RawRedis::Node(c) => return Ok(vec![c.clone()]),
+            RawRedis::Node(c) => return Ok(vec![(**c).clone()]),
             RawRedis::Cluster { seeds, .. } => seeds,
         };
         let seed = redis::Client::open(seeds[0].as_str()).map_err(redis_err)?;

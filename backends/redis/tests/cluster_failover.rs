@@ -61,8 +61,9 @@ impl Cluster {
             return None;
         }
         let dir = std::env::temp_dir().join(format!("courier-{test}-{}", std::process::id()));
-        // Ports away from the shared test cluster's (17000…), and apart per process.
-        let base = 18_000 + (std::process::id() % 100) * 60 + offset;
+        // Ports away from the shared test cluster's (17000…), apart per process, and with
+        // their bus ports (+10000) below Linux's ephemeral range (32768…).
+        let base = 18_000 + (std::process::id() % 40) * 60 + offset;
         let out = Command::new("bash")
             .arg(script())
             .arg("up")
