@@ -45,7 +45,7 @@ pub fn required() -> bool {
 
 /// Poll `cond` until it holds or `within` passes; on time out, the panic says what was awaited
 /// and what `state` shows then (a CI log must explain a failure on its own).
-async fn until(
+pub async fn until(
     within: Duration,
     what: &str,
     mut cond: impl FnMut() -> bool,

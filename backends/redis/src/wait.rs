@@ -95,7 +95,8 @@ impl Waiters {
     /// Run a blocking command on `key` for at most `block` (its own server-side timeout must
     /// be `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
     /// connection that turns out broken (Redis restarted) is replaced once, and the other idle
-    /// ones of its node are dropped with it. On a cluster, a `MOVED` reply is followed once.
+    /// ones of its node are dropped with it. On a cluster, a moved slot (`MOVED`, `UNBLOCKED`)
+    /// is followed to its new master, twice at most.
     pub(crate) async fn run(
         &self,
         operation: &'static str,

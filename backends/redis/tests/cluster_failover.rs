@@ -18,6 +18,9 @@
 
 mod support;
 
+use courier_conformance::faults::until;
+use support::cluster::{first_seed, master_of, node};
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -117,20 +120,9 @@ impl Drop for Cluster {
     }
 }
 
-/// A plain connection to one node, for `CLUSTER` commands.
-async fn node(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))?
-}
-
 /// `CLUSTER NODES` of the node at `port`: `(id, port, flags, master id)` per node.
 async fn cluster_nodes(port: u16) -> redis::RedisResult<Vec<(String, u16, String, String)>> {
-    let mut c = node(port).await?;
+    let mut c = node(&format!("127.0.0.1:{port}")).await?;
     let text: String = timeout(
         Duration::from_secs(5),
         redis::cmd("CLUSTER").arg("NODES").query_async(&mut c),
@@ -159,37 +151,11 @@ async fn cluster_nodes(port: u16) -> redis::RedisResult<Vec<(String, u16, String
         .collect())
 }
 
-/// The port of the master serving `key`'s slot, asked of the node at `port`.
-async fn master_of(port: u16, key: &str) -> u16 {
-    let mut c = node(port).await.expect("connect");
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .expect("keyslot");
-    let slots: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut c)
-        .await
-        .expect("slots");
-    let redis::Value::Array(ranges) = slots else {
-        panic!("CLUSTER SLOTS: {slots:?}")
-    };
-    for r in ranges {
-        let redis::Value::Array(f) = r else { continue };
-        let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(m)) =
-            (&f[0], &f[1], &f[2])
-        else {
-            continue;
-        };
-        if (*a..=*b).contains(&i64::from(slot))
-            && let redis::Value::Int(p) = m[1]
-        {
-            return u16::try_from(p).expect("port");
-        }
-    }
-    panic!("no master for slot {slot}")
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("host:port")
 }
 
 fn queue_name(i: usize) -> String {
@@ -261,23 +227,6 @@ async fn publish(q: Arc<dyn Queue>, ledger: Arc<Ledger>, p: usize, deadline: Ins
     }
 }
 
-async fn until(
-    within: Duration,
-    what: &str,
-    mut cond: impl FnMut() -> bool,
-    state: impl Fn() -> String,
-) {
-    let end = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {within:?} waiting for {what}; {}",
-            state()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn connect(url: &str, prefix: &str) -> Arc<dyn Queue> {
     let b = timeout(
         Duration::from_secs(20),
@@ -301,20 +250,14 @@ async fn workers_resume_after_a_master_failover() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(150);
     let prefix = format!("courier-failover-{}", rand::random::<u32>());
-    let seed: u16 = cluster
-        .url
-        .trim_start_matches("redis+cluster://")
-        .split(',')
-        .next()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a seed port");
+    let seed = first_seed(&cluster.url);
 
     // The master to kill: the one serving queue 0. Which queues it serves: loss may only
     // happen there.
     let mut owners = Vec::new();
     for q in 0..QUEUES {
-        owners.push(master_of(seed, &format!("{{{prefix}:q:{}}}", queue_name(q))).await);
+        let (_, addr) = master_of(&seed, &format!("{{{prefix}:q:{}}}", queue_name(q))).await;
+        owners.push(port_of(&addr));
     }
     let victim = owners[0];
     let victim_queues: HashSet<usize> = (0..QUEUES).filter(|&q| owners[q] == victim).collect();
@@ -326,7 +269,7 @@ async fn workers_resume_after_a_master_failover() {
         }
         m
     });
-    let nodes = cluster_nodes(seed).await.expect("cluster nodes");
+    let nodes = cluster_nodes(port_of(&seed)).await.expect("cluster nodes");
     let victim_id = nodes
         .iter()
         .find(|n| n.1 == victim)
@@ -560,7 +503,7 @@ async fn workers_resume_after_a_master_failover() {
 
 /// `INFO` field `name` of the node at `port`.
 async fn info_field(port: u16, section: &str, name: &str) -> Option<String> {
-    let mut c = node(port).await.ok()?;
+    let mut c = node(&format!("127.0.0.1:{port}")).await.ok()?;
     let info: String = redis::cmd("INFO")
         .arg(section)
         .query_async(&mut c)
@@ -582,17 +525,10 @@ async fn a_blocked_receive_follows_its_slot_to_the_new_master() {
         return;
     };
     let prefix = format!("courier-moved-{}", rand::random::<u32>());
-    let seed: u16 = cluster
-        .url
-        .trim_start_matches("redis+cluster://")
-        .split(',')
-        .next()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a seed port");
+    let seed = first_seed(&cluster.url);
     let queue = "moved";
-    let master = master_of(seed, &format!("{{{prefix}:q:{queue}}}")).await;
-    let nodes = cluster_nodes(seed).await.expect("cluster nodes");
+    let master = port_of(&master_of(&seed, &format!("{{{prefix}:q:{queue}}}")).await.1);
+    let nodes = cluster_nodes(port_of(&seed)).await.expect("cluster nodes");
     let master_id = nodes
         .iter()
         .find(|n| n.1 == master)
@@ -634,7 +570,9 @@ async fn a_blocked_receive_follows_its_slot_to_the_new_master() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut r = node(replica).await.expect("replica");
+    let mut r = node(&format!("127.0.0.1:{replica}"))
+        .await
+        .expect("replica");
     let _: String = redis::cmd("CLUSTER")
         .arg("FAILOVER")
         .query_async(&mut r)

@@ -6,50 +6,15 @@
 
 mod support;
 
+use support::cluster::{first_seed, master_of, master_slots, node};
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use courier_core::{Message, Queue, QueueExt};
 use courier_redis::RedisBackend;
-use tokio::time::timeout;
 
 const QUEUES: usize = 64;
-
-async fn node(addr: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(format!("redis://{addr}")).expect("client");
-    timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect")
-}
-
-/// The masters' slot ranges, from `CLUSTER SLOTS` of the node at `seed`.
-async fn masters(seed: &str) -> BTreeMap<String, Vec<(i64, i64)>> {
-    let mut c = node(seed).await;
-    let slots: redis::Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut c)
-        .await
-        .expect("slots");
-    let redis::Value::Array(ranges) = slots else {
-        panic!("CLUSTER SLOTS: {slots:?}")
-    };
-    let mut out: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-    for r in ranges {
-        let redis::Value::Array(f) = r else { continue };
-        if let (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(m)) =
-            (&f[0], &f[1], &f[2])
-            && let (redis::Value::BulkString(host), redis::Value::Int(port)) = (&m[0], &m[1])
-        {
-            let addr = format!("{}:{port}", String::from_utf8_lossy(host));
-            out.entry(addr).or_default().push((*a, *b));
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn sixty_four_queues_use_every_master() {
@@ -76,13 +41,11 @@ async fn sixty_four_queues_use_every_master() {
             .await
             .expect("publish");
     }
-    let seed = url
-        .trim_start_matches("redis+cluster://")
-        .split(',')
-        .next()
-        .expect("a seed")
-        .to_string();
-    let masters = masters(&seed).await;
+    let seed = first_seed(&url);
+    let mut masters: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (a, b, addr) in master_slots(&seed).await {
+        masters.entry(addr).or_default().push((a, b));
+    }
     assert_eq!(
         masters.len(),
         3,
@@ -91,20 +54,9 @@ async fn sixty_four_queues_use_every_master() {
 
     let mut per_master: BTreeMap<String, (usize, i64)> = BTreeMap::new();
     for q in &names {
-        let tag = format!("{{{prefix}:q:{q}}}");
-        let mut c = node(&seed).await;
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&tag)
-            .query_async(&mut c)
-            .await
-            .expect("keyslot");
-        let (addr, _) = masters
-            .iter()
-            .find(|(_, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-            .expect("a master serves the slot");
+        let (slot, addr) = master_of(&seed, &format!("{{{prefix}:q:{q}}}")).await;
         // COUNTKEYSINSLOT is answered by the slot's master only.
-        let mut m = node(addr).await;
+        let mut m = node(&addr).await.expect("connect");
         let keys: i64 = redis::cmd("CLUSTER")
             .arg("COUNTKEYSINSLOT")
             .arg(slot)
@@ -120,7 +72,7 @@ async fn sixty_four_queues_use_every_master() {
         e.1 += keys;
     }
     for (addr, ranges) in &masters {
-        let mut m = node(addr).await;
+        let mut m = node(addr).await.expect("connect");
         let info: String = redis::cmd("INFO")
             .arg("keyspace")
             .query_async(&mut m)

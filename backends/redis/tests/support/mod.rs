@@ -2,6 +2,7 @@
 //! one). Each test binary uses the parts it needs.
 #![allow(dead_code)]
 
+pub(crate) mod cluster;
 pub(crate) mod logs;
 
 /// The bound on every await of a test against the shared server.
