@@ -222,15 +222,34 @@ impl Topology {
     }
 
     /// A `MOVED` redirect: `slot` is now served by `addr`. The whole map is read again, as
-    /// a failover or resharding moves more than one slot.
+    /// a failover or resharding moves more than one slot, and then `slot` is set to `addr`
+    /// whatever the map said: the node that answered may not have heard of the change yet,
+    /// and the redirect is the newer news.
     pub(crate) async fn moved(&self, slot: u16, addr: &str, shared: &mut Shared) {
-        {
-            let mut slots = self.slots.write();
-            slots.retain(|(first, last, _)| !(*first <= slot && slot <= *last));
-            let i = slots.partition_point(|(first, _, _)| *first < slot);
-            slots.insert(i, (slot, slot, addr.to_string()));
-        }
         let _ = self.refresh(shared, true).await;
+        self.pin(slot, addr);
+    }
+
+    /// Record that `slot` is served by `addr`, splitting the range that held it.
+    fn pin(&self, slot: u16, addr: &str) {
+        let mut slots = self.slots.write();
+        let mut kept = Vec::with_capacity(slots.len() + 2);
+        for (first, last, owner) in slots.drain(..) {
+            if first <= slot && slot <= last {
+                // Split the range around `slot`.
+                if first < slot {
+                    kept.push((first, slot - 1, owner.clone()));
+                }
+                if slot < last {
+                    kept.push((slot + 1, last, owner));
+                }
+            } else {
+                kept.push((first, last, owner));
+            }
+        }
+        kept.push((slot, slot, addr.to_string()));
+        kept.sort();
+        *slots = kept;
     }
 
     /// Read `CLUSTER SLOTS` (from any node, through the cluster client). Unless `force`,
@@ -355,6 +374,27 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
         assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn a_moved_slot_splits_its_range() {
+        let url = parse_url("redis+cluster://a:1", "s")
+            .expect("ok")
+            .expect("c");
+        let t = Topology::new(url, None);
+        *t.slots.write() = vec![(0, 99, "a:1".into()), (100, 199, "b:2".into())];
+        t.pin(50, "c:3");
+        assert_eq!(t.cached_owner(49).as_deref(), Some("a:1"));
+        assert_eq!(t.cached_owner(50).as_deref(), Some("c:3"));
+        assert_eq!(t.cached_owner(51).as_deref(), Some("a:1"));
+        assert_eq!(t.cached_owner(150).as_deref(), Some("b:2"));
+        t.pin(0, "d:4");
+        t.pin(199, "d:4");
+        assert_eq!(t.cached_owner(0).as_deref(), Some("d:4"));
+        assert_eq!(t.cached_owner(1).as_deref(), Some("a:1"));
+        assert_eq!(t.cached_owner(199).as_deref(), Some("d:4"));
+        assert_eq!(t.cached_owner(198).as_deref(), Some("b:2"));
+        assert_eq!(t.cached_owner(200), None);
     }
 
     #[test]

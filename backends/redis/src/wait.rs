@@ -36,6 +36,16 @@ use crate::{BACKEND_NAME, Conn};
 /// Idle blocking connections kept for reuse (per node, on a cluster).
 const MAX_IDLE: usize = 32;
 
+/// Where a cluster sent a wait that it no longer serves.
+enum Redirect {
+    /// `MOVED`: the slot is served by this node now.
+    Moved(String, u16),
+    /// `ASK`: the slot is migrating and the key is at this node; ask there once.
+    Ask(String),
+    /// `UNBLOCKED`: the node turned replica while the wait was blocked; read the topology.
+    Unblocked,
+}
+
 /// Where waits connect: the one server, or the master of each wait key's slot.
 pub(crate) enum Route {
     Node(Box<Client>),
@@ -95,8 +105,10 @@ impl Waiters {
     /// Run a blocking command on `key` for at most `block` (its own server-side timeout must
     /// be `block + SERVER_SLACK`). Returns its reply, or `Nil` when `block` passed. A pooled
     /// connection that turns out broken (Redis restarted) is replaced once, and the other idle
-    /// ones of its node are dropped with it. On a cluster, a moved slot (`MOVED`, `UNBLOCKED`)
-    /// is followed to its new master, twice at most.
+    /// ones of its node are dropped with it. On a cluster, a moved or migrating slot (`MOVED`,
+    /// `UNBLOCKED`, `ASK`) is followed to its new node, three times at most (an `UNBLOCKED`
+    /// read of the topology may meet a node that has not heard of the failover yet, and the
+    /// old master's `MOVED` then sets it right).
     pub(crate) async fn run(
         &self,
         operation: &'static str,
@@ -108,9 +120,17 @@ impl Waiters {
         // Each step reports against the state when it began: a wait that connected during an
         // outage (ending it) and then lost its connection in the next one starts that one.
         let mut start = self.health.begin();
-        for _ in 0..3 {
+        // After `ASK` (the slot is being migrated and the key is already at its new node):
+        // that node, for this one command, announced with `ASKING`.
+        let mut asking: Option<String> = None;
+        for _ in 0..4 {
             let (addr, client) = match &self.route {
                 Route::Node(client) => (String::new(), (**client).clone()),
+                Route::Cluster(topology) if asking.is_some() => {
+                    let addr = asking.clone().unwrap_or_default();
+                    let client = topology.client(&addr)?;
+                    (addr, client)
+                }
                 Route::Cluster(topology) => {
                     let owner = topology.owner(key, shared.shared()).await;
                     self.health.observe(start, operation, &owner);
@@ -137,6 +157,16 @@ impl Waiters {
             };
             start = self.health.begin();
             let id = waiter.id;
+            if asking.take().is_some() {
+                let asked = redis::cmd("ASKING")
+                    .query_async::<Value>(&mut waiter.conn)
+                    .await;
+                if let Err(e) = asked {
+                    self.health
+                        .observe(start, operation, &Err::<(), _>(e.clone()));
+                    return Err(map_err(operation, e));
+                }
+            }
             let outcome = {
                 let fut = cmd.query_async::<Value>(&mut waiter.conn);
                 tokio::pin!(fut);
@@ -158,11 +188,20 @@ impl Waiters {
             };
             // A slot that moved: `MOVED` names its new master; `UNBLOCKED` (Redis 7, a master
             // turned replica while the command was blocked) does not, so the topology is read
-            // again.
+            // again; `ASK` sends this one command to the slot's next node.
             let redirect = match (&outcome, &self.route) {
                 (Some(Err(e)), Route::Cluster(topology)) => match e.redirect_node() {
-                    Some((to, slot)) => Some((topology.clone(), Some((to.to_string(), slot)))),
-                    None if e.code() == Some("UNBLOCKED") => Some((topology.clone(), None)),
+                    Some((to, _))
+                        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Ask) =>
+                    {
+                        Some((topology.clone(), Redirect::Ask(to.to_string())))
+                    }
+                    Some((to, slot)) => {
+                        Some((topology.clone(), Redirect::Moved(to.to_string(), slot)))
+                    }
+                    None if e.code() == Some("UNBLOCKED") => {
+                        Some((topology.clone(), Redirect::Unblocked))
+                    }
                     None => None,
                 },
                 _ => None,
@@ -196,8 +235,11 @@ impl Waiters {
                             }
                         }
                         match moved {
-                            Some((to, slot)) => topology.moved(slot, &to, shared.shared()).await,
-                            None => {
+                            Redirect::Moved(to, slot) => {
+                                topology.moved(slot, &to, shared.shared()).await;
+                            }
+                            Redirect::Ask(to) => asking = Some(to),
+                            Redirect::Unblocked => {
                                 let _ = topology.refresh(shared.shared(), true).await;
                             }
                         }

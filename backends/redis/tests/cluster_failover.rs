@@ -15,6 +15,9 @@
 //!    handled) is printed, not asserted 0: Redis replicates asynchronously, so a write the
 //!    killed master acknowledged but had not yet sent to its replica is gone. What is
 //!    asserted is where loss may happen: only on queues whose slot the killed master served.
+//!
+//! Two more tests, each on a private cluster of its own: a receive blocked when
+//! `CLUSTER FAILOVER` moves its slot, and a queue whose slot migrates under load.
 
 mod support;
 
@@ -66,7 +69,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("courier-{test}-{}", std::process::id()));
         // Ports away from the shared test cluster's (17000…), apart per process, and with
         // their bus ports (+10000) below Linux's ephemeral range (32768…).
-        let base = 18_000 + (std::process::id() % 40) * 60 + offset;
+        let base = 18_000 + (std::process::id() % 40) * 90 + offset;
         let out = Command::new("bash")
             .arg(script())
             .arg("up")
@@ -607,4 +610,245 @@ async fn a_blocked_receive_follows_its_slot_to_the_new_master() {
         waited < Duration::from_secs(3),
         "received {waited:?} after the publish: the wait did not follow the slot"
     );
+}
+
+/// A queue under load while its slot migrates to another master (`CLUSTER SETSLOT
+/// IMPORTING / MIGRATING`, `MIGRATE` a few keys at a time, then `SETSLOT NODE`), as
+/// `redis-cli --cluster reshard` does: calls meet `ASK` and `TRYAGAIN` meanwhile and `MOVED`
+/// afterwards, and a blocked receive is redirected. Nothing may be lost (a migration moves
+/// keys atomically; no failover is involved), nothing unexpected handled; duplicates are
+/// counted. Afterwards the queue's keys are on the new master only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_keeps_working_while_its_slot_migrates() {
+    const TEST: &str = "cluster_migration";
+    const N: usize = 4_000;
+    let Some(cluster) = Cluster::up(TEST, 60) else {
+        return;
+    };
+    let prefix = format!("courier-migrate-{}", rand::random::<u32>());
+    let seed = first_seed(&cluster.url);
+    let queue = "migrating";
+    let (slot, src) = master_of(&seed, &format!("{{{prefix}:q:{queue}}}")).await;
+    let nodes = cluster_nodes(port_of(&seed)).await.expect("cluster nodes");
+    let id_of = |port: u16| nodes.iter().find(|n| n.1 == port).expect("node").0.clone();
+    let src_port = port_of(&src);
+    let dst_port = nodes
+        .iter()
+        .find(|n| n.2.contains("master") && n.1 != src_port)
+        .map(|n| n.1)
+        .expect("another master");
+    let masters: Vec<u16> = nodes
+        .iter()
+        .filter(|n| n.2.contains("master"))
+        .map(|n| n.1)
+        .collect();
+    let (src_id, dst_id) = (id_of(src_port), id_of(dst_port));
+
+    let ledger = Arc::new(Ledger::default());
+    let b = connect(&cluster.url, &prefix).await;
+    b.configure(queue, config()).expect("configure");
+    let l = ledger.clone();
+    // Handlers are held during the migration, so the slot holds ready and leased messages
+    // (all of a queue's keys) while it moves.
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(true);
+    let worker = Worker::builder(b.clone(), queue)
+        .concurrency(4)
+        .idle_wait(Duration::from_millis(500))
+        .handler("job", move |m: Message| {
+            let l = l.clone();
+            let mut gate = gate_rx.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                *l.handled.lock().entry(m.id).or_insert(0) += 1;
+                Ok(())
+            }
+        })
+        .start()
+        .expect("worker");
+    let publisher = {
+        let (b, l) = (b.clone(), ledger.clone());
+        tokio::spawn(async move {
+            for batch_no in 0..N / BATCH {
+                let batch: Vec<Message> = (0..BATCH)
+                    .map(|i| Message::new("job", format!("b{batch_no}-m{i}")))
+                    .collect();
+                l.attempted.lock().extend(batch.iter().map(|m| m.id));
+                loop {
+                    match timeout(
+                        Duration::from_secs(10),
+                        b.publish_batch(queue, batch.clone()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => {
+                            l.ok_count.fetch_add(BATCH, Ordering::Relaxed);
+                            l.ok.lock().extend(batch.iter().map(|m| (m.id, 0)));
+                            break;
+                        }
+                        Ok(Err(e)) if e.is_retryable() => {
+                            l.publish_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => panic!("publish: non-retryable error {e:#}"),
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Spread the publishes over the migration.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    until(
+        Duration::from_secs(30),
+        "a quarter of the publishes",
+        || ledger.ok_count.load(Ordering::Relaxed) >= N / 4,
+        || format!("ok {}", ledger.ok_count.load(Ordering::Relaxed)),
+    )
+    .await;
+
+    gate_tx.send_replace(false);
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = timeout(Duration::from_secs(10), b.stats(queue))
+            .await
+            .expect("stats in time")
+            .expect("stats");
+        if st.ready_total() > 0 && st.in_flight > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < ready_by,
+            "no ready and leased messages: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Migrate the slot, a few keys at a time.
+    let migration_started = Instant::now();
+    let mut s = node(&format!("127.0.0.1:{src_port}")).await.expect("src");
+    let mut d = node(&format!("127.0.0.1:{dst_port}")).await.expect("dst");
+    let setslot = |state: &str, id: &str| {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        c
+    };
+    let _: () = setslot("IMPORTING", &src_id)
+        .query_async(&mut d)
+        .await
+        .expect("importing");
+    let _: () = setslot("MIGRATING", &dst_id)
+        .query_async(&mut s)
+        .await
+        .expect("migrating");
+    let mut moved_keys = 0;
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(3)
+            .query_async(&mut s)
+            .await
+            .expect("getkeysinslot");
+        if keys.is_empty() {
+            break;
+        }
+        moved_keys += keys.len();
+        let _: redis::Value = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(dst_port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut s)
+            .await
+            .expect("migrate");
+        // Keep the slot half-moved for a while, so calls meet it.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let _: () = setslot("NODE", &dst_id)
+        .query_async(&mut d)
+        .await
+        .expect("node on dst");
+    let _: () = setslot("NODE", &dst_id)
+        .query_async(&mut s)
+        .await
+        .expect("node on src");
+    for m in masters.iter().filter(|&&m| m != src_port && m != dst_port) {
+        let mut c = node(&format!("127.0.0.1:{m}")).await.expect("master");
+        let _: () = setslot("NODE", &dst_id)
+            .query_async(&mut c)
+            .await
+            .expect("node on the third master");
+    }
+    let migrated_in = migration_started.elapsed();
+    gate_tx.send_replace(true);
+    let ok_at_end_of_migration = ledger.ok_count.load(Ordering::Relaxed);
+
+    timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finishes in time")
+        .expect("publisher task");
+    until(
+        Duration::from_secs(60),
+        "every acknowledged publish to be handled",
+        || {
+            let h = ledger.handled.lock();
+            ledger.ok.lock().keys().all(|id| h.contains_key(id))
+        },
+        || format!("handled {}", ledger.handled.lock().len()),
+    )
+    .await;
+    let stats = loop {
+        let st = timeout(Duration::from_secs(10), b.stats(queue))
+            .await
+            .expect("stats in time")
+            .expect("stats");
+        if st.stored() == 0 {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let report = timeout(Duration::from_secs(10), worker.stop(Duration::from_secs(2)))
+        .await
+        .expect("worker stops in time");
+
+    let src_keys: i64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut s)
+        .await
+        .expect("count on src");
+    let dst_keys: i64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut d)
+        .await
+        .expect("count on dst");
+    let attempted = ledger.attempted.lock().clone();
+    let ok = ledger.ok.lock().clone();
+    let handled = ledger.handled.lock().clone();
+    let lost = ok.keys().filter(|id| !handled.contains_key(id)).count();
+    let unexpected = handled.keys().filter(|id| !attempted.contains(id)).count();
+    let duplicated = handled.values().filter(|&&n| n > 1).count();
+    println!(
+        "{{:attempted {} :ok {} :handled {} :lost {lost} :unexpected {unexpected} \
+         :duplicated {duplicated} :publish-errors {} :slot {slot} :from {src_port} :to {dst_port} \
+         :keys-migrated {moved_keys} :migration-ms {} :ok-during-migration {} \
+         :lease-lost {} :keys-left-on-source {src_keys} :keys-on-target {dst_keys}}}",
+        attempted.len(),
+        ok.len(),
+        handled.len(),
+        ledger.publish_errors.load(Ordering::Relaxed),
+        migrated_in.as_millis(),
+        ok_at_end_of_migration,
+        report.stats.lease_lost,
+    );
+    assert_eq!(ok.len(), N, "every batch acknowledged");
+    assert_eq!(lost, 0, "a migration loses nothing");
+    assert_eq!(unexpected, 0);
+    assert!(moved_keys > 0, "the slot held keys to migrate");
+    assert_eq!(src_keys, 0, "nothing left on the old master");
+    assert!(dst_keys > 0, "the queue's keys are on the new master");
+    assert_eq!(stats.stored(), 0);
 }
