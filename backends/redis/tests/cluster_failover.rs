@@ -250,6 +250,10 @@ async fn workers_resume_after_a_master_failover() {
     let Some(cluster) = Cluster::up(TEST, 0) else {
         return;
     };
+    // What an operator would see: the warnings logged during the run (all tests of this
+    // binary log into it; only this one counts them, and prints the figure).
+    let logs = support::logs::LogRecorder::new(tracing::Level::WARN, "courier");
+    let _ = tracing::subscriber::set_global_default(logs.clone());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(150);
     let prefix = format!("courier-failover-{}", rand::random::<u32>());
@@ -477,14 +481,17 @@ async fn workers_resume_after_a_master_failover() {
         .collect();
     let unexpected = handled.keys().filter(|id| !attempted.contains(id)).count();
     let duplicated = handled.values().filter(|&&n| n > 1).count();
+    let warnings = logs.lines();
     println!(
         "{{:attempted {} :ok {} :handled {} :lost {} :unexpected {unexpected} :duplicated {duplicated} \
+         :warnings-logged {} \
          :publish-errors {} :masters {} :victim-queues {} :promoted-after-ms {} \
          :resumed-after-promotion-ms {:?} :elapsed-ms {}}}",
         attempted.len(),
         ok.len(),
         handled.len(),
         lost.len(),
+        warnings.len(),
         ledger.publish_errors.load(Ordering::Relaxed),
         masters.len(),
         victim_queues.len(),
