@@ -19,6 +19,12 @@ use crate::BACKEND_NAME;
 /// else (a script error, a wrong type) is [`ErrorKind::Backend`]. The redis-rs error is kept
 /// as the source; it never carries the password of the URL.
 pub(crate) fn map_err(operation: &'static str, e: RedisError) -> Error {
+    map_err_on(operation, e, "")
+}
+
+/// [`map_err`] for a call to one node of a cluster (`host:port`), which the message names so
+/// an operator sees which node is in trouble; `""` names none.
+pub(crate) fn map_err_on(operation: &'static str, e: RedisError, node: &str) -> Error {
     let (kind, message) = if connection_lost(&e) {
         (ErrorKind::Unavailable, "Redis is unreachable")
     } else if transient_server(&e) {
@@ -27,6 +33,11 @@ pub(crate) fn map_err(operation: &'static str, e: RedisError) -> Error {
         (ErrorKind::Backend, "Redis refused the credentials")
     } else {
         (ErrorKind::Backend, "Redis returned an error")
+    };
+    let message = if node.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message} (node {node})")
     };
     Error::new(kind, message)
         .with_backend(BACKEND_NAME)

@@ -30,7 +30,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Value};
 
 use crate::cluster::Topology;
-use crate::error::{Health, map_err, timed_out};
+use crate::error::{Health, map_err, map_err_on, timed_out};
 use crate::{BACKEND_NAME, Conn};
 
 /// Idle blocking connections kept for reuse (per node, on a cluster).
@@ -152,7 +152,7 @@ impl Waiters {
                         let _ = topology.refresh(shared.shared(), false).await;
                     }
                     self.health.observe(start, operation, &connected);
-                    connected.map_err(|e| map_err(operation, e))?
+                    connected.map_err(|e| map_err_on(operation, e, &addr))?
                 }
             };
             start = self.health.begin();
@@ -164,7 +164,7 @@ impl Waiters {
                 if let Err(e) = asked {
                     self.health
                         .observe(start, operation, &Err::<(), _>(e.clone()));
-                    return Err(map_err(operation, e));
+                    return Err(map_err_on(operation, e, &addr));
                 }
             }
             let outcome = {
@@ -264,7 +264,7 @@ impl Waiters {
                     {
                         let _ = topology.refresh(shared.shared(), false).await;
                     }
-                    return Err(map_err(operation, e));
+                    return Err(map_err_on(operation, e, &addr));
                 }
             }
         }
