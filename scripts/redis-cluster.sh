@@ -101,6 +101,8 @@ up() {
     fi
     [[ -d $DIR ]] && down
     mkdir -p "$DIR"
+    # A failed start stops what it started (a test that gets no cluster cannot stop it).
+    trap 'rc=$?; if ((rc != 0)); then down; fi' EXIT
     local ports=() p=$BASE_PORT
     while ((${#ports[@]} < NODES)); do
         ((p < 55000)) || die "no free ports from $BASE_PORT"
@@ -179,6 +181,7 @@ EOF
         die "replicas not in sync after ${WAIT}s"
     }
     log "up in $DIR: ${addrs[*]}"
+    trap - EXIT
     url | tee "$DIR/url"
 }
 
