@@ -33,6 +33,7 @@ use courier_core::{
 };
 use futures::future::BoxFuture;
 
+mod capture;
 mod differential;
 mod events;
 mod pubsub;
@@ -439,11 +440,15 @@ fn namespace() -> String {
 const CASE_LIMIT: Duration = Duration::from_secs(90);
 
 fn run_case(factory: Arc<dyn BackendFactory>, case: Case) -> Result<(), libtest_mimic::Failed> {
+    let captured = capture::Captured::new();
+    let on_start = captured.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || on_start.enter())
         .build()
         .map_err(|e| format!("cannot build a tokio runtime: {e}"))?;
+    captured.enter();
     let outcome = rt.block_on(async move {
         let ns = namespace();
         let tick = factory.tick();
@@ -473,7 +478,8 @@ fn run_case(factory: Arc<dyn BackendFactory>, case: Case) -> Result<(), libtest_
         outcome
     });
     rt.shutdown_timeout(Duration::from_secs(2));
-    outcome.map_err(|f| libtest_mimic::Failed::from(f.0))
+    capture::Captured::leave();
+    outcome.map_err(|f| libtest_mimic::Failed::from(format!("{}{}", f.0, captured.report())))
 }
 
 /// Run the whole suite against `factory` with libtest's command line (`--list`, filters,

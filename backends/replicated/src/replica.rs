@@ -142,8 +142,10 @@ impl<M: Model> Replica<M> {
 
     /// Propose `op` and wait for its answer.
     ///
-    /// Cancel safety: if the future is dropped after the record was appended, the record still
-    /// applies; what it took is given back by [`Model::orphan`].
+    /// Cancel safety: if the future is dropped (or the append fails) after the record was
+    /// appended, the record still applies, and what it took is given back by
+    /// [`Model::orphan`]: by the follower when the answer finds nobody waiting, or by the
+    /// call's guard when the answer arrived but the call ended without taking it.
     pub(crate) async fn call<L: Log>(
         self: &Arc<Self>,
         env: &Env<L>,
@@ -156,19 +158,30 @@ impl<M: Model> Replica<M> {
         let request = self.requests.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.state.lock().pending.insert(request, tx);
-        let _forget = Forget {
-            replica: self,
+        let mut forget = Forget {
+            replica: self.clone(),
+            env: env.clone(),
+            group: group.to_owned(),
             request,
+            answer: Some(rx),
         };
         let bytes = record::encode(self.origin, request, env.clock.now_ms(), group, &op)
             .map_err(env.kit.tag(operation))?;
         env.log.append(&self.stream, bytes, operation).await?;
-        match tokio::time::timeout(SEEN_TIMEOUT, rx).await {
-            Ok(Ok(out)) => {
+        let answer = match forget.answer.as_mut() {
+            Some(rx) => tokio::time::timeout(SEEN_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+            None => None,
+        };
+        match answer {
+            Some(out) => {
+                forget.answer = None;
                 self.note_round_trip(started.elapsed());
                 Ok(out)
             }
-            _ => Err(env.kit.tag(operation)(Error::new(
+            None => Err(env.kit.tag(operation)(Error::new(
                 ErrorKind::Unavailable,
                 format!(
                     "the record was stored but not read back from log {:?} within {SEEN_TIMEOUT:?}",
@@ -242,13 +255,27 @@ impl<M: Model> Replica<M> {
     /// Apply one delivery of the stream, then append what undoes an answer nobody waits for.
     fn deliver<L: Log>(self: &Arc<Self>, env: &Env<L>, offset: u64, bytes: Bytes) {
         if let Some((group, op)) = self.apply(offset, bytes) {
-            let me = self.clone();
-            let env = env.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.call(&env, &group, op, "release").await {
-                    tracing::warn!(stream = %me.stream, error = %e, "courier: could not release what a dropped call leased; it comes back when the lease ends");
-                }
-            });
+            self.undo(env, group, op);
+        }
+    }
+
+    /// Append `op`, the record that gives back what an unwanted answer took, in the
+    /// background.
+    fn undo<L: Log>(self: &Arc<Self>, env: &Env<L>, group: String, op: Op) {
+        let me = self.clone();
+        let env = env.clone();
+        let release = async move {
+            if let Err(e) = me.call(&env, &group, op, "release").await {
+                tracing::warn!(stream = %me.stream, error = %e, "courier: could not release what a dropped call leased; it comes back when the lease ends");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(release);
+            }
+            Err(_) => {
+                tracing::warn!(stream = %self.stream, "courier: a dropped call leased messages outside a runtime; they come back when their leases end")
+            }
         }
     }
 
@@ -298,15 +325,36 @@ impl<M: Model> Replica<M> {
     }
 }
 
-/// Drops a call's pending entry when the call ends (answered or not).
-struct Forget<'a, M: Model> {
-    replica: &'a Replica<M>,
+/// Ends a call, answered or not: drops its pending entry, and gives back what an answer
+/// that arrived but was never taken holds (the call failed after its record applied, say
+/// its append reported an error though the broker stored the record, or the call was dropped
+/// between the answer and its poll). Without this, a receive's leases would be stranded until
+/// they expire.
+struct Forget<M: Model, L: Log> {
+    replica: Arc<Replica<M>>,
+    env: Env<L>,
+    group: String,
     request: u64,
+    /// `None` once the caller took the answer.
+    answer: Option<oneshot::Receiver<M::Out>>,
 }
 
-impl<M: Model> Drop for Forget<'_, M> {
+impl<M: Model, L: Log> Drop for Forget<M, L> {
     fn drop(&mut self) {
+        // Under the state lock: after this, the follower answers nobody for this request
+        // (it undoes the answer itself); before it, its answer is in the channel.
         self.replica.state.lock().pending.remove(&self.request);
+        let Some(mut rx) = self.answer.take() else {
+            return;
+        };
+        let Ok(out) = rx.try_recv() else {
+            return;
+        };
+        let undo = self.replica.read(|m| m.orphan(&self.group, out));
+        if let Some(op) = undo {
+            self.replica
+                .undo(&self.env, std::mem::take(&mut self.group), op);
+        }
     }
 }
 

@@ -9,64 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use courier_conformance::{Backend, BackendFactory};
 use courier_core::backend::Kit;
-use courier_core::{MessageId, QueueConfig, Result, SystemClock};
-use courier_replicated::{Log, Replicated};
-use tokio::sync::Notify;
+use courier_core::{MessageId, QueueConfig, SystemClock};
+use courier_replicated::Replicated;
 
-/// Named append-only logs in memory; offsets are indexes.
-#[derive(Default)]
-struct Logs {
-    logs: Mutex<HashMap<String, Vec<Bytes>>>,
-    appended: Notify,
-}
-
-#[derive(Clone)]
-struct MemLog(Arc<Logs>);
-
-#[async_trait]
-impl Log for MemLog {
-    async fn append(&self, name: &str, record: Bytes, _operation: &'static str) -> Result<()> {
-        self.0
-            .logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_owned())
-            .or_default()
-            .push(record);
-        self.0.appended.notify_waiters();
-        Ok(())
-    }
-
-    async fn follow(
-        &self,
-        name: &str,
-        from: u64,
-        sink: &mut (dyn FnMut(u64, Bytes) -> bool + Send),
-    ) -> Result<()> {
-        let mut next = usize::try_from(from).unwrap_or(usize::MAX);
-        loop {
-            let notified = self.0.appended.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let batch: Vec<Bytes> = {
-                let logs = self.0.logs.lock().unwrap_or_else(|p| p.into_inner());
-                logs.get(name)
-                    .map(|l| l.get(next..).unwrap_or_default().to_vec())
-                    .unwrap_or_default()
-            };
-            for record in batch {
-                if !sink(next as u64, record) {
-                    return Ok(());
-                }
-                next += 1;
-            }
-            notified.await;
-        }
-    }
-}
+mod support;
+use support::{Logs, MemLog};
 
 struct Factory {
     namespaces: Mutex<HashMap<String, Arc<Logs>>>,

@@ -142,10 +142,20 @@ async fn competing_workers_jepsen(cx: Ctx) -> Outcome {
         }
     }
     let limit = Duration::from_secs(20);
-    wait_until(limit, "every message handled", || {
+    if let Err(f) = wait_until(limit, "every message handled", || {
         seen.lock().len() >= total
     })
-    .await?;
+    .await
+    {
+        // Say where the rest are: ready, leased (in flight) or gone, and what each worker did.
+        let handled = seen.lock().len();
+        let queue = stats(&cx, &q).await;
+        let per_worker: Vec<_> = workers.iter().map(|h| h.stats()).collect();
+        return Err(crate::Failure(format!(
+            "{}: {handled} of {total} handled; queue {queue:?}; workers {per_worker:?}",
+            f.0
+        )));
+    }
     queue_until(&cx, &q, cx.prompt(), "all acked", |s| {
         s.acked == total as u64
     })
