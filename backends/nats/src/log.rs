@@ -35,6 +35,27 @@ pub(crate) fn nats_err(operation: &'static str, what: String, e: impl std::fmt::
     KIT.tag(operation)(Error::new(ErrorKind::Unavailable, format!("{what}: {e}")))
 }
 
+/// Creations of the stream tried again after the server failed to create its store.
+const STORE_RACE_RETRIES: u32 = 5;
+
+/// Whether creating a stream failed because the server could not create its store directory
+/// (JetStream error 10049, "error creating store for stream", or 10077). NATS 2.9 removes an
+/// account's store directory when its last stream is deleted; a stream created at that moment
+/// fails so (the server logs `mkdir …/jetstream/$G/streams: no such file or directory`).
+/// Nothing was created, and the same request succeeds a moment later
+/// (`tests/stream_churn.rs`).
+fn store_race(e: &jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js) => matches!(
+            js.error_code(),
+            ErrorCode::STREAM_CREATE | ErrorCode::STREAM_STORE_FAILED
+        ),
+        _ => false,
+    }
+}
+
 impl NatsLog {
     pub(crate) fn new(
         client: async_nats::Client,
@@ -72,9 +93,24 @@ impl NatsLog {
                     storage: stream::StorageType::File,
                     ..Default::default()
                 };
-                self.js.get_or_create_stream(config).await.map_err(|e| {
-                    nats_err(operation, format!("creating stream {:?}", self.prefix), e)
-                })
+                let mut attempt = 0u32;
+                loop {
+                    match self.js.get_or_create_stream(config.clone()).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) if store_race(&e) && attempt < STORE_RACE_RETRIES => {
+                            attempt += 1;
+                            tracing::debug!(stream = %self.prefix, attempt, error = %e, "courier nats: the server could not create the stream's store; creating it again");
+                            tokio::time::sleep(Duration::from_millis(10) * attempt).await;
+                        }
+                        Err(e) => {
+                            return Err(nats_err(
+                                operation,
+                                format!("creating stream {:?}", self.prefix),
+                                e,
+                            ));
+                        }
+                    }
+                }
             })
             .await
     }
