@@ -91,11 +91,6 @@ pub struct Restart {
     pub resume_within: Duration,
     /// Everything must be over by then.
     pub overall: Duration,
-    /// Hold every handler before each kill until messages are ready in the broker (and until
-    /// it is back), so the crash surely hits messages that exist only there. Off where the
-    /// held leases outlive the broker's restart and the backend does not yet resume every
-    /// worker in time after that (RabbitMQ: see its `tests/broker_restart.rs`).
-    pub hold_before_kill: bool,
 }
 
 impl Default for Restart {
@@ -108,7 +103,6 @@ impl Default for Restart {
             downtime: Duration::from_millis(500),
             resume_within: Duration::from_millis(2_500),
             overall: Duration::from_secs(90),
-            hold_before_kill: true,
         }
     }
 }
@@ -279,9 +273,9 @@ pub async fn broker_restart(broker: &mut dyn PrivateBroker, connect: Connect, s:
             || progress(&workers),
         )
         .await;
-        if s.hold_before_kill {
-            gate_tx.send_replace(false);
-        }
+        // Hold every handler until messages are ready in the broker (and until it is back),
+        // so the crash surely hits messages that exist only there.
+        gate_tx.send_replace(false);
         let ready_by = Instant::now() + Duration::from_secs(30);
         let before = loop {
             let st = timeout(
