@@ -230,6 +230,30 @@ async fn publish(q: Arc<dyn Queue>, ledger: Arc<Ledger>, p: usize, deadline: Ins
     }
 }
 
+/// A worker on `queue` whose handlers record each delivery in the ledger, each waiting while
+/// `gate` is shut.
+fn gated_worker(
+    b: Arc<dyn Queue>,
+    queue: &str,
+    ledger: Arc<Ledger>,
+    gate: tokio::sync::watch::Receiver<bool>,
+) -> WorkerHandle {
+    Worker::builder(b, queue)
+        .concurrency(4)
+        .idle_wait(Duration::from_millis(500))
+        .handler("job", move |m: Message| {
+            let l = ledger.clone();
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                *l.handled.lock().entry(m.id).or_insert(0) += 1;
+                Ok(())
+            }
+        })
+        .start()
+        .expect("worker")
+}
+
 async fn connect(url: &str, prefix: &str) -> Arc<dyn Queue> {
     let b = timeout(
         Duration::from_secs(20),
@@ -306,23 +330,12 @@ async fn workers_resume_after_a_master_failover() {
         let b = connect(&cluster.url, &prefix).await;
         let mut per_queue = Vec::new();
         for q in 0..QUEUES {
-            let l = ledger.clone();
-            let gate = gate_rx.clone();
-            let w = Worker::builder(b.clone(), &queue_name(q))
-                .concurrency(4)
-                .idle_wait(Duration::from_millis(500))
-                .handler("job", move |m: Message| {
-                    let l = l.clone();
-                    let mut gate = gate.clone();
-                    async move {
-                        let _ = gate.wait_for(|open| *open).await;
-                        *l.handled.lock().entry(m.id).or_insert(0) += 1;
-                        Ok(())
-                    }
-                })
-                .start()
-                .expect("worker");
-            per_queue.push(w);
+            per_queue.push(gated_worker(
+                b.clone(),
+                &queue_name(q),
+                ledger.clone(),
+                gate_rx.clone(),
+            ));
         }
         workers.push(per_queue);
     }
@@ -654,24 +667,10 @@ async fn a_queue_keeps_working_while_its_slot_migrates() {
     let ledger = Arc::new(Ledger::default());
     let b = connect(&cluster.url, &prefix).await;
     b.configure(queue, config()).expect("configure");
-    let l = ledger.clone();
     // Handlers are held during the migration, so the slot holds ready and leased messages
     // (all of a queue's keys) while it moves.
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(true);
-    let worker = Worker::builder(b.clone(), queue)
-        .concurrency(4)
-        .idle_wait(Duration::from_millis(500))
-        .handler("job", move |m: Message| {
-            let l = l.clone();
-            let mut gate = gate_rx.clone();
-            async move {
-                let _ = gate.wait_for(|open| *open).await;
-                *l.handled.lock().entry(m.id).or_insert(0) += 1;
-                Ok(())
-            }
-        })
-        .start()
-        .expect("worker");
+    let worker = gated_worker(b.clone(), queue, ledger.clone(), gate_rx);
     let publisher = {
         let (b, l) = (b.clone(), ledger.clone());
         tokio::spawn(async move {
